@@ -1,0 +1,101 @@
+# -*- test-case-name: tests.test_forms -*-
+"""
+What each kind's upload form holds, and the rules for its fields.
+
+Pure functions and values: no I/O, so the rules are tested on their own and
+used alike by the multipart and the raw (model) uploads.
+"""
+
+from __future__ import annotations
+
+import uuid as _uuid
+
+from attrs import frozen
+
+from ._types import APIError
+
+MAX_FIELD = 255
+BLOB = "blob"
+
+
+@frozen
+class FormSpec:
+    """The text fields a form may carry before C{blob}, and which it must."""
+
+    required: frozenset[str]
+    optional: frozenset[str]
+    blobRequired: bool = True
+
+    @property
+    def allowed(self) -> frozenset[str]:
+        return self.required | self.optional
+
+
+UPLOAD_FORMS: dict[str, FormSpec] = {
+    "algo": FormSpec(frozenset({"name", "size"}), frozenset({"uuid"})),
+    "data": FormSpec(frozenset({"size"}), frozenset({"uuid"})),
+    "prediction": FormSpec(frozenset({"size"}), frozenset({"uuid"})),
+    "problem": FormSpec(frozenset({"name", "description", "size"}), frozenset({"uuid"})),
+}
+
+#: PATCH /problem/{uuid}: every field optional, the blob too.
+PATCH_FORM = FormSpec(
+    frozenset(), frozenset({"uuid", "name", "description", "size"}), blobRequired=False
+)
+
+
+def parseUUID(value: str, what: str = "uuid") -> str:
+    """The canonical form of a uuid, or a 400 that says what was wrong."""
+    try:
+        return str(_uuid.UUID(value))
+    except ValueError:
+        raise APIError(
+            400, f"{what} {value[:80]!r} is not a valid uuid (e.g. {_uuid.uuid4()})"
+        ) from None
+
+
+def parseSize(value: str) -> int:
+    if not value.isascii() or not value.isdigit():
+        raise APIError(
+            400, f"size {value[:80]!r} is not a non-negative integer number of bytes"
+        )
+    return int(value)
+
+
+def checkFieldName(spec: FormSpec, name: str, seen: dict[str, str]) -> None:
+    """Refuse a field as soon as its name is known."""
+    if name == BLOB:
+        return
+    if name not in spec.allowed:
+        allowed = ", ".join(sorted(spec.allowed | {BLOB}))
+        raise APIError(400, f"unknown field {name[:80]!r}: this form takes {allowed}")
+    if name in seen:
+        raise APIError(400, f"field {name!r} is given twice")
+
+
+def checkFieldLength(name: str, length: int) -> None:
+    if length > MAX_FIELD:
+        raise APIError(400, f"field {name!r} is longer than {MAX_FIELD} characters")
+
+
+def checkBeforeBlob(spec: FormSpec, fields: dict[str, str], hasBlob: bool) -> None:
+    """
+    Once the text fields are in (the blob starts, or the form ends): refuse
+    what is missing or malformed before any blob byte is stored.
+    """
+    missing = sorted(spec.required - fields.keys())
+    if missing:
+        where = " before blob (text fields come first)" if hasBlob else ""
+        raise APIError(400, f"missing required field {', '.join(missing)}{where}")
+    if spec.blobRequired and not hasBlob:
+        raise APIError(400, "missing required field blob (the file, sent last)")
+    if "size" in fields and not hasBlob:
+        raise APIError(400, "size is given but no blob follows it")
+    if hasBlob and "size" not in fields:
+        raise APIError(400, "missing required field size before blob (text fields come first)")
+    for name, value in fields.items():
+        checkFieldLength(name, len(value))
+    if "uuid" in fields:
+        fields["uuid"] = parseUUID(fields["uuid"])
+    if "size" in fields:
+        parseSize(fields["size"])

@@ -1,0 +1,175 @@
+# -*- test-case-name: tests.test_blobstore_contract -*-
+"""
+Blobs as files under a directory.
+
+A blob is written into a temporary file beside its final place, fsynced,
+and renamed into place only once its size and sha256 are final, so no
+reader ever sees a partial blob.  Temporary files start with C{.tmp-} so
+that a crash leaves something recognisable to sweep.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import tempfile
+import time
+from typing import IO, Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer, IReactorFromThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from .._interfaces import IBlobStore
+from .._types import BlobNotFound, BlobStoreError
+from ._producer import ThreadedReadProducer
+from ._threaded import ThreadedBlobWriter
+
+TEMP_PREFIX = ".tmp-"
+_KEY = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_.-]+)*$")
+
+
+def keyPath(root: str, key: str) -> str:
+    """The file for C{key}; refuses anything that could leave C{root}."""
+    if not _KEY.match(key) or ".." in key.split("/"):
+        raise ValueError(f"not a blob key: {key!r}")
+    return os.path.join(root, *key.split("/"))
+
+
+class _LocalWriter(ThreadedBlobWriter):
+    def __init__(self, root: str, *args: Any) -> None:
+        super().__init__(*args)
+        self._path = keyPath(root, self.key)
+        self._file: IO[bytes] | None = None
+        self._tmp: str | None = None
+
+    def _openInThread(self) -> None:
+        directory = os.path.dirname(self._path)
+        os.makedirs(directory, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
+        self._file = os.fdopen(fd, "wb", buffering=0)
+
+    def _writeInThread(self, data: bytes) -> None:
+        assert self._file is not None
+        view = memoryview(data)
+        while view:
+            view = view[self._file.write(view) or 0 :]
+
+    def _commitInThread(self) -> None:
+        assert self._file is not None and self._tmp is not None
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.chmod(self._tmp, 0o644)
+        os.replace(self._tmp, self._path)
+        self._tmp = None
+        _fsyncDirectory(os.path.dirname(self._path))
+
+    def _discardInThread(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self._tmp is not None:
+            try:
+                os.unlink(self._tmp)
+            except FileNotFoundError:
+                pass
+            self._tmp = None
+
+
+def _fsyncDirectory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@implementer(IBlobStore)
+class LocalBlobStore:
+    """
+    Blobs as files under C{root}, all file work in C{pool}.
+    """
+
+    name = "local"
+
+    def __init__(
+        self, root: str, reactor: IReactorFromThreads, pool: ThreadPool
+    ) -> None:
+        self.root = os.path.abspath(root)
+        self._reactor = reactor
+        self._pool = pool
+
+    def _inThread(self, f: Any, *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(self._reactor, self._pool, f, *args)
+
+    def writer(self, key: str, size: int) -> _LocalWriter:
+        return _LocalWriter(self.root, key, size, self._reactor, self._pool)
+
+    def produce(
+        self, key: str, consumer: IConsumer, offset: int = 0, length: int | None = None
+    ) -> Deferred[None]:
+        path = keyPath(self.root, key)
+
+        def openFile() -> tuple[IO[bytes], int]:
+            try:
+                f = open(path, "rb", buffering=0)
+            except FileNotFoundError:
+                raise BlobNotFound(key) from None
+            except OSError as e:
+                raise BlobStoreError(f"cannot open blob {key}: {e.strerror}") from e
+            size = os.fstat(f.fileno()).st_size
+            f.seek(offset)
+            return f, size
+
+        def start(opened: tuple[IO[bytes], int]) -> Deferred[None]:
+            f, size = opened
+            want = size - offset if length is None else length
+            producer = ThreadedReadProducer(f.read, f.close, want, self._reactor, self._pool)
+            return producer.beginProducing(consumer)
+
+        return self._inThread(openFile).addCallback(start)
+
+    def delete(self, key: str) -> Deferred[None]:
+        path = keyPath(self.root, key)
+
+        def remove() -> None:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+        return self._inThread(remove)
+
+    def check(self) -> Deferred[None]:
+        def probe() -> None:
+            os.makedirs(self.root, exist_ok=True)
+            if not os.access(self.root, os.W_OK | os.X_OK):
+                raise BlobStoreError(f"{self.root} is not writable")
+
+        return self._inThread(probe)
+
+    def sweepTemporary(self, olderThan: float = 0.0) -> Deferred[list[str]]:
+        """
+        Remove temporary files left by a crash, older than C{olderThan}
+        seconds; fires with what was removed.
+        """
+
+        def sweep() -> list[str]:
+            removed = []
+            limit = time.time() - olderThan
+            for dirpath, _, files in os.walk(self.root):
+                for name in files:
+                    if name.startswith(TEMP_PREFIX):
+                        p = os.path.join(dirpath, name)
+                        try:
+                            if os.stat(p).st_mtime <= limit:
+                                os.unlink(p)
+                                removed.append(p)
+                        except OSError as e:
+                            if e.errno != errno.ENOENT:
+                                raise
+            return removed
+
+        return self._inThread(sweep)
