@@ -28,8 +28,8 @@ from ._forms import PATCH_FORM, UPLOAD_FORMS, parseSize, parseUUID
 from ._interfaces import IBlobStore, IBlobWriter
 from ._metadata import DatabaseError, MetadataStore
 from ._streaming import IStreamingRequest, RequestBody
-from ._types import KINDS, APIError, BlobStoreError, Resource
-from ._upload import FormUpload, RawUpload
+from ._types import KINDS, APIError, BlobInfo, BlobStoreError, Resource, SizeMismatch
+from ._upload import FormUpload, RawUpload, sizeError
 
 ROUTES = [
     "GET /",
@@ -203,17 +203,24 @@ class StorageAPI:
             raise
         return _json(request, resource.asJSON(), 201)
 
-    async def _receive(
-        self, kind: str, uuid: str, key: str, writer: IBlobWriter, upload: FormUpload | RawUpload
-    ) -> Resource:
-        """Wait for the blob, commit it, then its row; undo both on failure."""
+    async def _receiveBlob(self, writer: IBlobWriter, upload: FormUpload | RawUpload) -> BlobInfo:
+        """Wait for the whole body and commit the blob; abort it on failure."""
         try:
             await upload.done()
-            info = await writer.finish()
+            return await writer.finish()
+        except SizeMismatch as e:
+            await self._quietly(writer.abort())
+            raise sizeError(e) from None
         except BaseException:
             upload.stop()
             await self._quietly(writer.abort())
             raise
+
+    async def _receive(
+        self, kind: str, uuid: str, key: str, writer: IBlobWriter, upload: FormUpload | RawUpload
+    ) -> Resource:
+        """Commit the blob, then its row; undo both on failure."""
+        info = await self._receiveBlob(writer, upload)
         try:
             return await self.metadata.complete(kind, uuid, info.size, info.sha256, key)
         except BaseException:
@@ -250,11 +257,8 @@ class StorageAPI:
                 writer = self.store.writer(key, parseSize(fields["size"]))
                 upload.streamBlobTo(writer)
                 try:
-                    await upload.done()
-                    info = await writer.finish()
+                    info = await self._receiveBlob(writer, upload)
                 except BaseException:
-                    upload.stop()
-                    await self._quietly(writer.abort())
                     key = None
                     raise
                 blob = (info.size, info.sha256, key)

@@ -33,6 +33,9 @@ from zope.interface import Attribute, Interface, implementer
 #: away to keep the connection; beyond it the connection is closed.
 DISCARD_LIMIT = 1024 * 1024
 
+#: How much one read of the socket may take.
+READ_SIZE = 256 * 1024
+
 
 class BodyAborted(Exception):
     """The request body stopped before its end: the client went away."""
@@ -297,6 +300,13 @@ class StreamingChannel(http.HTTPChannel):
         super().__init__()
         self._readPauses: set[str] = set()
         self._pausedTimeOut: Any = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # Read bodies in larger gulps than the default 64 KiB: fewer trips
+        # through the parser and the writer per megabyte.
+        if hasattr(self.transport, "bufferSize"):
+            self.transport.bufferSize = READ_SIZE
 
     def pauseReading(self, reason: str) -> None:
         if not self._readPauses:

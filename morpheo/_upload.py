@@ -119,6 +119,8 @@ class FormUpload(Protocol):
         return self._done.wait()
 
     def streamBlobTo(self, writer: IBlobWriter) -> None:
+        if self._state == "failed":
+            return  # done() tells why
         if self._state not in ("held", "after-held"):
             raise RuntimeError(f"no blob is waiting (state {self._state})")
         self._state = "blob" if self._state == "held" else "after-blob"

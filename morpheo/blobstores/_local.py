@@ -29,6 +29,7 @@ from ._producer import ThreadedReadProducer
 from ._threaded import ThreadedBlobWriter
 
 TEMP_PREFIX = ".tmp-"
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024)
 _KEY = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_.-]+)*$")
 
 
@@ -52,11 +53,20 @@ class _LocalWriter(ThreadedBlobWriter):
         fd, self._tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
         self._file = os.fdopen(fd, "wb", buffering=0)
 
-    def _writeInThread(self, data: bytes) -> None:
+    def _writeInThread(self, chunks: list[bytes]) -> None:
+        # One writev per batch (at most IOV_MAX buffers): few large writes
+        # are much cheaper than many 64 KiB ones.
         assert self._file is not None
-        view = memoryview(data)
-        while view:
-            view = view[self._file.write(view) or 0 :]
+        fd = self._file.fileno()
+        for start in range(0, len(chunks), _IOV_MAX):
+            batch = [memoryview(c) for c in chunks[start : start + _IOV_MAX]]
+            while batch:
+                written = os.writev(fd, batch)
+                while batch and written >= len(batch[0]):
+                    written -= len(batch[0])
+                    batch.pop(0)
+                if batch and written:
+                    batch[0] = batch[0][written:]
 
     def _commitInThread(self) -> None:
         assert self._file is not None and self._tmp is not None

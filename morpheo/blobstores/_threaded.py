@@ -114,8 +114,9 @@ class ThreadedBlobWriter:
         n = sum(map(len, chunks))
         try:
             self._ensureOpen()
+            if chunks:
+                self._writeInThread(chunks)
             for chunk in chunks:
-                self._writeInThread(chunk)
                 self._hash.update(chunk)
         except Exception as e:
             self._reactor.callFromThread(self._flushFailed, e, n)
@@ -152,7 +153,7 @@ class ThreadedBlobWriter:
     def _openInThread(self) -> None:
         raise NotImplementedError(f"{type(self).__name__} must say where bytes go")
 
-    def _writeInThread(self, data: bytes) -> None:
+    def _writeInThread(self, chunks: list[bytes]) -> None:
         raise NotImplementedError(f"{type(self).__name__} must say where bytes go")
 
     def _commitInThread(self) -> None:
