@@ -41,6 +41,11 @@ ROUTES = [
     "PATCH /problem/{uuid}",
 ]
 
+#: The most a form can hold besides its blob: a few text fields of at most
+#: 255 characters with their part headers.  A form body longer than the
+#: largest blob by more than this is refused from its Content-Length.
+FORM_OVERHEAD = 64 * 1024
+
 DEFAULT_LIMIT = 30
 MAX_LIMIT = 1000
 
@@ -154,7 +159,7 @@ class StorageAPI:
         body = self._body(request)
         if kind == "model":
             return await self._uploadModel(request, body)
-        self._checkLength(body.length)
+        self._checkLength(body.length, FORM_OVERHEAD)
         upload = FormUpload(UPLOAD_FORMS[kind], _boundary(request), body.length)
         body.deliverBody(upload)
         try:
@@ -334,8 +339,10 @@ class StorageAPI:
             )
         return request.body  # type: ignore[attr-defined,no-any-return]
 
-    def _checkLength(self, length: int | None) -> None:
-        if self.maxBlobSize is not None and length is not None and length > self.maxBlobSize:
+    def _checkLength(self, length: int | None, overhead: int = 0) -> None:
+        """413 for a blob (or a body, with its C{overhead}) over the maximum."""
+        limit = self.maxBlobSize
+        if limit is not None and length is not None and length > limit + overhead:
             raise APIError(413, f"the blob is larger than the maximum of {self.maxBlobSize} bytes")
 
     async def _find(self, kind: str, uuid: str) -> Resource:

@@ -1,0 +1,119 @@
+"""
+Limits and failures of the parts behind the API, each on a server of its
+own: 413 from the headers or the size field, a database that goes away
+(503), a blob store that cannot write (500).  Nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import pytest_twisted
+import treq
+
+from ._client import BOUNDARY, FORM_HEADERS, form, jsonOf, newUUID, uploadFields
+from ._server import startServer
+from .test_api import assertClean, assertError
+from .test_streaming import rawRequest, readResponseHead
+
+LIMIT = 1000
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory):
+    s = startServer(str(tmp_path_factory.mktemp("limited")), "--max-blob-size", str(LIMIT))
+    yield s
+    s.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_413_from_the_size_field(http, limited):
+    before = limited.files()
+    data = os.urandom(LIMIT + 1)
+    r = await http.post(
+        f"{limited.url}/data", data=form(*uploadFields("data", data)), headers=FORM_HEADERS, auth=limited.auth
+    )
+    await assertError(r, 413, str(LIMIT))
+    assertClean(limited, before)
+    r = await http.post(
+        f"{limited.url}/data", data=form(*uploadFields("data", data[:LIMIT])), headers=FORM_HEADERS,
+        auth=limited.auth,
+    )
+    assert r.code == 201
+
+
+def test_413_from_the_headers_before_the_body(limited):
+    """A model's Content-Length, or a form's, over the limit is refused
+    without asking for the body."""
+    head = (
+        f"POST /model?algo={newUUID()} HTTP/1.1\nHost: x\nExpect: 100-continue\n"
+        f"Content-Length: {LIMIT + 1}"
+    )
+    s = rawRequest(limited, head)
+    response = readResponseHead(s)
+    s.close()
+    assert response.startswith(b"HTTP/1.1 413 "), response
+    assert b"100 Continue" not in response
+    head = (
+        "POST /data HTTP/1.1\nHost: x\nExpect: 100-continue\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\nContent-Length: 5000000000"
+    )
+    s = rawRequest(limited, head)
+    response = readResponseHead(s)
+    s.close()
+    assert response.startswith(b"HTTP/1.1 413 "), response
+
+
+@pytest_twisted.ensureDeferred
+async def test_500_when_the_blob_store_cannot_write(http, tmp_path):
+    server = startServer(str(tmp_path / "broken-store"))
+    try:
+        # A file where the kind's directory should be: every write fails.
+        os.makedirs(server.blobDir, exist_ok=True)
+        with open(os.path.join(server.blobDir, "prediction"), "w") as f:
+            f.write("in the way")
+        before = server.files()
+        uuid = newUUID()
+        r = await http.post(
+            f"{server.url}/prediction", data=form(*uploadFields("prediction", b"p" * 5000, uuid=uuid)),
+            headers=FORM_HEADERS, auth=server.auth,
+        )
+        await assertError(r, 500, "blob store (local) failed")
+        assertClean(server, before)
+        assert server.sql("SELECT count(*) FROM resource") == [(0,)]
+        r = await http.post(
+            f"{server.url}/data", data=form(*uploadFields("data", b"d", uuid=uuid)),
+            headers=FORM_HEADERS, auth=server.auth,
+        )
+        assert r.code == 201
+    finally:
+        server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_503_when_the_database_is_gone(http, tmp_path):
+    server = startServer(str(tmp_path / "db-gone"))
+    try:
+        r = await http.post(
+            f"{server.url}/data", data=form(*uploadFields("data", b"kept")), headers=FORM_HEADERS,
+            auth=server.auth,
+        )
+        assert r.code == 201
+        before = server.files()
+        with open(os.path.join(server.dataDir, "postgres", "postmaster.pid")) as f:
+            os.kill(int(f.readline()), signal.SIGQUIT)
+        r = await http.get(f"{server.url}/data", auth=server.auth)
+        await assertError(r, 503, "metadata database")
+        r = await http.post(
+            f"{server.url}/data", data=form(*uploadFields("data", b"lost")), headers=FORM_HEADERS,
+            auth=server.auth,
+        )
+        await assertError(r, 503, "metadata database")
+        assert server.files() == before
+        r = await http.get(f"{server.url}/health")
+        assert r.code == 200 and await jsonOf(r) == {"status": "ok"}
+        assert await treq.content(r)
+    finally:
+        server.stop()

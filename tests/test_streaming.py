@@ -1,0 +1,292 @@
+"""
+The streaming layer through a real server: concurrent claims, clients that
+go away, chunked bodies, C{Expect: 100-continue}, and a 1 GiB blob up and
+down with the server's memory flat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+from twisted.internet.task import deferLater
+from twisted.web.client import UNKNOWN_LENGTH
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
+
+from ._client import BOUNDARY, FORM_HEADERS, form, jsonOf, newUUID, uploadFields
+from ._server import Server
+
+GiB = 1024**3
+
+
+def sleep(seconds: float):
+    return deferLater(reactor, seconds, lambda: None)
+
+
+async def eventually(check, timeout: float = 15.0) -> None:
+    """Poll C{check} until it passes (the server cleans up asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            check()
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        await sleep(0.1)
+
+
+def rawRequest(server: Server, head: str, body: bytes = b"", auth: bool = True) -> socket.socket:
+    """Send a request head (and maybe part of a body) on a plain socket."""
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    lines = head.rstrip("\r\n").split("\n")
+    if auth:
+        import base64
+
+        token = base64.b64encode(f"{server.user}:{server.password}".encode()).decode()
+        lines.append(f"Authorization: Basic {token}")
+    s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+    return s
+
+
+def readResponseHead(s: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_concurrent_uploads_of_one_uuid(http, server):
+    uuid = newUUID()
+    before = server.files()
+    blobs = [os.urandom(8 * 1024 * 1024), os.urandom(8 * 1024 * 1024)]
+    requests = [
+        http.post(
+            f"{server.url}/data",
+            data=form(*uploadFields("data", b, uuid=uuid)),
+            headers=FORM_HEADERS,
+            auth=server.auth,
+        )
+        for b in blobs
+    ]
+    responses = await gatherResults(requests)
+    assert sorted(r.code for r in responses) == [201, 409]
+    winner = next(i for i, r in enumerate(responses) if r.code == 201)
+    for r in responses:
+        await treq.content(r)
+    r = await http.get(f"{server.url}/data/{uuid}/blob", auth=server.auth)
+    assert await treq.content(r) == blobs[winner]
+    assert server.sql("SELECT count(*) FROM resource WHERE uuid = %s", (uuid,)) == [(1,)]
+    assert len(server.files()) == len(before) + 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_disconnecting_mid_upload_leaves_nothing(http, server):
+    uuid = newUUID()
+    before = server.files()
+    size = 64 * 1024 * 1024
+    prefix = form(("uuid", uuid), ("size", str(size)), ("blob", b""), close=False)[: -len(b"\r\n")]
+    head = (
+        "POST /data HTTP/1.1\nHost: x\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\n"
+        f"Content-Length: {len(prefix) + size + 100}"
+    )
+    s = rawRequest(server, head, prefix + os.urandom(4 * 1024 * 1024))
+
+    def claimedAndWriting():
+        assert server.sql("SELECT state FROM resource WHERE uuid = %s", (uuid,)) == [("pending",)]
+        assert any(".tmp-" in f for f in server.files())
+
+    await eventually(claimedAndWriting)
+    s.close()
+
+    def nothingLeft():
+        assert server.sql("SELECT count(*) FROM resource WHERE uuid = %s", (uuid,)) == [(0,)]
+        assert server.files() == before
+
+    await eventually(nothingLeft)
+    r = await http.post(
+        f"{server.url}/data", data=form(*uploadFields("data", b"again", uuid=uuid)),
+        headers=FORM_HEADERS, auth=server.auth,
+    )
+    assert r.code == 201
+
+
+@implementer(IBodyProducer)
+class ChunkedBody:
+    """A body of unknown length, so treq sends it chunked, in pieces."""
+
+    length = UNKNOWN_LENGTH
+
+    def __init__(self, data: bytes, piece: int = 100_000) -> None:
+        self.data = data
+        self.piece = piece
+
+    def startProducing(self, consumer):
+        for i in range(0, len(self.data), self.piece):
+            consumer.write(self.data[i : i + self.piece])
+        from twisted.internet.defer import succeed
+
+        return succeed(None)
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
+
+
+@pytest_twisted.ensureDeferred
+async def test_chunked_multipart_upload(http, server):
+    data = os.urandom(1_500_000)
+    uuid = newUUID()
+    body = ChunkedBody(form(*uploadFields("prediction", data, uuid=uuid)))
+    r = await http.post(f"{server.url}/prediction", data=body, headers=FORM_HEADERS, auth=server.auth)
+    assert r.code == 201, await treq.text_content(r)
+    assert (await jsonOf(r))["sha256"] == hashlib.sha256(data).hexdigest()
+    r = await http.get(f"{server.url}/prediction/{uuid}/blob", auth=server.auth)
+    assert await treq.content(r) == data
+
+
+@pytest_twisted.ensureDeferred
+async def test_411_chunked_model(http, server):
+    before = server.files()
+    r = await http.post(
+        f"{server.url}/model?algo={newUUID()}", data=ChunkedBody(b"model" * 1000), auth=server.auth
+    )
+    assert r.code == 411
+    assert "Content-Length" in (await jsonOf(r))["error"]
+    assert server.files() == before
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["curl", "-sS", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_100_continue_rejection_is_sent_before_the_body(server, tmp_path):
+    """curl waits for 100 Continue; a 404 decided from the headers means it
+    never uploads a byte of the body."""
+    model = tmp_path / "model.bin"
+    model.write_bytes(os.urandom(5 * 1024 * 1024))
+    algo = newUUID()
+    p = curl(
+        "-u", f"{server.user}:{server.password}", "-H", "Expect: 100-continue",
+        "--expect100-timeout", "30", "--data-binary", f"@{model}",
+        "-w", "\n%{http_code} %{size_upload}", f"{server.url}/model?algo={algo}",
+    )
+    body, status = p.stdout.rsplit("\n", 1)
+    assert status == "404 0", p
+    assert f"no algo {algo}" in body
+
+
+def test_100_continue_unauthorized_on_a_raw_socket(server):
+    head = (
+        "POST /data HTTP/1.1\nHost: x\nExpect: 100-continue\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\nContent-Length: 1000000000"
+    )
+    s = rawRequest(server, head, auth=False)
+    response = readResponseHead(s)
+    s.close()
+    assert response.startswith(b"HTTP/1.1 401 "), response
+    assert b"100 Continue" not in response
+    assert b"Connection: close" in response
+
+
+def test_100_continue_accepted_on_a_raw_socket(server):
+    uuid = newUUID()
+    body = form(*uploadFields("data", b"hello", uuid=uuid))
+    head = (
+        "POST /data HTTP/1.1\nHost: x\nExpect: 100-continue\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\nContent-Length: {len(body)}"
+    )
+    s = rawRequest(server, head)
+    assert readResponseHead(s) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    s.sendall(body)
+    response = readResponseHead(s)
+    s.close()
+    assert response.startswith(b"HTTP/1.1 201 "), response
+
+
+def test_409_answered_before_the_blob_and_connection_kept(server):
+    """A form whose uuid is taken is refused as soon as its fields are in;
+    the rest of a small body is read and dropped so the connection serves
+    the next request."""
+    uuid = newUUID()
+    body = form(*uploadFields("data", b"x" * 1000, uuid=uuid))
+    head = (
+        "POST /data HTTP/1.1\nHost: x\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\nContent-Length: {len(body)}"
+    )
+    s = rawRequest(server, head, body)
+    assert readResponseHead(s).startswith(b"HTTP/1.1 201 ")
+    s.close()
+    s = rawRequest(server, head, body)
+    first = readResponseHead(s)
+    assert first.startswith(b"HTTP/1.1 409 "), first
+    assert b"Connection: close" not in first
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    rest = first.split(b"\r\n\r\n", 1)[1]
+    deadline = time.monotonic() + 10
+    while b"HTTP/1.1 200" not in rest and time.monotonic() < deadline:
+        rest += s.recv(65536)
+    s.close()
+    assert b"HTTP/1.1 200" in rest
+
+
+@pytest.fixture(scope="module")
+def bigFile(tmp_path_factory):
+    path = tmp_path_factory.mktemp("big") / "blob.bin"
+    digest = hashlib.sha256()
+    block = os.urandom(1024 * 1024)
+    with open(path, "wb") as f:
+        for i in range(1024):
+            chunk = block[i:] + block[:i]
+            digest.update(chunk)
+            f.write(chunk)
+    yield str(path), digest.hexdigest()
+    os.unlink(path)
+
+
+def test_1GiB_up_and_down_with_flat_memory(server, bigFile):
+    path, sha = bigFile
+    uuid = newUUID()
+    p = curl(
+        "-u", f"{server.user}:{server.password}", "-F", f"uuid={uuid}", "-F", f"size={GiB}",
+        "-F", f"blob=@{path}", f"{server.url}/data",
+    )
+    assert f'"sha256": "{sha}"' in p.stdout, p
+    assert server.peakRSS() < 100 * 1024 * 1024
+
+    digest = hashlib.sha256()
+    received = 0
+    with subprocess.Popen(
+        ["curl", "-sS", "-D", "-", "-u", f"{server.user}:{server.password}", f"{server.url}/data/{uuid}/blob"],
+        stdout=subprocess.PIPE,
+    ) as curlProcess:
+        assert curlProcess.stdout is not None
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += curlProcess.stdout.read(1)
+        assert f"Content-Length: {GiB}".encode() in head
+        while chunk := curlProcess.stdout.read(1024 * 1024):
+            digest.update(chunk)
+            received += len(chunk)
+    assert received == GiB
+    assert digest.hexdigest() == sha
+    assert server.peakRSS() < 100 * 1024 * 1024
