@@ -1,0 +1,78 @@
+"""
+The README's commands, run as written: the server started with its run
+command (on localhost:8000, its default data directory moved into a
+temporary one), then every shell example of "Using it", in order, with curl.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ._server import Server
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+
+
+def shellBlocks(section: str) -> list[str]:
+    text = open(README, encoding="utf-8").read()
+    start = text.index(f"\n## {section}\n")
+    end = text.find("\n## ", start + 1)
+    return re.findall(r"```sh\n(.*?)```", text[start:end], re.S)
+
+
+@pytest.fixture
+def readmeServer(tmp_path):
+    [command] = [line for line in shellBlocks("Install and run")[0].splitlines() if line.startswith("twistd")]
+    args = shlex.split(command)
+    assert args[:3] == ["twistd", "-n", "morpheo-storage"]
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    log = tmp_path / "twistd.log"
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")}
+    process = subprocess.Popen(
+        [twistd, "-n", "--pidfile=", *args[2:]], stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+        env=env, cwd=tmp_path,
+    )
+    deadline = time.monotonic() + 60
+    while "listening on" not in log.read_text():
+        assert process.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    server = Server(process, str(tmp_path / "xdg" / "morpheo-storage"), 8000, str(log))
+    yield server
+    server.stop()
+
+
+def test_readme_examples_work_as_written(readmeServer, tmp_path):
+    blocks = shellBlocks("Using it")
+    assert len(blocks) >= 5
+    work = tmp_path / "work"
+    work.mkdir()
+    script = "set -euo pipefail\n" + "\n".join(blocks)
+    done = subprocess.run(
+        ["bash", "-c", script], cwd=work, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    outputs = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    original = (work / "problem.tar.gz").read_bytes()
+    sha = hashlib.sha256(original).hexdigest()
+    # upload, get, list, the algo, the model, the patch
+    uploaded = outputs[0]
+    assert uploaded["name"] == "funky_problem" and uploaded["sha256"] == sha
+    assert outputs[1] == uploaded
+    assert outputs[2]["items"][0] == uploaded
+    assert (work / "problem-copy.tar.gz").read_bytes() == original
+    algo, model, patched = outputs[3], outputs[4], outputs[5]
+    assert algo["name"] == "my_algo"
+    assert model["algo"] == algo["uuid"] and model["sha256"] == sha
+    assert patched["description"] == "greater" and patched["uuid"] != uploaded["uuid"]
+    assert "error" not in done.stdout
+    assert readmeServer.sql("SELECT count(*) FROM resource") == [(3,)]
