@@ -15,7 +15,7 @@ import uuid as _uuid
 from typing import Any
 
 from klein import Klein
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -34,6 +34,7 @@ from ._upload import FormUpload, RawUpload, sizeError
 ROUTES = [
     "GET /",
     "GET /health",
+    "GET /ready",
     "GET /{kind}",
     "POST /{kind}",
     "GET /{kind}/{uuid}",
@@ -112,13 +113,29 @@ class StorageAPI:
 
     @app.route("/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:
+        """Liveness: the process answers."""
         return _json(request, {"status": "ok"})
+
+    @app.route("/ready", methods=["GET"])
+    async def ready(self, request: IRequest) -> bytes:
+        """Readiness: the database and the blob store both answer."""
+        checks = {"database": self.metadata.ping, "blobstore": self.store.check}
+        report: dict[str, str] = {}
+        for name, check in checks.items():
+            try:
+                await check()
+            except Exception as e:
+                report[name] = f"failing: {e}"
+            else:
+                report[name] = "ok"
+        ok = all(v == "ok" for v in report.values())
+        return _json(request, {"status": "ready" if ok else "not ready", **report}, 200 if ok else 503)
 
     # Data routes
 
     @app.route("/<kind>", methods=["GET"])
     async def list(self, request: IRequest, kind: str) -> bytes:
-        self._check(request, kind)
+        await self._check(request, kind)
         page = self._intArg(request, "page", 0)
         limit = self._intArg(request, "limit", DEFAULT_LIMIT)
         if not 1 <= limit <= MAX_LIMIT:
@@ -131,13 +148,13 @@ class StorageAPI:
 
     @app.route("/<kind>/<uuid>", methods=["GET"])
     async def get(self, request: IRequest, kind: str, uuid: str) -> bytes:
-        self._check(request, kind)
+        await self._check(request, kind)
         resource = await self._find(kind, uuid)
         return _json(request, resource.asJSON())
 
     @app.route("/<kind>/<uuid>/blob", methods=["GET"])
     async def blob(self, request: IRequest, kind: str, uuid: str) -> Any:
-        self._check(request, kind)
+        await self._check(request, kind)
         resource = await self._find(kind, uuid)
         request.setHeader(b"Content-Type", b"application/octet-stream")
         request.setHeader(b"Content-Length", b"%d" % resource.size)
@@ -155,7 +172,7 @@ class StorageAPI:
 
     @app.route("/<kind>", methods=["POST"])
     async def upload(self, request: IRequest, kind: str) -> bytes:
-        self._check(request, kind)
+        await self._check(request, kind)
         body = self._body(request)
         if kind == "model":
             return await self._uploadModel(request, body)
@@ -235,7 +252,7 @@ class StorageAPI:
     @app.route("/problem/<uuid>", methods=["PATCH"])
     async def patch(self, request: IRequest, uuid: str) -> bytes:
         kind = "problem"
-        self._check(request, kind)
+        await self._check(request, kind)
         await self._find(kind, uuid)
         uuid = parseUUID(uuid)
         body = self._body(request)
@@ -324,9 +341,11 @@ class StorageAPI:
 
     # Helpers
 
-    def _check(self, request: IRequest, kind: str) -> str:
-        """Credentials first, then the kind."""
-        user = self.auth.check(request)
+    async def _check(self, request: IRequest, kind: str) -> str:
+        """Credentials first, then the kind.  The user's name is kept on the
+        request (C{morpheoUser}) for the access log."""
+        user: str = await maybeDeferred(self.auth.check, request)
+        request.morpheoUser = user  # type: ignore[attr-defined]
         if kind not in KINDS:
             raise APIError(404, f"unknown kind {kind[:80]!r}: one of {', '.join(KINDS)}")
         return user
