@@ -16,6 +16,7 @@ from typing import Any
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, maybeDeferred
+from twisted.internet.interfaces import IConsumer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -103,7 +104,7 @@ class StorageAPI:
         self.maxBlobSize = maxBlobSize
 
     def resource(self) -> IResource:
-        return self.app.resource()  # type: ignore[no-any-return]
+        return self.app.resource()
 
     # Open routes
 
@@ -129,7 +130,9 @@ class StorageAPI:
             else:
                 report[name] = "ok"
         ok = all(v == "ok" for v in report.values())
-        return _json(request, {"status": "ready" if ok else "not ready", **report}, 200 if ok else 503)
+        return _json(
+            request, {"status": "ready" if ok else "not ready", **report}, 200 if ok else 503
+        )
 
     # Data routes
 
@@ -160,7 +163,7 @@ class StorageAPI:
         request.setHeader(b"Content-Length", b"%d" % resource.size)
         request.setHeader(b"ETag", f'"{resource.sha256}"'.encode())
         try:
-            await self.store.produce(resource.blob_key, request)
+            await self.store.produce(resource.blob_key, IConsumer(request))
         except BlobStoreError:
             if request.startedWriting:  # type: ignore[attr-defined]
                 # A finished response would look complete: cut it instead.
@@ -185,7 +188,9 @@ class StorageAPI:
             size = parseSize(fields["size"])
             self._checkLength(size)
             uuid = fields.get("uuid") or str(_uuid.uuid4())
-            await self._claim(kind, uuid, name=fields.get("name"), description=fields.get("description"))
+            await self._claim(
+                kind, uuid, name=fields.get("name"), description=fields.get("description")
+            )
         except BaseException:
             upload.stop()
             raise
@@ -200,14 +205,18 @@ class StorageAPI:
         return _json(request, resource.asJSON(), 201)
 
     async def _uploadModel(self, request: IRequest, body: RequestBody) -> bytes:
-        args = {k.decode("utf-8", "replace"): v for k, v in request.args.items()}  # type: ignore[attr-defined]
+        args = {k.decode("utf-8", "replace"): v for k, v in request.args.items()}
         unknown = sorted(set(args) - {"algo", "uuid"})
         if unknown:
             raise APIError(400, f"unknown field {unknown[0]!r}: a model upload takes algo and uuid")
         if "algo" not in args:
             raise APIError(400, "missing required field algo: POST /model?algo={algo uuid}")
         algo = parseUUID(args["algo"][0].decode("utf-8", "replace"), "algo")
-        uuid = parseUUID(args["uuid"][0].decode("utf-8", "replace")) if "uuid" in args else str(_uuid.uuid4())
+        uuid = (
+            parseUUID(args["uuid"][0].decode("utf-8", "replace"))
+            if "uuid" in args
+            else str(_uuid.uuid4())
+        )
         if body.length is None:
             raise APIError(411, "a model upload needs a Content-Length (the model's size)")
         self._checkLength(body.length)
@@ -356,7 +365,8 @@ class StorageAPI:
                 500,
                 "uploads need the storage resource to be served by morpheo.StreamingSite",
             )
-        return request.body  # type: ignore[attr-defined,no-any-return]
+        body: RequestBody = request.body
+        return body
 
     def _checkLength(self, length: int | None, overhead: int = 0) -> None:
         """413 for a blob (or a body, with its C{overhead}) over the maximum."""
@@ -375,7 +385,7 @@ class StorageAPI:
             raise APIError(409, f"{kind} {uuid} already exists (or is being uploaded)")
 
     def _intArg(self, request: IRequest, name: str, default: int) -> int:
-        values = request.args.get(name.encode())  # type: ignore[attr-defined]
+        values = request.args.get(name.encode())
         if not values:
             return default
         value = values[0].decode("latin-1")

@@ -8,6 +8,7 @@ used alike by the multipart and the raw (model) uploads.
 
 from __future__ import annotations
 
+import re
 import uuid as _uuid
 
 from attrs import frozen
@@ -44,21 +45,25 @@ PATCH_FORM = FormSpec(
 )
 
 
+_UUID = re.compile(
+    r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
+)
+
+
 def parseUUID(value: str, what: str = "uuid") -> str:
-    """The canonical form of a uuid, or a 400 that says what was wrong."""
-    try:
-        return str(_uuid.UUID(value))
-    except ValueError:
-        raise APIError(
-            400, f"{what} {value[:80]!r} is not a valid uuid (e.g. {_uuid.uuid4()})"
-        ) from None
+    """
+    The canonical form of a uuid, or a 400 that says what was wrong.  Only
+    hex digits and dashes: L{uuid.UUID} alone would take signs, spaces and
+    underscores and quietly store a uuid the client never sent.
+    """
+    if not _UUID.fullmatch(value):
+        raise APIError(400, f"{what} {value[:80]!r} is not a valid uuid (e.g. {_uuid.uuid4()})")
+    return str(_uuid.UUID(value))
 
 
 def parseSize(value: str) -> int:
     if not value.isascii() or not value.isdigit():
-        raise APIError(
-            400, f"size {value[:80]!r} is not a non-negative integer number of bytes"
-        )
+        raise APIError(400, f"size {value[:80]!r} is not a non-negative integer number of bytes")
     return int(value)
 
 

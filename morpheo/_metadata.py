@@ -10,11 +10,12 @@ committed.  Readers see C{ready} rows only.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import psycopg2
 from attrs import frozen
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, FirstError
 from twisted.internet.interfaces import IReactorCore
 from txpostgres import txpostgres
 
@@ -22,7 +23,9 @@ from ._types import Resource
 
 T = TypeVar("T")
 
-_COLUMNS = "kind, uuid::text, timestamp_upload, size, sha256, blob_key, name, description, algo::text"
+_COLUMNS = (
+    "kind, uuid::text, timestamp_upload, size, sha256, blob_key, name, description, algo::text"
+)
 
 
 class DatabaseError(Exception):
@@ -71,8 +74,12 @@ class Database:
             c.reactor = self._reactor
         try:
             await pool.start()
-        except psycopg2.Error as e:
-            raise DatabaseError(f"cannot connect to PostgreSQL: {str(e).strip()}") from e
+        except FirstError as e:
+            reason = e.subFailure.value
+            # psycopg2's messages span lines; the service says one sentence.
+            raise DatabaseError(
+                f"cannot connect to PostgreSQL: {' '.join(str(reason).split())}"
+            ) from reason
         self._pool = pool
 
     def close(self) -> None:
@@ -83,9 +90,8 @@ class Database:
     def _guard(self, d: Deferred[T]) -> Deferred[T]:
         def translate(f: Any) -> Any:
             if f.check(psycopg2.Error, txpostgres.AlreadyPolling, OSError):
-                raise DatabaseError(
-                    f"the metadata database failed: {str(f.value).strip() or type(f.value).__name__}"
-                )
+                detail = " ".join(str(f.value).split()) or type(f.value).__name__
+                raise DatabaseError(f"the metadata database failed: {detail}")
             return f
 
         return d.addErrback(translate)
@@ -157,8 +163,7 @@ class MetadataStore:
 
     async def get(self, kind: str, uuid: str) -> Resource | None:
         rows = await self.db.query(
-            f"SELECT {_COLUMNS} FROM resource"
-            " WHERE kind = %s AND uuid = %s AND state = 'ready'",
+            f"SELECT {_COLUMNS} FROM resource WHERE kind = %s AND uuid = %s AND state = 'ready'",
             (kind, uuid),
         )
         return _resource(rows[0]) if rows else None
@@ -189,7 +194,9 @@ class MetadataStore:
         """
 
         def run(cursor: Any) -> Deferred[PatchResult | None]:
-            return Deferred.fromCoroutine(self._patch(cursor, kind, uuid, newUUID, name, description, blob))
+            return Deferred.fromCoroutine(
+                self._patch(cursor, kind, uuid, newUUID, name, description, blob)
+            )
 
         return await self.db.interaction(run)
 

@@ -180,7 +180,7 @@ class StreamingRequest(server.Request):
         self.body = RequestBody(self, length)
         self._bodyDone = length == 0
         #: Unlike C{channel}, kept after the response until the body ends.
-        self._channel: StreamingChannel | None = self.channel
+        self._channel: StreamingChannel | None = self.channel  # type: ignore[assignment]
 
     def dispatch(self, command: bytes, path: bytes, version: bytes) -> None:
         """Route the request now, before its body; see L{RequestBody}."""
@@ -306,7 +306,7 @@ class StreamingChannel(http.HTTPChannel):
         # Read bodies in larger gulps than the default 64 KiB: fewer trips
         # through the parser and the writer per megabyte.
         if hasattr(self.transport, "bufferSize"):
-            self.transport.bufferSize = READ_SIZE
+            self.transport.bufferSize = READ_SIZE  # type: ignore[union-attr]
 
     def pauseReading(self, reason: str) -> None:
         if not self._readPauses:
@@ -347,7 +347,7 @@ class StreamingChannel(http.HTTPChannel):
             return
         super().allContentReceived()
 
-    def requestDone(self, request: StreamingRequest) -> None:  # type: ignore[override]
+    def requestDone(self, request: StreamingRequest) -> None:
         if request._finishedBeforeBody():
             # The body is still coming; finish the request when it has.
             self.resumeReading("start")

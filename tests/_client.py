@@ -42,7 +42,9 @@ def form(*parts: tuple[str, str | bytes], boundary: str = BOUNDARY, close: bool 
 FORM_HEADERS = {b"Content-Type": [f"multipart/form-data; boundary={BOUNDARY}".encode()]}
 
 
-def uploadFields(kind: str, data: bytes, uuid: str | None = None, **extra: str) -> list[tuple[str, str | bytes]]:
+def uploadFields(
+    kind: str, data: bytes, uuid: str | None = None, **extra: str
+) -> list[tuple[str, str | bytes]]:
     """The fields of a valid upload of C{kind}, blob last."""
     fields: list[tuple[str, str | bytes]] = []
     if uuid:

@@ -94,19 +94,35 @@ class Server:
             return self.process.wait()
 
 
-def startServer(dataDir: str, *extra: str, port: int = 0, env: dict[str, str] | None = None) -> Server:
+def startServer(
+    dataDir: str, *extra: str, port: int = 0, env: dict[str, str] | None = None
+) -> Server:
     """Start a server and wait until it listens (or fail with its log)."""
     os.makedirs(dataDir, exist_ok=True)
     logPath = os.path.join(dataDir, "twistd.log")
     args = [
-        TWISTD, "-n", "--pidfile=", "morpheo-storage",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--user", USER, "--password", PASSWORD,
-        "--data-dir", dataDir, *extra,
+        TWISTD,
+        "-n",
+        "--pidfile=",
+        "morpheo-storage",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--user",
+        USER,
+        "--password",
+        PASSWORD,
+        "--data-dir",
+        dataDir,
+        *extra,
     ]
     log = open(logPath, "wb")
     process = subprocess.Popen(
-        args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        args,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
         cwd=dataDir,
     )
     deadline = time.monotonic() + 90

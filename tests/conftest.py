@@ -8,7 +8,6 @@ import os
 from collections.abc import Iterator
 
 import pytest
-import treq
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.web.client import Agent, HTTPConnectionPool

@@ -13,7 +13,7 @@ import pytest_twisted
 import treq
 from treq.client import HTTPClient
 
-from ._client import FORM_HEADERS, BOUNDARY, form, jsonOf, newUUID, uploadFields
+from ._client import BOUNDARY, FORM_HEADERS, form, jsonOf, newUUID, uploadFields
 from ._server import Server
 
 KINDS = ["algo", "data", "prediction", "problem"]
@@ -189,7 +189,10 @@ async def test_patch_rename_moves_the_blob_with_it(http, server):
     p = await newProblem(http, server)
     new = newUUID()
     r = await http.patch(
-        f"{server.url}/problem/{p['uuid']}", data=form(("uuid", new)), headers=FORM_HEADERS, auth=server.auth
+        f"{server.url}/problem/{p['uuid']}",
+        data=form(("uuid", new)),
+        headers=FORM_HEADERS,
+        auth=server.auth,
     )
     assert r.code == 200
     assert (await jsonOf(r))["uuid"] == new
@@ -256,7 +259,10 @@ async def test_patch_with_a_bad_blob_changes_nothing(http, server):
 @pytest_twisted.ensureDeferred
 async def test_patch_unknown_problem_is_404(http, server):
     r = await http.patch(
-        f"{server.url}/problem/{newUUID()}", data=form(("name", "x")), headers=FORM_HEADERS, auth=server.auth
+        f"{server.url}/problem/{newUUID()}",
+        data=form(("name", "x")),
+        headers=FORM_HEADERS,
+        auth=server.auth,
     )
     await assertError(r, 404, "no problem")
 
@@ -357,7 +363,9 @@ async def test_400_blob_without_closing_boundary(http, server):
     assertClean(server, before)
 
 
-@pytest.mark.parametrize("actual,declared,word", [(b"abc", "4", "shorter"), (b"abcde", "4", "longer")])
+@pytest.mark.parametrize(
+    "actual,declared,word", [(b"abc", "4", "shorter"), (b"abcde", "4", "longer")]
+)
 @pytest_twisted.ensureDeferred
 async def test_400_body_not_of_its_size(http, server, actual, declared, word):
     before = server.files()
@@ -384,7 +392,10 @@ async def test_400_model_body_not_of_its_length_cannot_happen_but_big_is_fine(ht
 async def test_400_not_multipart(http, server, ctype):
     before = server.files()
     r = await http.post(
-        f"{server.url}/data", data=b"raw bytes", headers={b"Content-Type": [ctype]}, auth=server.auth
+        f"{server.url}/data",
+        data=b"raw bytes",
+        headers={b"Content-Type": [ctype]},
+        auth=server.auth,
     )
     await assertError(r, 400, "multipart/form-data")
     assertClean(server, before)
@@ -399,7 +410,9 @@ async def test_400_malformed_multipart(http, server):
     assertClean(server, before)
 
 
-@pytest.mark.parametrize("path", ["/algo", "/data/" + "0" * 8 + "-0000-0000-0000-" + "0" * 12, "/nope"])
+@pytest.mark.parametrize(
+    "path", ["/algo", "/data/" + "0" * 8 + "-0000-0000-0000-" + "0" * 12, "/nope"]
+)
 @pytest.mark.parametrize("auth", [None, ("tester", "wrong"), ("someone", "s3cret-pass")])
 @pytest_twisted.ensureDeferred
 async def test_401_missing_or_wrong_credentials(http, server, path, auth):
@@ -412,7 +425,9 @@ async def test_401_missing_or_wrong_credentials(http, server, path, auth):
 async def test_401_upload_leaves_nothing(http, server):
     before = server.files()
     r = await http.post(
-        f"{server.url}/data", data=form(("size", "1"), ("blob", b"x")), headers=FORM_HEADERS,
+        f"{server.url}/data",
+        data=form(("size", "1"), ("blob", b"x")),
+        headers=FORM_HEADERS,
         auth=("tester", "wrong"),
     )
     await assertError(r, 401)

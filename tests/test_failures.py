@@ -33,12 +33,17 @@ async def test_413_from_the_size_field(http, limited):
     before = limited.files()
     data = os.urandom(LIMIT + 1)
     r = await http.post(
-        f"{limited.url}/data", data=form(*uploadFields("data", data)), headers=FORM_HEADERS, auth=limited.auth
+        f"{limited.url}/data",
+        data=form(*uploadFields("data", data)),
+        headers=FORM_HEADERS,
+        auth=limited.auth,
     )
     await assertError(r, 413, str(LIMIT))
     assertClean(limited, before)
     r = await http.post(
-        f"{limited.url}/data", data=form(*uploadFields("data", data[:LIMIT])), headers=FORM_HEADERS,
+        f"{limited.url}/data",
+        data=form(*uploadFields("data", data[:LIMIT])),
+        headers=FORM_HEADERS,
         auth=limited.auth,
     )
     assert r.code == 201
@@ -77,15 +82,19 @@ async def test_500_when_the_blob_store_cannot_write(http, tmp_path):
         before = server.files()
         uuid = newUUID()
         r = await http.post(
-            f"{server.url}/prediction", data=form(*uploadFields("prediction", b"p" * 5000, uuid=uuid)),
-            headers=FORM_HEADERS, auth=server.auth,
+            f"{server.url}/prediction",
+            data=form(*uploadFields("prediction", b"p" * 5000, uuid=uuid)),
+            headers=FORM_HEADERS,
+            auth=server.auth,
         )
         await assertError(r, 500, "blob store (local) failed")
         assertClean(server, before)
         assert server.sql("SELECT count(*) FROM resource") == [(0,)]
         r = await http.post(
-            f"{server.url}/data", data=form(*uploadFields("data", b"d", uuid=uuid)),
-            headers=FORM_HEADERS, auth=server.auth,
+            f"{server.url}/data",
+            data=form(*uploadFields("data", b"d", uuid=uuid)),
+            headers=FORM_HEADERS,
+            auth=server.auth,
         )
         assert r.code == 201
     finally:
@@ -97,7 +106,9 @@ async def test_503_when_the_database_is_gone(http, tmp_path):
     server = startServer(str(tmp_path / "db-gone"))
     try:
         r = await http.post(
-            f"{server.url}/data", data=form(*uploadFields("data", b"kept")), headers=FORM_HEADERS,
+            f"{server.url}/data",
+            data=form(*uploadFields("data", b"kept")),
+            headers=FORM_HEADERS,
             auth=server.auth,
         )
         assert r.code == 201
@@ -107,7 +118,9 @@ async def test_503_when_the_database_is_gone(http, tmp_path):
         r = await http.get(f"{server.url}/data", auth=server.auth)
         await assertError(r, 503, "metadata database")
         r = await http.post(
-            f"{server.url}/data", data=form(*uploadFields("data", b"lost")), headers=FORM_HEADERS,
+            f"{server.url}/data",
+            data=form(*uploadFields("data", b"lost")),
+            headers=FORM_HEADERS,
             auth=server.auth,
         )
         await assertError(r, 503, "metadata database")

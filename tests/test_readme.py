@@ -31,15 +31,20 @@ def shellBlocks(section: str) -> list[str]:
 
 @pytest.fixture
 def readmeServer(tmp_path):
-    [command] = [line for line in shellBlocks("Install and run")[0].splitlines() if line.startswith("twistd")]
+    [command] = [
+        line for line in shellBlocks("Install and run")[0].splitlines() if line.startswith("twistd")
+    ]
     args = shlex.split(command)
     assert args[:3] == ["twistd", "-n", "morpheo-storage"]
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     log = tmp_path / "twistd.log"
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")}
     process = subprocess.Popen(
-        [twistd, "-n", "--pidfile=", *args[2:]], stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-        env=env, cwd=tmp_path,
+        [twistd, "-n", "--pidfile=", *args[2:]],
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=tmp_path,
     )
     deadline = time.monotonic() + 60
     while "listening on" not in log.read_text():

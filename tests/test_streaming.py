@@ -119,8 +119,10 @@ async def test_client_disconnecting_mid_upload_leaves_nothing(http, server):
 
     await eventually(nothingLeft)
     r = await http.post(
-        f"{server.url}/data", data=form(*uploadFields("data", b"again", uuid=uuid)),
-        headers=FORM_HEADERS, auth=server.auth,
+        f"{server.url}/data",
+        data=form(*uploadFields("data", b"again", uuid=uuid)),
+        headers=FORM_HEADERS,
+        auth=server.auth,
     )
     assert r.code == 201
 
@@ -157,7 +159,9 @@ async def test_chunked_multipart_upload(http, server):
     data = os.urandom(1_500_000)
     uuid = newUUID()
     body = ChunkedBody(form(*uploadFields("prediction", data, uuid=uuid)))
-    r = await http.post(f"{server.url}/prediction", data=body, headers=FORM_HEADERS, auth=server.auth)
+    r = await http.post(
+        f"{server.url}/prediction", data=body, headers=FORM_HEADERS, auth=server.auth
+    )
     assert r.code == 201, await treq.text_content(r)
     assert (await jsonOf(r))["sha256"] == hashlib.sha256(data).hexdigest()
     r = await http.get(f"{server.url}/prediction/{uuid}/blob", auth=server.auth)
@@ -186,9 +190,17 @@ def test_100_continue_rejection_is_sent_before_the_body(server, tmp_path):
     model.write_bytes(os.urandom(5 * 1024 * 1024))
     algo = newUUID()
     p = curl(
-        "-u", f"{server.user}:{server.password}", "-H", "Expect: 100-continue",
-        "--expect100-timeout", "30", "--data-binary", f"@{model}",
-        "-w", "\n%{http_code} %{size_upload}", f"{server.url}/model?algo={algo}",
+        "-u",
+        f"{server.user}:{server.password}",
+        "-H",
+        "Expect: 100-continue",
+        "--expect100-timeout",
+        "30",
+        "--data-binary",
+        f"@{model}",
+        "-w",
+        "\n%{http_code} %{size_upload}",
+        f"{server.url}/model?algo={algo}",
     )
     body, status = p.stdout.rsplit("\n", 1)
     assert status == "404 0", p
@@ -267,8 +279,15 @@ def test_1GiB_up_and_down_with_flat_memory(server, bigFile):
     path, sha = bigFile
     uuid = newUUID()
     p = curl(
-        "-u", f"{server.user}:{server.password}", "-F", f"uuid={uuid}", "-F", f"size={GiB}",
-        "-F", f"blob=@{path}", f"{server.url}/data",
+        "-u",
+        f"{server.user}:{server.password}",
+        "-F",
+        f"uuid={uuid}",
+        "-F",
+        f"size={GiB}",
+        "-F",
+        f"blob=@{path}",
+        f"{server.url}/data",
     )
     assert f'"sha256": "{sha}"' in p.stdout, p
     assert server.peakRSS() < 100 * 1024 * 1024
@@ -276,7 +295,15 @@ def test_1GiB_up_and_down_with_flat_memory(server, bigFile):
     digest = hashlib.sha256()
     received = 0
     with subprocess.Popen(
-        ["curl", "-sS", "-D", "-", "-u", f"{server.user}:{server.password}", f"{server.url}/data/{uuid}/blob"],
+        [
+            "curl",
+            "-sS",
+            "-D",
+            "-",
+            "-u",
+            f"{server.user}:{server.password}",
+            f"{server.url}/data/{uuid}/blob",
+        ],
         stdout=subprocess.PIPE,
     ) as curlProcess:
         assert curlProcess.stdout is not None

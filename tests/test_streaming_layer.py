@@ -62,8 +62,14 @@ def test_private_parts_of_twisted_web_still_there():
     """If a Twisted release renames these, the layer breaks: fail here first."""
     channel, transport, _ = connect(Holder())
     for name in (
-        "_networkProducer", "_handlingRequest", "_waitingForTransport", "_savedTimeOut",
-        "_requestProducer", "_send100Continue", "_dataBuffer", "_transferDecoder",
+        "_networkProducer",
+        "_handlingRequest",
+        "_waitingForTransport",
+        "_savedTimeOut",
+        "_requestProducer",
+        "_send100Continue",
+        "_dataBuffer",
+        "_transferDecoder",
     ):
         assert hasattr(channel, name), name
     channel.dataReceived(post(3))

@@ -6,7 +6,7 @@ water marks that pauses and resumes the producer feeding the writer.
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IProducer, IPushProducer
 
 HIGH_WATER = 4 * 1024 * 1024
 LOW_WATER = 1 * 1024 * 1024
@@ -28,8 +28,8 @@ class ProducerGate:
         self.producer: IPushProducer | None = None
         self._paused = False
 
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
-        if not streaming:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        if not streaming or not IPushProducer.providedBy(producer):
             raise ValueError("blob writers take push producers only")
         if self.producer is not None:
             raise RuntimeError(f"{self.producer!r} is already registered")

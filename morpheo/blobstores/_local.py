@@ -104,9 +104,7 @@ class LocalBlobStore:
 
     name = "local"
 
-    def __init__(
-        self, root: str, reactor: IReactorFromThreads, pool: ThreadPool
-    ) -> None:
+    def __init__(self, root: str, reactor: IReactorFromThreads, pool: ThreadPool) -> None:
         self.root = os.path.abspath(root)
         self._reactor = reactor
         self._pool = pool

@@ -6,7 +6,7 @@ one block ahead, honouring the consumer's pauses.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorFromThreads

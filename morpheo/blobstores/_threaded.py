@@ -10,7 +10,7 @@ import hashlib
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredLock
-from twisted.internet.interfaces import IPushProducer, IReactorFromThreads
+from twisted.internet.interfaces import IProducer, IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -30,9 +30,7 @@ class ThreadedBlobWriter:
     at the same time.
     """
 
-    def __init__(
-        self, key: str, size: int, reactor: IReactorFromThreads, pool: ThreadPool
-    ) -> None:
+    def __init__(self, key: str, size: int, reactor: IReactorFromThreads, pool: ThreadPool) -> None:
         self.key = key
         self.size = size
         self._reactor = reactor
@@ -50,7 +48,7 @@ class ThreadedBlobWriter:
 
     # IConsumer
 
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         self._gate.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
@@ -95,7 +93,13 @@ class ThreadedBlobWriter:
             self._pending = []
             self._aborted = self._inThread(self._discardInThread)
         d: Deferred[None] = Deferred()
-        self._aborted.addBoth(lambda r: (d.callback(None), r)[1])
+
+        def relay(result: object) -> object:
+            # Every caller hears when the discard is over; none sees its errors.
+            d.callback(None)
+            return result
+
+        self._aborted.addBoth(relay)
         return d
 
     # The thread side
