@@ -1,0 +1,149 @@
+"""
+Benchmark: a 1 GiB blob through Morpheo Storage on the local blob store,
+beside nginx on the same machine as the reference.
+
+    python bench/local.py [--size-mib 1024] [--runs 3]
+
+Uploads are `curl -F` multipart POSTs (the service computes the sha256 and
+fsyncs); nginx takes the same bytes as a WebDAV PUT into its own directory.
+Downloads are `curl -o /dev/null` from both.  Prints the median MB/s of each,
+the ratio to nginx, and the service's peak resident memory (VmHWM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests._server import startServer  # noqa: E402
+
+NGINX_CONF = """
+daemon off;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/tmp;
+    client_max_body_size 0;
+    sendfile on;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root}/www;
+        location / {{ dav_methods PUT; create_full_put_path on; }}
+    }}
+}}
+"""
+
+
+def freePort() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def curl(*args: str) -> float:
+    """Run curl, return its transfer time in seconds."""
+    out = subprocess.run(
+        ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    if out[0] not in ("200", "201", "204"):
+        raise RuntimeError(f"curl {args}: HTTP {out[0]}")
+    return float(out[1])
+
+
+def mbps(size: int, seconds: float) -> float:
+    return size / seconds / 1e6
+
+
+def makeBlob(path: str, size: int) -> None:
+    block = os.urandom(1024 * 1024)
+    with open(path, "wb") as f:
+        for i in range(size // len(block)):
+            f.write(block[i % 1024 :] + block[: i % 1024])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    size = args.size_mib * 1024 * 1024
+    work = tempfile.mkdtemp(prefix="morpheo-bench-")
+    try:
+        blob = os.path.join(work, "blob.bin")
+        makeBlob(blob, size)
+        server = startServer(os.path.join(work, "server"))
+        root = os.path.join(work, "nginx")
+        for d in ("tmp", "www"):
+            os.makedirs(os.path.join(root, d))
+            os.chmod(os.path.join(root, d), 0o777)  # nginx's workers drop root
+        port = freePort()
+        with open(os.path.join(root, "nginx.conf"), "w") as f:
+            f.write(NGINX_CONF.format(root=root, port=port))
+        nginx = subprocess.Popen(["nginx", "-c", os.path.join(root, "nginx.conf")])
+        time.sleep(0.5)
+        auth = f"{server.user}:{server.password}"
+        results: dict[str, list[float]] = {k: [] for k in ("up", "down", "nginx up", "nginx down")}
+        try:
+            for run in range(args.runs):
+                import uuid
+
+                u = str(uuid.uuid4())
+                t = curl(
+                    "-u",
+                    auth,
+                    "-F",
+                    f"uuid={u}",
+                    "-F",
+                    f"size={size}",
+                    "-F",
+                    f"blob=@{blob}",
+                    f"{server.url}/data",
+                )
+                results["up"].append(mbps(size, t))
+                t = curl("-u", auth, f"{server.url}/data/{u}/blob")
+                results["down"].append(mbps(size, t))
+                t = curl("-T", blob, f"http://127.0.0.1:{port}/blob{run}.bin")
+                results["nginx up"].append(mbps(size, t))
+                t = curl(f"http://127.0.0.1:{port}/blob{run}.bin")
+                results["nginx down"].append(mbps(size, t))
+                os.unlink(os.path.join(root, "www", f"blob{run}.bin"))
+            rss = server.peakRSS()
+        finally:
+            nginx.terminate()
+            nginx.wait()
+            server.stop()
+        med = {k: statistics.median(v) for k, v in results.items()}
+        print(f"blob: {args.size_mib} MiB, {args.runs} runs, medians; {os.cpu_count()} cores")
+        print(
+            f"upload   (curl -F, sha256, fsync): {med['up']:8.0f} MB/s"
+            f"   nginx PUT: {med['nginx up']:8.0f} MB/s   ratio {med['up'] / med['nginx up']:.2f}"
+        )
+        print(
+            f"download (curl):                  {med['down']:8.0f} MB/s"
+            f"   nginx GET: {med['nginx down']:8.0f} MB/s   ratio {med['down'] / med['nginx down']:.2f}"
+        )
+        print(f"server peak RSS (VmHWM): {rss / 1e6:.1f} MB")
+        for k, v in results.items():
+            print(f"  {k:10s} runs: " + ", ".join(f"{x:.0f}" for x in v))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
