@@ -24,7 +24,8 @@ from ._types import Resource
 T = TypeVar("T")
 
 _COLUMNS = (
-    "kind, uuid::text, timestamp_upload, size, sha256, blob_key, name, description, algo::text"
+    "kind, uuid::text, timestamp_upload, size, sha256, blob_key, name, description,"
+    " algo::text, content_type, filename, seq"
 )
 
 
@@ -33,7 +34,7 @@ class DatabaseError(Exception):
 
 
 def _resource(row: Sequence[Any]) -> Resource:
-    kind, uuid, ts, size, sha, key, name, description, algo = row
+    kind, uuid, ts, size, sha, key, name, description, algo, ctype, filename, seq = row
     return Resource(
         kind=kind,
         uuid=uuid,
@@ -44,7 +45,15 @@ def _resource(row: Sequence[Any]) -> Resource:
         name=name,
         description=description,
         algo=algo,
+        content_type=ctype,
+        filename=filename,
+        seq=seq,
     )
+
+
+def _likePrefix(prefix: str) -> str:
+    """A LIKE pattern matching what starts with C{prefix}, literally."""
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 @frozen
@@ -113,10 +122,15 @@ class Database:
 
 
 class MetadataStore:
-    """The queries of the service, on a L{Database}."""
+    """
+    The queries of the service, on a L{Database}.  C{owner} names this
+    process in the claims it makes, so that its dead claims can be told from
+    another live process's.
+    """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, owner: str = "") -> None:
         self.db = db
+        self.owner = owner
 
     async def ping(self) -> None:
         await self.db.query("SELECT 1")
@@ -126,18 +140,52 @@ class MetadataStore:
         kind: str,
         uuid: str,
         *,
+        blobKey: str | None = None,
         name: str | None = None,
         description: str | None = None,
         algo: str | None = None,
+        contentType: str | None = None,
+        filename: str | None = None,
     ) -> bool:
-        """Reserve C{uuid}; L{False} if it is taken (or being uploaded)."""
+        """
+        Reserve C{uuid}, recording where its blob will go; L{False} if it is
+        taken (or being uploaded).
+        """
         rows = await self.db.query(
-            "INSERT INTO resource (kind, uuid, name, description, algo, state)"
-            " VALUES (%s, %s, %s, %s, %s, 'pending')"
+            "INSERT INTO resource (kind, uuid, blob_key, name, description, algo,"
+            " content_type, filename, claimed_by, state)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending')"
             " ON CONFLICT DO NOTHING RETURNING 1",
-            (kind, uuid, name, description, algo),
+            (kind, uuid, blobKey, name, description, algo, contentType, filename, self.owner),
         )
         return bool(rows)
+
+    async def claimModel(
+        self, uuid: str, algo: str, blobKey: str, contentType: str | None = None
+    ) -> str:
+        """
+        Reserve a model's uuid if its algo exists, holding the algo so that
+        it cannot be deleted meanwhile: C{"claimed"}, C{"taken"} or
+        C{"no algo"}.
+        """
+
+        async def run(cursor: Any) -> str:
+            await cursor.execute(
+                "SELECT 1 FROM resource WHERE kind = 'algo' AND uuid = %s AND state = 'ready'"
+                " FOR SHARE",
+                (algo,),
+            )
+            if cursor.fetchone() is None:
+                return "no algo"
+            await cursor.execute(
+                "INSERT INTO resource (kind, uuid, blob_key, algo, content_type, claimed_by, state)"
+                " VALUES ('model', %s, %s, %s, %s, %s, 'pending')"
+                " ON CONFLICT DO NOTHING RETURNING 1",
+                (uuid, blobKey, algo, contentType, self.owner),
+            )
+            return "claimed" if cursor.fetchone() else "taken"
+
+        return await self.db.interaction(lambda c: Deferred.fromCoroutine(run(c)))
 
     async def release(self, kind: str, uuid: str) -> None:
         """Give a claimed uuid back after a failed upload."""
@@ -147,11 +195,16 @@ class MetadataStore:
         )
 
     async def complete(
-        self, kind: str, uuid: str, size: int, sha256: str, blobKey: str
+        self, kind: str, uuid: str, size: int, sha256: str, blobKey: str | None = None
     ) -> Resource:
-        """Make a claimed row visible, now that its blob is committed."""
+        """
+        Make a claimed row visible, now that its blob is committed; it takes
+        the next place in the completion order.
+        """
         rows = await self.db.query(
-            "UPDATE resource SET state = 'ready', size = %s, sha256 = %s, blob_key = %s,"
+            "UPDATE resource SET state = 'ready', size = %s, sha256 = %s,"
+            " blob_key = COALESCE(%s, blob_key),"
+            " seq = nextval(pg_get_serial_sequence('resource', 'seq')),"
             " timestamp_upload = EXTRACT(EPOCH FROM clock_timestamp())::bigint"
             " WHERE kind = %s AND uuid = %s AND state = 'pending'"
             f" RETURNING {_COLUMNS}",
@@ -168,14 +221,69 @@ class MetadataStore:
         )
         return _resource(rows[0]) if rows else None
 
-    async def list(self, kind: str, limit: int, offset: int) -> list[Resource]:
-        """Newest first; ties broken by insertion order, newest first."""
+    async def list(
+        self,
+        kind: str,
+        limit: int,
+        offset: int = 0,
+        *,
+        before: int | None = None,
+        algo: str | None = None,
+        namePrefix: str | None = None,
+    ) -> list[Resource]:
+        """
+        Newest first.  C{before} is a keyset cursor: only what completed
+        before the resource of that C{seq}, so pages neither lose nor repeat
+        items while uploads arrive.
+        """
+        where, args = ["kind = %s", "state = 'ready'"], [kind]
+        if before is not None:
+            where.append("seq < %s")
+            args.append(before)
+        if algo is not None:
+            where.append("algo = %s")
+            args.append(algo)
+        if namePrefix:
+            where.append("name LIKE %s ESCAPE '\\'")
+            args.append(_likePrefix(namePrefix))
         rows = await self.db.query(
-            f"SELECT {_COLUMNS} FROM resource WHERE kind = %s AND state = 'ready'"
-            " ORDER BY timestamp_upload DESC, seq DESC LIMIT %s OFFSET %s",
-            (kind, limit, offset),
+            f"SELECT {_COLUMNS} FROM resource WHERE {' AND '.join(where)}"
+            " ORDER BY seq DESC LIMIT %s OFFSET %s",
+            (*args, limit, offset),
         )
         return [_resource(r) for r in rows]
+
+    async def delete(self, kind: str, uuid: str) -> Resource | list[str] | None:
+        """
+        Delete a ready resource's row: the row, or for an algo that models
+        still use, the uuids of (some of) those models; L{None} if absent.
+        The caller deletes the blob after: never a row without its blob.
+        """
+
+        async def run(cursor: Any) -> Resource | list[str] | None:
+            await cursor.execute(
+                f"SELECT {_COLUMNS} FROM resource"
+                " WHERE kind = %s AND uuid = %s AND state = 'ready' FOR UPDATE",
+                (kind, uuid),
+            )
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            if kind == "algo":
+                await cursor.execute(
+                    "SELECT uuid::text FROM resource WHERE kind = 'model' AND algo = %s"
+                    " ORDER BY seq LIMIT 20",
+                    (uuid,),
+                )
+                users = [r[0] for r in cursor.fetchall()]
+                if users:
+                    return users
+            await cursor.execute(
+                "DELETE FROM resource WHERE kind = %s AND uuid = %s", (kind, uuid)
+            )
+            return _resource(row)
+
+        return await self.db.interaction(lambda c: Deferred.fromCoroutine(run(c)))
 
     async def patch(
         self,
@@ -186,6 +294,8 @@ class MetadataStore:
         name: str | None,
         description: str | None,
         blob: tuple[int, str, str] | None,
+        contentType: str | None = None,
+        filename: str | None = None,
     ) -> PatchResult | None:
         """
         Apply a PATCH in one transaction: rename (the new uuid must have been
@@ -193,55 +303,74 @@ class MetadataStore:
         resource is gone.
         """
 
-        def run(cursor: Any) -> Deferred[PatchResult | None]:
-            return Deferred.fromCoroutine(
-                self._patch(cursor, kind, uuid, newUUID, name, description, blob)
-            )
-
-        return await self.db.interaction(run)
-
-    async def _patch(
-        self,
-        cursor: Any,
-        kind: str,
-        uuid: str,
-        newUUID: str | None,
-        name: str | None,
-        description: str | None,
-        blob: tuple[int, str, str] | None,
-    ) -> PatchResult | None:
-        await cursor.execute(
-            "SELECT blob_key FROM resource WHERE kind = %s AND uuid = %s AND state = 'ready'"
-            " FOR UPDATE",
-            (kind, uuid),
-        )
-        row = cursor.fetchone()
-        if row is None:
-            return None
-        oldKey = row[0]
-        if newUUID is not None and newUUID != uuid:
+        async def run(cursor: Any) -> PatchResult | None:
             await cursor.execute(
-                "DELETE FROM resource WHERE kind = %s AND uuid = %s AND state = 'pending'",
-                (kind, newUUID),
+                "SELECT blob_key FROM resource WHERE kind = %s AND uuid = %s AND state = 'ready'"
+                " FOR UPDATE",
+                (kind, uuid),
             )
-        sets: list[str] = ["uuid = %s"]
-        args: list[Any] = [newUUID or uuid]
-        if name is not None:
-            sets.append("name = %s")
-            args.append(name)
-        if description is not None:
-            sets.append("description = %s")
-            args.append(description)
-        if blob is not None:
-            sets.append("size = %s, sha256 = %s, blob_key = %s")
-            args.extend(blob)
-        await cursor.execute(
-            f"UPDATE resource SET {', '.join(sets)} WHERE kind = %s AND uuid = %s"
-            f" RETURNING {_COLUMNS}",
-            (*args, kind, uuid),
-        )
-        resource = _resource(cursor.fetchone())
-        return PatchResult(resource, oldKey if blob is not None else None)
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            oldKey = row[0]
+            if newUUID is not None and newUUID != uuid:
+                await cursor.execute(
+                    "DELETE FROM resource WHERE kind = %s AND uuid = %s AND state = 'pending'",
+                    (kind, newUUID),
+                )
+            sets: list[str] = ["uuid = %s"]
+            args: list[Any] = [newUUID or uuid]
+            for column, value in (("name", name), ("description", description)):
+                if value is not None:
+                    sets.append(f"{column} = %s")
+                    args.append(value)
+            if blob is not None:
+                sets.append(
+                    "size = %s, sha256 = %s, blob_key = %s, content_type = %s, filename = %s"
+                )
+                args.extend((*blob, contentType, filename))
+            await cursor.execute(
+                f"UPDATE resource SET {', '.join(sets)} WHERE kind = %s AND uuid = %s"
+                f" RETURNING {_COLUMNS}",
+                (*args, kind, uuid),
+            )
+            resource = _resource(cursor.fetchone())
+            return PatchResult(resource, oldKey if blob is not None else None)
+
+        return await self.db.interaction(lambda c: Deferred.fromCoroutine(run(c)))
 
     async def algoExists(self, uuid: str) -> bool:
         return await self.get("algo", uuid) is not None
+
+    # Recovery
+
+    async def heartbeat(self) -> None:
+        """Say this process's claims are alive."""
+        await self.db.operation(
+            "UPDATE resource SET heartbeat = now() WHERE claimed_by = %s AND state = 'pending'",
+            (self.owner,),
+        )
+
+    async def sweepClaims(self, staleAfter: float, mine: bool = False) -> list[tuple[str, str]]:
+        """
+        Delete pending claims that nobody keeps alive: those not refreshed
+        for C{staleAfter} seconds, and with C{mine} every claim of this
+        owner (at start-up, when they can only be a dead run's).  Returns
+        their C{(kind, uuid)}.
+        """
+        rows = await self.db.query(
+            "DELETE FROM resource WHERE state = 'pending'"
+            " AND (heartbeat < now() - make_interval(secs => %s) OR (%s AND claimed_by = %s))"
+            " RETURNING kind, uuid::text",
+            (staleAfter, mine, self.owner),
+        )
+        return [(k, u) for k, u in rows]
+
+    async def referencedKeys(self, keys: Sequence[str]) -> set[str]:
+        """Which of C{keys} a row (ready or pending) points to."""
+        if not keys:
+            return set()
+        rows = await self.db.query(
+            "SELECT blob_key FROM resource WHERE blob_key = ANY(%s)", (list(keys),)
+        )
+        return {r[0] for r in rows}

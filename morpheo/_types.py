@@ -36,6 +36,11 @@ class Resource:
     name: str | None = None
     description: str | None = None
     algo: str | None = None
+    content_type: str | None = None
+    filename: str | None = None
+    #: The completion order: lists are newest first by it, and cursors
+    #: point into it.
+    seq: int = 0
 
     def asJSON(self) -> dict[str, Any]:
         """The contract's JSON for this kind: only the keys it defines."""

@@ -39,6 +39,10 @@ from ._server import PASSWORD, TWISTD, USER, startServer
 
 SCHEMA = str(Path(__file__).resolve().parent.parent / "schema")
 SHA = "0" * 64
+#: The migrations shipped in schema/, and how they are recorded once applied.
+SHIPPED = loadMigrations(SCHEMA)
+ALL = [m.version for m in SHIPPED]
+RECORDED = [(m.version, m.name) for m in SHIPPED]
 
 
 def _socketDSN(pgdata: str, dbname: str) -> str:
@@ -128,11 +132,12 @@ def copySchema(target: Path) -> Path:
 
 
 def test_loadRealSchema() -> None:
-    """The shipped schema is one migration, 0001_resources, with both directions."""
+    """The shipped schema starts with 0001_resources; every migration has both directions."""
     migrations = loadMigrations(SCHEMA)
-    assert [(m.version, m.name) for m in migrations] == [(1, "resources")]
+    assert [(m.version, m.name) for m in migrations][:2] == [(1, "resources"), (2, "object_semantics")]
     assert "CREATE TABLE resource" in migrations[0].up
     assert "DROP TABLE resource" in migrations[0].down
+    assert all(m.up.strip() and m.down.strip() for m in migrations)
 
 
 def test_defaultMigrationsDirInACheckout() -> None:
@@ -144,8 +149,8 @@ def test_loadIgnoresOtherFiles(tmp_path: Path) -> None:
     """A README or an editor's backup in the directory is not a migration."""
     directory = copySchema(tmp_path / "m")
     (directory / "README.txt").write_text("notes")
-    (directory / "0002_x.up.sql~").write_text("backup")
-    assert [m.version for m in loadMigrations(str(directory))] == [1]
+    (directory / "0900_x.up.sql~").write_text("backup")
+    assert [m.version for m in loadMigrations(str(directory))] == ALL
 
 
 def test_upWithoutDown(tmp_path: Path) -> None:
@@ -154,8 +159,8 @@ def test_upWithoutDown(tmp_path: Path) -> None:
     needed most: refused when the directory is read.
     """
     directory = copySchema(tmp_path / "m")
-    (directory / "0002_extra.up.sql").write_text("CREATE TABLE extra (id int);")
-    with pytest.raises(MigrationError, match="0002|2_extra") as excinfo:
+    (directory / "0900_extra.up.sql").write_text("CREATE TABLE extra (id int);")
+    with pytest.raises(MigrationError, match="0900|900_extra") as excinfo:
         loadMigrations(str(directory))
     assert "no down.sql" in str(excinfo.value)
 
@@ -163,7 +168,7 @@ def test_upWithoutDown(tmp_path: Path) -> None:
 def test_downWithoutUp(tmp_path: Path) -> None:
     """A down with no up is as broken as the reverse."""
     directory = copySchema(tmp_path / "m")
-    (directory / "0002_extra.down.sql").write_text("DROP TABLE extra;")
+    (directory / "0900_extra.down.sql").write_text("DROP TABLE extra;")
     with pytest.raises(MigrationError, match="no up.sql"):
         loadMigrations(str(directory))
 
@@ -196,9 +201,9 @@ def test_twoMigrationsWithOneNumber(tmp_path: Path) -> None:
 async def test_migrateAppliesAndRecords(db: Database) -> None:
     """On an empty database, 0001 is applied: the table exists and the version is recorded."""
     applied = await migrate(db, loadMigrations(SCHEMA))
-    assert applied == [1]
+    assert applied == ALL
     assert await tableExists(db, "resource")
-    assert await recorded(db) == [(1, "resources")]
+    assert await recorded(db) == RECORDED
 
 
 @pytest_twisted.ensureDeferred
@@ -211,18 +216,22 @@ async def test_migrateTwiceIsANoOp(db: Database) -> None:
         (str(uuid.uuid4()),),
     )
     assert await migrate(db, migrations) == []
-    assert await recorded(db) == [(1, "resources")]
+    assert await recorded(db) == RECORDED
     assert (await db.query("SELECT count(*) FROM resource"))[0][0] == 1
 
 
 @pytest_twisted.ensureDeferred
 async def test_rollbackUndoesTheLast(db: Database) -> None:
-    """Rollback runs the last migration's down and forgets that it was applied."""
+    """Rollback runs the last migration's down and forgets that it was applied;
+    rolling back every one leaves an empty schema."""
     migrations = loadMigrations(SCHEMA)
     await migrate(db, migrations)
     undone = await rollback(db, migrations)
     assert isinstance(undone, Migration)
-    assert (undone.version, undone.name) == (1, "resources")
+    assert (undone.version, undone.name) == RECORDED[-1]
+    assert await recorded(db) == RECORDED[:-1]
+    for _ in RECORDED[:-1]:
+        await rollback(db, migrations)
     assert not await tableExists(db, "resource")
     assert await recorded(db) == []
 
@@ -233,7 +242,8 @@ async def test_rollbackWithNothingApplied(db: Database) -> None:
     migrations = loadMigrations(SCHEMA)
     assert await rollback(db, migrations) is None
     await migrate(db, migrations)
-    await rollback(db, migrations)
+    for _ in migrations:
+        assert await rollback(db, migrations) is not None
     assert await rollback(db, migrations) is None
 
 
@@ -243,7 +253,7 @@ async def test_migrateAgainAfterRollback(db: Database) -> None:
     migrations = loadMigrations(SCHEMA)
     await migrate(db, migrations)
     await rollback(db, migrations)
-    assert await migrate(db, migrations) == [1]
+    assert await migrate(db, migrations) == ALL[-1:]
     assert await tableExists(db, "resource")
 
 
@@ -254,20 +264,20 @@ async def test_twoMigrationsInOrder(db: Database, tmp_path: Path) -> None:
     so the wrong order would fail), and a rollback undoes only the last one.
     """
     directory = copySchema(tmp_path / "m")
-    (directory / "0002_note.up.sql").write_text("ALTER TABLE resource ADD COLUMN note text;")
-    (directory / "0002_note.down.sql").write_text("ALTER TABLE resource DROP COLUMN note;")
+    (directory / "0900_note.up.sql").write_text("ALTER TABLE resource ADD COLUMN note text;")
+    (directory / "0900_note.down.sql").write_text("ALTER TABLE resource DROP COLUMN note;")
     migrations = loadMigrations(str(directory))
-    assert [m.version for m in migrations] == [1, 2]
+    assert [m.version for m in migrations] == [*ALL, 900]
 
-    assert await migrate(db, migrations) == [1, 2]
+    assert await migrate(db, migrations) == [*ALL, 900]
     assert "note" in await columns(db, "resource")
-    assert await recorded(db) == [(1, "resources"), (2, "note")]
+    assert await recorded(db) == [*RECORDED, (900, "note")]
 
     undone = await rollback(db, migrations)
-    assert undone is not None and undone.version == 2
+    assert undone is not None and undone.version == 900
     assert await tableExists(db, "resource")
     assert "note" not in await columns(db, "resource")
-    assert await recorded(db) == [(1, "resources")]
+    assert await recorded(db) == RECORDED
 
 
 @pytest_twisted.ensureDeferred
@@ -275,9 +285,9 @@ async def test_newMigrationOnAnExistingSchema(db: Database, tmp_path: Path) -> N
     """An upgrade: a database at 0001 gets only the new 0002."""
     await migrate(db, loadMigrations(SCHEMA))
     directory = copySchema(tmp_path / "m")
-    (directory / "0002_extra.up.sql").write_text("CREATE TABLE extra (id int);")
-    (directory / "0002_extra.down.sql").write_text("DROP TABLE extra;")
-    assert await migrate(db, loadMigrations(str(directory))) == [2]
+    (directory / "0900_extra.up.sql").write_text("CREATE TABLE extra (id int);")
+    (directory / "0900_extra.down.sql").write_text("DROP TABLE extra;")
+    assert await migrate(db, loadMigrations(str(directory))) == [900]
     assert await tableExists(db, "extra")
 
 
@@ -288,15 +298,15 @@ async def test_failedMigrationLeavesNothing(db: Database, tmp_path: Path) -> Non
     neither part of its changes nor a record, and the ones before it stay.
     """
     directory = copySchema(tmp_path / "m")
-    (directory / "0002_broken.up.sql").write_text(
+    (directory / "0900_broken.up.sql").write_text(
         "CREATE TABLE half (id int); SELECT * FROM no_such_table;"
     )
-    (directory / "0002_broken.down.sql").write_text("DROP TABLE half;")
+    (directory / "0900_broken.down.sql").write_text("DROP TABLE half;")
     with pytest.raises(DatabaseError, match="no_such_table"):
         await migrate(db, loadMigrations(str(directory)))
     assert not await tableExists(db, "half")
     assert await tableExists(db, "resource")
-    assert await recorded(db) == [(1, "resources")]
+    assert await recorded(db) == RECORDED
 
 
 @pytest_twisted.ensureDeferred
@@ -306,13 +316,13 @@ async def test_rollbackOfUnknownMigration(db: Database, tmp_path: Path) -> None:
     has applied) is refused rather than undoing the wrong migration.
     """
     directory = copySchema(tmp_path / "m")
-    (directory / "0002_extra.up.sql").write_text("CREATE TABLE extra (id int);")
-    (directory / "0002_extra.down.sql").write_text("DROP TABLE extra;")
+    (directory / "0900_extra.up.sql").write_text("CREATE TABLE extra (id int);")
+    (directory / "0900_extra.down.sql").write_text("DROP TABLE extra;")
     await migrate(db, loadMigrations(str(directory)))
-    with pytest.raises(MigrationError, match="2 is applied"):
+    with pytest.raises(MigrationError, match="900 is applied"):
         await rollback(db, loadMigrations(SCHEMA))
     assert await tableExists(db, "extra")
-    assert await recorded(db) == [(1, "resources"), (2, "extra")]
+    assert await recorded(db) == [*RECORDED, (900, "extra")]
 
 
 # MetadataStore
@@ -397,25 +407,20 @@ async def test_completeWithoutClaim(store: MetadataStore) -> None:
 @pytest_twisted.ensureDeferred
 async def test_listNewestFirst(store: MetadataStore) -> None:
     """
-    Lists are newest first: by upload time, and within one second (the
-    timestamp's resolution) by the order of the uploads.
+    Lists are newest first: in the order uploads completed, whatever the
+    order they were claimed in (a claim is not an upload yet).
     """
     uids = [str(uuid.uuid4()) for _ in range(4)]
     for uid in uids:
         await store.claim("data", uid)
+    for uid in [uids[1], uids[0], uids[2], uids[3]]:
         await store.complete("data", uid, 1, SHA, uid)
     listed = [r.uuid for r in await store.list("data", 10, 0)]
-    assert listed == uids[::-1]
-
-    # An older timestamp sorts last whatever the insertion order.
-    await store.db.operation(
-        "UPDATE resource SET timestamp_upload = timestamp_upload - 100 WHERE uuid = %s",
-        (uids[-1],),
-    )
-    listed = [r.uuid for r in await store.list("data", 10, 0)]
-    assert listed == [uids[2], uids[1], uids[0], uids[3]]
-
-    assert [r.uuid for r in await store.list("data", 2, 1)] == [uids[1], uids[0]]
+    assert listed == [uids[3], uids[2], uids[0], uids[1]]
+    assert [r.uuid for r in await store.list("data", 2, 1)] == [uids[2], uids[0]]
+    # A cursor: only what completed before the given one.
+    cursor = (await store.list("data", 10, 0))[1].seq
+    assert [r.uuid for r in await store.list("data", 10, before=cursor)] == [uids[0], uids[1]]
     assert await store.list("algo", 10, 0) == []
 
 
@@ -457,25 +462,26 @@ def _twistd(dataDir: str, *extra: str) -> subprocess.CompletedProcess[str]:
 def test_twistdRollbackAndReapply(tmp_path: Path) -> None:
     """
     C{twistd morpheo-storage --db-rollback} on a server's data directory
-    undoes 0001 and exits (it does not serve); the next normal start
-    applies it again.
+    undoes the last migration and exits (it does not serve); repeated, it
+    undoes them all; the next normal start applies them again.
     """
     dataDir = str(tmp_path / "data")
     server = startServer(dataDir)
     try:
-        assert server.sql("SELECT version FROM schema_migrations") == [(1,)]
+        assert server.sql("SELECT version FROM schema_migrations ORDER BY 1") == [(v,) for v in ALL]
         assert server.sql("SELECT to_regclass('resource') IS NOT NULL") == [(True,)]
     finally:
         server.stop()
 
-    result = _twistd(dataDir, "--db-rollback")
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
-    assert "rolled back migration 1_resources" in output, output
-    assert "listening on" not in output, output
-    assert not os.path.exists(os.path.join(dataDir, "postgres", "postmaster.pid")), (
-        "the embedded PostgreSQL should be stopped when twistd exits"
-    )
+    for version, name in reversed(RECORDED):
+        result = _twistd(dataDir, "--db-rollback")
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output
+        assert f"rolled back migration {version}_{name}" in output, output
+        assert "listening on" not in output, output
+        assert not os.path.exists(os.path.join(dataDir, "postgres", "postmaster.pid")), (
+            "the embedded PostgreSQL should be stopped when twistd exits"
+        )
     assert _tables(dataDir) == (False, [])
 
     # Nothing left to roll back: says so, still exits cleanly.
@@ -485,8 +491,8 @@ def test_twistdRollbackAndReapply(tmp_path: Path) -> None:
 
     server = startServer(dataDir)
     try:
-        assert server.sql("SELECT version FROM schema_migrations") == [(1,)]
+        assert server.sql("SELECT version FROM schema_migrations ORDER BY 1") == [(v,) for v in ALL]
         assert server.sql("SELECT to_regclass('resource') IS NOT NULL") == [(True,)]
-        assert "applied migrations [1]" in server.log()
+        assert f"applied migrations {ALL}" in server.log()
     finally:
         server.stop()
