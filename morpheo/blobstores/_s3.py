@@ -1,0 +1,331 @@
+# -*- test-case-name: tests.test_blobstore_contract -*-
+"""
+Blobs as objects in an S3 bucket (AWS or any S3-compatible store).
+
+Requests are signed by botocore's SigV4 signer (streamed bodies as
+C{UNSIGNED-PAYLOAD}) in the thread pool, where botocore may also refresh
+credentials, and sent with a Twisted L{IAgent}, bodies streamed straight
+from the writer.  Up to C{partThreshold} bytes a blob is one PUT; above, a
+multipart upload whose parts are streamed in order, the next part starting
+as soon as the previous one's body is written.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+from urllib.parse import quote
+from xml.etree import ElementTree
+
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.credentials import Credentials
+from botocore.session import get_session
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IConsumer, IReactorFromThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from zope.interface import implementer
+
+from .._interfaces import IBlobStore
+from .._types import BlobNotFound, BlobStoreError
+from ._remote import (
+    BytesBody,
+    EmptyProducer,
+    StreamBody,
+    StreamingWriter,
+    asStoreError,
+    readSmall,
+    streamResponse,
+)
+
+MiB = 1024 * 1024
+MIN_PART = 5 * MiB
+MAX_PARTS = 10_000
+_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+
+# Streamed bodies cannot be hashed before they are sent: botocore's own
+# switch for S3 then signs them as UNSIGNED-PAYLOAD.
+_UNSIGNED = Config(s3={"payload_signing_enabled": False})
+
+
+def partSize(size: int, preferred: int) -> int:
+    """
+    The part length for a blob of C{size} bytes: C{preferred} unless that
+    needs more than 10,000 parts, then the smallest whole number of MiB that
+    fits; never under S3's 5 MiB minimum.
+    """
+    needed = math.ceil(size / MAX_PARTS / MiB) * MiB
+    return max(MIN_PART, preferred, needed)
+
+
+def _findText(root: ElementTree.Element, name: str) -> str | None:
+    for element in root.iter():
+        if element.tag in (name, _NS + name):
+            return element.text
+    return None
+
+
+class _S3Writer(StreamingWriter[str]):
+    """One PUT, or a multipart upload when the blob is over the threshold."""
+
+    def __init__(self, store: S3BlobStore, key: str, size: int) -> None:
+        self._store = store
+        self._multipart = size > store.partThreshold
+        self._partSize = partSize(size, store.partSize)
+        self._uploadId: str | None = None
+        self.pipelined = self._multipart
+        super().__init__(key, size, store._reactor, store._pool, store.highWater)
+
+    def _segments(self) -> list[tuple[int, int]]:
+        if not self._multipart:
+            return [(0, self.size)]
+        step = self._partSize
+        return [(o, min(step, self.size - o)) for o in range(0, self.size, step)]
+
+    def _begin(self) -> Deferred[None]:
+        if not self._multipart:
+            return succeed(None)
+
+        def started(body: bytes) -> None:
+            uploadId = _findText(ElementTree.fromstring(body), "UploadId")
+            if not uploadId:
+                raise BlobStoreError(f"S3 gave no UploadId for {self.key}")
+            self._uploadId = uploadId
+
+        what = f"S3 CreateMultipartUpload of {self.key}"
+        d = self._store._call("POST", self.key, what, query="uploads")
+        return d.addCallback(readSmall).addCallback(started)
+
+    def _sendSegment(self, index: int, offset: int, length: int, body: StreamBody) -> Deferred[str]:
+        if not self._multipart:
+            what = f"S3 PutObject of {self.key}"
+            return self._store._call("PUT", self.key, what, body=body).addCallback(_drained, "")
+        query = f"partNumber={index + 1}&uploadId={quote(self._uploadId or '', safe='')}"
+        what = f"S3 UploadPart {index + 1} of {self.key}"
+
+        def etag(response: IResponse) -> Deferred[str]:
+            value = response.headers.getRawHeaders("etag", [""])[0]
+            if not value:
+                raise BlobStoreError(f"{what} gave no ETag")
+            return _drained(response, value)
+
+        return self._store._call("PUT", self.key, what, query=query, body=body).addCallback(etag)
+
+    def _commit(self, etags: list[str]) -> Deferred[None]:
+        if not self._multipart:
+            return succeed(None)
+        parts = "".join(
+            f"<Part><PartNumber>{n}</PartNumber><ETag>{_xmlEscape(e)}</ETag></Part>"
+            for n, e in enumerate(etags, 1)
+        )
+        xml = f'<CompleteMultipartUpload xmlns="{_NS[1:-1]}">{parts}</CompleteMultipartUpload>'
+        what = f"S3 CompleteMultipartUpload of {self.key}"
+
+        def check(body: bytes) -> None:
+            # S3 may answer 200 and still fail, with an <Error> in the body.
+            root = ElementTree.fromstring(body)
+            if root.tag in ("Error", _NS + "Error"):
+                raise BlobStoreError(
+                    f"{what} failed: {_findText(root, 'Code')}: {_findText(root, 'Message')}"
+                )
+
+        d = self._store._call("POST", self.key, what, query=self._uploadQuery(), data=xml.encode())
+        return d.addCallback(readSmall).addCallback(check)
+
+    def _uploadQuery(self) -> str:
+        return f"uploadId={quote(self._uploadId or '', safe='')}"
+
+    def _cleanup(self, begun: bool, committed: bool) -> Deferred[None]:
+        if committed:
+            return self._store.delete(self.key)
+        if self._uploadId is None:
+            return succeed(None)
+        what = f"S3 AbortMultipartUpload of {self.key}"
+        d = self._store._call(
+            "DELETE", self.key, what, query=self._uploadQuery(), ok=(200, 204, 404)
+        )
+        return d.addCallback(_drained, None)
+
+
+def _xmlEscape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _drained(response: IResponse, value: Any) -> Deferred[Any]:
+    """Read the (small) rest of a response so its connection is reused."""
+    return readSmall(response).addCallback(lambda _: value)
+
+
+@implementer(IBlobStore)
+class S3BlobStore:
+    """
+    Blobs in S3 bucket C{bucket} of C{region}; C{endpoint} (for example
+    C{"http://127.0.0.1:8333"}) selects an S3-compatible store, addressed
+    path-style.  Credentials come from botocore's standard chain unless
+    C{credentials} is given.
+    """
+
+    name = "s3"
+
+    def __init__(
+        self,
+        bucket: str,
+        region: str,
+        reactor: Any,
+        pool: ThreadPool,
+        endpoint: str | None = None,
+        agent: IAgent | None = None,
+        credentials: Credentials | None = None,
+        partThreshold: int = 64 * MiB,
+        partSize: int = 16 * MiB,
+        highWater: int | None = None,
+    ) -> None:
+        if partSize < MIN_PART:
+            raise ValueError(f"S3 parts are at least {MIN_PART} bytes")
+        self.bucket = bucket
+        self.region = region
+        self.partThreshold = partThreshold
+        self.partSize = partSize
+        self.highWater = highWater
+        self._reactor: IReactorFromThreads = reactor
+        self._pool = pool
+        if endpoint is not None:
+            self._base = f"{endpoint.rstrip('/')}/{quote(bucket, safe='')}"
+        elif "." in bucket:
+            self._base = f"https://s3.{region}.amazonaws.com/{quote(bucket, safe='')}"
+        else:
+            self._base = f"https://{bucket}.s3.{region}.amazonaws.com"
+        self.endpoint = self._base
+        if agent is None:
+            pool_ = HTTPConnectionPool(reactor)
+            pool_.maxPersistentPerHost = 8
+            agent = Agent(reactor, connectTimeout=30, pool=pool_)
+        self._agent = agent
+        self._credentials = credentials
+
+    # Requests
+
+    def _url(self, key: str | None, query: str | None) -> str:
+        url = self._base + ("/" if key is None else "/" + quote(key, safe="/~"))
+        return url if query is None else f"{url}?{query}"
+
+    def _signInThread(
+        self, method: str, url: str, headers: dict[str, str], data: bytes | None
+    ) -> dict[str, str]:
+        if self._credentials is None:
+            self._credentials = get_session().get_credentials()
+            if self._credentials is None:
+                raise BlobStoreError("no AWS credentials found (environment, config files, role)")
+        frozen = self._credentials.get_frozen_credentials()
+        request = AWSRequest(method=method, url=url, headers=headers, data=data or b"")
+        if data is None:
+            request.context["client_config"] = _UNSIGNED
+        S3SigV4Auth(frozen, "s3", self.region).add_auth(request)
+        return dict(request.headers.items())
+
+    def _call(
+        self,
+        method: str,
+        key: str | None,
+        what: str,
+        query: str | None = None,
+        body: IBodyProducer | None = None,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        ok: tuple[int, ...] = (200, 204, 206),
+    ) -> Deferred[IResponse]:
+        """
+        Sign and send one request; fires with the response if its status
+        is in C{ok}, else fails with a L{BlobStoreError} saying C{what}
+        failed and why (or L{BlobNotFound} on NoSuchKey).
+        """
+        url = self._url(key, query)
+        signed = deferToThreadPool(
+            self._reactor,
+            self._pool,
+            self._signInThread,
+            method,
+            url,
+            dict(headers or {}),
+            None if body is not None else data,
+        )
+
+        def send(signedHeaders: dict[str, str]) -> Deferred[IResponse]:
+            producer = body
+            if producer is None and data is not None:
+                producer = BytesBody(data)
+            elif producer is None and method in ("PUT", "POST"):
+                producer = BytesBody(b"")
+            raw = Headers({k.encode(): [v.encode()] for k, v in signedHeaders.items()})
+            return self._agent.request(method.encode(), url.encode(), raw, producer)
+
+        def check(response: IResponse) -> IResponse | Deferred[IResponse]:
+            if response.code in ok:
+                return response
+            return readSmall(response).addCallback(self._error, response.code, what, key)
+
+        d = signed.addCallback(send).addCallback(check)
+        return d.addErrback(lambda f: asStoreError(what, f))
+
+    def _error(self, body: bytes, code: int, what: str, key: str | None) -> IResponse:
+        s3code = message = None
+        try:
+            root = ElementTree.fromstring(body)
+            s3code, message = _findText(root, "Code"), _findText(root, "Message")
+        except ElementTree.ParseError:
+            pass
+        if code == 404 and s3code in ("NoSuchKey", None) and key is not None:
+            raise BlobNotFound(key)
+        detail = f"{s3code}: {message}" if s3code else body[:200].decode("utf-8", "replace")
+        raise BlobStoreError(f"{what} failed: HTTP {code} {detail}".rstrip())
+
+    # IBlobStore
+
+    def writer(self, key: str, size: int) -> _S3Writer:
+        return _S3Writer(self, key, size)
+
+    def produce(
+        self, key: str, consumer: IConsumer, offset: int = 0, length: int | None = None
+    ) -> Deferred[None]:
+        what = f"S3 GetObject of {key}"
+        if length == 0:
+            d = self._call("HEAD", key, f"S3 HeadObject of {key}")
+            return d.addCallback(lambda _: EmptyProducer().produceNothing(consumer))
+        headers = {}
+        if offset or length is not None:
+            end = "" if length is None else str(offset + length - 1)
+            headers["Range"] = f"bytes={offset}-{end}"
+        d = self._call("GET", key, what, headers=headers)
+        return d.addCallback(streamResponse, consumer, what, length)
+
+    def delete(self, key: str) -> Deferred[None]:
+        d = self._call("DELETE", key, f"S3 DeleteObject of {key}", ok=(200, 204, 404))
+        return d.addCallback(_drained, None)
+
+    def check(self) -> Deferred[None]:
+        d = self._call("HEAD", None, f"S3 HeadBucket of {self.bucket}")
+        return d.addCallback(_drained, None)
+
+    def listUploads(self, prefix: str = "") -> Deferred[list[tuple[str, str]]]:
+        """
+        The multipart uploads in progress under C{prefix} as (key, upload
+        id): what an interrupted process may leave behind.
+        """
+        query = "prefix=" + quote(prefix, safe="") + "&uploads="
+
+        def parse(body: bytes) -> list[tuple[str, str]]:
+            root = ElementTree.fromstring(body)
+            uploads = []
+            for element in root.iter():
+                if element.tag in ("Upload", _NS + "Upload"):
+                    key = _findText(element, "Key") or ""
+                    uploads.append((key, _findText(element, "UploadId") or ""))
+            return uploads
+
+        d = self._call("GET", None, f"S3 ListMultipartUploads of {self.bucket}", query=query)
+        return d.addCallback(readSmall, 16 * MiB).addCallback(parse)
