@@ -13,24 +13,27 @@ import json
 import secrets
 import uuid as _uuid
 from typing import Any
+from urllib.parse import urlencode
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, maybeDeferred
-from twisted.internet.interfaces import IConsumer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
-from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ._auth import BasicAuth, Unauthorized
+from ._download import RangeNotSatisfiable, describe, preconditions, serveBlob
 from ._forms import PATCH_FORM, UPLOAD_FORMS, parseSize, parseUUID
+from ._http import parseContentMD5, parseReprDigest, parseSHA256Field, reprDigest
 from ._interfaces import IBlobStore, IBlobWriter
 from ._metadata import DatabaseError, MetadataStore
 from ._streaming import IStreamingRequest, RequestBody
 from ._types import KINDS, APIError, BlobInfo, BlobStoreError, Resource, SizeMismatch
 from ._upload import FormUpload, RawUpload, sizeError
+from ._verify import DigestMismatch, verifying
 
 ROUTES = [
     "GET /",
@@ -39,6 +42,7 @@ ROUTES = [
     "GET /{kind}",
     "POST /{kind}",
     "GET /{kind}/{uuid}",
+    "DELETE /{kind}/{uuid}",
     "GET /{kind}/{uuid}/blob",
     "PATCH /problem/{uuid}",
 ]
@@ -50,6 +54,10 @@ FORM_OVERHEAD = 64 * 1024
 
 DEFAULT_LIMIT = 30
 MAX_LIMIT = 1000
+
+#: Content types that say nothing about a model's bytes (curl's default for
+#: --data-binary is a form encoding).
+_MEANINGLESS_TYPES = {"application/x-www-form-urlencoded", ""}
 
 
 def blobKey(kind: str, uuid: str) -> str:
@@ -81,6 +89,33 @@ def _boundary(request: IRequest) -> bytes:
     )
 
 
+def _expectedDigests(headers: dict[str, str], sha256Field: str | None = None) -> dict[str, bytes]:
+    """
+    The digests a client stated for its blob, by hashlib name: a
+    C{Repr-Digest}, a C{Content-MD5}, a C{sha256} field.  Two statements of
+    one digest must agree.
+    """
+    expected: dict[str, bytes] = {}
+    if "repr-digest" in headers:
+        expected.update(parseReprDigest(headers["repr-digest"]))
+    if "content-md5" in headers:
+        expected["md5"] = parseContentMD5(headers["content-md5"])
+    if sha256Field is not None:
+        field = parseSHA256Field(sha256Field)
+        if expected.setdefault("sha256", field) != field:
+            raise APIError(400, "the sha256 field and the Repr-Digest disagree")
+    return expected
+
+
+def _requestHeaders(request: IRequest, *names: str) -> dict[str, str]:
+    out = {}
+    for name in names:
+        value = request.getHeader(name.encode())
+        if value is not None:
+            out[name] = value.decode("latin-1")
+    return out
+
+
 class StorageAPI:
     """
     The storage service's web layer: give it a metadata store, a blob store
@@ -97,11 +132,17 @@ class StorageAPI:
         store: IBlobStore,
         auth: BasicAuth,
         maxBlobSize: int | None = None,
+        reactor: Any = None,
+        pool: ThreadPool | None = None,
     ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
         self.metadata = metadata
         self.store = store
         self.auth = auth
         self.maxBlobSize = maxBlobSize
+        self._reactor = reactor
+        self._pool = pool if pool is not None else reactor.getThreadPool()
 
     def resource(self) -> IResource:
         return self.app.resource()
@@ -134,44 +175,82 @@ class StorageAPI:
             request, {"status": "ready" if ok else "not ready", **report}, 200 if ok else 503
         )
 
-    # Data routes
+    # Reading
 
-    @app.route("/<kind>", methods=["GET"])
+    @app.route("/<kind>", methods=["GET", "HEAD"])
     async def list(self, request: IRequest, kind: str) -> bytes:
+        """
+        A page, newest first.  C{next} is the path of the next page (a keyset
+        cursor: no item lost or repeated while uploads arrive), L{None} on
+        the last; C{page} counts the pages followed.
+        """
         await self._check(request, kind)
-        page = self._intArg(request, "page", 0)
+        known = {"page", "limit", "cursor", "algo", "name"}
+        unknown = sorted(
+            k.decode("latin-1") for k in request.args if k.decode("latin-1") not in known
+        )  # type: ignore[union-attr]
+        if unknown:
+            raise APIError(
+                400, f"unknown parameter {unknown[0]!r}: lists take {', '.join(sorted(known))}"
+            )
         limit = self._intArg(request, "limit", DEFAULT_LIMIT)
         if not 1 <= limit <= MAX_LIMIT:
             raise APIError(400, f"limit must be between 1 and {MAX_LIMIT}")
-        items = await self.metadata.list(kind, limit, page * limit)
+        filters: dict[str, str] = {}
+        algo = self._strArg(request, "algo")
+        if algo is not None:
+            if kind != "model":
+                raise APIError(400, "only models can be listed by algo")
+            filters["algo"] = parseUUID(algo, "algo")
+        name = self._strArg(request, "name")
+        if name is not None:
+            if kind not in ("algo", "problem"):
+                raise APIError(400, "only algos and problems have a name to filter on")
+            filters["name"] = name
+        cursor = self._strArg(request, "cursor")
+        if cursor is not None:
+            page, before = _parseCursor(cursor)
+            items = await self.metadata.list(
+                kind, limit + 1, before=before, algo=filters.get("algo"), namePrefix=name
+            )
+        else:
+            page = self._intArg(request, "page", 0)
+            items = await self.metadata.list(
+                kind, limit + 1, page * limit, algo=filters.get("algo"), namePrefix=name
+            )
+        more, items = len(items) > limit, items[:limit]
+        nextPage = None
+        if more:
+            query = {"limit": str(limit), **filters, "cursor": f"{page + 1}.{items[-1].seq}"}
+            nextPage = f"/{kind}?{urlencode(query)}"
         return _json(
             request,
-            {"page": page, "length": len(items), "items": [r.asJSON() for r in items]},
+            {
+                "page": page,
+                "length": len(items),
+                "items": [r.asJSON() for r in items],
+                "next": nextPage,
+            },
         )
 
-    @app.route("/<kind>/<uuid>", methods=["GET"])
+    @app.route("/<kind>/<uuid>", methods=["GET", "HEAD"])
     async def get(self, request: IRequest, kind: str, uuid: str) -> bytes:
         await self._check(request, kind)
         resource = await self._find(kind, uuid)
+        describe(request, resource)
+        status = preconditions(request, resource)
+        if status is not None:
+            request.setResponseCode(status)
+            return b""
         return _json(request, resource.asJSON())
 
-    @app.route("/<kind>/<uuid>/blob", methods=["GET"])
+    @app.route("/<kind>/<uuid>/blob", methods=["GET", "HEAD"])
     async def blob(self, request: IRequest, kind: str, uuid: str) -> Any:
         await self._check(request, kind)
         resource = await self._find(kind, uuid)
-        request.setHeader(b"Content-Type", b"application/octet-stream")
-        request.setHeader(b"Content-Length", b"%d" % resource.size)
-        request.setHeader(b"ETag", f'"{resource.sha256}"'.encode())
-        try:
-            await self.store.produce(resource.blob_key, IConsumer(request))
-        except BlobStoreError:
-            if request.startedWriting:  # type: ignore[attr-defined]
-                # A finished response would look complete: cut it instead.
-                self._log.failure("download of {kind} {uuid} failed", kind=kind, uuid=uuid)
-                request.channel.transport.abortConnection()  # type: ignore[attr-defined]
-                return NOT_DONE_YET
-            raise
-        return b""
+        return await serveBlob(request, resource, self.store)
+
+    # Writing
 
     @app.route("/<kind>", methods=["POST"])
     async def upload(self, request: IRequest, kind: str) -> bytes:
@@ -179,6 +258,7 @@ class StorageAPI:
         body = self._body(request)
         if kind == "model":
             return await self._uploadModel(request, body)
+        self._refuseRequestDigests(request)
         self._checkLength(body.length, FORM_OVERHEAD)
         upload = FormUpload(UPLOAD_FORMS[kind], _boundary(request), body.length)
         body.deliverBody(upload)
@@ -187,25 +267,33 @@ class StorageAPI:
             fields = upload.fields
             size = parseSize(fields["size"])
             self._checkLength(size)
+            expected = _expectedDigests(upload.blobHeaders, fields.get("sha256"))
             uuid = fields.get("uuid") or str(_uuid.uuid4())
+            key = blobKey(kind, uuid)
             await self._claim(
-                kind, uuid, name=fields.get("name"), description=fields.get("description")
+                kind,
+                uuid,
+                blobKey=key,
+                name=fields.get("name"),
+                description=fields.get("description"),
+                contentType=upload.blobContentType,
+                filename=upload.blobFilename,
             )
         except BaseException:
             upload.stop()
             raise
         try:
-            key = blobKey(kind, uuid)
-            writer = self.store.writer(key, size)
+            writer = self._writer(key, size, expected)
             upload.streamBlobTo(writer)
-            resource = await self._receive(kind, uuid, key, writer, upload)
+            resource = await self._receive(kind, uuid, key, writer, upload, expected)
         except BaseException:
             await self._quietly(self.metadata.release(kind, uuid))
             raise
+        request.setHeader(b"Repr-Digest", reprDigest(resource.sha256).encode())
         return _json(request, resource.asJSON(), 201)
 
     async def _uploadModel(self, request: IRequest, body: RequestBody) -> bytes:
-        args = {k.decode("utf-8", "replace"): v for k, v in request.args.items()}
+        args = {k.decode("utf-8", "replace"): v for k, v in request.args.items()}  # type: ignore[union-attr]
         unknown = sorted(set(args) - {"algo", "uuid"})
         if unknown:
             raise APIError(400, f"unknown field {unknown[0]!r}: a model upload takes algo and uuid")
@@ -220,25 +308,49 @@ class StorageAPI:
         if body.length is None:
             raise APIError(411, "a model upload needs a Content-Length (the model's size)")
         self._checkLength(body.length)
-        if not await self.metadata.algoExists(algo):
+        expected = _expectedDigests(_requestHeaders(request, "repr-digest", "content-md5"))
+        ctype = (request.getHeader(b"content-type") or b"").decode("latin-1")
+        ctype = None if ctype.split(";")[0].strip().lower() in _MEANINGLESS_TYPES else ctype
+        key = blobKey("model", uuid)
+        claim = await self.metadata.claimModel(uuid, algo, key, ctype)
+        if claim == "no algo":
             raise APIError(404, f"there is no algo {algo} to attach this model to")
-        await self._claim("model", uuid, algo=algo)
+        if claim == "taken":
+            raise APIError(409, f"model {uuid} already exists (or is being uploaded)")
         try:
-            key = blobKey("model", uuid)
-            writer = self.store.writer(key, body.length)
+            writer = self._writer(key, body.length, expected)
             upload = RawUpload(writer)
             body.deliverBody(upload)
-            resource = await self._receive("model", uuid, key, writer, upload)
+            resource = await self._receive("model", uuid, key, writer, upload, expected)
         except BaseException:
             await self._quietly(self.metadata.release("model", uuid))
             raise
+        request.setHeader(b"Repr-Digest", reprDigest(resource.sha256).encode())
         return _json(request, resource.asJSON(), 201)
 
-    async def _receiveBlob(self, writer: IBlobWriter, upload: FormUpload | RawUpload) -> BlobInfo:
-        """Wait for the whole body and commit the blob; abort it on failure."""
+    def _writer(self, key: str, size: int, expected: dict[str, bytes]) -> IBlobWriter:
+        return verifying(self.store.writer(key, size), expected, self._reactor, self._pool)
+
+    def _refuseRequestDigests(self, request: IRequest) -> None:
+        if _requestHeaders(request, "repr-digest", "content-md5"):
+            raise APIError(
+                400,
+                "a form's Repr-Digest or Content-MD5 would be the whole form's: state the"
+                " blob's digest in a sha256 field, or in the headers of the blob part",
+            )
+
+    async def _receiveBlob(
+        self,
+        key: str,
+        writer: IBlobWriter,
+        upload: FormUpload | RawUpload,
+        expected: dict[str, bytes],
+    ) -> BlobInfo:
+        """Wait for the whole body and commit the blob, checked against the
+        digests the client stated; abort or delete it on failure."""
         try:
             await upload.done()
-            return await writer.finish()
+            info = await writer.finish()
         except SizeMismatch as e:
             await self._quietly(writer.abort())
             raise sizeError(e) from None
@@ -246,14 +358,25 @@ class StorageAPI:
             upload.stop()
             await self._quietly(writer.abort())
             raise
+        if "sha256" in expected and bytes.fromhex(info.sha256) != expected["sha256"]:
+            # The store computes sha256 as it commits; no row points here yet.
+            await self._quietly(self.store.delete(key))
+            raise DigestMismatch("sha256")
+        return info
 
     async def _receive(
-        self, kind: str, uuid: str, key: str, writer: IBlobWriter, upload: FormUpload | RawUpload
+        self,
+        kind: str,
+        uuid: str,
+        key: str,
+        writer: IBlobWriter,
+        upload: FormUpload | RawUpload,
+        expected: dict[str, bytes],
     ) -> Resource:
         """Commit the blob, then its row; undo both on failure."""
-        info = await self._receiveBlob(writer, upload)
+        info = await self._receiveBlob(key, writer, upload, expected)
         try:
-            return await self.metadata.complete(kind, uuid, info.size, info.sha256, key)
+            return await self.metadata.complete(kind, uuid, info.size, info.sha256)
         except BaseException:
             await self._quietly(self.store.delete(key))
             raise
@@ -262,8 +385,11 @@ class StorageAPI:
     async def patch(self, request: IRequest, uuid: str) -> bytes:
         kind = "problem"
         await self._check(request, kind)
-        await self._find(kind, uuid)
-        uuid = parseUUID(uuid)
+        current = await self._find(kind, uuid)
+        uuid = current.uuid
+        if preconditions(request, current) is not None:
+            raise APIError(412, f"problem {uuid} is not the version this change was made for")
+        self._refuseRequestDigests(request)
         body = self._body(request)
         upload = FormUpload(PATCH_FORM, _boundary(request), body.length)
         body.deliverBody(upload)
@@ -272,23 +398,23 @@ class StorageAPI:
             hasBlob = await upload.fieldsReady()
             fields = upload.fields
             newUUID = fields.get("uuid")
+            expected = _expectedDigests(upload.blobHeaders, fields.get("sha256"))
             if hasBlob:
                 self._checkLength(parseSize(fields["size"]))
+            key = blobKey(kind, newUUID or uuid) if hasBlob else None
             if newUUID is not None and newUUID != uuid:
-                await self._claim(kind, newUUID)
+                await self._claim(kind, newUUID, blobKey=key)
                 claimed = newUUID
         except BaseException:
             upload.stop()
             raise
-        key = None
         try:
             blob = None
-            if hasBlob:
-                key = blobKey(kind, newUUID or uuid)
-                writer = self.store.writer(key, parseSize(fields["size"]))
+            if key is not None:
+                writer = self._writer(key, parseSize(fields["size"]), expected)
                 upload.streamBlobTo(writer)
                 try:
-                    info = await self._receiveBlob(writer, upload)
+                    info = await self._receiveBlob(key, writer, upload, expected)
                 except BaseException:
                     key = None
                     raise
@@ -302,6 +428,8 @@ class StorageAPI:
                 name=fields.get("name"),
                 description=fields.get("description"),
                 blob=blob,
+                contentType=upload.blobContentType,
+                filename=upload.blobFilename,
             )
             if result is None:
                 raise APIError(404, f"problem {uuid} was deleted or renamed during this change")
@@ -313,7 +441,31 @@ class StorageAPI:
             raise
         if result.oldBlobKey is not None:
             await self._quietly(self.store.delete(result.oldBlobKey))
+        request.setHeader(b"Repr-Digest", reprDigest(result.resource.sha256).encode())
         return _json(request, result.resource.asJSON())
+
+    @app.route("/<kind>/<uuid>", methods=["DELETE"])
+    async def delete(self, request: IRequest, kind: str, uuid: str) -> bytes:
+        """
+        The row goes first, in a transaction, then the blob: a failure in
+        between leaves an unreferenced blob (swept later), never a row
+        without its blob.
+        """
+        await self._check(request, kind)
+        uuid = parseUUID(uuid)
+        current = await self._find(kind, uuid)
+        if preconditions(request, current) is not None:
+            raise APIError(412, f"{kind} {uuid} is not the version this deletion was made for")
+        outcome = await self.metadata.delete(kind, uuid)
+        if outcome is None:
+            raise APIError(404, f"there is no {kind} {uuid}")
+        if isinstance(outcome, list):
+            raise APIError(
+                409,
+                f"algo {uuid} is used by models {', '.join(outcome)}: delete them first",
+            )
+        await self._quietly(self.store.delete(outcome.blob_key))
+        return _json(request, outcome.asJSON())
 
     # Errors
 
@@ -325,6 +477,12 @@ class StorageAPI:
                 b"WWW-Authenticate", f'Basic realm="{error.realm}", charset="UTF-8"'.encode()
             )
         return _json(request, {"error": error.message}, error.code)
+
+    @app.handle_errors(RangeNotSatisfiable)
+    def _rangeError(self, request: IRequest, failure: Failure) -> bytes:
+        size = failure.value.size  # type: ignore[union-attr]
+        request.setHeader(b"Content-Range", f"bytes */{size}".encode())
+        return _json(request, {"error": f"no requested range is within the {size} bytes"}, 416)
 
     @app.handle_errors(DatabaseError)
     def _databaseError(self, request: IRequest, failure: Failure) -> bytes:
@@ -380,6 +538,10 @@ class StorageAPI:
             raise APIError(404, f"there is no {kind} {uuid}")
         return resource
 
+    def _strArg(self, request: IRequest, name: str) -> str | None:
+        values = request.args.get(name.encode())  # type: ignore[union-attr]
+        return values[0].decode("utf-8", "replace") if values else None
+
     async def _claim(self, kind: str, uuid: str, **fields: str | None) -> None:
         if not await self.metadata.claim(kind, uuid, **fields):
             raise APIError(409, f"{kind} {uuid} already exists (or is being uploaded)")
@@ -399,3 +561,12 @@ class StorageAPI:
             await d
         except (Exception, CancelledError):
             self._log.failure("clean-up after a failed request failed")
+
+
+def _parseCursor(cursor: str) -> tuple[int, int]:
+    """A cursor is C{page.seq}: the page it opens, and the completion
+    order it continues below."""
+    page, _, seq = cursor.partition(".")
+    if not (page.isdigit() and seq.isdigit()):
+        raise APIError(400, "cursor is not one this service gave; follow the list's next")
+    return int(page), int(seq)

@@ -32,16 +32,19 @@ class FormSpec:
         return self.required | self.optional
 
 
+#: Every upload may state its blob's sha256 (hex) before the blob.
+_OPTIONAL = frozenset({"uuid", "sha256"})
+
 UPLOAD_FORMS: dict[str, FormSpec] = {
-    "algo": FormSpec(frozenset({"name", "size"}), frozenset({"uuid"})),
-    "data": FormSpec(frozenset({"size"}), frozenset({"uuid"})),
-    "prediction": FormSpec(frozenset({"size"}), frozenset({"uuid"})),
-    "problem": FormSpec(frozenset({"name", "description", "size"}), frozenset({"uuid"})),
+    "algo": FormSpec(frozenset({"name", "size"}), _OPTIONAL),
+    "data": FormSpec(frozenset({"size"}), _OPTIONAL),
+    "prediction": FormSpec(frozenset({"size"}), _OPTIONAL),
+    "problem": FormSpec(frozenset({"name", "description", "size"}), _OPTIONAL),
 }
 
 #: PATCH /problem/{uuid}: every field optional, the blob too.
 PATCH_FORM = FormSpec(
-    frozenset(), frozenset({"uuid", "name", "description", "size"}), blobRequired=False
+    frozenset(), _OPTIONAL | {"name", "description", "size"}, blobRequired=False
 )
 
 
@@ -94,8 +97,9 @@ def checkBeforeBlob(spec: FormSpec, fields: dict[str, str], hasBlob: bool) -> No
         raise APIError(400, f"missing required field {', '.join(missing)}{where}")
     if spec.blobRequired and not hasBlob:
         raise APIError(400, "missing required field blob (the file, sent last)")
-    if "size" in fields and not hasBlob:
-        raise APIError(400, "size is given but no blob follows it")
+    for needsBlob in ("size", "sha256"):
+        if needsBlob in fields and not hasBlob:
+            raise APIError(400, f"{needsBlob} is given but no blob follows it")
     if hasBlob and "size" not in fields:
         raise APIError(400, "missing required field size before blob (text fields come first)")
     for name, value in fields.items():

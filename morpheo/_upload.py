@@ -107,6 +107,11 @@ class FormUpload(Protocol):
         self._bodyComplete = False
         self._fieldsReady: Outcome[bool] = Outcome()
         self._done: Outcome[None] = Outcome()
+        #: The blob part's own headers, once it starts: its type, its file
+        #: name and any digest its client stated.
+        self.blobContentType: str | None = None
+        self.blobFilename: str | None = None
+        self.blobHeaders: dict[str, str] = {}
 
     def fieldsReady(self) -> Deferred[bool]:
         """Fires with whether a blob follows the fields, or fails with the
@@ -205,6 +210,9 @@ class FormUpload(Protocol):
         checkFieldName(self.spec, segment.name, self.fields)
         if segment.name == BLOB:
             checkBeforeBlob(self.spec, self.fields, hasBlob=True)
+            self.blobContentType = segment.content_type
+            self.blobFilename = segment.filename
+            self.blobHeaders = {k.lower(): v for k, v in segment.headerlist}
             # Hold the body until the handler has accepted the fields.
             self._state = "held"
             self.transport.pauseProducing()

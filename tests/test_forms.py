@@ -127,12 +127,13 @@ def test_parseSizeRefusesAnythingElse(value: str) -> None:
 
 
 def test_checkFieldNameAcceptsTheFormsFields() -> None:
-    """Every field of the contract's table is accepted for its kind, blob too."""
+    """Every field of the contract's table is accepted for its kind, blob too,
+    and the optional sha256 a client may state for its blob."""
     table = {
-        "algo": {"uuid", "name", "size", "blob"},
-        "data": {"uuid", "size", "blob"},
-        "prediction": {"uuid", "size", "blob"},
-        "problem": {"uuid", "name", "description", "size", "blob"},
+        "algo": {"uuid", "name", "size", "sha256", "blob"},
+        "data": {"uuid", "size", "sha256", "blob"},
+        "prediction": {"uuid", "size", "sha256", "blob"},
+        "problem": {"uuid", "name", "description", "size", "sha256", "blob"},
     }
     assert set(UPLOAD_FORMS) == set(table)
     for kind, names in table.items():

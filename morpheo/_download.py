@@ -1,0 +1,156 @@
+# -*- test-case-name: tests.test_objects -*-
+"""
+Serving a stored blob: the headers an object store's clients expect,
+conditional requests, byte ranges (one, or several as
+C{multipart/byteranges}), HEAD; the bytes streamed from the blob store.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from twisted.internet.interfaces import IConsumer
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from twisted.web.server import NOT_DONE_YET
+
+from ._http import (
+    ByteRange,
+    Unsatisfiable,
+    contentDisposition,
+    etagOf,
+    httpDate,
+    ifRangeHolds,
+    match,
+    noneMatch,
+    parseHTTPDate,
+    parseRange,
+    reprDigest,
+)
+from ._interfaces import IBlobStore
+from ._types import BlobStoreError, Resource
+
+_log = Logger()
+
+DEFAULT_TYPE = "application/octet-stream"
+
+
+def describe(request: IRequest, resource: Resource) -> None:
+    """The validators and digest every response about C{resource} carries."""
+    request.setHeader(b"ETag", etagOf(resource.sha256).encode())
+    request.setHeader(b"Last-Modified", httpDate(resource.timestamp_upload).encode())
+    request.setHeader(b"Repr-Digest", reprDigest(resource.sha256).encode())
+
+
+def preconditions(request: IRequest, resource: Resource) -> int | None:
+    """
+    RFC 9110 section 13.2.2, in its order: the status that ends the request
+    (412, or 304 for GET and HEAD), or L{None} to go on.
+    """
+    etag = etagOf(resource.sha256)
+    ifMatch = _header(request, b"if-match")
+    if ifMatch is not None and not match(ifMatch, etag):
+        return 412
+    ifNoneMatch = _header(request, b"if-none-match")
+    if ifNoneMatch is not None:
+        if not noneMatch(ifNoneMatch, etag):
+            return 304 if request.method in (b"GET", b"HEAD") else 412
+    elif request.method in (b"GET", b"HEAD"):
+        since = _header(request, b"if-modified-since")
+        date = parseHTTPDate(since) if since else None
+        if date is not None and resource.timestamp_upload <= date:
+            return 304
+    return None
+
+
+def _header(request: IRequest, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return None if value is None else value.decode("latin-1")
+
+
+async def serveBlob(request: IRequest, resource: Resource, store: IBlobStore) -> Any:
+    """Answer a GET or HEAD of C{resource}'s blob."""
+    describe(request, resource)
+    request.setHeader(b"Accept-Ranges", b"bytes")
+    filename = resource.filename or resource.uuid
+    request.setHeader(b"Content-Disposition", contentDisposition(filename).encode())
+    status = preconditions(request, resource)
+    if status is not None:
+        request.setResponseCode(status)
+        return b""
+    contentType = resource.content_type or DEFAULT_TYPE
+    size = resource.size
+    ranges = _ranges(request, resource)
+    if ranges is None:
+        request.setHeader(b"Content-Type", contentType.encode())
+        request.setHeader(b"Content-Length", b"%d" % size)
+        parts = [(b"", ByteRange(0, size))]
+        closing = b""
+    elif len(ranges) == 1:
+        [only] = ranges
+        request.setResponseCode(206)
+        request.setHeader(b"Content-Type", contentType.encode())
+        request.setHeader(b"Content-Range", only.contentRange(size).encode())
+        request.setHeader(b"Content-Length", b"%d" % only.length)
+        parts = [(b"", only)]
+        closing = b""
+    else:
+        boundary = secrets.token_hex(16)
+        request.setResponseCode(206)
+        request.setHeader(b"Content-Type", f"multipart/byteranges; boundary={boundary}".encode())
+        parts = [
+            (
+                (
+                    f"\r\n--{boundary}\r\nContent-Type: {contentType}\r\n"
+                    f"Content-Range: {r.contentRange(size)}\r\n\r\n"
+                ).encode(),
+                r,
+            )
+            for r in ranges
+        ]
+        closing = f"\r\n--{boundary}--\r\n".encode()
+        total = sum(len(head) + r.length for head, r in parts) + len(closing)
+        request.setHeader(b"Content-Length", b"%d" % total)
+    if request.method == b"HEAD":
+        return b""
+    try:
+        for head, r in parts:
+            if head:
+                request.write(head)
+            if r.length:
+                await store.produce(resource.blob_key, IConsumer(request), r.start, r.length)
+        if closing:
+            request.write(closing)
+    except BlobStoreError:
+        if request.startedWriting:  # type: ignore[attr-defined]
+            # A finished response would look complete: cut it instead.
+            _log.failure("download of {key} failed", key=resource.blob_key)
+            request.channel.transport.abortConnection()  # type: ignore[attr-defined]
+            return NOT_DONE_YET
+        raise
+    return b""
+
+
+def _ranges(request: IRequest, resource: Resource) -> list[ByteRange] | None:
+    """The ranges to serve, L{None} for the whole blob; 416 raised as is."""
+    header = _header(request, b"range")
+    if header is None or request.method not in (b"GET", b"HEAD"):
+        return None
+    ifRange = _header(request, b"if-range")
+    if ifRange is not None and not ifRangeHolds(
+        ifRange, etagOf(resource.sha256), resource.timestamp_upload
+    ):
+        return None
+    try:
+        return parseRange(header, resource.size)
+    except Unsatisfiable:
+        raise RangeNotSatisfiable(resource.size) from None
+
+
+class RangeNotSatisfiable(Exception):
+    """416: rendered by the routes with C{Content-Range: bytes */size}."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
