@@ -48,7 +48,8 @@ def header(response, name: str) -> str | None:
 def filePart(name: str, data: bytes, filename: str, ctype: str, extra: str = "") -> bytes:
     return (
         (
-            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+            f"--{BOUNDARY}\r\n"
+            f'Content-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
             f"Content-Type: {ctype}\r\n{extra}\r\n"
         ).encode()
         + data
@@ -224,7 +225,7 @@ async def test_multiple_ranges(http, server, bigBlob):
     size = len(bigBlob)
     expected = [(0, 9), (1000000, 1999999), (size - 100, size - 1)]
     assert len(parts[1:-1]) == 3
-    for part, (start, end) in zip(parts[1:-1], expected):
+    for part, (start, end) in zip(parts[1:-1], expected, strict=True):
         head, _, data = part[2:].partition(b"\r\n\r\n")
         assert f"Content-Range: bytes {start}-{end}/{size}".encode() in head
         assert data == bigBlob[start : end + 1]
