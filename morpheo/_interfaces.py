@@ -85,3 +85,22 @@ class IBlobStore(Interface):
         Fail if the store cannot be used right now (for readiness checks and
         start-up).
         """
+
+
+class ISweepableBlobStore(IBlobStore):
+    """
+    A blob store that can list what it holds, so that what a crash left
+    behind (temporary files, blobs no row points to) can be swept.
+    """
+
+    def sweepTemporary(olderThan: float = 0.0) -> Deferred[list[str]]:
+        """
+        Remove unfinished writes last touched more than C{olderThan}
+        seconds ago; fires with what was removed.
+        """
+
+    def listKeys(olderThan: float = 0.0) -> Deferred[list[str]]:
+        """
+        The keys of committed blobs last modified more than C{olderThan}
+        seconds ago.
+        """

@@ -23,7 +23,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from .._interfaces import IBlobStore
+from .._interfaces import ISweepableBlobStore
 from .._types import BlobNotFound, BlobStoreError
 from ._producer import ThreadedReadProducer
 from ._threaded import ThreadedBlobWriter
@@ -96,7 +96,7 @@ def _fsyncDirectory(path: str) -> None:
         os.close(fd)
 
 
-@implementer(IBlobStore)
+@implementer(ISweepableBlobStore)
 class LocalBlobStore:
     """
     Blobs as files under C{root}, all file work in C{pool}.
@@ -157,6 +157,25 @@ class LocalBlobStore:
                 raise BlobStoreError(f"{self.root} is not writable")
 
         return self._inThread(probe)
+
+    def listKeys(self, olderThan: float = 0.0) -> Deferred[list[str]]:
+        def walk() -> list[str]:
+            keys = []
+            limit = time.time() - olderThan
+            for dirpath, _, files in os.walk(self.root):
+                for name in files:
+                    p = os.path.join(dirpath, name)
+                    if name.startswith(TEMP_PREFIX):
+                        continue
+                    try:
+                        if os.stat(p).st_mtime > limit:
+                            continue
+                    except FileNotFoundError:
+                        continue
+                    keys.append(os.path.relpath(p, self.root).replace(os.sep, "/"))
+            return keys
+
+        return self._inThread(walk)
 
     def sweepTemporary(self, olderThan: float = 0.0) -> Deferred[list[str]]:
         """

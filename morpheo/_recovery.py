@@ -1,0 +1,177 @@
+# -*- test-case-name: tests.test_recovery -*-
+"""
+What a crash leaves behind, and how it is swept.
+
+A process killed mid-upload leaves a pending claim (the uuid looks taken),
+maybe a temporary file, maybe a committed blob no row points to.  None of
+it is ever visible (rows are read only once C{ready}, blobs only through
+their row), but all of it is swept: at start, everything the previous run
+of this data directory left; then periodically, what any dead process left
+(claims whose heartbeat stopped, old temporary files and unreferenced
+blobs).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import uuid
+from typing import IO, Any
+
+from attrs import frozen
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from ._interfaces import IBlobStore, ISweepableBlobStore
+from ._metadata import MetadataStore
+
+#: A claim not refreshed for this long belongs to a dead process.
+STALE_CLAIM = 300.0
+#: How often claims are refreshed and leftovers swept.
+SWEEP_INTERVAL = 60.0
+#: Leftovers younger than this may belong to a live upload: kept.
+LEFTOVER_AGE = 3600.0
+
+_log = Logger()
+
+
+class DataDirInUse(Exception):
+    """Another process serves from this data directory."""
+
+
+class DataDirLock:
+    """
+    An exclusive lock on a data directory for the life of the process: its
+    start-up sweep assumes no other process writes there.  The kernel drops
+    it when the process dies, however it dies.
+    """
+
+    def __init__(self, dataDir: str) -> None:
+        self.path = os.path.join(dataDir, "morpheo-storage.lock")
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            where = os.path.dirname(self.path)
+            raise DataDirInUse(
+                f"{where} is in use by {holder}: one service per data directory"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        self._file = f
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def instanceName(dataDir: str) -> str:
+    """
+    This data directory's name in the claims it makes: the same across
+    restarts, so a new run knows the claims of the run before it.
+    """
+    path = os.path.join(dataDir, "instance-id")
+    try:
+        with open(path) as f:
+            ident = f.read().strip()
+    except FileNotFoundError:
+        ident = str(uuid.uuid4())
+        os.makedirs(dataDir, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(ident + "\n")
+    return f"{socket.gethostname()}/{ident}"
+
+
+@frozen
+class Swept:
+    claims: int
+    temporary: int
+    orphans: int
+
+    def __bool__(self) -> bool:
+        return bool(self.claims or self.temporary or self.orphans)
+
+
+async def sweep(metadata: MetadataStore, store: IBlobStore, *, atStart: bool = False) -> Swept:
+    """
+    Sweep once.  At start, every claim of this data directory and every
+    leftover are its dead predecessor's; later only stale ones are swept.
+    """
+    claims = await metadata.sweepClaims(STALE_CLAIM, mine=atStart)
+    temporary: list[str] = []
+    orphans: list[str] = []
+    if ISweepableBlobStore.providedBy(store):
+        age = 0.0 if atStart else LEFTOVER_AGE
+        temporary = await store.sweepTemporary(age)
+        keys = await store.listKeys(age)
+        for start in range(0, len(keys), 1000):
+            batch = keys[start : start + 1000]
+            referenced = await metadata.referencedKeys(batch)
+            for key in batch:
+                if key not in referenced:
+                    await store.delete(key)
+                    orphans.append(key)
+    swept = Swept(len(claims), len(temporary), len(orphans))
+    if swept:
+        _log.info(
+            "swept {claims} dead claims, {temporary} temporary files and {orphans}"
+            " unreferenced blobs",
+            claims=swept.claims,
+            temporary=swept.temporary,
+            orphans=swept.orphans,
+        )
+    return swept
+
+
+class Sweeper(Service):
+    """
+    Every C{interval} seconds: refresh this process's claims, and sweep
+    what dead processes left.
+    """
+
+    def __init__(
+        self,
+        metadata: MetadataStore,
+        store: IBlobStore,
+        clock: Any,
+        interval: float = SWEEP_INTERVAL,
+    ) -> None:
+        self._metadata = metadata
+        self._store = store
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = clock
+        self._interval = interval
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self._interval, now=False).addErrback(
+            lambda f: _log.failure("the sweeper stopped", f)
+        )
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+
+    async def _run(self) -> None:
+        await self._metadata.heartbeat()
+        await sweep(self._metadata, self._store)
+
+    def _tick(self) -> Any:
+        d = Deferred.fromCoroutine(self._run())
+        # A failed sweep (the database is down) is logged and tried again.
+        d.addErrback(lambda f: _log.failure("sweeping failed; trying again later", f))
+        return d
