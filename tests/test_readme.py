@@ -79,5 +79,20 @@ def test_readme_examples_work_as_written(readmeServer, tmp_path):
     assert algo["name"] == "my_algo"
     assert model["algo"] == algo["uuid"] and model["sha256"] == sha
     assert patched["description"] == "greater" and patched["uuid"] != uploaded["uuid"]
+    # Ranges, HEAD, If-None-Match
+    assert (work / "first-100-bytes.bin").read_bytes() == original[:100]
+    assert (work / "last-100-bytes.bin").read_bytes() == original[-100:]
+    assert f'ETag: "{sha}"' in done.stdout
+    assert "\n304\n" in done.stdout
+    # Checked uploads, lists, delete
+    checkedAlgo, checkedModel, models, named, deleted = outputs[6:11]
+    assert checkedAlgo["sha256"] == sha and checkedModel["sha256"] == sha
+    assert models["items"] == [checkedModel] and models["next"].startswith("/model?")
+    assert [i["uuid"] for i in named["items"]] == [patched["uuid"]]
+    assert deleted == patched
+    assert len(outputs) == 11
     assert "error" not in done.stdout
-    assert readmeServer.sql("SELECT count(*) FROM resource") == [(3,)]
+    assert readmeServer.sql("SELECT kind, count(*) FROM resource GROUP BY 1 ORDER BY 1") == [
+        ("algo", 2),
+        ("model", 2),
+    ]
