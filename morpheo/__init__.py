@@ -3,16 +3,22 @@ Morpheo Storage: blobs and their metadata for the Morpheo platform, served
 over HTTP with Twisted.
 
 The public API, for embedding the service in another Twisted application:
-build a L{StorageAPI} from a metadata store and a blob store and serve its
-C{resource()} with a L{StreamingSite} (see the README).
+make a L{StorageService} from a L{StorageConfig} with C{listen=False},
+start it with the host, mount its C{resource()} and serve the host's tree
+with a L{StreamingSite} (see the README, "Embedding").  The parts
+(L{StorageAPI}, the stores, L{BasicAuth}) are public too.
 """
 
+from ._accesslog import AccessLogSite
 from ._app import StorageAPI
 from ._auth import BasicAuth
+from ._cors import CORSResource
 from ._interfaces import IBlobStore, IBlobWriter
 from ._metadata import Database, DatabaseError, MetadataStore
+from ._passwords import PasswordFileChecker, hashPassword
 from ._service import StorageConfig, StorageService
 from ._streaming import BodyAborted, IStreamingRequest, RequestBody, StreamingSite
+from ._tls import loadCertificateOptions
 from ._types import KINDS, APIError, BlobInfo, BlobNotFound, BlobStoreError, Resource
 from .blobstores import LocalBlobStore
 
@@ -21,11 +27,13 @@ __version__ = "0.1.0"
 __all__ = [
     "KINDS",
     "APIError",
+    "AccessLogSite",
     "BasicAuth",
     "BlobInfo",
     "BlobNotFound",
     "BlobStoreError",
     "BodyAborted",
+    "CORSResource",
     "Database",
     "DatabaseError",
     "IBlobStore",
@@ -33,6 +41,7 @@ __all__ = [
     "IStreamingRequest",
     "LocalBlobStore",
     "MetadataStore",
+    "PasswordFileChecker",
     "RequestBody",
     "Resource",
     "StorageAPI",
@@ -40,4 +49,6 @@ __all__ = [
     "StorageService",
     "StreamingSite",
     "__version__",
+    "hashPassword",
+    "loadCertificateOptions",
 ]

@@ -1,14 +1,23 @@
-# -*- test-case-name: tests.test_api -*-
+# -*- test-case-name: tests.test_auth -*-
 """
-HTTP Basic authentication for the data routes.
+HTTP Basic authentication for the data routes, through twisted.cred: the
+credentials go to a L{Portal} whose checkers (C{--user/--password}, any
+C{--auth} of the twistd convention) decide; the avatar is the user's name.
 """
 
 from __future__ import annotations
 
-import hmac
+from typing import Any
 
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import LoginFailed, UnhandledCredentials
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
+from zope.interface import Interface, implementer
 
+from ._passwords import AnyOf, UsersChecker
 from ._types import APIError
 
 
@@ -20,31 +29,59 @@ class Unauthorized(APIError):
         self.realm = realm
 
 
+class IStorageUser(Interface):
+    """The avatar interface: a user of the storage routes (its name)."""
+
+
+@implementer(IRealm)
+class _UserRealm:
+    """Every authenticated user may use every data route: the avatar is the name."""
+
+    def requestAvatar(self, avatarId: bytes, mind: object, *interfaces: Any) -> tuple[Any, str, Any]:
+        if IStorageUser not in interfaces:
+            raise NotImplementedError("only IStorageUser avatars")
+        name = avatarId.decode("utf-8", "replace") if isinstance(avatarId, bytes) else str(avatarId)
+        return IStorageUser, name, lambda: None
+
+
 class BasicAuth:
     """
-    Checks a request's Basic credentials against a fixed set of users.
+    Checks a request's Basic credentials.
 
-    Every user's password is compared, with L{hmac.compare_digest}, whether
-    or not the name matched, so timing tells nothing about either.
+    Give it C{users} (name to clear-text password, as C{--user/--password})
+    and/or twisted.cred C{checkers} (C{--auth file:...}, or any other
+    L{ICredentialsChecker} for L{IUsernamePassword}).  L{check} fires with
+    the user's name or fails with L{Unauthorized}.
     """
 
-    def __init__(self, users: dict[str, str], realm: str = "morpheo-storage") -> None:
-        if not users:
-            raise ValueError("at least one user is needed")
-        self._users = {u.encode("utf-8"): p.encode("utf-8") for u, p in users.items()}
+    def __init__(
+        self,
+        users: dict[str, str] | None = None,
+        realm: str = "morpheo-storage",
+        checkers: list[ICredentialsChecker] | tuple[ICredentialsChecker, ...] = (),
+    ) -> None:
+        all = ([UsersChecker(users)] if users else []) + list(checkers)
+        if not all:
+            raise ValueError("at least one user or checker is needed")
         self.realm = realm
+        self.portal = Portal(_UserRealm(), [AnyOf(all)])
 
-    def check(self, request: IRequest) -> str:
-        """The user's name, or raise L{Unauthorized}."""
+    def check(self, request: IRequest) -> Deferred[str]:
+        """The user's name, or a failure with L{Unauthorized}."""
         header = request.getHeader(b"authorization")
-        if not header or not header[:6].lower() == b"basic ":
+        if not header or header[:6].lower() != b"basic ":
             raise Unauthorized(self.realm, "this route needs HTTP Basic credentials")
-        user, password = request.getUser(), request.getPassword()
-        ok = False
-        for name, expected in self._users.items():
-            nameOK = hmac.compare_digest(name, user)
-            passOK = hmac.compare_digest(expected, password)
-            ok |= nameOK and passOK
-        if not ok:
+        credentials = UsernamePassword(request.getUser(), request.getPassword())  # type: ignore[attr-defined]
+
+        def loggedIn(result: tuple[Any, str, Any]) -> str:
+            return result[1]
+
+        def refused(failure: Any) -> None:
+            failure.trap(LoginFailed, UnhandledCredentials)
             raise Unauthorized(self.realm, "wrong user name or password")
-        return user.decode("utf-8", "replace")
+
+        d = self.portal.login(credentials, None, IStorageUser)
+        return d.addCallbacks(loggedIn, refused)  # type: ignore[no-any-return]
+
+
+__all__ = ["BasicAuth", "IStorageUser", "Unauthorized"]

@@ -2,43 +2,73 @@
 """
 The service wiring: from a L{StorageConfig} to a listening site, with the
 database, the migrations, the blob store and the embedded PostgreSQL started
-in order and stopped in reverse.
+in order and stopped in reverse (after the transfers in flight, see
+L{morpheo._graceful}).
+
+The same service embeds in another Twisted application: built with
+C{listen=False}, it listens nowhere and its L{StorageService.resource} is
+mounted by the host (see the README, "Embedding").
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import signal
 import sys
 from typing import IO, Any
 
 from attrs import define, field, frozen
 from psycopg2.extensions import make_dsn
 from twisted.application import service
+from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+from twisted.web.resource import IResource
 
+from ._accesslog import AccessLogSite
 from ._app import StorageAPI
 from ._auth import BasicAuth
+from ._cors import CORSResource
+from ._embed import StorageRoot
 from ._embedded import EmbeddedPostgres
+from ._graceful import DrainingSite, HandlerTracker, _within, trackedResource
 from ._interfaces import IBlobStore
+from ._listen import ListenError, Listener, describe, makeListeners
 from ._metadata import Database, MetadataStore
 from ._migrations import defaultMigrationsDir, loadMigrations, migrate, rollback
-from ._streaming import StreamingSite
+from ._tls import TLSConfigError
 from .blobstores import makeBlobStore
+
+#: After the shutdown deadline has cut the last transfers, how long their
+#: handlers may take to clean up before the database closes.
+CLEANUP_TIMEOUT = 10.0
 
 
 @frozen
 class StorageConfig:
-    """Everything the service needs to know, whatever it was read from."""
+    """
+    Everything the service needs to know, whatever it was read from.
 
-    user: str
-    password: str = field(repr=False)
+    Users: C{user} with C{password}, and/or twisted.cred C{checkers} (for
+    L{IUsernamePassword}); at least one of them.  Listening: the endpoint
+    descriptions of C{listen}, or else C{host}/C{port} (TLS with C{cert}
+    and C{key}).
+    """
+
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
     host: str = "0.0.0.0"
     port: int = 8000
+    listen: tuple[str, ...] = ()
+    cert: str | None = None
+    key: str | None = None
+    checkers: tuple[ICredentialsChecker, ...] = field(default=(), repr=False)
+    corsOrigins: tuple[str, ...] = ("*",)
+    shutdownTimeout: float = 30.0
     generatedPassword: bool = False
     dbHost: str | None = None
     dbPort: int = 5432
@@ -66,29 +96,78 @@ class _Running:
     embedded: EmbeddedPostgres | None = None
     db: Database | None = None
     store: IBlobStore | None = None
-    port: IListeningPort | None = None
+    ports: list[IListeningPort] = field(factory=list)
+    site: DrainingSite | None = None
+
+
+class _Site(AccessLogSite, DrainingSite):
+    """The service's own site: streaming, access-logged, drained at stop."""
 
 
 class StorageService(service.Service):
     """
     Starts everything the storage service needs, then listens; a failure
-    at start-up is reported in one sentence and stops the process.
+    at start-up is reported in one sentence.
+
+    @param listen: listen on the configured endpoints (C{False} to embed:
+        mount L{resource} in the host's site instead).
+    @param ownsProcess: the service is the process (twistd): a start-up
+        failure stops the reactor and makes the process exit with status
+        1, and SIGTERM stops gracefully with status 0.
     """
 
     _log = Logger()
 
-    def __init__(self, config: StorageConfig, reactor: Any, stderr: IO[str] = sys.stderr) -> None:
+    def __init__(
+        self,
+        config: StorageConfig,
+        reactor: Any,
+        stderr: IO[str] = sys.stderr,
+        *,
+        listen: bool = True,
+        ownsProcess: bool = False,
+    ) -> None:
         self.config = config
         self._reactor = reactor
         self._stderr = stderr
+        self._listen = listen
+        self._ownsProcess = ownsProcess
         self._running: _Running | None = None
+        self._root = StorageRoot()
+        self._tracker = HandlerTracker()
         self.started: Deferred[None] = Deferred()
         self.api: StorageAPI | None = None
+        #: One line per listener, as logged: C{http://127.0.0.1:8000/}, ...
+        self.addresses: list[str] = []
+
+    def resource(self) -> IResource:
+        """
+        The storage routes, with CORS, for a host application to mount (at
+        its root or under a path).  Answers 503 until the service has
+        started.  Serve it with L{morpheo.StreamingSite}.
+        """
+        return self._root
 
     def startService(self) -> None:
         super().startService()
+        if self._ownsProcess:
+            self._reactor.callWhenRunning(self._handleSIGTERM)
         d = Deferred.fromCoroutine(self._start())
         d.addCallbacks(self.started.callback, self._startFailed)
+
+    def _handleSIGTERM(self) -> None:
+        """
+        Replace the reactor's SIGTERM handler (installed at startup) with one
+        that stops without recording the signal: twistd would otherwise end
+        by killing itself with it, and a supervisor would see a graceful,
+        requested stop as a death by signal.
+        """
+
+        def onSIGTERM(number: int, frame: Any) -> None:
+            self._reactor.callFromThread(self._log.info, "SIGTERM: stopping gracefully")
+            self._reactor.callFromThread(self._reactor.stop)
+
+        signal.signal(signal.SIGTERM, onSIGTERM)
 
     def _startFailed(self, failure: Failure) -> None:
         if failure.check(StartupError, *_EXPECTED):
@@ -99,10 +178,30 @@ class StorageService(service.Service):
         self._stderr.write(f"morpheo-storage: cannot start: {message}\n")
         self._stderr.flush()
         self.started.errback(failure)
-        self._reactor.stop()
+        if self._ownsProcess:
+            atexit.register(_exitWith, 1)
+            # The failure may come before the reactor runs (a bad TLS file).
+            self._reactor.callWhenRunning(self._reactor.stop)
+
+    def _listeners(self) -> list[Listener]:
+        config = self.config
+        try:
+            return makeListeners(
+                self._reactor,
+                listen=config.listen,
+                host=config.host,
+                port=config.port,
+                cert=config.cert,
+                key=config.key,
+            )
+        except (TLSConfigError, ListenError) as e:
+            raise StartupError(str(e)) from None
 
     async def _start(self) -> None:
         config = self.config
+        # TLS files and endpoint descriptions first: a typo there should not
+        # wait for a database to start.
+        listeners = self._listeners() if self._listen and not config.rollback else []
         pool = ThreadPool(minthreads=0, maxthreads=config.threads, name="morpheo-io")
         pool.start()
         running = self._running = _Running(pool=pool)
@@ -140,35 +239,76 @@ class StorageService(service.Service):
             removed = await sweep()
             if removed:
                 self._log.info("removed {n} temporary files left by an earlier run", n=len(removed))
+        users = {config.user: config.password} if config.user and config.password else None
         self.api = StorageAPI(
             metadata=MetadataStore(running.db),
             store=running.store,
-            auth=BasicAuth({config.user: config.password}),
+            auth=BasicAuth(users, checkers=config.checkers),
             maxBlobSize=config.maxBlobSize,
         )
-        site = StreamingSite(self.api.resource())
-        endpoint = TCP4ServerEndpoint(self._reactor, config.port, interface=config.host)
-        running.port = await endpoint.listen(site)
-        address = running.port.getHost()
-        self._log.info(
-            "morpheo-storage listening on http://{host}:{port}/ (blob store: {store})",
-            host=address.host,  # type: ignore[attr-defined]
-            port=address.port,  # type: ignore[attr-defined]
-            store=running.store.name,
-        )
+        routes = trackedResource(self.api.app, self._tracker)
+        self._root.setInner(CORSResource(routes, config.corsOrigins))
+        if listeners:
+            await self._listenOn(running, listeners)
         if config.generatedPassword:
-            self._log.warn(
-                "no --user given: use user {user!r} with password {password!r} (generated for this run)",
-                user=config.user,
-                password=config.password,
+            self._announceGeneratedPassword()
+
+    async def _listenOn(self, running: _Running, listeners: list[Listener]) -> None:
+        running.site = _Site(self._root, reactor=self._reactor)
+        store = running.store.name if running.store is not None else "?"
+        for listener in listeners:
+            try:
+                port = await listener.endpoint.listen(running.site)
+            except Exception as e:
+                raise StartupError(f"cannot listen on {listener.description}: {e}") from None
+            running.ports.append(port)
+            address = describe(port, listener.tls)
+            self.addresses.append(address)
+            self._log.info(
+                "morpheo-storage listening on {address} (blob store: {store})",
+                address=address,
+                store=store,
             )
+
+    def _announceGeneratedPassword(self) -> None:
+        """
+        Without users, the service does not run open: the password made up
+        for the run goes to a file only its owner can read, never to the log.
+        """
+        path = os.path.join(self.config.dataDir, "generated-password")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"{self.config.password}\n")
+        self._log.warn(
+            "no --user nor --auth given: use user {user!r} with the password generated"
+            " for this run, in {path}",
+            user=self.config.user,
+            path=path,
+        )
 
     async def _stop(self) -> None:
         running, self._running = self._running, None
         if running is None:
             return
-        if running.port is not None:
-            await running.port.stopListening()
+        for port in running.ports:
+            await port.stopListening()
+        timeout = self.config.shutdownTimeout
+        if running.site is not None and running.site.openConnections:
+            self._log.info(
+                "stopped listening; waiting up to {timeout}s for {n} connection(s)",
+                timeout=timeout,
+                n=running.site.openConnections,
+            )
+            cut = await running.site.drain(self._reactor, timeout)
+            if cut:
+                self._log.warn(
+                    "cut {n} connection(s) still busy after {timeout}s", n=cut, timeout=timeout
+                )
+            timeout = CLEANUP_TIMEOUT
+        if self._tracker.running:
+            if not await _within(self._reactor, self._tracker.whenIdle(), timeout):
+                self._log.warn("{n} request handler(s) had not finished", n=self._tracker.running)
+        self._root.setInner(None)
         if running.db is not None:
             running.db.close()
         if running.embedded is not None:
@@ -178,6 +318,17 @@ class StorageService(service.Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         return Deferred.fromCoroutine(self._stop())
+
+
+def _exitWith(status: int) -> None:
+    """
+    At interpreter exit, after twistd has cleaned up (pid file, log): end
+    with C{status}.  twistd itself always exits with 0 after the reactor
+    stops, which would tell a supervisor that a failed start succeeded.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _expected() -> tuple[type[BaseException], ...]:

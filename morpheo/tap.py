@@ -12,11 +12,17 @@ import sys
 from typing import Any
 
 from twisted.application import service
+from twisted.cred import strcred
+from twisted.cred.credentials import IUsernamePassword
 from twisted.python import usage
 
+from ._jsonlog import jsonObserverFactory
+from ._listen import refuseWeakTLS
+from ._passwords import PasswordFileChecker, PasswordFileError
 from ._service import StorageConfig, StorageService
 
 BLOBSTORES = ("local", "s3", "gc", "mock")
+LOG_FORMATS = ("text", "json")
 
 
 def defaultDataDir() -> str:
@@ -32,9 +38,34 @@ def _size(value: str) -> int:
     return int(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " ")
 
 
-class Options(usage.Options):
+def _port(value: str) -> int:
+    """Twisted's own coercion error ("invalid literal for int()") does not
+    name the option."""
+    try:
+        port = int(value)
+    except ValueError:
+        raise usage.UsageError(f"--port must be a port number, not {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise usage.UsageError(f"--port must be between 0 and 65535, not {port}")
+    return port
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise usage.UsageError(f"--shutdown-timeout must be a number of seconds, not {value!r}")
+    return seconds
+
+
+class Options(usage.Options, strcred.AuthOptionMixin):
     """The original service's options, with the same names and defaults
-    where a default makes sense for a Python service."""
+    where a default makes sense for a Python service, plus the twistd
+    conventions (C{--listen}, C{--auth})."""
+
+    supportedInterfaces = [IUsernamePassword]
 
     synopsis = "[options]"
     longdesc = (
@@ -43,9 +74,9 @@ class Options(usage.Options):
     )
 
     optParameters = [
-        ["host", None, "0.0.0.0", "The address to listen on."],
-        ["port", None, 8000, "The port to listen on.", int],
-        ["cert", None, None, "TLS certificate chain (PEM) to serve HTTPS with."],
+        ["host", None, "0.0.0.0", "The address to listen on (without --listen)."],
+        ["port", None, 8000, "The port to listen on (without --listen).", _port],
+        ["cert", None, None, "TLS certificate chain (PEM) to serve HTTPS with on --host/--port."],
         ["key", None, None, "TLS private key (PEM) for --cert."],
         ["user", None, None, "User name for HTTP Basic authentication."],
         [
@@ -68,6 +99,14 @@ class Options(usage.Options):
         ["s3-region", None, None, "S3 region (with --blobstore s3)."],
         ["gc-bucket", None, None, "Google Cloud Storage bucket (with --blobstore gc)."],
         ["max-blob-size", None, None, "Refuse blobs larger than this with 413 (bytes, or e.g. 512M, 5G).", _size],
+        ["log-format", None, "text", "Log lines as text or json (one JSON object per line)."],
+        [
+            "shutdown-timeout",
+            None,
+            30.0,
+            "On SIGTERM, how long transfers in flight may take to finish (seconds).",
+            _seconds,
+        ],
     ]
     optFlags = [
         ["db-rollback", None, "Roll back the last schema migration and exit."],
@@ -81,8 +120,47 @@ class Options(usage.Options):
             "data-dir": usage.CompleteDirs(),
             "db-migrations-dir": usage.CompleteDirs(),
             "blobstore": usage.CompleteList(BLOBSTORES),
+            "log-format": usage.CompleteList(LOG_FORMATS),
         }
     )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["cors-origin"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """
+        Listen on this Twisted endpoint description (repeatable), e.g.
+        tcp:8000:interface=127.0.0.1, ssl:8443:privateKey=key.pem:certKey=cert.pem,
+        unix:/run/morpheo.sock; replaces --host/--port.
+        """
+        reason = refuseWeakTLS(description)
+        if reason:
+            raise usage.UsageError(reason)
+        self["listen"].append(description)
+
+    def opt_cors_origin(self, origin: str) -> None:
+        """
+        An origin allowed to call the service from a browser (repeatable),
+        e.g. https://app.example.org; default: any (*).
+        """
+        self["cors-origin"].append(origin)
+
+    def opt_auth(self, description: str) -> None:
+        """
+        A source of users (repeatable): file:PATH for a file of user:password
+        lines, the passwords in clear or hashed (python -m morpheo.passwd
+        USER); any other twisted.cred checker (--help-auth lists them).
+        """
+        kind, _, argument = description.partition(":")
+        if kind != "file":
+            super().opt_auth(description)
+            return
+        try:
+            self.addChecker(PasswordFileChecker(argument))
+        except PasswordFileError as e:
+            raise usage.UsageError(str(e)) from None
 
     def postOptions(self) -> None:
         if self["blobstore"] not in BLOBSTORES:
@@ -91,8 +169,18 @@ class Options(usage.Options):
             )
         if bool(self["cert"]) != bool(self["key"]):
             raise usage.UsageError("--cert and --key go together")
-        if self["cert"]:
-            raise usage.UsageError("TLS (--cert/--key) is not available yet in this version")
+        if self["cert"] and self["listen"]:
+            raise usage.UsageError(
+                "--cert/--key go with --host/--port; with --listen, give the files in the"
+                " description: ssl:PORT:privateKey=KEY:certKey=CERT"
+            )
+        for option, what in (("cert", "certificate"), ("key", "key")):
+            if self[option] and not os.access(self[option], os.R_OK):
+                raise usage.UsageError(f"cannot read the TLS {what} --{option} {self[option]}")
+        if self["log-format"] not in LOG_FORMATS:
+            raise usage.UsageError(f"--log-format must be text or json, not {self['log-format']!r}")
+        if self["log-format"] == "json":
+            self._logAsJSON()
         if self["blobstore"] == "s3" and not (self["s3-bucket"] and self["s3-region"]):
             raise usage.UsageError("--blobstore s3 needs --s3-bucket and --s3-region")
         if self["blobstore"] == "gc" and not self["gc-bucket"]:
@@ -114,13 +202,31 @@ class Options(usage.Options):
                 "--user needs a password: --password-file, MORPHEO_STORAGE_PASSWORD or --password"
             )
 
+    def _logAsJSON(self) -> None:
+        """
+        Make twistd log JSON lines: the plugin's options are parsed before
+        twistd picks its log observer, and twistd's C{--logger} is the place
+        for an observer factory.  An explicit C{--logger} or C{--syslog}
+        wins.
+        """
+        parent = getattr(self, "parent", None)
+        if parent is not None and not parent.get("logger") and not parent.get("syslog"):
+            parent["logger"] = jsonObserverFactory(parent)
+
     def config(self) -> StorageConfig:
-        generated = not self["user"]
+        checkers = tuple(self.get("credCheckers", ()))
+        generated = not self["user"] and not checkers
         return StorageConfig(
             host=self["host"],
             port=self["port"],
-            user=self["user"] or "morpheo",
-            password=self["password"] or secrets.token_urlsafe(18),
+            listen=tuple(self["listen"]),
+            cert=self["cert"],
+            key=self["key"],
+            checkers=checkers,
+            corsOrigins=tuple(self["cors-origin"]) or ("*",),
+            shutdownTimeout=self["shutdown-timeout"],
+            user=self["user"] or ("morpheo" if generated else None),
+            password=self["password"] or (secrets.token_urlsafe(18) if generated else None),
             generatedPassword=generated,
             dbHost=self["db-host"],
             dbPort=self["db-port"],
@@ -141,7 +247,7 @@ class Options(usage.Options):
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
-    return StorageService(options.config(), reactor, stderr=sys.stderr)
+    return StorageService(options.config(), reactor, stderr=sys.stderr, ownsProcess=True)
 
 
 __all__ = ["Options", "makeService"]

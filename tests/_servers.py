@@ -89,11 +89,14 @@ class _Process:
         self.stop()
         raise RuntimeError(f"{self.name}: {what} not ready in {timeout}s ({last})")
 
+    #: How long a clean exit may take before the process is killed.
+    grace = 10.0
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=10)
+                self.process.wait(timeout=self.grace)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
@@ -108,6 +111,8 @@ class SeaweedFS(_Process):
     C{secretKey}) allowed everything, and C{bucket} created.
     """
 
+    # Its clean exit takes 10-15 s and its data is thrown away anyway.
+    grace = 2.0
     region = "us-east-1"
     accessKey = "morpheo-test"
     secretKey = "morpheo-test-secret"
@@ -141,14 +146,19 @@ class SeaweedFS(_Process):
             )
         }  # fmt: skip
         argv = [_weed(), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
+        self._grpcPorts = [port for name, port in ports.items() if "grpc" in name]
         argv += [f"-{name}={port}" for name, port in ports.items()]
         argv += [
             "-filer", "-s3", f"-s3.port={self.port}", f"-s3.config={config}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-master.volumeSizeLimitMB=1024", "-volume.max=0",
+            "-volume.preStopSeconds=0",
         ]  # fmt: skip
         self.spawn(argv)
         self.waitFor(self._createBucket, timeout, "the S3 gateway")
+        # The first write allocates volumes (seconds): not in a timed test.
+        self.signedRequest("PUT", f"/{self.bucket}/warm-up", b"x")
+        self.signedRequest("DELETE", f"/{self.bucket}/warm-up")
         return self
 
     def signedRequest(self, method: str, path: str, data: bytes = b"") -> tuple[int, bytes]:
@@ -172,6 +182,15 @@ class SeaweedFS(_Process):
         code, body = self.signedRequest("HEAD", f"/{self.bucket}")
         if code != 200:
             raise RuntimeError(f"bucket not there yet: HTTP {code}")
+
+    def stop(self) -> None:
+        super().stop()
+        # Killed, it leaves its gRPC UNIX sockets behind.
+        for port in getattr(self, "_grpcPorts", []):
+            for role in ("master", "volume", "filer", "s3"):
+                path = os.path.join(tempfile.gettempdir(), f"seaweedfs-{role}-grpc-{port}.sock")
+                if os.path.exists(path):
+                    os.unlink(path)
 
     def __enter__(self) -> SeaweedFS:
         return self.start()

@@ -282,10 +282,10 @@ class StreamingWriter(Generic[T]):
         self._gate.unregisterProducer()
 
     def write(self, data: bytes) -> None:
-        if self._failure is not None:
-            self._failure.raiseException()
         if self._closed:
             raise RuntimeError("write after finish() or abort()")
+        if self._failure is not None:
+            self._failure.raiseException()
         if not data:
             return
         if self._received + len(data) > self.size:

@@ -1,0 +1,47 @@
+# -*- test-case-name: tests.test_embedding -*-
+"""
+The storage service's web resource as another application mounts it: a
+stable resource, available before the service has started (it answers 503
+until then), that can stand at the root of a site or under any path of a
+twisted.web tree or a Klein branch route.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource, getChildForRequest
+
+
+class StorageRoot(Resource):
+    """
+    Delegates to the storage routes once they exist (L{setInner}).
+
+    It is a leaf: the rest of the path (C{request.postpath}) is resolved by
+    the storage routes as if they were mounted directly.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._inner: IResource | None = None
+        self._why = "the storage service is starting"
+
+    def setInner(self, inner: IResource | None, why: str = "the storage service is stopped") -> None:
+        self._inner = inner
+        self._why = why
+
+    def render(self, request: IRequest) -> bytes | int:
+        if self._inner is None:
+            body = json.dumps({"error": self._why}).encode() + b"\n"
+            request.setResponseCode(503)
+            request.setHeader(b"Content-Type", b"application/json")
+            request.setHeader(b"Content-Length", b"%d" % len(body))
+            request.setHeader(b"Retry-After", b"5")
+            return body
+        return getChildForRequest(self._inner, request).render(request)  # type: ignore[no-any-return]
+
+
+__all__ = ["StorageRoot"]

@@ -1,0 +1,78 @@
+# -*- test-case-name: tests.test_accesslog -*-
+"""
+C{--log-format json}: the whole twistd log as one JSON object per line,
+for log shippers.
+
+twistd chooses its log observer before the service exists; its documented
+hook is C{--logger}, a factory of observers.  L{morpheo.tap.Options} sets
+that option of the twistd command line to L{jsonObserverFactory}, which
+writes where twistd would have written text (stdout with C{-n}, else
+C{--logfile}, default C{twistd.log}).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import IO, Any
+
+from twisted.logger import FileLogObserver, ILogObserver, formatEvent
+from twisted.python.logfile import LogFile
+
+#: Event keys copied into every line (besides the message).
+_FIELDS = (
+    "method", "path", "status", "bytesIn", "bytesOut", "duration", "client", "user", "aborted",
+)  # fmt: skip
+
+
+def eventAsLine(event: dict[str, Any]) -> str:
+    """
+    One JSON object: C{time} (ISO 8601, UTC), C{level}, C{namespace},
+    C{message} (the formatted text), the access fields for access events,
+    and C{failure} with its traceback for failures.
+    """
+    when = event.get("log_time")
+    record: dict[str, Any] = {
+        "time": datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="milliseconds")
+        if when is not None
+        else None,
+        "level": getattr(event.get("log_level"), "name", None),
+        "namespace": event.get("log_namespace"),
+        "message": formatEvent(event),
+    }
+    if event.get("access"):
+        record["type"] = "access"
+        for key in _FIELDS:
+            record[key] = event.get(key)
+    failure = event.get("log_failure")
+    if failure is not None:
+        record["failure"] = failure.getTraceback()
+    return json.dumps(record, default=str, ensure_ascii=False) + "\n"
+
+
+def jsonFileObserver(out: IO[str]) -> ILogObserver:
+    """An observer writing L{eventAsLine} lines to C{out}."""
+    return FileLogObserver(out, eventAsLine)
+
+
+def jsonObserverFactory(serverOptions: Any) -> Callable[[], ILogObserver]:
+    """
+    A C{--logger} factory for twistd: JSON lines to the file twistd would
+    have used given C{serverOptions} (its C{--logfile} and C{-n}).
+    """
+
+    def factory() -> ILogObserver:
+        path = serverOptions.get("logfile") or ""
+        out: IO[str]
+        if path == "-" or (not path and serverOptions.get("nodaemon")):
+            out = sys.stdout
+        else:
+            out = LogFile.fromFullPath(path or "twistd.log")  # type: ignore[assignment]
+        return jsonFileObserver(out)
+
+    return factory
+
+
+__all__ = ["eventAsLine", "jsonFileObserver", "jsonObserverFactory"]

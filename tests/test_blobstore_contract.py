@@ -1,0 +1,515 @@
+"""
+One contract for every blob store, run against each backend for real: the
+local disk, the in-memory mock, S3 (a SeaweedFS started for the session)
+and Google Cloud Storage (a fake-gcs-server started for the session).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from attrs import define, field
+from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.task import deferLater
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from morpheo._interfaces import IBlobStore, IBlobWriter
+from morpheo._types import BlobNotFound, BlobStoreError, SizeMismatch
+from morpheo.blobstores._gcs import GCSBlobStore
+from morpheo.blobstores._local import TEMP_PREFIX, LocalBlobStore
+from morpheo.blobstores._mock import MockBlobStore
+from morpheo.blobstores._s3 import S3BlobStore
+
+from ._servers import FakeGCS, SeaweedFS, fakeGCS, freePort, seaweedfs
+
+__all__ = ["fakeGCS", "seaweedfs"]  # session fixtures, used by name
+
+MiB = 1024 * 1024
+KiB = 1024
+TIMEOUT = 120.0
+
+
+async def within(d: Deferred[Any], seconds: float = TIMEOUT) -> Any:
+    """Await C{d}, failing the test instead of hanging it."""
+    return await d.addTimeout(seconds, reactor)
+
+
+def newKey() -> str:
+    return f"test/{uuid.uuid4()}"
+
+
+def blobOf(size: int) -> bytes:
+    return os.urandom(size)
+
+
+@implementer(IPushProducer)
+class Source:
+    """
+    Plays an upload's request body: writes C{data} into a blob writer in
+    C{chunk}s, C{burst} of them per reactor turn, and only while not paused
+    (the socket being read, or not).
+    """
+
+    def __init__(self, writer: IBlobWriter, data: bytes, chunk: int = 64 * KiB, burst: int = 4) -> None:
+        self.writer = writer
+        self.data = memoryview(data)
+        self.chunk = chunk
+        self.burst = burst
+        self.sent = 0
+        self.paused = False
+        self.pauses = 0
+        self.sentAtFirstPause: int | None = None
+        self.done: Deferred[None] = Deferred()
+        self._scheduled = False
+
+    def start(self) -> Deferred[None]:
+        self.writer.registerProducer(self, True)
+        self._schedule()
+        return self.done
+
+    def _schedule(self) -> None:
+        if not self._scheduled and not self.paused and not self.done.called:
+            self._scheduled = True
+            reactor.callLater(0, self._step)
+
+    def _step(self) -> None:
+        self._scheduled = False
+        for _ in range(self.burst):
+            if self.paused or self.done.called:
+                return
+            if self.sent >= len(self.data):
+                self.writer.unregisterProducer()
+                self.done.callback(None)
+                return
+            block = bytes(self.data[self.sent : self.sent + self.chunk])
+            self.sent += len(block)
+            try:
+                self.writer.write(block)
+            except Exception as e:
+                self.writer.unregisterProducer()
+                self.done.errback(e)
+                return
+        self._schedule()
+
+    def pauseProducing(self) -> None:
+        if not self.paused:
+            self.pauses += 1
+            if self.sentAtFirstPause is None:
+                self.sentAtFirstPause = self.sent
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._schedule()
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+
+@implementer(IConsumer)
+class Sink:
+    """Plays a download's response: keeps what it gets, pauses on demand."""
+
+    def __init__(self, pauseAt: int | None = None) -> None:
+        self.chunks: list[bytes] = []
+        self.received = 0
+        self.producer: IPushProducer | None = None
+        self.registrations = 0
+        self.unregistrations = 0
+        self.pauseAt = pauseAt
+        self.receivedAtPause: int | None = None
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        assert streaming, "blob stores must register push producers"
+        self.producer = producer
+        self.registrations += 1
+
+    def unregisterProducer(self) -> None:
+        self.unregistrations += 1
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.received += len(data)
+        if self.pauseAt is not None and self.receivedAtPause is None and self.received >= self.pauseAt:
+            self.receivedAtPause = self.received
+            assert self.producer is not None
+            self.producer.pauseProducing()
+
+
+@define
+class Backend:
+    """How to build one kind of store for the tests, and look behind it."""
+
+    name: str
+    make: Callable[..., IBlobStore]
+    makeDown: Callable[[], IBlobStore]
+    leftovers: Callable[[IBlobStore, str], Deferred[list[str]] | list[str]]
+    tuned: dict[str, Any] = field(factory=dict)
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPool]:
+    threads = ThreadPool(minthreads=1, maxthreads=4, name="blobstore-test")
+    threads.start()
+    yield threads
+    threads.stop()
+
+
+def _localLeftovers(store: IBlobStore, key: str) -> list[str]:
+    assert isinstance(store, LocalBlobStore)
+    found = []
+    for dirpath, _, files in os.walk(store.root):
+        for name in files:
+            path = os.path.relpath(os.path.join(dirpath, name), store.root)
+            if name.startswith(TEMP_PREFIX) or path == key:
+                found.append(path)
+    return found
+
+
+def _s3Leftovers(store: IBlobStore, key: str) -> Deferred[list[str]]:
+    assert isinstance(store, S3BlobStore)
+    d = store.listUploads(prefix=key)
+    return d.addCallback(lambda uploads: [f"multipart upload {u}" for u in uploads])
+
+
+@pytest.fixture(params=["local", "mock", "s3", "gcs"])
+def backend(request: pytest.FixtureRequest, pool: ThreadPool, tmp_path: Any) -> Backend:
+    name = request.param
+    if name == "local":
+        # A root under a plain file can be neither read nor written.
+        (tmp_path / "plain-file").write_bytes(b"")
+        return Backend(
+            name,
+            lambda **kw: LocalBlobStore(str(tmp_path / "blobs"), reactor, pool),
+            lambda: LocalBlobStore(str(tmp_path / "plain-file" / "blobs"), reactor, pool),
+            _localLeftovers,
+        )
+    if name == "mock":
+        mock = MockBlobStore(reactor)
+
+        def down() -> MockBlobStore:
+            broken = MockBlobStore(reactor)
+            broken.down = True
+            return broken
+
+        return Backend(
+            name,
+            lambda **kw: mock,
+            down,
+            lambda store, key: [k for k in mock.keys() if k == key],
+        )
+    if name == "s3":
+        server: SeaweedFS = request.getfixturevalue("seaweedfs")
+
+        def s3(endpoint: str = server.endpoint, **kw: Any) -> S3BlobStore:
+            return S3BlobStore(
+                server.bucket,
+                server.region,
+                reactor,
+                pool,
+                endpoint=endpoint,
+                credentials=server.credentials,
+                **kw,
+            )
+
+        return Backend(
+            name,
+            s3,
+            lambda: s3(endpoint=f"http://127.0.0.1:{freePort()}"),
+            _s3Leftovers,
+            {"partThreshold": 5 * MiB, "partSize": 5 * MiB},
+        )
+    assert name == "gcs"
+    gcs: FakeGCS = request.getfixturevalue("fakeGCS")
+
+    def google(endpoint: str = gcs.endpoint, **kw: Any) -> GCSBlobStore:
+        return GCSBlobStore(gcs.bucket, reactor, pool, endpoint=endpoint, **kw)
+
+    return Backend(
+        name,
+        google,
+        lambda: google(endpoint=f"http://127.0.0.1:{freePort()}"),
+        lambda store, key: gcs.objects(prefix=key),
+        {"chunkSize": 256 * KiB},
+    )
+
+
+async def leftovers(backend: Backend, store: IBlobStore, key: str) -> list[str]:
+    found = backend.leftovers(store, key)
+    if isinstance(found, Deferred):
+        return list(await within(found))
+    return found
+
+
+async def put(store: IBlobStore, key: str, data: bytes, chunk: int = 64 * KiB) -> tuple[Any, Source]:
+    writer = store.writer(key, len(data))
+    source = Source(writer, data, chunk=chunk)
+    try:
+        await within(source.start())
+        info = await within(writer.finish())
+    except BaseException:
+        await within(writer.abort())
+        raise
+    return info, source
+
+
+async def get(store: IBlobStore, key: str, offset: int = 0, length: int | None = None) -> bytes:
+    sink = Sink()
+    await within(store.produce(key, sink, offset, length))
+    assert sink.registrations == sink.unregistrations == 1
+    return sink.data
+
+
+async def assertGone(backend: Backend, store: IBlobStore, key: str) -> None:
+    with pytest.raises(BlobNotFound):
+        await within(store.produce(key, Sink()))
+    assert await leftovers(backend, store, key) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_provides_interfaces(backend: Backend) -> None:
+    store = backend.make()
+    verifyObject(IBlobStore, store)
+    writer = store.writer(newKey(), 1)
+    verifyObject(IBlobWriter, writer)
+    await within(writer.abort())
+    await within(store.check())
+
+
+@pytest.mark.parametrize("size", [0, 1, 256 * KiB - 1, 256 * KiB, 256 * KiB + 1])
+@pytest_twisted.ensureDeferred
+async def test_put_get_delete(backend: Backend, size: int) -> None:
+    store = backend.make()
+    key, data = newKey(), blobOf(size)
+    info, _ = await put(store, key, data)
+    assert (info.size, info.sha256) == (size, hashlib.sha256(data).hexdigest())
+    assert await get(store, key) == data
+    await within(store.delete(key))
+    await assertGone(backend, store, key)
+
+
+@pytest_twisted.ensureDeferred
+async def test_big_blob_default_settings(backend: Backend) -> None:
+    """Over 64 MiB: past S3's default single-PUT threshold, several GCS chunks."""
+    store = backend.make()
+    key, data = newKey(), blobOf(64 * MiB + 1)
+    info, _ = await put(store, key, data, chunk=256 * KiB)
+    assert info.sha256 == hashlib.sha256(data).hexdigest()
+    got = await get(store, key)
+    assert len(got) == len(data) and got == data
+    await within(store.delete(key))
+
+
+@pytest_twisted.ensureDeferred
+async def test_many_parts(backend: Backend) -> None:
+    """Small parts or chunks, so that a cheap blob crosses several of them."""
+    store = backend.make(**backend.tuned)
+    key, data = newKey(), blobOf(12 * MiB + 3)
+    info, _ = await put(store, key, data)
+    assert info.sha256 == hashlib.sha256(data).hexdigest()
+    assert await get(store, key) == data
+    assert await get(store, key, 5 * MiB - 2, 4) == data[5 * MiB - 2 : 5 * MiB + 2]
+    await within(store.delete(key))
+
+
+@pytest_twisted.ensureDeferred
+async def test_ranges(backend: Backend) -> None:
+    store = backend.make()
+    key, data = newKey(), blobOf(MiB + 5)
+    await put(store, key, data)
+    for offset, length in [
+        (0, None),
+        (0, 1),
+        (10, 100),
+        (MiB, 5),
+        (len(data) - 1, 1),
+        (100, None),
+        (len(data) - 1, None),
+        (7, 0),
+    ]:
+        end = None if length is None else offset + length
+        assert await get(store, key, offset, length) == data[offset:end], (offset, length)
+    await within(store.delete(key))
+
+
+@pytest_twisted.ensureDeferred
+async def test_overwrite(backend: Backend) -> None:
+    store = backend.make()
+    key = newKey()
+    await put(store, key, b"first version")
+    await put(store, key, b"second")
+    assert await get(store, key) == b"second"
+    await within(store.delete(key))
+
+
+@pytest_twisted.ensureDeferred
+async def test_nothing_visible_before_finish(backend: Backend) -> None:
+    store = backend.make(**backend.tuned)
+    key, data = newKey(), blobOf(6 * MiB)
+    writer = store.writer(key, len(data))
+    await within(Source(writer, data).start())
+    await deferLater(reactor, 0.3)  # time for every byte to reach the store
+    with pytest.raises(BlobNotFound):
+        await within(store.produce(key, Sink()))
+    info = await within(writer.finish())
+    assert info.sha256 == hashlib.sha256(data).hexdigest()
+    assert await get(store, key) == data
+    await within(store.delete(key))
+
+
+@pytest.mark.parametrize("tuned", [False, True], ids=["default", "small-parts"])
+@pytest_twisted.ensureDeferred
+async def test_too_few_bytes(backend: Backend, tuned: bool) -> None:
+    store = backend.make(**(backend.tuned if tuned else {}))
+    key, data = newKey(), blobOf(6 * MiB)
+    writer = store.writer(key, len(data) + 1)
+    await within(Source(writer, data).start())
+    with pytest.raises(SizeMismatch) as caught:
+        await within(writer.finish())
+    assert (caught.value.expected, caught.value.received) == (len(data) + 1, len(data))
+    await within(writer.abort())  # allowed after a failed finish
+    await assertGone(backend, store, key)
+
+
+@pytest.mark.parametrize("tuned", [False, True], ids=["default", "small-parts"])
+@pytest_twisted.ensureDeferred
+async def test_too_many_bytes(backend: Backend, tuned: bool) -> None:
+    store = backend.make(**(backend.tuned if tuned else {}))
+    key, data = newKey(), blobOf(6 * MiB)
+    writer = store.writer(key, len(data) - 1)
+    with pytest.raises(SizeMismatch):
+        await within(Source(writer, data).start())
+    await within(writer.abort())
+    await within(writer.abort())  # and more than once
+    await assertGone(backend, store, key)
+
+
+@pytest.mark.parametrize("tuned", [False, True], ids=["default", "small-parts"])
+@pytest_twisted.ensureDeferred
+async def test_abort_midway(backend: Backend, tuned: bool) -> None:
+    store = backend.make(**(backend.tuned if tuned else {}))
+    key, data = newKey(), blobOf(12 * MiB)
+    writer = store.writer(key, 2 * len(data))
+    await within(Source(writer, data).start())
+    await deferLater(reactor, 0.3)  # parts in flight, some done
+    await within(writer.abort())
+    with pytest.raises((RuntimeError, BlobStoreError)):
+        writer.write(b"more")
+    await assertGone(backend, store, key)
+
+
+@pytest_twisted.ensureDeferred
+async def test_upload_backpressure(backend: Backend) -> None:
+    """A producer faster than the store is paused at the high water mark."""
+    store = backend.make()
+    key, data = newKey(), blobOf(24 * MiB)
+    writer = store.writer(key, len(data))
+    source = Source(writer, data, chunk=64 * KiB, burst=10_000)
+    await within(source.start())
+    assert source.pauses >= 1
+    assert source.sentAtFirstPause is not None
+    assert source.sentAtFirstPause <= 8 * MiB
+    info = await within(writer.finish())
+    assert info.sha256 == hashlib.sha256(data).hexdigest()
+    await within(store.delete(key))
+
+
+@pytest_twisted.ensureDeferred
+async def test_download_backpressure(backend: Backend) -> None:
+    """A paused consumer stops the reading; resuming finishes the transfer."""
+    store = backend.make()
+    key, data = newKey(), blobOf(32 * MiB)
+    await put(store, key, data, chunk=256 * KiB)
+    sink = Sink(pauseAt=1)
+    done = store.produce(key, sink)
+    finished: list[object] = []
+    done.addBoth(lambda result: (finished.append(result), result)[1])
+    await deferLater(reactor, 0.5)
+    assert sink.receivedAtPause is not None
+    heldBack = sink.received
+    await deferLater(reactor, 0.3)
+    assert sink.received == heldBack, "bytes kept coming while paused"
+    assert heldBack <= 4 * MiB and not finished
+    assert sink.producer is not None
+    sink.producer.resumeProducing()
+    await within(done)
+    assert sink.data == data
+    await within(store.delete(key))
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_download(backend: Backend) -> None:
+    store = backend.make()
+    key, data = newKey(), blobOf(16 * MiB)
+    await put(store, key, data, chunk=256 * KiB)
+    sink = Sink(pauseAt=1)
+    done = store.produce(key, sink)
+    await deferLater(reactor, 0.2)
+    done.cancel()
+    with pytest.raises(CancelledError):
+        await within(done)
+    received = sink.received
+    await deferLater(reactor, 0.2)
+    assert sink.received == received < len(data)
+    assert sink.unregistrations == sink.registrations
+    # The store is still usable afterwards.
+    assert await get(store, key, 0, 10) == data[:10]
+    await within(store.delete(key))
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing(backend: Backend) -> None:
+    store = backend.make()
+    key = newKey()
+    sink = Sink()
+    with pytest.raises(BlobNotFound):
+        await within(store.produce(key, sink))
+    with pytest.raises(BlobNotFound):
+        await within(store.produce(key, Sink(), 0, 0))
+    assert sink.received == 0
+    await within(store.delete(key))
+
+
+@pytest.mark.parametrize("operation", ["check", "produce", "delete"])
+@pytest_twisted.ensureDeferred
+async def test_backend_down(backend: Backend, operation: str) -> None:
+    """An unusable backend is a BlobStoreError saying what failed."""
+    if backend.name == "local" and operation in ("check", "delete"):
+        pytest.xfail("LocalBlobStore lets the OSError through (not a BlobStoreError)")
+    store = backend.makeDown()
+    key = newKey()
+    attempts = {
+        "check": store.check,
+        "produce": lambda: store.produce(key, Sink()),
+        "delete": lambda: store.delete(key),
+    }
+    with pytest.raises(BlobStoreError) as caught:
+        await within(attempts[operation]())
+    assert not isinstance(caught.value, BlobNotFound)
+    assert str(caught.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_backend_down_upload(backend: Backend) -> None:
+    store = backend.makeDown()
+    key = newKey()
+    writer = store.writer(key, 3 * MiB)
+    with pytest.raises(BlobStoreError) as caught:
+        await within(Source(writer, blobOf(3 * MiB)).start())
+        await within(writer.finish())
+    assert str(caught.value)
+    await within(writer.abort())
