@@ -519,9 +519,13 @@ class StorageAPI:
 
     def _body(self, request: IRequest) -> RequestBody:
         if not IStreamingRequest.providedBy(request):
+            # A stock twisted.web Site has already read the whole body (into
+            # memory or a temporary file) before any resource runs: too late
+            # to stream, and to refuse before it is sent.
             raise APIError(
                 500,
-                "uploads need the storage resource to be served by morpheo.StreamingSite",
+                "uploads need the storage resource to be served by morpheo.StreamingSite:"
+                " this site read the whole body before the storage service saw it",
             )
         body: RequestBody = request.body
         return body

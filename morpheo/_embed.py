@@ -4,14 +4,24 @@ The storage service's web resource as another application mounts it: a
 stable resource, available before the service has started (it answers 503
 until then), that can stand at the root of a site or under any path of a
 twisted.web tree or a Klein branch route.
+
+Uploads stream only if the host serves its tree with L{StreamingSite}.  A
+stock L{twisted.web.server.Site} reads each request body whole (into memory,
+or a temporary file above 100 KB) before any resource runs, so nothing here
+can refuse it earlier: reads work, uploads are then refused with a 500 that
+names L{StreamingSite}, and the first request through such a site logs a
+warning.
 """
 
 from __future__ import annotations
 
 import json
 
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource, getChildForRequest
+
+from ._streaming import IStreamingRequest
 
 
 class StorageRoot(Resource):
@@ -23,17 +33,31 @@ class StorageRoot(Resource):
     """
 
     isLeaf = True
+    _log = Logger()
 
     def __init__(self) -> None:
         super().__init__()
         self._inner: IResource | None = None
         self._why = "the storage service is starting"
+        self._warned = False
 
-    def setInner(self, inner: IResource | None, why: str = "the storage service is stopped") -> None:
+    def setInner(
+        self, inner: IResource | None, why: str = "the storage service is stopped"
+    ) -> None:
         self._inner = inner
         self._why = why
 
     def render(self, request: IRequest) -> bytes | int:
+        if not self._warned and not IStreamingRequest.providedBy(request):
+            # Said once, at the first request, so that a host mounted on the
+            # wrong site learns it before its first upload is refused.
+            self._warned = True
+            self._log.warn(
+                "the storage resource is served by a site that reads whole request bodies"
+                " before routing ({site}): uploads will be refused; serve it with"
+                " morpheo.StreamingSite",
+                site=type(getattr(request, "site", None)).__name__,
+            )
         if self._inner is None:
             body = json.dumps({"error": self._why}).encode() + b"\n"
             request.setResponseCode(503)

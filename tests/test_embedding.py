@@ -1,0 +1,253 @@
+"""
+Embedding: a L{StorageService} built with C{listen=False}, in this process,
+its resource mounted under C{/storage/} of another Klein application served
+by L{StreamingSite}; uploads and downloads through the host, byte for byte.
+Under a stock L{twisted.web.server.Site} the same mount serves reads but
+refuses uploads, saying why.  The host answers 503 for the storage routes
+until the service has started, and again once it has stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator
+
+import pytest_twisted
+import treq
+from klein import Klein
+from treq.client import HTTPClient
+from twisted.internet import endpoints, reactor
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.server import Site
+
+from morpheo import StorageConfig, StorageService, StreamingSite
+
+from ._client import FORM_HEADERS, form, jsonOf, newUUID, uploadFields
+
+USER, PASSWORD = "alice", "secret"
+AUTH = (USER, PASSWORD)
+TIMEOUT = 30
+
+
+def hostApp(storage: StorageService) -> Klein:
+    """The README's example host: routes of its own, the storage under /storage/."""
+    app = Klein()
+
+    @app.route("/hello")
+    def hello(request):
+        return b"hello from the host\n"
+
+    @app.route("/storage/", branch=True)
+    def storageRoutes(request):
+        return storage.resource()
+
+    return app
+
+
+class Host:
+    """The host application, listening on a free port of 127.0.0.1."""
+
+    def __init__(self, storage: StorageService, site: Site) -> None:
+        self.storage = storage
+        self.site = site
+        self.port = None
+
+    async def listen(self) -> None:
+        endpoint = endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1")
+        self.port = await endpoint.listen(self.site)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port.getHost().port}"
+
+    async def close(self) -> None:
+        if self.port is not None:
+            await self.port.stopListening()
+
+
+@pytest_twisted.async_yield_fixture
+async def http() -> AsyncIterator[HTTPClient]:
+    """A persistent pool, as a host's clients would use: keep-alive through the mount."""
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    yield HTTPClient(Agent(reactor, pool=pool))
+    await pool.closeCachedConnections()
+
+
+@pytest_twisted.async_yield_fixture(scope="module")
+async def embedded(tmp_path_factory) -> AsyncIterator[tuple[StorageService, Host, Host]]:
+    """
+    One service for the module, mounted in a streaming host and in a stock
+    one; checks the 503 before the start on the way.
+    """
+    dataDir = str(tmp_path_factory.mktemp("embedded"))
+    storage = StorageService(
+        StorageConfig(user=USER, password=PASSWORD, dataDir=dataDir), reactor, listen=False
+    )
+    streaming = Host(storage, StreamingSite(hostApp(storage).resource()))
+    stock = Host(storage, Site(hostApp(storage).resource()))
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    client = HTTPClient(Agent(reactor, pool=pool))
+    try:
+        await streaming.listen()
+        await stock.listen()
+        # Mounted but not started: the host answers, the storage says so.
+        r = await client.get(f"{streaming.url}/storage/algo", auth=AUTH, timeout=TIMEOUT)
+        assert r.code == 503
+        assert r.headers.getRawHeaders(b"retry-after") == [b"5"]
+        assert "starting" in (await jsonOf(r))["error"]
+        r = await client.get(f"{streaming.url}/hello", timeout=TIMEOUT)
+        assert r.code == 200 and await treq.content(r) == b"hello from the host\n"
+        storage.startService()
+        await storage.started.addTimeout(120, reactor)
+        yield storage, streaming, stock
+    finally:
+        await pool.closeCachedConnections()
+        await streaming.close()
+        await stock.close()
+        if storage.running:
+            await storage.stopService()
+
+
+async def get(http: HTTPClient, url: str, **kw):
+    return await http.get(url, auth=AUTH, timeout=TIMEOUT, **kw)
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostRoutesBesideTheStorage(http, embedded) -> None:
+    """The host keeps its routes; the storage's open and data routes answer under /storage/."""
+    _, host, _ = embedded
+    r = await http.get(f"{host.url}/hello", timeout=TIMEOUT)
+    assert await treq.content(r) == b"hello from the host\n"
+    r = await http.get(f"{host.url}/storage/health", timeout=TIMEOUT)
+    assert r.code == 200 and await jsonOf(r) == {"status": "ok"}
+    r = await http.get(f"{host.url}/storage/ready", timeout=TIMEOUT)
+    assert r.code == 200, await treq.text_content(r)
+    assert await jsonOf(r) == {"status": "ready", "database": "ok", "blobstore": "ok"}
+    r = await http.get(f"{host.url}/storage/algo", timeout=TIMEOUT)
+    assert r.code == 401
+    assert r.headers.getRawHeaders(b"www-authenticate")
+    r = await get(http, f"{host.url}/storage/nothing-here/at/all")
+    assert r.code == 404
+    assert "error" in await jsonOf(r)
+
+
+@pytest_twisted.ensureDeferred
+async def test_uploadAndDownloadThroughTheHost(http, embedded) -> None:
+    """A form of a few MB and a raw model go in through the host and come out byte for byte."""
+    _, host, _ = embedded
+    base = f"{host.url}/storage"
+    algoData = os.urandom(4 * 1024 * 1024 + 3)
+    algo = newUUID()
+    r = await http.post(
+        f"{base}/algo",
+        data=form(*uploadFields("algo", algoData, uuid=algo)),
+        headers=FORM_HEADERS,
+        auth=AUTH,
+        timeout=TIMEOUT,
+    )
+    assert r.code == 201, await treq.text_content(r)
+    meta = await jsonOf(r)
+    assert meta["uuid"] == algo and meta["size"] == len(algoData)
+    assert meta["sha256"] == hashlib.sha256(algoData).hexdigest()
+
+    modelData = os.urandom(3 * 1024 * 1024 + 5)
+    r = await http.post(f"{base}/model?algo={algo}", data=modelData, auth=AUTH, timeout=TIMEOUT)
+    assert r.code == 201, await treq.text_content(r)
+    model = (await jsonOf(r))["uuid"]
+
+    for path, data in [(f"algo/{algo}", algoData), (f"model/{model}", modelData)]:
+        r = await get(http, f"{base}/{path}/blob")
+        assert r.code == 200
+        assert await treq.content(r) == data
+        r = await get(http, f"{base}/{path}/blob", headers={b"Range": [b"bytes=1000-1999"]})
+        assert r.code == 206
+        assert await treq.content(r) == data[1000:2000]
+    r = await get(http, f"{base}/model?algo={algo}")
+    assert [m["uuid"] for m in (await jsonOf(r))["items"]] == [model]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stockSiteServesReadsButRefusesUploads(http, embedded) -> None:
+    """
+    Under a stock Site, twisted.web has read the whole body before any
+    resource runs: the upload is refused with a message naming the site to
+    use, nothing is stored, and reads work as under the streaming site.
+    """
+    storage, host, stock = embedded
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        r = await get(http, f"{stock.url}/storage/data")
+        assert r.code == 200
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    [warning] = [e for e in events if "StreamingSite" in str(e.get("log_format"))]
+    assert "serve it with morpheo.StreamingSite" in formatEvent(warning)
+
+    data = os.urandom(300_000)
+    uuid = newUUID()
+    r = await http.post(
+        f"{stock.url}/storage/data",
+        data=form(*uploadFields("data", data, uuid=uuid)),
+        headers=FORM_HEADERS,
+        auth=AUTH,
+        timeout=TIMEOUT,
+    )
+    assert r.code == 500
+    error = (await jsonOf(r))["error"]
+    assert "morpheo.StreamingSite" in error
+    assert "read the whole body" in error
+    r = await get(http, f"{host.url}/storage/data/{uuid}")
+    assert r.code == 404
+    assert storage.api is not None
+    assert await storage.api.metadata.get("data", uuid) is None
+
+    # Reads need no body: they work under the stock site.
+    r = await http.post(
+        f"{host.url}/storage/data",
+        data=form(*uploadFields("data", data, uuid=uuid)),
+        headers=FORM_HEADERS,
+        auth=AUTH,
+        timeout=TIMEOUT,
+    )
+    assert r.code == 201, await treq.text_content(r)
+    r = await get(http, f"{stock.url}/storage/data/{uuid}/blob")
+    assert r.code == 200 and await treq.content(r) == data
+    r = await http.post(
+        f"{stock.url}/storage/model?algo={newUUID()}", data=b"m", auth=AUTH, timeout=TIMEOUT
+    )
+    assert r.code == 500 and "morpheo.StreamingSite" in (await jsonOf(r))["error"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_503AfterTheServiceHasStopped(tmp_path) -> None:
+    """
+    A service of its own: stopped, its mount answers 503 again while the
+    host goes on; its embedded PostgreSQL is stopped with it.
+    """
+    dataDir = str(tmp_path / "data")
+    storage = StorageService(
+        StorageConfig(user=USER, password=PASSWORD, dataDir=dataDir), reactor, listen=False
+    )
+    host = Host(storage, StreamingSite(hostApp(storage).resource()))
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    http = HTTPClient(Agent(reactor, pool=pool))
+    await host.listen()
+    try:
+        storage.startService()
+        await storage.started.addTimeout(120, reactor)
+        r = await get(http, f"{host.url}/storage/problem")
+        assert r.code == 200
+        await storage.stopService()
+        assert not os.path.exists(os.path.join(dataDir, "postgres", "postmaster.pid"))
+        r = await get(http, f"{host.url}/storage/problem")
+        assert r.code == 503
+        assert "stopped" in (await jsonOf(r))["error"]
+        r = await http.get(f"{host.url}/hello", timeout=TIMEOUT)
+        assert r.code == 200
+    finally:
+        await host.close()
+        if storage.running:
+            await storage.stopService()
