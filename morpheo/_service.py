@@ -40,6 +40,7 @@ from ._interfaces import IBlobStore
 from ._listen import ListenError, Listener, describe, makeListeners
 from ._metadata import Database, MetadataStore
 from ._migrations import defaultMigrationsDir, loadMigrations, migrate, rollback
+from ._recovery import DataDirInUse, DataDirLock, Sweeper, instanceName, sweep
 from ._tls import TLSConfigError
 from .blobstores import makeBlobStore
 
@@ -81,7 +82,9 @@ class StorageConfig:
     dataDir: str = "morpheo-data"
     s3Bucket: str | None = None
     s3Region: str | None = None
+    s3Endpoint: str | None = None
     gcBucket: str | None = None
+    gcEndpoint: str | None = None
     maxBlobSize: int | None = None
     threads: int = 8
 
@@ -93,11 +96,13 @@ class StartupError(Exception):
 @define
 class _Running:
     pool: ThreadPool
+    lock: DataDirLock
     embedded: EmbeddedPostgres | None = None
     db: Database | None = None
     store: IBlobStore | None = None
     ports: list[IListeningPort] = field(factory=list)
     site: DrainingSite | None = None
+    sweeper: Sweeper | None = None
 
 
 class _Site(AccessLogSite, DrainingSite):
@@ -202,9 +207,16 @@ class StorageService(service.Service):
         # TLS files and endpoint descriptions first: a typo there should not
         # wait for a database to start.
         listeners = self._listeners() if self._listen and not config.rollback else []
+        # The start-up sweep takes everything unfinished under the data
+        # directory for a dead predecessor's: no other process may use it.
+        lock = DataDirLock(config.dataDir)
+        try:
+            lock.acquire()
+        except DataDirInUse as e:
+            raise StartupError(str(e)) from None
         pool = ThreadPool(minthreads=0, maxthreads=config.threads, name="morpheo-io")
         pool.start()
-        running = self._running = _Running(pool=pool)
+        running = self._running = _Running(pool=pool, lock=lock)
         if config.dbHost is None:
             pgdata = os.path.join(config.dataDir, "postgres")
             self._log.info("starting the embedded PostgreSQL in {pgdata}", pgdata=pgdata)
@@ -234,14 +246,13 @@ class StorageService(service.Service):
             self._log.info("applied migrations {applied}", applied=applied)
         running.store = makeBlobStore(config, self._reactor, pool)
         await running.store.check()
-        sweep = getattr(running.store, "sweepTemporary", None)
-        if sweep is not None:
-            removed = await sweep()
-            if removed:
-                self._log.info("removed {n} temporary files left by an earlier run", n=len(removed))
+        metadata = MetadataStore(running.db, owner=instanceName(config.dataDir))
+        await sweep(metadata, running.store, atStart=True)
+        running.sweeper = Sweeper(metadata, running.store, self._reactor)
+        running.sweeper.startService()
         users = {config.user: config.password} if config.user and config.password else None
         self.api = StorageAPI(
-            metadata=MetadataStore(running.db),
+            metadata=metadata,
             store=running.store,
             auth=BasicAuth(users, checkers=config.checkers),
             maxBlobSize=config.maxBlobSize,
@@ -309,11 +320,14 @@ class StorageService(service.Service):
             if not await _within(self._reactor, self._tracker.whenIdle(), timeout):
                 self._log.warn("{n} request handler(s) had not finished", n=self._tracker.running)
         self._root.setInner(None)
+        if running.sweeper is not None:
+            running.sweeper.stopService()
         if running.db is not None:
             running.db.close()
         if running.embedded is not None:
             await running.embedded.stop()
         running.pool.stop()
+        running.lock.release()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

@@ -36,6 +36,11 @@ DISCARD_LIMIT = 1024 * 1024
 #: How much one read of the socket may take.
 READ_SIZE = 256 * 1024
 
+#: When a connection closes with a body still arriving (an early answer to a
+#: large upload), how long the rest is read and dropped after the answer, so
+#: that the client reads the answer rather than a reset.
+LINGER_SECONDS = 2.0
+
 
 class BodyAborted(Exception):
     """The request body stopped before its end: the client went away."""
@@ -300,6 +305,8 @@ class StreamingChannel(http.HTTPChannel):
         super().__init__()
         self._readPauses: set[str] = set()
         self._pausedTimeOut: Any = None
+        self._current: StreamingRequest | None = None
+        self._lingering: Any = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -335,6 +342,7 @@ class StreamingChannel(http.HTTPChannel):
         req.parseCookies()
         self.persistent = self.checkPersistence(req, self._version)
         req.gotLength(self.length)
+        self._current = req
         if self.length != 0:
             # Route now; the handler starts the body when it wants it.
             self.pauseReading("start")
@@ -358,6 +366,41 @@ class StreamingChannel(http.HTTPChannel):
         if not self._readPauses:
             self._pausedTimeOut = None
         super().requestDone(request)
+
+    def loseConnection(self) -> None:
+        """
+        Close, lingering if a body is still arriving: closing a socket with
+        unread bytes sends a reset, which can destroy the answer before the
+        client reads it.  So send the answer and a FIN, read and drop what
+        still comes for up to L{LINGER_SECONDS}, then close (as nginx's
+        C{lingering_close}).
+        """
+        request = self._current
+        halfClose = getattr(self.transport, "loseWriteConnection", None)
+        if (
+            self._lingering is not None
+            or halfClose is None
+            or request is None
+            or request._bodyDone
+        ):
+            super().loseConnection()
+            return
+        self._networkProducer.unregisterProducer()
+        try:
+            halfClose()
+        except NotImplementedError:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self.setTimeout(None)
+        self.dataReceived = lambda data: None  # type: ignore[method-assign]
+        self._lingering = self.callLater(LINGER_SECONDS, self.transport.loseConnection)  # type: ignore[union-attr]
+        self._readPauses.clear()
+        self._networkProducer.resumeProducing()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._lingering is not None and self._lingering.active():
+            self._lingering.cancel()
+        super().connectionLost(reason)
 
     # The write side: the transport pauses us when its buffer is full.
 

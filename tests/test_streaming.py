@@ -261,6 +261,60 @@ def test_409_answered_before_the_blob_and_connection_kept(server):
     assert b"HTTP/1.1 200" in rest
 
 
+@pytest_twisted.ensureDeferred
+async def test_early_answer_survives_a_client_still_sending(http, server):
+    """
+    A 409 to a large upload closes the connection while the client is still
+    sending: the server lingers (answer, FIN, the rest read and dropped), so
+    that the client reads the answer rather than a connection reset (which
+    Twisted's client, among others, reports as a failed request).
+    """
+    uuid = newUUID()
+    r = await http.post(
+        f"{server.url}/data",
+        data=form(*uploadFields("data", b"first", uuid=uuid)),
+        headers=FORM_HEADERS,
+        auth=server.auth,
+    )
+    assert r.code == 201
+    body = form(*uploadFields("data", os.urandom(24 * 1024 * 1024), uuid=uuid))
+    for _ in range(4):
+        r = await http.post(
+            f"{server.url}/data", data=body, headers=FORM_HEADERS, auth=server.auth
+        )
+        assert r.code == 409
+        assert "already exists" in (await jsonOf(r))["error"]
+
+
+def test_lingering_close_after_an_early_answer(server):
+    """
+    After the early 409 and its FIN, the server still reads (and drops) what
+    the client sends for a while instead of answering it with resets.
+    """
+    uuid = newUUID()
+    first = form(*uploadFields("data", b"first", uuid=uuid))
+    head = (
+        "POST /data HTTP/1.1\nHost: x\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\nContent-Length: {{}}"
+    )
+    s = rawRequest(server, head.format(len(first)), first)
+    assert readResponseHead(s).startswith(b"HTTP/1.1 201 ")
+    s.close()
+    prefix = form(("uuid", uuid), ("size", str(1 << 30)), ("blob", b""), close=False)[:-2]
+    s = rawRequest(server, head.format(len(prefix) + (1 << 30) + 100), prefix)
+    response = readResponseHead(s)
+    assert response.startswith(b"HTTP/1.1 409 "), response
+    assert b"Connection: close" in response
+    s.settimeout(10)
+    while s.recv(65536):
+        pass  # the rest of the answer, then the server's FIN
+    block = os.urandom(64 * 1024)
+    for _ in range(128):
+        s.sendall(block)  # a reset would fail here
+        time.sleep(0.001)
+    s.close()
+
+
 @pytest.fixture(scope="module")
 def bigFile(tmp_path_factory):
     path = tmp_path_factory.mktemp("big") / "blob.bin"
