@@ -9,7 +9,9 @@ import os
 import re
 import secrets
 import sys
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from twisted.application import service
 from twisted.cred import strcred
@@ -48,6 +50,22 @@ def _port(value: str) -> int:
     if not 0 <= port <= 65535:
         raise usage.UsageError(f"--port must be between 0 and 65535, not {port}")
     return port
+
+
+def _endpoint(option: str) -> Callable[[str], str]:
+    """The check of an object store's base URL (scheme and host, maybe a
+    path), naming C{option}: a typo should not wait for a failed request."""
+
+    def check(value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+            raise usage.UsageError(
+                f"--{option} must be an http:// or https:// URL, e.g. http://127.0.0.1:8333,"
+                f" not {value!r}"
+            )
+        return value.rstrip("/")
+
+    return check
 
 
 def _seconds(value: str) -> float:
@@ -97,7 +115,27 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["data-dir", None, defaultDataDir(), "Directory for local blobs and the embedded database."],
         ["s3-bucket", None, None, "S3 bucket (with --blobstore s3)."],
         ["s3-region", None, None, "S3 region (with --blobstore s3)."],
+        [
+            "s3-endpoint",
+            None,
+            None,
+            "URL of an S3-compatible store (SeaweedFS, MinIO, Ceph...), addressed path-style;"
+            " default: AWS S3. Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID"
+            " and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws/credentials and config, instance"
+            " role).",
+            _endpoint("s3-endpoint"),
+        ],
         ["gc-bucket", None, None, "Google Cloud Storage bucket (with --blobstore gc)."],
+        [
+            "gc-endpoint",
+            None,
+            None,
+            "URL of a Google Cloud Storage emulator (e.g. fake-gcs-server), spoken to without"
+            " credentials; default: Google Cloud Storage, with Application Default Credentials"
+            " (GOOGLE_APPLICATION_CREDENTIALS, gcloud auth application-default login, or the"
+            " metadata server).",
+            _endpoint("gc-endpoint"),
+        ],
         ["max-blob-size", None, None, "Refuse blobs larger than this with 413 (bytes, or e.g. 512M, 5G).", _size],
         ["log-format", None, "text", "Log lines as text or json (one JSON object per line)."],
         [
@@ -239,7 +277,9 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             dataDir=os.path.abspath(self["data-dir"]),
             s3Bucket=self["s3-bucket"],
             s3Region=self["s3-region"],
+            s3Endpoint=self["s3-endpoint"],
             gcBucket=self["gc-bucket"],
+            gcEndpoint=self["gc-endpoint"],
             maxBlobSize=self["max-blob-size"],
         )
 

@@ -22,8 +22,8 @@ from urllib.parse import quote
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
@@ -36,6 +36,7 @@ from ._remote import (
     StreamBody,
     StreamingWriter,
     asStoreError,
+    makeAgent,
     readSmall,
     streamResponse,
 )
@@ -153,11 +154,7 @@ class GCSBlobStore:
 
             credentials = AnonymousCredentials()
         self._credentials = credentials
-        if agent is None:
-            connections = HTTPConnectionPool(reactor)
-            connections.maxPersistentPerHost = 8
-            agent = Agent(reactor, connectTimeout=30, pool=connections)
-        self._agent = agent
+        self._agent = agent or makeAgent(reactor)
 
     def _objectURL(self, key: str) -> str:
         name = quote(key, safe="")
@@ -213,8 +210,13 @@ class GCSBlobStore:
                 return response
             return readSmall(response).addCallback(self._error, response.code, what, key)
 
+        d: Deferred[IResponse]
         d = self._authorize(dict(headers or {})).addCallback(send).addCallback(check)
-        return d.addErrback(lambda f: asStoreError(what, f))
+
+        def failed(reason: Failure) -> Failure:
+            return asStoreError(what, reason)
+
+        return d.addErrback(failed)
 
     def _error(self, body: bytes, code: int, what: str, key: str | None) -> IResponse:
         if code == 404 and key is not None:

@@ -19,6 +19,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
+    IProducer,
     IPushProducer,
     IReactorTime,
 )
@@ -47,7 +48,7 @@ class _MockWriter:
         self._closed = False
         self._failure: Failure | None = None
 
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         self._gate.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:

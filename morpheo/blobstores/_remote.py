@@ -27,6 +27,7 @@ from twisted.internet.defer import (
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import (
     IConsumer,
+    IProducer,
     IPushProducer,
     IReactorFromThreads,
     ITransport,
@@ -36,9 +37,9 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from twisted.web.client import ResponseDone
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from .._interfaces import IBlobWriter
@@ -69,6 +70,23 @@ def asStoreError(what: str, reason: Failure) -> Failure:
     if reason.check(BlobStoreError, CancelledError, SizeMismatch):
         return reason
     return Failure(BlobStoreError(f"{what} failed: {describeFailure(reason)}"))
+
+
+class _QuietFactory(_HTTP11ClientFactory):
+    """Not a log line per connection to the store ("Starting factory ...")."""
+
+    noisy = False
+
+
+def makeAgent(reactor: Any, persistent: int = 8, connectTimeout: float = 30) -> IAgent:
+    """
+    The HTTP client of a remote store: persistent connections (up to
+    C{persistent} idle ones kept), quiet in the log.
+    """
+    pool = HTTPConnectionPool(reactor)
+    pool.maxPersistentPerHost = persistent
+    pool._factory = _QuietFactory
+    return Agent(reactor, connectTimeout=connectTimeout, pool=pool)
 
 
 class _SmallBody(Protocol):
@@ -275,7 +293,7 @@ class StreamingWriter(Generic[T]):
 
     # IConsumer
 
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         self._gate.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
@@ -322,8 +340,10 @@ class StreamingWriter(Generic[T]):
                 raise CancelledError("the upload was aborted while finishing")
             return self._hasher.hexdigest()
 
-        d = waiting.addCallback(commit).addCallback(committed)
-        d.addCallback(lambda digest: BlobInfo(size=self.size, sha256=digest))
+        def info(digest: str) -> BlobInfo:
+            return BlobInfo(size=self.size, sha256=digest)
+
+        d = waiting.addCallback(commit).addCallback(committed).addCallback(info)
         return d.addErrback(self._failWith)
 
     def abort(self) -> Deferred[None]:
@@ -331,7 +351,12 @@ class StreamingWriter(Generic[T]):
         if self._aborting is None:
             self._aborting = self._abort()
         d: Deferred[None] = Deferred()
-        self._aborting.addBoth(lambda r: (d.callback(None), r)[1])
+
+        def done(result: object) -> object:
+            d.callback(None)
+            return result
+
+        self._aborting.addBoth(done)
         return d
 
     # The machinery
@@ -367,7 +392,9 @@ class StreamingWriter(Generic[T]):
         self._body = body
         d = self._sendSegment(index, offset, length, body)
         self._inflight[index] = d
-        d.addCallbacks(self._segmentSent, self._segmentFailed, (index,), None, (index,))
+        d.addCallbacks(
+            self._segmentSent, self._segmentFailed, callbackArgs=(index,), errbackArgs=(index,)
+        )
 
     def _pump(self) -> None:
         if self._pumping:
@@ -437,8 +464,8 @@ class StreamingWriter(Generic[T]):
             return
         self._failure = asStoreError(f"uploading {self.key}", reason)
         self._pending.clear()
-        for d in list(self._inflight.values()):
-            d.cancel()
+        for inflight in list(self._inflight.values()):
+            inflight.cancel()
         self._gate.release()
         if self._whenSent is not None:
             d, self._whenSent = self._whenSent, None
@@ -565,7 +592,7 @@ def streamResponse(
     before any byte is written.
     """
     length = response.length
-    expected = None if length is UNKNOWN_LENGTH else int(length)  # type: ignore[arg-type]
+    expected = None if length is UNKNOWN_LENGTH else int(length)
     if want is not None and expected is not None and expected != want:
         response.deliverBody(Protocol())  # drop the connection's body
         raise BlobStoreError(f"{what}: asked for {want} bytes, the store has {expected}")

@@ -25,8 +25,8 @@ from botocore.session import get_session
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
@@ -39,6 +39,7 @@ from ._remote import (
     StreamBody,
     StreamingWriter,
     asStoreError,
+    makeAgent,
     readSmall,
     streamResponse,
 )
@@ -61,6 +62,14 @@ def partSize(size: int, preferred: int) -> int:
     """
     needed = math.ceil(size / MAX_PARTS / MiB) * MiB
     return max(MIN_PART, preferred, needed)
+
+
+_HEAD_ERRORS = {
+    301: "the bucket is in another region (--s3-region)",
+    400: "bad request (is --s3-region right?)",
+    403: "access denied: check the credentials and what they are allowed",
+    404: "no such bucket",
+}
 
 
 def _findText(root: ElementTree.Element, name: str) -> str | None:
@@ -201,11 +210,7 @@ class S3BlobStore:
         else:
             self._base = f"https://{bucket}.s3.{region}.amazonaws.com"
         self.endpoint = self._base
-        if agent is None:
-            pool_ = HTTPConnectionPool(reactor)
-            pool_.maxPersistentPerHost = 8
-            agent = Agent(reactor, connectTimeout=30, pool=pool_)
-        self._agent = agent
+        self._agent = agent or makeAgent(reactor)
         self._credentials = credentials
 
     # Requests
@@ -220,7 +225,10 @@ class S3BlobStore:
         if self._credentials is None:
             self._credentials = get_session().get_credentials()
             if self._credentials is None:
-                raise BlobStoreError("no AWS credentials found (environment, config files, role)")
+                raise BlobStoreError(
+                    "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY,"
+                    " or AWS_PROFILE, or write ~/.aws/credentials, or run with an instance role"
+                )
         frozen = self._credentials.get_frozen_credentials()
         request = AWSRequest(method=method, url=url, headers=headers, data=data or b"")
         if data is None:
@@ -269,8 +277,12 @@ class S3BlobStore:
                 return response
             return readSmall(response).addCallback(self._error, response.code, what, key)
 
-        d = signed.addCallback(send).addCallback(check)
-        return d.addErrback(lambda f: asStoreError(what, f))
+        d: Deferred[IResponse] = signed.addCallback(send).addCallback(check)
+
+        def failed(reason: Failure) -> Failure:
+            return asStoreError(what, reason)
+
+        return d.addErrback(failed)
 
     def _error(self, body: bytes, code: int, what: str, key: str | None) -> IResponse:
         s3code = message = None
@@ -281,7 +293,13 @@ class S3BlobStore:
             pass
         if code == 404 and s3code in ("NoSuchKey", None) and key is not None:
             raise BlobNotFound(key)
-        detail = f"{s3code}: {message}" if s3code else body[:200].decode("utf-8", "replace")
+        if s3code:
+            detail = f"{s3code}: {message}"
+        elif body.strip():
+            detail = body[:200].decode("utf-8", "replace")
+        else:
+            # HEAD answers have no body to say why.
+            detail = _HEAD_ERRORS.get(code, "")
         raise BlobStoreError(f"{what} failed: HTTP {code} {detail}".rstrip())
 
     # IBlobStore
@@ -308,7 +326,10 @@ class S3BlobStore:
         return d.addCallback(_drained, None)
 
     def check(self) -> Deferred[None]:
-        d = self._call("HEAD", None, f"S3 HeadBucket of {self.bucket}")
+        what = f"S3 HeadBucket of {self.bucket} at {self._base.rsplit('/', 1)[0]}"
+        if self._base.endswith(".amazonaws.com"):
+            what = f"S3 HeadBucket of {self.bucket} in {self.region}"
+        d = self._call("HEAD", None, what)
         return d.addCallback(_drained, None)
 
     def listUploads(self, prefix: str = "") -> Deferred[list[tuple[str, str]]]:
