@@ -14,9 +14,20 @@ from collections.abc import Iterable
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource, getChildForRequest
 
-ALLOWED_METHODS = (b"GET", b"HEAD", b"POST", b"PATCH")
-ALLOWED_HEADERS = (b"Authorization", b"Content-Type", b"Accept", b"Origin", b"X-Requested-With")
-EXPOSED_HEADERS = (b"ETag", b"Content-Length", b"WWW-Authenticate")
+#: Every method of the routes.
+ALLOWED_METHODS = (b"GET", b"HEAD", b"POST", b"PATCH", b"DELETE")
+#: rs/cors's defaults, plus what the routes read: credentials, conditions,
+#: ranges and stated digests.
+ALLOWED_HEADERS = (
+    b"Authorization", b"Content-Type", b"Accept", b"Origin", b"X-Requested-With",
+    b"Range", b"If-Match", b"If-None-Match", b"If-Range", b"If-Modified-Since",
+    b"Repr-Digest", b"Content-MD5",
+)  # fmt: skip
+#: The response headers a script may read besides the safelisted ones.
+EXPOSED_HEADERS = (
+    b"ETag", b"Content-Length", b"Content-Range", b"Accept-Ranges", b"Content-Disposition",
+    b"Repr-Digest", b"WWW-Authenticate", b"Allow", b"Retry-After",
+)  # fmt: skip
 MAX_AGE = 600
 
 
@@ -74,4 +85,4 @@ class CORSResource(Resource):
         return b""
 
 
-__all__ = ["ALLOWED_HEADERS", "ALLOWED_METHODS", "CORSResource"]
+__all__ = ["ALLOWED_HEADERS", "ALLOWED_METHODS", "EXPOSED_HEADERS", "CORSResource"]
