@@ -61,7 +61,9 @@ class CORSResource(Resource):
         allowed = self._allowedOrigin(origin)
         if not self.anyOrigin:
             request.setHeader(b"Vary", b"Origin")
-        preflight = request.method == b"OPTIONS" and request.getHeader(b"access-control-request-method")
+        preflight = request.method == b"OPTIONS" and request.getHeader(
+            b"access-control-request-method"
+        )
         if preflight:
             return self._preflight(request, allowed)
         if allowed is not None:
