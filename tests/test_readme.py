@@ -96,3 +96,68 @@ def test_readme_examples_work_as_written(readmeServer, tmp_path):
         ("algo", 2),
         ("model", 2),
     ]
+
+
+def test_readme_https_examples_work_as_written(tmp_path):
+    """
+    "Serving HTTPS", as written: the certificate made with openssl, each
+    server started with its command (in turn), then the curl commands that
+    follow it, over TLS, plain TCP and a UNIX socket.
+    """
+    work = tmp_path / "work"
+    work.mkdir()
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")}
+    servers: list[Server] = []
+    answers = []
+
+    def run(lines: list[str]) -> None:
+        if not lines:
+            return
+        done = subprocess.run(
+            ["bash", "-c", "set -euo pipefail\n" + "\n".join(lines)],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        answers.extend(json.loads(line) for line in done.stdout.splitlines() if line.strip())
+
+    def start(args: list[str]) -> None:
+        for server in servers:
+            server.stop()
+        log = tmp_path / f"twistd-{len(servers)}.log"
+        process = subprocess.Popen(
+            [twistd, "-n", "--pidfile=", *args[2:]],
+            stdout=open(log, "wb"),
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=work,
+        )
+        servers.append(Server(process, str(tmp_path / "xdg"), 0, str(log)))
+        deadline = time.monotonic() + 60
+        while log.read_text().count("listening on") < max(1, args.count("--listen")):
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+
+    try:
+        for block in shellBlocks("Serving HTTPS"):
+            lines: list[str] = []
+            for line in block.replace("\\\n", " ").splitlines():
+                if line.startswith("twistd "):
+                    run(lines)
+                    lines = []
+                    start(shlex.split(line))
+                elif line.strip():
+                    lines.append(line)
+            run(lines)
+    finally:
+        for server in servers:
+            server.stop()
+    # A list over TLS from the first server, then over TCP, TLS and UNIX
+    # from the second.
+    assert len(servers) == 2
+    assert len(answers) == 4
+    assert all(a["items"] == [] and a["length"] == 0 for a in answers), answers
