@@ -14,6 +14,7 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import LoginFailed, UnhandledCredentials
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from zope.interface import Interface, implementer
 
@@ -37,7 +38,9 @@ class IStorageUser(Interface):
 class _UserRealm:
     """Every authenticated user may use every data route: the avatar is the name."""
 
-    def requestAvatar(self, avatarId: bytes, mind: object, *interfaces: Any) -> tuple[Any, str, Any]:
+    def requestAvatar(
+        self, avatarId: bytes | tuple[()], mind: object, *interfaces: Any
+    ) -> tuple[Any, str, Any]:
         if IStorageUser not in interfaces:
             raise NotImplementedError("only IStorageUser avatars")
         name = avatarId.decode("utf-8", "replace") if isinstance(avatarId, bytes) else str(avatarId)
@@ -71,17 +74,17 @@ class BasicAuth:
         header = request.getHeader(b"authorization")
         if not header or header[:6].lower() != b"basic ":
             raise Unauthorized(self.realm, "this route needs HTTP Basic credentials")
-        credentials = UsernamePassword(request.getUser(), request.getPassword())  # type: ignore[attr-defined]
+        credentials = UsernamePassword(request.getUser(), request.getPassword())
 
         def loggedIn(result: tuple[Any, str, Any]) -> str:
             return result[1]
 
-        def refused(failure: Any) -> None:
+        def refused(failure: Failure) -> str:
             failure.trap(LoginFailed, UnhandledCredentials)
             raise Unauthorized(self.realm, "wrong user name or password")
 
         d = self.portal.login(credentials, None, IStorageUser)
-        return d.addCallbacks(loggedIn, refused)  # type: ignore[no-any-return]
+        return d.addCallbacks(loggedIn, refused)
 
 
 __all__ = ["BasicAuth", "IStorageUser", "Unauthorized"]

@@ -10,6 +10,7 @@ committed.  Readers see C{ready} rows only.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -236,7 +237,8 @@ class MetadataStore:
         before the resource of that C{seq}, so pages neither lose nor repeat
         items while uploads arrive.
         """
-        where, args = ["kind = %s", "state = 'ready'"], [kind]
+        where: builtins.list[str] = ["kind = %s", "state = 'ready'"]
+        args: builtins.list[object] = [kind]
         if before is not None:
             where.append("seq < %s")
             args.append(before)
@@ -253,14 +255,14 @@ class MetadataStore:
         )
         return [_resource(r) for r in rows]
 
-    async def delete(self, kind: str, uuid: str) -> Resource | list[str] | None:
+    async def delete(self, kind: str, uuid: str) -> Resource | builtins.list[str] | None:
         """
         Delete a ready resource's row: the row, or for an algo that models
         still use, the uuids of (some of) those models; L{None} if absent.
         The caller deletes the blob after: never a row without its blob.
         """
 
-        async def run(cursor: Any) -> Resource | list[str] | None:
+        async def run(cursor: Any) -> Resource | builtins.list[str] | None:
             await cursor.execute(
                 f"SELECT {_COLUMNS} FROM resource"
                 " WHERE kind = %s AND uuid = %s AND state = 'ready' FOR UPDATE",
@@ -278,9 +280,7 @@ class MetadataStore:
                 users = [r[0] for r in cursor.fetchall()]
                 if users:
                     return users
-            await cursor.execute(
-                "DELETE FROM resource WHERE kind = %s AND uuid = %s", (kind, uuid)
-            )
+            await cursor.execute("DELETE FROM resource WHERE kind = %s AND uuid = %s", (kind, uuid))
             return _resource(row)
 
         return await self.db.interaction(lambda c: Deferred.fromCoroutine(run(c)))
@@ -351,7 +351,9 @@ class MetadataStore:
             (self.owner,),
         )
 
-    async def sweepClaims(self, staleAfter: float, mine: bool = False) -> list[tuple[str, str]]:
+    async def sweepClaims(
+        self, staleAfter: float, mine: bool = False
+    ) -> builtins.list[tuple[str, str]]:
         """
         Delete pending claims that nobody keeps alive: those not refreshed
         for C{staleAfter} seconds, and with C{mine} every claim of this

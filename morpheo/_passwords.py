@@ -48,7 +48,9 @@ def _b64(data: bytes) -> str:
 
 
 def _scrypt(password: bytes, salt: str, n: int, r: int, p: int) -> bytes:
-    return hashlib.scrypt(password, salt=salt.encode(), n=n, r=r, p=p, maxmem=256 * n * r + 2**20, dklen=64)
+    return hashlib.scrypt(
+        password, salt=salt.encode(), n=n, r=r, p=p, maxmem=256 * n * r + 2**20, dklen=64
+    )
 
 
 def hashPassword(password: str, method: str = "scrypt") -> str:
@@ -58,7 +60,9 @@ def hashPassword(password: str, method: str = "scrypt") -> str:
         digest = _scrypt(password.encode("utf-8"), salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
         return f"scrypt${SCRYPT_N}${salt}${SCRYPT_R}${SCRYPT_P}${_b64(digest)}"
     if method == "pbkdf2_sha256":
-        digest = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt.encode(), PBKDF2_ITERATIONS)
+        digest = hashlib.pbkdf2_hmac(
+            "sha256", password.encode("utf-8"), salt.encode(), PBKDF2_ITERATIONS
+        )
         return f"pbkdf2_sha256${PBKDF2_ITERATIONS}${salt}${_b64(digest)}"
     raise ValueError(f"unknown hash method {method!r}: scrypt or pbkdf2_sha256")
 
@@ -71,7 +75,11 @@ def _parseHash(stored: str) -> Callable[[bytes], bool]:
     """A verifier for one stored hash, or L{ValueError} if it is malformed."""
     parts = stored.split("$")
     if parts[0] == "pbkdf2_sha256" and len(parts) == 4:
-        iterations, salt, expected = int(parts[1]), parts[2], base64.b64decode(parts[3], validate=True)
+        iterations, salt, expected = (
+            int(parts[1]),
+            parts[2],
+            base64.b64decode(parts[3], validate=True),
+        )
         if iterations < 1:
             raise ValueError("iterations")
         return lambda pw: hmac.compare_digest(
@@ -113,7 +121,7 @@ class UsersChecker:
     def __init__(self, users: dict[str, str]) -> None:
         self._users = {u.encode("utf-8"): p.encode("utf-8") for u, p in users.items()}
 
-    def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
+    def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
         user, password = credentials.username, credentials.password
         ok = False
         for name, expected in self._users.items():
@@ -165,7 +173,9 @@ class PasswordFileChecker:
                 try:
                     _parseHash(stored)
                 except (ValueError, TypeError):
-                    raise PasswordFileError(f"{path}, line {number}: malformed password hash") from None
+                    raise PasswordFileError(
+                        f"{path}, line {number}: malformed password hash"
+                    ) from None
             self._users[name.encode("utf-8")] = stored
         if not self._users:
             raise PasswordFileError(f"the password file {path} names no user")
@@ -174,7 +184,7 @@ class PasswordFileChecker:
     def users(self) -> list[str]:
         return sorted(u.decode("utf-8") for u in self._users)
 
-    def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
+    def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
         user: bytes = credentials.username
         password: bytes = credentials.password
         stored = self._users.get(user)
@@ -186,10 +196,12 @@ class PasswordFileChecker:
             text = password.decode("utf-8")
         except UnicodeDecodeError:
             text = "\ufffd"
-        if stored is None:
-            check: Callable[[], bool] = lambda: verifyPassword(text, _dummyHash()) and False
-        else:
-            check = lambda: verifyPassword(text, stored)
+        def check() -> bool:
+            # An unknown user costs one hash too: timing tells nothing.
+            if stored is None:
+                return verifyPassword(text, _dummyHash()) and False
+            return verifyPassword(text, stored)
+
         if stored is not None and not isHashed(stored):
             d: Deferred[bool] = succeed(check())
         else:
@@ -219,11 +231,11 @@ class AnyOf:
     def __init__(self, checkers: list[ICredentialsChecker]) -> None:
         self.checkers = [c for c in checkers if IUsernamePassword in c.credentialInterfaces]
 
-    def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
-        async def tryAll() -> bytes:
+    def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
+        async def tryAll() -> bytes | tuple[()]:
             for checker in self.checkers:
                 try:
-                    return await maybeDeferred(checker.requestAvatarId, credentials)  # type: ignore[no-any-return]
+                    return await maybeDeferred(checker.requestAvatarId, credentials)
                 except LoginFailed:
                     continue
             raise UnauthorizedLogin("wrong user name or password")

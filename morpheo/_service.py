@@ -22,7 +22,7 @@ from attrs import define, field, frozen
 from psycopg2.extensions import make_dsn
 from twisted.application import service
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -37,7 +37,7 @@ from ._embed import StorageRoot
 from ._embedded import EmbeddedPostgres
 from ._graceful import DrainingSite, HandlerTracker, _within, trackedResource
 from ._interfaces import IBlobStore
-from ._listen import ListenError, Listener, describe, makeListeners
+from ._listen import Listener, ListenError, describe, makeListeners
 from ._metadata import Database, MetadataStore
 from ._migrations import defaultMigrationsDir, loadMigrations, migrate, rollback
 from ._recovery import DataDirInUse, DataDirLock, Sweeper, instanceName, sweep
@@ -237,7 +237,9 @@ class StorageService(service.Service):
             undone = await rollback(running.db, migrations)
             self._log.info(
                 "rolled back {what}",
-                what=f"migration {undone.version}_{undone.name}" if undone else "nothing: no migration was applied",
+                what=f"migration {undone.version}_{undone.name}"
+                if undone
+                else "nothing: no migration was applied",
             )
             self._reactor.stop()
             return
@@ -302,7 +304,7 @@ class StorageService(service.Service):
         if running is None:
             return
         for port in running.ports:
-            await port.stopListening()
+            await maybeDeferred(port.stopListening)
         timeout = self.config.shutdownTimeout
         if running.site is not None and running.site.openConnections:
             self._log.info(

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.interfaces import IProtocol, IPushProducer
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
@@ -377,15 +378,11 @@ class StreamingChannel(http.HTTPChannel):
         """
         request = self._current
         halfClose = getattr(self.transport, "loseWriteConnection", None)
-        if (
-            self._lingering is not None
-            or halfClose is None
-            or request is None
-            or request._bodyDone
-        ):
+        if self._lingering is not None or halfClose is None or request is None or request._bodyDone:
             super().loseConnection()
             return
-        self._networkProducer.unregisterProducer()
+        # As stock loseConnection: the response's producer goes first.
+        self._networkProducer.unregisterProducer()  # type: ignore[attr-defined]
         try:
             halfClose()
         except NotImplementedError:
@@ -397,7 +394,7 @@ class StreamingChannel(http.HTTPChannel):
         self._readPauses.clear()
         self._networkProducer.resumeProducing()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._lingering is not None and self._lingering.active():
             self._lingering.cancel()
         super().connectionLost(reason)

@@ -63,7 +63,7 @@ class VerifyingWriter:
 
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         assert IPushProducer.providedBy(producer) and streaming
-        self._producer = producer  # type: ignore[assignment]
+        self._producer = producer
         self.inner.registerProducer(self, True)
 
     def unregisterProducer(self) -> None:

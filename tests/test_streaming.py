@@ -279,9 +279,7 @@ async def test_early_answer_survives_a_client_still_sending(http, server):
     assert r.code == 201
     body = form(*uploadFields("data", os.urandom(24 * 1024 * 1024), uuid=uuid))
     for _ in range(4):
-        r = await http.post(
-            f"{server.url}/data", data=body, headers=FORM_HEADERS, auth=server.auth
-        )
+        r = await http.post(f"{server.url}/data", data=body, headers=FORM_HEADERS, auth=server.auth)
         assert r.code == 409
         assert "already exists" in (await jsonOf(r))["error"]
 
