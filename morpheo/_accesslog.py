@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
@@ -31,7 +32,7 @@ ACCESS_FORMAT = (
 )
 
 
-def _client(request: IRequest) -> str:
+def _client(request: http.Request) -> str:
     address = request.getClientAddress()
     host = getattr(address, "host", None)
     if host is not None:
@@ -40,7 +41,7 @@ def _client(request: IRequest) -> str:
     return f"unix:{name.decode() if isinstance(name, bytes) else name or ''}"
 
 
-def _bytesIn(request: IRequest) -> int:
+def _bytesIn(request: http.Request) -> int:
     body = getattr(request, "body", None)
     received = getattr(body, "received", None)
     if isinstance(received, int):
@@ -66,20 +67,20 @@ class AccessLogSite(StreamingSite):
         request.notifyFinish().addErrback(self._lost, request)  # type: ignore[attr-defined]
         return super().getResourceFor(request)  # type: ignore[no-any-return]
 
-    def _lost(self, failure: Failure, request: IRequest) -> None:
+    def _lost(self, failure: Failure, request: http.Request) -> None:
         self.logRequest(request, aborted=True)
 
-    def log(self, request: IRequest) -> None:
+    def log(self, request: http.Request) -> None:
         """Replaces the combined log: called by twisted.web as a response ends."""
         self.logRequest(request, aborted=False)
 
-    def logRequest(self, request: IRequest, aborted: bool) -> None:
+    def logRequest(self, request: http.Request, aborted: bool) -> None:
         started = getattr(request, "morpheoStarted", None)
         now = self.reactor.seconds()
         fields: dict[str, Any] = {
             "method": request.method.decode("latin-1"),
             "path": request.uri.decode("latin-1")[:2048],
-            "status": "-" if aborted else request.code,  # type: ignore[attr-defined]
+            "status": "-" if aborted else request.code,
             "bytesIn": _bytesIn(request),
             "bytesOut": getattr(request, "sentLength", 0),
             "duration": round(now - started, 6) if started is not None else 0.0,
@@ -87,7 +88,9 @@ class AccessLogSite(StreamingSite):
             "user": getattr(request, "morpheoUser", None) or "-",
             "aborted": aborted,
         }
-        _accessLog.info(ACCESS_FORMAT, access=True, **fields)
+        # The text line says it too: its status alone ("-") could be a
+        # response without one.
+        _accessLog.info(ACCESS_FORMAT + (" (aborted)" if aborted else ""), access=True, **fields)
 
 
 __all__ = ["ACCESS_FORMAT", "ACCESS_NAMESPACE", "AccessLogSite"]

@@ -4,17 +4,18 @@ C{--log-format json}: the whole twistd log as one JSON object per line,
 for log shippers.
 
 twistd chooses its log observer before the service exists; its documented
-hook is C{--logger}, a factory of observers.  L{morpheo.tap.Options} sets
-that option of the twistd command line to L{jsonObserverFactory}, which
-writes where twistd would have written text (stdout with C{-n}, else
-C{--logfile}, default C{twistd.log}).
+hook is C{--logger}: the dotted name of a factory of observers, which twistd
+imports (C{namedAny}, in its own C{postOptions}, after the plugin's) and
+calls without arguments.  L{morpheo.tap.Options} sets that option of the
+twistd command line to what L{jsonObserverFactory} returns, the name of
+L{twistdObserver}, which writes where twistd would have written text
+(stdout with C{-n}, else C{--logfile}, default C{twistd.log}).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import IO, Any
 
@@ -57,22 +58,36 @@ def jsonFileObserver(out: IO[str]) -> ILogObserver:
     return FileLogObserver(out, eventAsLine)
 
 
-def jsonObserverFactory(serverOptions: Any) -> Callable[[], ILogObserver]:
+#: The twistd options L{twistdObserver} writes by (its C{--logfile}, C{-n}):
+#: twistd calls it without arguments.
+_serverOptions: Any = None
+
+
+def jsonObserverFactory(serverOptions: Any) -> str:
     """
-    A C{--logger} factory for twistd: JSON lines to the file twistd would
-    have used given C{serverOptions} (its C{--logfile} and C{-n}).
+    The value of twistd's C{--logger} for JSON lines written where twistd
+    would have written text given C{serverOptions}: the dotted name of
+    L{twistdObserver} (twistd resolves C{--logger} by name; an object there
+    fails with "could not be imported").
     """
-
-    def factory() -> ILogObserver:
-        path = serverOptions.get("logfile") or ""
-        out: IO[str]
-        if path == "-" or (not path and serverOptions.get("nodaemon")):
-            out = sys.stdout
-        else:
-            out = LogFile.fromFullPath(path or "twistd.log")  # type: ignore[assignment]
-        return jsonFileObserver(out)
-
-    return factory
+    global _serverOptions
+    _serverOptions = serverOptions
+    return f"{__name__}.{twistdObserver.__name__}"
 
 
-__all__ = ["eventAsLine", "jsonFileObserver", "jsonObserverFactory"]
+def twistdObserver() -> ILogObserver:
+    """
+    The observer of C{--log-format json}, called by twistd before it starts
+    logging (so C{sys.stdout} is still the real one).
+    """
+    options = _serverOptions or {}
+    path = options.get("logfile") or ""
+    out: IO[str]
+    if path == "-" or (not path and options.get("nodaemon")):
+        out = sys.stdout
+    else:
+        out = LogFile.fromFullPath(path or "twistd.log")
+    return jsonFileObserver(out)
+
+
+__all__ = ["eventAsLine", "jsonFileObserver", "jsonObserverFactory", "twistdObserver"]
