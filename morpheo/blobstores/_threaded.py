@@ -7,6 +7,7 @@ buffer: the reactor thread only queues bytes and counts them.
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredLock
@@ -19,6 +20,18 @@ from zope.interface import implementer
 from .._interfaces import IBlobWriter
 from .._types import BlobInfo, BlobStoreError, SizeMismatch
 from ._flow import ProducerGate
+
+#: The most one write-and-hash step takes from the queue.  The thread keeps
+#: taking steps while bytes are queued, and each step's bytes count as
+#: drained as soon as it is done, so that the producer is resumed (and the
+#: queue refilled) while the thread works: reading the socket and writing the
+#: file overlap instead of taking turns.
+STEP = 1024 * 1024
+
+#: The queue's water marks: the producer pauses above HIGH and resumes as
+#: soon as the queue is back under LOW, well before the thread runs dry.
+HIGH = 6 * 1024 * 1024
+LOW = 4 * 1024 * 1024
 
 
 @implementer(IBlobWriter)
@@ -35,9 +48,9 @@ class ThreadedBlobWriter:
         self.size = size
         self._reactor = reactor
         self._pool = pool
-        self._gate = ProducerGate()
+        self._gate = ProducerGate(HIGH, LOW)
         self._lock = DeferredLock()
-        self._pending: list[bytes] = []
+        self._pending: deque[bytes] = deque()
         self._flushing = False
         self._received = 0
         self._hash = hashlib.sha256()
@@ -90,7 +103,7 @@ class ThreadedBlobWriter:
     def abort(self) -> Deferred[None]:
         self._closed = True
         if self._aborted is None:
-            self._pending = []
+            self._pending.clear()
             self._aborted = self._inThread(self._discardInThread)
         d: Deferred[None] = Deferred()
 
@@ -112,24 +125,33 @@ class ThreadedBlobWriter:
             self._opened = True
             self._openInThread()
 
-    def _flush(self) -> int:
-        # Runs in the pool; swaps the queue out under the GIL.
-        chunks, self._pending = self._pending, []
-        n = sum(map(len, chunks))
+    def _flush(self) -> None:
+        # Runs in the pool, step by step while bytes are queued; the reactor
+        # appends to the deque meanwhile (append and popleft are atomic).
         try:
+            while self._pending and self._aborted is None:
+                chunks, n = [], 0
+                while self._pending and n < STEP:
+                    chunk = self._pending.popleft()
+                    chunks.append(chunk)
+                    n += len(chunk)
+                try:
+                    self._ensureOpen()
+                    self._writeInThread(chunks)
+                    for chunk in chunks:
+                        self._hash.update(chunk)
+                except Exception as e:
+                    self._reactor.callFromThread(self._flushFailed, e, n)
+                    return
+                self._reactor.callFromThread(self._gate.shrank, n)
+            # Open even when nothing was written: an empty blob is a file too.
             self._ensureOpen()
-            if chunks:
-                self._writeInThread(chunks)
-            for chunk in chunks:
-                self._hash.update(chunk)
         except Exception as e:
-            self._reactor.callFromThread(self._flushFailed, e, n)
-            return n
-        self._reactor.callFromThread(self._flushed, n)
-        return n
+            self._reactor.callFromThread(self._flushFailed, e, 0)
+            return
+        self._reactor.callFromThread(self._flushed)
 
-    def _flushed(self, n: int) -> None:
-        self._gate.shrank(n)
+    def _flushed(self) -> None:
         if self._pending and self._aborted is None:
             self._inThread(self._flush)
         else:
@@ -141,7 +163,7 @@ class ThreadedBlobWriter:
         if not isinstance(e, BlobStoreError):
             e = BlobStoreError(f"writing the blob failed: {e}")
         self._failure = Failure(e)
-        self._pending = []
+        self._pending.clear()
         self._gate.release()
 
     def _commit(self) -> BlobInfo:
