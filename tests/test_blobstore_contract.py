@@ -488,8 +488,6 @@ async def test_missing(backend: Backend) -> None:
 @pytest_twisted.ensureDeferred
 async def test_backend_down(backend: Backend, operation: str) -> None:
     """An unusable backend is a BlobStoreError saying what failed."""
-    if backend.name == "local" and operation in ("check", "delete"):
-        pytest.xfail("LocalBlobStore lets the OSError through (not a BlobStoreError)")
     store = backend.makeDown()
     key = newKey()
     attempts = {

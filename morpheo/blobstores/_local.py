@@ -147,12 +147,19 @@ class LocalBlobStore:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+            except OSError as e:
+                raise BlobStoreError(f"cannot delete blob {key}: {e.strerror}") from e
 
         return self._inThread(remove)
 
     def check(self) -> Deferred[None]:
         def probe() -> None:
-            os.makedirs(self.root, exist_ok=True)
+            try:
+                os.makedirs(self.root, exist_ok=True)
+            except OSError as e:
+                raise BlobStoreError(f"cannot make {self.root}: {e.strerror}") from e
+            if not os.path.isdir(self.root):
+                raise BlobStoreError(f"{self.root} is not a directory")
             if not os.access(self.root, os.W_OK | os.X_OK):
                 raise BlobStoreError(f"{self.root} is not writable")
 
