@@ -2,6 +2,9 @@
 What users of an object store expect, through the real server: download
 headers, ranges byte for byte, conditional requests, HEAD, stated digests,
 pagination that loses nothing while uploads arrive, filters, DELETE.
+
+Every test runs twice: on the local blob store, and on S3 (a SeaweedFS
+started for the tests), where the bucket's objects stand for the files.
 """
 
 from __future__ import annotations
@@ -13,13 +16,18 @@ import subprocess
 
 import pytest
 import pytest_twisted
+from attrs import define
 from twisted.internet import reactor
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
 from ._client import FORM_HEADERS, form, jsonOf, newUUID, uploadFields
-from ._server import Server
+from ._server import Server, startServer
+from ._servers import SeaweedFS, seaweedfs
 from .test_api import assertClean, assertError
+from .test_remote_api import s3Args, s3Env
+
+__all__ = ["seaweedfs"]  # a session fixture, used by name
 
 BOUNDARY = "morpheo-test-boundary-7f3a"
 
@@ -76,6 +84,31 @@ async def uploadData(http, server, data: bytes, **extra: str) -> dict:
     )
     assert r.code == 201, await r.text()
     return await jsonOf(r)
+
+
+@define
+class BucketServer(Server):
+    """A server on S3: what it keeps are the objects of its bucket."""
+
+    store: SeaweedFS | None = None
+
+    def files(self) -> list[str]:
+        assert self.store is not None
+        return sorted(self.store.objects())
+
+
+@pytest.fixture(scope="module", params=["local", "s3"])
+def server(request, server, tmp_path_factory):
+    """The session's server on the local store, then one on S3."""
+    if request.param == "local":
+        yield server
+        return
+    store: SeaweedFS = request.getfixturevalue("seaweedfs")
+    started = startServer(
+        str(tmp_path_factory.mktemp("objects-s3")), *s3Args(store), env=s3Env(store)
+    )
+    yield BucketServer(started.process, started.dataDir, started.port, started.logPath, store=store)
+    started.stop()
 
 
 @pytest.fixture(scope="module")
