@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from klein import Klein
-from twisted.internet.defer import CancelledError, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -560,11 +560,33 @@ class StorageAPI:
         return int(value)
 
     async def _quietly(self, d: Any) -> None:
-        """Clean-up that must not hide the error being handled."""
-        try:
-            await d
-        except (Exception, CancelledError):
-            self._log.failure("clean-up after a failed request failed")
+        """
+        Clean-up that must not hide the error being handled, nor be cut
+        short: Klein cancels the handler of a client that went away (which
+        is when clean-up matters most), and a cancellation that reaches the
+        clean-up's own Deferred would abandon it half done.  It is absorbed
+        here, and the clean-up waited for to its end.
+        """
+        cleanup = ensureDeferred(d)
+        outcome: list[object] = []
+        waiting: list[Deferred[None]] = []
+
+        def finished(result: object) -> None:
+            if isinstance(result, Failure):
+                self._log.failure("clean-up after a failed request failed", result)
+            outcome.append(result)
+            for waiter in waiting:
+                if not waiter.called:
+                    waiter.callback(None)
+
+        cleanup.addBoth(finished)
+        while not outcome:
+            waiter: Deferred[None] = Deferred()
+            waiting.append(waiter)
+            try:
+                await waiter
+            except CancelledError:
+                pass
 
 
 def _parseCursor(cursor: str) -> tuple[int, int]:

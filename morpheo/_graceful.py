@@ -18,10 +18,12 @@ from typing import Any
 from klein.resource import KleinResource
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 
-from ._streaming import StreamingChannel, StreamingSite
+from ._streaming import BodyAborted, StreamingChannel, StreamingSite
 
 
 class _Waiters:
@@ -86,10 +88,21 @@ class HandlerTracker:
         return self._idle.wait()
 
 
+def _clientGone(failure: Failure) -> None:
+    """
+    A handler that ends with its client gone (L{BodyAborted}) has nobody to
+    answer and has cleaned up; Klein would log it as an unhandled error
+    (it stays quiet only for a L{CancelledError}).  The access log records
+    the request as aborted.
+    """
+    failure.trap(BodyAborted)
+
+
 class _TrackedApp:
     """
     A Klein app as L{KleinResource} sees it, with each endpoint's Deferred
-    counted by a L{HandlerTracker}.  Everything else is the app's own.
+    counted by a L{HandlerTracker}, and its end quiet when the client went
+    away.  Everything else is the app's own.
     """
 
     def __init__(self, app: Any, tracker: HandlerTracker) -> None:
@@ -99,8 +112,11 @@ class _TrackedApp:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._app, name)
 
-    def execute_endpoint(self, endpoint: str, request: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
-        return self._tracker.track(maybeDeferred(self._app.execute_endpoint, endpoint, request, *args, **kwargs))
+    def execute_endpoint(
+        self, endpoint: str, request: Any, *args: Any, **kwargs: Any
+    ) -> Deferred[Any]:
+        d = maybeDeferred(self._app.execute_endpoint, endpoint, request, *args, **kwargs)
+        return self._tracker.track(d).addErrback(_clientGone)
 
 
 def trackedResource(app: Any, tracker: HandlerTracker) -> IResource:
@@ -109,7 +125,7 @@ def trackedResource(app: Any, tracker: HandlerTracker) -> IResource:
 
 
 class _DrainingChannel(StreamingChannel):
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         site = getattr(self, "site", None)
         if isinstance(site, DrainingSite):
@@ -123,7 +139,7 @@ class DrainingSite(StreamingSite):
     those still busy at a deadline.
     """
 
-    protocol = _DrainingChannel  # type: ignore[assignment]
+    protocol = _DrainingChannel
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -131,7 +147,7 @@ class DrainingSite(StreamingSite):
         self._allGone = _Waiters()
         self.draining = False
 
-    def buildProtocol(self, addr: IAddress) -> Any:
+    def buildProtocol(self, addr: IAddress | None) -> Any:
         channel = super().buildProtocol(addr)
         if channel is not None:
             self._channels.add(channel)
@@ -155,7 +171,7 @@ class DrainingSite(StreamingSite):
         self.draining = True
         for channel in list(self._channels):
             channel.persistent = False
-            if not channel.requests:
+            if not channel.requests and channel.transport is not None:
                 channel.transport.loseConnection()
         if not self._channels:
             return 0
@@ -163,9 +179,11 @@ class DrainingSite(StreamingSite):
             return 0
         cut = list(self._channels)
         for channel in cut:
-            channel.transport.abortConnection()
+            transport: Any = channel.transport  # TCP, TLS and UNIX: all can abort
+            if transport is not None:
+                transport.abortConnection()
         # abortConnection reports the loss on the next reactor turn.
-        await deferLater(reactor, 0, lambda: None)  # type: ignore[arg-type]
+        await deferLater(reactor, 0, lambda: None)
         return len(cut)
 
 

@@ -23,6 +23,7 @@ from psycopg2.extensions import make_dsn
 from twisted.application import service
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -168,9 +169,18 @@ class StorageService(service.Service):
         requested stop as a death by signal.
         """
 
+        def stop() -> None:
+            # A second SIGTERM (an impatient supervisor) while the first
+            # stop drains changes nothing.
+            try:
+                self._reactor.stop()
+            except ReactorNotRunning:
+                self._log.info("SIGTERM: already stopping")
+            else:
+                self._log.info("SIGTERM: stopping gracefully")
+
         def onSIGTERM(number: int, frame: Any) -> None:
-            self._reactor.callFromThread(self._log.info, "SIGTERM: stopping gracefully")
-            self._reactor.callFromThread(self._reactor.stop)
+            self._reactor.callFromThread(stop)
 
         signal.signal(signal.SIGTERM, onSIGTERM)
 

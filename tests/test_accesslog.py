@@ -145,7 +145,10 @@ async def test_oneLinePerRequest(http, request, fmt) -> None:
 @pytest.mark.parametrize("fmt", ["text", "json"])
 @pytest_twisted.ensureDeferred
 async def test_abortedUpload(request, fmt) -> None:
-    """An upload whose client goes away mid-body: one line, aborted, with what came in."""
+    """
+    An upload whose client goes away mid-body: one line, aborted, with what
+    came in; no traceback.
+    """
     server = request.getfixturevalue(f"{fmt}Server")
     uuid = newUUID()
     size = 32 * 1024 * 1024
@@ -179,6 +182,11 @@ async def test_abortedUpload(request, fmt) -> None:
     assert line["user"] == USER
     assert int(line["bytesIn"]) == len(sent)
     assert line["aborted"] in (True, " (aborted)")
+    # The handler cleaned up in full, though Klein cancelled it, and ended
+    # quietly: the access line is the only news of a client going away.
+    log = server.log()
+    assert "clean-up after a failed request failed" not in log
+    assert "Unhandled Error" not in log and "BodyAborted" not in log
 
 
 def test_everyJSONLineIsAnObject(jsonServer) -> None:
