@@ -25,6 +25,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
+from xml.etree import ElementTree
 
 import pytest
 from botocore.auth import S3SigV4Auth
@@ -92,6 +94,12 @@ class _Process:
     #: How long a clean exit may take before the process is killed.
     grace = 10.0
 
+    def kill(self) -> None:
+        """Die at once (SIGKILL), as in a crash, keeping the data for a restart."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
@@ -137,14 +145,15 @@ class SeaweedFS(_Process):
         with open(config, "w") as f:
             json.dump({"identities": [identity]}, f)
         data = os.path.join(self.dir, "data")
-        os.makedirs(data)
-        ports = {
+        os.makedirs(data, exist_ok=True)  # a restart keeps the data and the ports
+        ports = self._ports = getattr(self, "_ports", None) or {
             name: freePort()
             for name in (
                 "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
                 "filer.port", "filer.port.grpc", "s3.port.grpc",
             )
         }  # fmt: skip
+        self._removeSockets()
         argv = [_weed(), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
         self._grpcPorts = [port for name, port in ports.items() if "grpc" in name]
         argv += [f"-{name}={port}" for name, port in ports.items()]
@@ -183,8 +192,31 @@ class SeaweedFS(_Process):
         if code != 200:
             raise RuntimeError(f"bucket not there yet: HTTP {code}")
 
+    def objects(self, prefix: str = "") -> list[str]:
+        """The keys of the objects under C{prefix} (ListObjectsV2), blocking."""
+        return self._listed(f"list-type=2&prefix={quote(prefix, safe='')}", "Contents", "Key")
+
+    def uploads(self, prefix: str = "") -> list[str]:
+        """The keys of the multipart uploads in progress (ListMultipartUploads)."""
+        return self._listed(f"prefix={quote(prefix, safe='')}&uploads=", "Upload", "Key")
+
+    def _listed(self, query: str, element: str, field: str) -> list[str]:
+        code, body = self.signedRequest("GET", f"/{self.bucket}?{query}")
+        if code != 200:
+            raise RuntimeError(f"listing {query}: HTTP {code} {body[:200]!r}")
+        found = []
+        for item in ElementTree.fromstring(body).iter():
+            if item.tag.rpartition("}")[2] == element:
+                for child in item:
+                    if child.tag.rpartition("}")[2] == field:
+                        found.append(child.text or "")
+        return found
+
     def stop(self) -> None:
         super().stop()
+        self._removeSockets()
+
+    def _removeSockets(self) -> None:
         # Killed, it leaves its gRPC UNIX sockets behind.
         for port in getattr(self, "_grpcPorts", []):
             for role in ("master", "volume", "filer", "s3"):
@@ -200,18 +232,24 @@ class SeaweedFS(_Process):
 
 
 class FakeGCS(_Process):
-    """fake-gcs-server over plain HTTP, in-memory, with C{bucket} created."""
+    """
+    fake-gcs-server over plain HTTP with C{bucket} created; in memory, or
+    on disk with C{persistent} (then a restart finds the objects again).
+    """
 
-    def __init__(self, bucket: str = "morpheo") -> None:
+    def __init__(self, bucket: str = "morpheo", persistent: bool = False) -> None:
         super().__init__("fake-gcs")
         self.bucket = bucket
+        self.persistent = persistent
         self.port = freePort()
         self.endpoint = f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30) -> FakeGCS:
+        root = os.path.join(self.dir, "data")
+        backend = ["filesystem", "-filesystem-root", root] if self.persistent else ["memory"]
         self.spawn(
             [
-                _fakeGCSBinary(), "-scheme", "http", "-backend", "memory",
+                _fakeGCSBinary(), "-scheme", "http", "-backend", *backend,
                 "-host", "127.0.0.1", "-port", str(self.port),
                 "-external-url", self.endpoint, "-log-level", "warn",
             ]

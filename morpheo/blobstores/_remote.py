@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 from twisted.internet.defer import (
@@ -30,6 +30,7 @@ from twisted.internet.interfaces import (
     IProducer,
     IPushProducer,
     IReactorFromThreads,
+    IReactorTime,
     ITransport,
 )
 from twisted.internet.protocol import Protocol, connectionDone
@@ -70,6 +71,47 @@ def asStoreError(what: str, reason: Failure) -> Failure:
     if reason.check(BlobStoreError, CancelledError, SizeMismatch):
         return reason
     return Failure(BlobStoreError(f"{what} failed: {describeFailure(reason)}"))
+
+
+#: Seconds between the attempts to clean up after a failed upload while the
+#: store cannot be reached: from 1 s, doubling, to every minute for an hour.
+CLEANUP_RETRIES = (1, 2, 4, 8, 16, 32, *(60,) * 59)
+
+
+def retryLater(
+    clock: IReactorTime,
+    attempt: Callable[[], Deferred[None]],
+    key: str,
+    reason: Failure,
+    delays: Iterable[float] = CLEANUP_RETRIES,
+) -> None:
+    """
+    Call C{attempt} again after each of C{delays} until it succeeds, in the
+    background: the client has its answer already, and what a failed
+    upload leaves in the store (a multipart upload, a committed object) is
+    removed once the store is back.
+    """
+    remaining = iter(delays)
+
+    def again() -> None:
+        attempt().addCallbacks(succeeded, failed)
+
+    def succeeded(_: object) -> None:
+        log.info("cleaned up {key} after all", key=key)
+
+    def failed(reason: Failure) -> None:
+        delay = next(remaining, None)
+        if delay is None:
+            log.error("giving up cleaning up {key}: {why}", key=key, why=describeFailure(reason))
+            return
+        clock.callLater(delay, again)
+
+    log.warn(
+        "cleaning up {key} failed ({why}); trying again in the background",
+        key=key,
+        why=describeFailure(reason),
+    )
+    failed(reason)
 
 
 class _QuietFactory(_HTTP11ClientFactory):
@@ -268,6 +310,7 @@ class StreamingWriter(Generic[T]):
             raise ValueError(f"a blob cannot be {size} bytes long")
         self.key = key
         self.size = size
+        self._clock: IReactorTime = reactor  # type: ignore[assignment]
         self._gate = (
             ProducerGate() if highWater is None else ProducerGate(highWater, highWater // 4)
         )
@@ -482,13 +525,21 @@ class StreamingWriter(Generic[T]):
             # then remove, so wait for its answer.
             waits.append(self._began)
         d: Deferred[Any] = DeferredList(waits, consumeErrors=True)
-        d.addCallback(lambda _: self._cleanup(self._beginDone, self._committed))
 
-        def logged(reason: Failure) -> None:
-            log.failure("cleaning up {key} failed", reason, key=self.key)
+        def cleanup(_: object) -> Deferred[None]:
+            return self._cleanup(self._beginDone, self._committed)
 
-        d.addErrback(logged)
-        return d
+        def failed(reason: Failure) -> None:
+            # The store is likely down (which may be why we abort): try
+            # again later rather than leave an upload or an object behind.
+            retryLater(
+                self._clock,
+                lambda: self._cleanup(self._beginDone, self._committed),
+                self.key,
+                reason,
+            )
+
+        return d.addCallback(cleanup).addErrback(failed)
 
     # For subclasses
 

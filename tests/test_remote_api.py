@@ -1,0 +1,619 @@
+"""
+The API on the remote blob stores, end to end and for real: a twistd server
+keeping its blobs in a SeaweedFS (S3) or a fake-gcs-server (Google Cloud
+Storage) started for these tests, called with treq and curl.  Uploads,
+lists, metadata, downloads byte for byte, ranges, PATCH and DELETE, each
+checked in the bucket too; a 1 GiB blob through S3 with the server's memory
+flat; the store killed in the middle of an upload; start-up with a store
+that cannot be used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+import treq
+from attrs import define
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.web.client import FileBodyProducer
+
+from ._client import FORM_HEADERS, form, jsonOf, newUUID, uploadFields
+from ._server import TWISTD, Server, startServer
+from ._servers import FakeGCS, SeaweedFS, fakeGCS, freePort, seaweedfs
+
+__all__ = ["fakeGCS", "seaweedfs"]  # session fixtures, used by name
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+#: What the server may use at most, whatever the size of the blobs.
+MAX_RSS = 100 * MiB
+
+
+def s3Env(store: SeaweedFS, **extra: str) -> dict[str, str]:
+    """
+    The AWS chain's environment for a server on C{store}: its keys, and
+    nothing else to find (no files, no instance metadata endpoint).
+    """
+    return {
+        "AWS_ACCESS_KEY_ID": store.accessKey,
+        "AWS_SECRET_ACCESS_KEY": store.secretKey,
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        **extra,
+    }
+
+
+def s3Args(store: SeaweedFS) -> list[str]:
+    return [
+        "--blobstore", "s3", "--s3-bucket", store.bucket, "--s3-region", store.region,
+        "--s3-endpoint", store.endpoint,
+    ]  # fmt: skip
+
+
+def gcArgs(store: FakeGCS) -> list[str]:
+    return ["--blobstore", "gc", "--gc-bucket", store.bucket, "--gc-endpoint", store.endpoint]
+
+
+@define
+class Remote:
+    """A server on a remote store, and a look into the store's bucket."""
+
+    name: str
+    server: Server
+    objects: Callable[[str], list[str]]
+
+
+@pytest.fixture(scope="module")
+def s3Server(seaweedfs: SeaweedFS, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    dataDir = str(tmp_path_factory.mktemp("s3-server"))
+    server = startServer(dataDir, *s3Args(seaweedfs), env=s3Env(seaweedfs))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gcServer(fakeGCS: FakeGCS, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = startServer(str(tmp_path_factory.mktemp("gc-server")), *gcArgs(fakeGCS))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["s3", "gc"])
+def remote(request: pytest.FixtureRequest) -> Remote:
+    if request.param == "s3":
+        store: SeaweedFS = request.getfixturevalue("seaweedfs")
+        return Remote("s3", request.getfixturevalue("s3Server"), store.objects)
+    gcs: FakeGCS = request.getfixturevalue("fakeGCS")
+    return Remote("gcs", request.getfixturevalue("gcServer"), gcs.objects)
+
+
+def sleep(seconds: float) -> Deferred[None]:
+    return deferLater(reactor, seconds, lambda: None)
+
+
+async def within(d: Deferred[Any], seconds: float = 120) -> Any:
+    return await d.addTimeout(seconds, reactor)
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 30.0) -> None:
+    """Poll C{check} (run in a thread: it may block) until it passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await deferToThread(check)
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        await sleep(0.25)
+
+
+async def upload(http: HTTPClient, server: Server, kind: str, data: bytes, **kw: str) -> Any:
+    r = await http.post(
+        f"{server.url}/{kind}",
+        data=form(*uploadFields(kind, data, **kw)),
+        headers=FORM_HEADERS,
+        auth=server.auth,
+    )
+    assert r.code == 201, await treq.text_content(r)
+    return await jsonOf(r)
+
+
+async def download(http: HTTPClient, server: Server, path: str, **kw: Any) -> tuple[int, bytes]:
+    r = await http.get(f"{server.url}{path}", auth=server.auth, **kw)
+    return r.code, await treq.content(r)
+
+
+def blobKey(server: Server, uuid: str) -> str:
+    rows = server.sql("SELECT blob_key FROM resource WHERE uuid = %s", (uuid,))
+    assert len(rows) == 1, rows
+    key: str = rows[0][0]
+    return key
+
+
+async def inBucket(remote: Remote, key: str) -> bool:
+    found = await deferToThread(remote.objects, key)
+    return key in found
+
+
+async def assertError(response: Any, codes: tuple[int, ...], *words: str) -> str:
+    assert response.code in codes, await treq.text_content(response)
+    body = await jsonOf(response)
+    assert set(body) == {"error"}, body
+    for word in words:
+        assert word in body["error"], body
+    error: str = body["error"]
+    return error
+
+
+# End to end, on each store
+
+
+@pytest_twisted.ensureDeferred
+async def test_form_upload_get_list_download(http: HTTPClient, remote: Remote) -> None:
+    server = remote.server
+    data = os.urandom(300_000)
+    uuid = newUUID()
+    name = f"remote-{remote.name}-{uuid[:8]}"
+    made = await upload(http, server, "problem", data, uuid=uuid, name=name)
+    assert made["uuid"] == uuid and made["size"] == len(data)
+    assert made["sha256"] == hashlib.sha256(data).hexdigest()
+    assert await inBucket(remote, blobKey(server, uuid))
+
+    r = await http.get(f"{server.url}/problem/{uuid}", auth=server.auth)
+    assert r.code == 200
+    assert await jsonOf(r) == made
+    r = await http.get(f"{server.url}/problem?name={name}", auth=server.auth)
+    assert [item["uuid"] for item in (await jsonOf(r))["items"]] == [uuid]
+
+    code, body = await download(http, server, f"/problem/{uuid}/blob")
+    assert code == 200 and body == data
+
+
+@pytest_twisted.ensureDeferred
+async def test_model_upload_and_download(http: HTTPClient, remote: Remote) -> None:
+    server = remote.server
+    algo = (await upload(http, server, "algo", b"#!/bin/sh\n"))["uuid"]
+    data = os.urandom(1_000_000)
+    r = await http.post(f"{server.url}/model?algo={algo}", data=data, auth=server.auth)
+    assert r.code == 201, await treq.text_content(r)
+    uuid = (await jsonOf(r))["uuid"]
+    assert await inBucket(remote, blobKey(server, uuid))
+    code, body = await download(http, server, f"/model/{uuid}/blob")
+    assert code == 200 and body == data
+
+
+@pytest_twisted.ensureDeferred
+async def test_blob_of_many_parts(http: HTTPClient, remote: Remote) -> None:
+    """Over the S3 multipart threshold (64 MiB) and several GCS chunks (32 MiB)."""
+    server = remote.server
+    data = os.urandom(70 * MiB + 12345)
+    uuid = (await upload(http, server, "data", data))["uuid"]
+    code, body = await download(http, server, f"/data/{uuid}/blob")
+    assert code == 200 and body == data
+    code, body = await download(
+        http,
+        server,
+        f"/data/{uuid}/blob",
+        headers={"Range": f"bytes={64 * MiB - 10}-{64 * MiB + 9}"},
+    )
+    assert code == 206 and body == data[64 * MiB - 10 : 64 * MiB + 10]
+
+
+@pytest_twisted.ensureDeferred
+async def test_ranges(http: HTTPClient, remote: Remote) -> None:
+    server = remote.server
+    data = os.urandom(200_000)
+    uuid = (await upload(http, server, "data", data))["uuid"]
+    path = f"/data/{uuid}/blob"
+    r = await http.get(server.url + path, auth=server.auth, headers={"Range": "bytes=1000-1999"})
+    assert r.code == 206
+    assert r.headers.getRawHeaders("content-range") == [f"bytes 1000-1999/{len(data)}"]
+    assert await treq.content(r) == data[1000:2000]
+    code, body = await download(http, server, path, headers={"Range": "bytes=-100"})
+    assert code == 206 and body == data[-100:]
+    code, body = await download(http, server, path, headers={"Range": "bytes=199990-"})
+    assert code == 206 and body == data[199990:]
+
+
+@pytest_twisted.ensureDeferred
+async def test_patch_renames_and_replaces_the_blob(http: HTTPClient, remote: Remote) -> None:
+    server = remote.server
+    old = newUUID()
+    await upload(http, server, "problem", os.urandom(50_000), uuid=old)
+    oldKey = blobKey(server, old)
+    assert await inBucket(remote, oldKey)
+
+    new = newUUID()
+    data = os.urandom(80_000)
+    r = await http.patch(
+        f"{server.url}/problem/{old}",
+        data=form(("uuid", new), ("name", "renamed"), ("size", str(len(data))), ("blob", data)),
+        headers=FORM_HEADERS,
+        auth=server.auth,
+    )
+    assert r.code == 200, await treq.text_content(r)
+    patched = await jsonOf(r)
+    assert patched["uuid"] == new and patched["name"] == "renamed"
+    assert patched["sha256"] == hashlib.sha256(data).hexdigest()
+
+    newKey = blobKey(server, new)
+    assert newKey != oldKey
+    assert await inBucket(remote, newKey)
+    assert not await inBucket(remote, oldKey)
+    code, _ = await download(http, server, f"/problem/{old}")
+    assert code == 404
+    code, body = await download(http, server, f"/problem/{new}/blob")
+    assert code == 200 and body == data
+
+
+@pytest_twisted.ensureDeferred
+async def test_patch_rename_keeps_the_blob(http: HTTPClient, remote: Remote) -> None:
+    server = remote.server
+    old, new = newUUID(), newUUID()
+    data = os.urandom(10_000)
+    await upload(http, server, "problem", data, uuid=old)
+    key = blobKey(server, old)
+    r = await http.patch(
+        f"{server.url}/problem/{old}",
+        data=form(("uuid", new)),
+        headers=FORM_HEADERS,
+        auth=server.auth,
+    )
+    assert r.code == 200, await treq.text_content(r)
+    assert blobKey(server, new) == key and await inBucket(remote, key)
+    code, body = await download(http, server, f"/problem/{new}/blob")
+    assert code == 200 and body == data
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_removes_the_object(http: HTTPClient, remote: Remote) -> None:
+    server = remote.server
+    uuid = (await upload(http, server, "algo", os.urandom(20_000)))["uuid"]
+    key = blobKey(server, uuid)
+    assert await inBucket(remote, key)
+    r = await http.delete(f"{server.url}/algo/{uuid}", auth=server.auth)
+    assert r.code == 200, await treq.text_content(r)
+    assert (await jsonOf(r))["uuid"] == uuid
+    assert not await inBucket(remote, key)
+    code, _ = await download(http, server, f"/algo/{uuid}/blob")
+    assert code == 404
+    assert server.sql("SELECT uuid FROM resource WHERE uuid = %s", (uuid,)) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_ready_names_the_store(http: HTTPClient, remote: Remote) -> None:
+    r = await http.get(f"{remote.server.url}/ready")
+    assert r.code == 200
+    assert (await jsonOf(r))["blobstore"] == "ok"
+    assert f"(blob store: {remote.name})" in remote.server.log()
+
+
+# 1 GiB through S3
+
+
+@pytest.fixture(scope="module")
+def bigFile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """1 GiB on disk, written a MiB at a time (as in test_streaming)."""
+    path = tmp_path_factory.mktemp("big") / "blob.bin"
+    digest = hashlib.sha256()
+    block = os.urandom(MiB)
+    with open(path, "wb") as f:
+        for i in range(1024):
+            chunk = block[i:] + block[:i]
+            digest.update(chunk)
+            f.write(chunk)
+    yield str(path), digest.hexdigest()
+    os.unlink(path)
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["curl", "-sS", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_1GiB_up_and_down_through_s3_with_flat_memory(
+    s3Server: Server, seaweedfs: SeaweedFS, bigFile: tuple[str, str]
+) -> None:
+    server = s3Server
+    path, sha = bigFile
+    uuid = newUUID()
+    p = curl(
+        "-u", f"{server.user}:{server.password}", "-F", f"uuid={uuid}", "-F", f"size={GiB}",
+        "-F", f"blob=@{path}", f"{server.url}/data",
+    )  # fmt: skip
+    assert f'"sha256": "{sha}"' in p.stdout, p
+    assert seaweedfs.objects(blobKey(server, uuid)) == [blobKey(server, uuid)]
+    assert seaweedfs.uploads(f"data/{uuid}") == []
+    assert server.peakRSS() < MAX_RSS, server.peakRSS()
+
+    digest = hashlib.sha256()
+    received = 0
+    argv = ["curl", "-sS", "-D", "-", "-u", f"{server.user}:{server.password}"]
+    with subprocess.Popen(
+        [*argv, f"{server.url}/data/{uuid}/blob"], stdout=subprocess.PIPE
+    ) as download:
+        assert download.stdout is not None
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += download.stdout.read(1)
+        assert f"Content-Length: {GiB}".encode() in head
+        while chunk := download.stdout.read(MiB):
+            digest.update(chunk)
+            received += len(chunk)
+    assert received == GiB
+    assert digest.hexdigest() == sha
+    assert server.peakRSS() < MAX_RSS, server.peakRSS()
+
+
+# The store dies in the middle of an upload
+
+
+class GeneratedForm:
+    """
+    A multipart form whose blob is C{size} generated bytes, read like a
+    file by L{FileBodyProducer} (so it is sent with flow control and never
+    held in memory); C{position} says how much was read so far.
+    """
+
+    def __init__(self, uuid: str, size: int) -> None:
+        whole = form(("uuid", uuid), ("size", str(size)), ("blob", b"<blob>"))
+        self._head, _, self._tail = whole.partition(b"<blob>")
+        self._size = size
+        self._block = os.urandom(MiB)
+        self.length = len(self._head) + size + len(self._tail)
+        self.position = 0
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self.position = offset if whence == os.SEEK_SET else self.length + offset
+        return self.position
+
+    def read(self, n: int) -> bytes:
+        out = []
+        end = min(self.position + n, self.length)
+        while self.position < end:
+            p = self.position
+            if p < len(self._head):
+                piece = self._head[p:end]
+            elif p < len(self._head) + self._size:
+                o = p - len(self._head)
+                stop = min(end - len(self._head), self._size, (o // MiB + 1) * MiB)
+                piece = self._block[o % MiB : o % MiB + stop - o]
+            else:
+                o = p - len(self._head) - self._size
+                piece = self._tail[o : o + end - p]
+            out.append(piece)
+            self.position += len(piece)
+        return b"".join(out)
+
+    def close(self) -> None:
+        pass
+
+
+def test_generated_form_is_the_form() -> None:
+    """The generator the crash tests upload with makes a well-formed form."""
+    body = GeneratedForm("u", 3 * MiB + 5)
+    streamed = b"".join(iter(lambda: body.read(100_000), b""))
+    assert len(streamed) == body.length
+    blob = (body._block * 4)[: 3 * MiB + 5]
+    assert streamed == form(("uuid", "u"), ("size", str(3 * MiB + 5)), ("blob", blob))
+
+
+@define
+class Crash:
+    """A store to kill, a server on it, and how to look into the store."""
+
+    store: SeaweedFS | FakeGCS
+    server: Server
+    uploads: Callable[[str], list[str]] | None
+
+
+@pytest.fixture
+def doomedS3(tmp_path: Any) -> Iterator[Crash]:
+    store = SeaweedFS().start()
+    server = startServer(str(tmp_path / "server"), *s3Args(store), env=s3Env(store))
+    yield Crash(store, server, store.uploads)
+    server.stop()
+    store.stop()
+
+
+@pytest.fixture
+def doomedGCS(tmp_path: Any) -> Iterator[Crash]:
+    store = FakeGCS(persistent=True).start()
+    server = startServer(str(tmp_path / "server"), *gcArgs(store))
+    # GCS has no list of resumable upload sessions: only objects are seen.
+    yield Crash(store, server, None)
+    server.stop()
+    store.stop()
+
+
+async def startDoomedUpload(
+    http: HTTPClient, crash: Crash, uuid: str, sent: int
+) -> tuple[Deferred[Any], GeneratedForm]:
+    """Start uploading 1 GiB; fires once C{sent} bytes are out and the
+    store has begun receiving them."""
+    body = GeneratedForm(uuid, GiB)
+    response = http.post(
+        f"{crash.server.url}/data",
+        data=FileBodyProducer(body),  # type: ignore[arg-type]
+        headers=FORM_HEADERS,
+        auth=crash.server.auth,
+    )
+    ended: list[object] = []
+
+    def end(result: object) -> object:
+        ended.append(result)
+        return result
+
+    response.addBoth(end)
+    deadline = time.monotonic() + 60
+    uploads = crash.uploads
+    while body.position < sent or (uploads and not await deferToThread(uploads, "data/")):
+        assert not ended, f"the upload ended before the store was killed: {ended}"
+        assert time.monotonic() < deadline, f"only {body.position} bytes sent"
+        await sleep(0.05)
+    return response, body
+
+
+def noRow(server: Server, uuid: str) -> None:
+    assert server.sql("SELECT state FROM resource WHERE uuid = %s", (uuid,)) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_s3_killed_mid_upload_leaves_nothing(http: HTTPClient, doomedS3: Crash) -> None:
+    """
+    SeaweedFS dies (SIGKILL) while a multipart upload streams into it: the
+    client gets a 502 naming the store and no row is kept.  Restarted on
+    the same data, the store holds the upload that was in progress (S3
+    keeps multipart uploads until they are completed or aborted) until the
+    server, which retries its clean-up, aborts it: no object, no upload.
+    """
+    crash = doomedS3
+    store = crash.store
+    assert isinstance(store, SeaweedFS)
+    server = crash.server
+    uuid = newUUID()
+    response, body = await startDoomedUpload(http, crash, uuid, 40 * MiB)
+    assert store.uploads("data/") == [blobKey(server, uuid)]
+    await deferToThread(store.kill)
+
+    r = await within(response, 60)
+    await assertError(r, (502, 503), "blob store (s3)")
+    await eventually(lambda: noRow(server, uuid))
+
+    await deferToThread(store.start)
+
+    def aborted() -> None:
+        assert store.uploads("") == []
+
+    await eventually(aborted, timeout=120)
+    assert store.objects("") == []
+    noRow(server, uuid)
+    assert "cleaned up data/" in server.log()
+
+    # And the service goes on once the store is back.
+    made = await upload(http, server, "data", b"after the crash")
+    code, data = await download(http, server, f"/data/{made['uuid']}/blob")
+    assert code == 200 and data == b"after the crash"
+
+
+@pytest_twisted.ensureDeferred
+async def test_gcs_killed_mid_upload_leaves_nothing(http: HTTPClient, doomedGCS: Crash) -> None:
+    """
+    fake-gcs-server (on disk) dies while a resumable upload streams into
+    it: a 502 naming the store, no row; restarted on the same data, no
+    object.
+    """
+    crash = doomedGCS
+    store = crash.store
+    assert isinstance(store, FakeGCS)
+    server = crash.server
+    uuid = newUUID()
+    response, body = await startDoomedUpload(http, crash, uuid, 72 * MiB)
+    await deferToThread(store.kill)
+
+    r = await within(response, 60)
+    await assertError(r, (502, 503), "blob store (gcs)")
+    await eventually(lambda: noRow(server, uuid))
+
+    await deferToThread(store.start)
+    assert store.objects("") == []
+    made = await upload(http, server, "data", b"after the crash")
+    assert await deferToThread(store.objects, "data/") == [blobKey(server, made["uuid"])]
+
+
+# Start-up with a store that cannot be used
+
+
+def startFails(tmp_path: Any, *args: str, env: dict[str, str] | None = None) -> str:
+    """Start a server that must not start; its one line of stderr."""
+    result = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "morpheo-storage", "--host", "127.0.0.1", "--port", "0",
+         "--user", "u", "--password", "p", "--data-dir", str(tmp_path), *args],
+        capture_output=True, text=True, timeout=90, cwd=tmp_path,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output, output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("morpheo-storage: cannot start: "), lines[0]
+    return lines[0]
+
+
+def test_unreachable_s3_stops_startup(tmp_path: Any, seaweedfs: SeaweedFS) -> None:
+    endpoint = f"http://127.0.0.1:{freePort()}"
+    args = ["--blobstore", "s3", "--s3-bucket", "b", "--s3-region", "r", "--s3-endpoint", endpoint]
+    line = startFails(tmp_path, *args, env=s3Env(seaweedfs))
+    assert "S3" in line and endpoint in line and "connect" in line, line
+
+
+def test_unreachable_gcs_stops_startup(tmp_path: Any) -> None:
+    endpoint = f"http://127.0.0.1:{freePort()}"
+    line = startFails(tmp_path, "--blobstore", "gc", "--gc-bucket", "b", "--gc-endpoint", endpoint)
+    assert "GCS" in line and "connect" in line, line
+
+
+def test_missing_s3_bucket_stops_startup(tmp_path: Any, seaweedfs: SeaweedFS) -> None:
+    args = s3Args(seaweedfs)
+    args[args.index("--s3-bucket") + 1] = "no-such-bucket"
+    line = startFails(tmp_path, *args, env=s3Env(seaweedfs))
+    assert "no-such-bucket" in line and "no such bucket" in line, line
+
+
+def test_wrong_s3_credentials_stop_startup(tmp_path: Any, seaweedfs: SeaweedFS) -> None:
+    env = s3Env(seaweedfs, AWS_SECRET_ACCESS_KEY="not-the-secret")
+    line = startFails(tmp_path, *s3Args(seaweedfs), env=env)
+    assert "access denied" in line, line
+
+
+def test_no_s3_credentials_stop_startup(tmp_path: Any, seaweedfs: SeaweedFS) -> None:
+    env = s3Env(seaweedfs, AWS_ACCESS_KEY_ID="", AWS_SECRET_ACCESS_KEY="", HOME=str(tmp_path))
+    line = startFails(tmp_path, *s3Args(seaweedfs), env=env)
+    assert "no AWS credentials" in line, line
+
+
+@pytest_twisted.ensureDeferred
+async def test_s3_credentials_from_a_profile(
+    http: HTTPClient, tmp_path: Any, seaweedfs: SeaweedFS
+) -> None:
+    """The AWS chain as botocore reads it: a named profile of a shared credentials file."""
+    credentials = tmp_path / "credentials"
+    credentials.write_text(
+        f"[morpheo]\naws_access_key_id = {seaweedfs.accessKey}\n"
+        f"aws_secret_access_key = {seaweedfs.secretKey}\n"
+    )
+    env = s3Env(
+        seaweedfs,
+        AWS_ACCESS_KEY_ID="",
+        AWS_SECRET_ACCESS_KEY="",
+        AWS_SHARED_CREDENTIALS_FILE=str(credentials),
+        AWS_PROFILE="morpheo",
+    )
+    server = startServer(str(tmp_path / "server"), *s3Args(seaweedfs), env=env)
+    try:
+        made = await upload(http, server, "data", b"signed with a profile's keys")
+        code, data = await download(http, server, f"/data/{made['uuid']}/blob")
+        assert code == 200 and data == b"signed with a profile's keys"
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__]))
