@@ -384,5 +384,51 @@ def test_startupFailureIsOneClearLine(tmp_path: Path) -> None:
     assert result.returncode != 0, output
 
 
+# Remote blob stores' endpoints
+
+
+def test_s3Endpoint() -> None:
+    """--s3-endpoint reaches the config (without a trailing slash); default: AWS."""
+    s3 = ("--blobstore", "s3", "--s3-bucket", "b", "--s3-region", "us-east-1")
+    assert parse(*AUTH, *s3).config().s3Endpoint is None
+    config = parse(*AUTH, *s3, "--s3-endpoint", "http://127.0.0.1:8333/").config()
+    assert (config.blobstore, config.s3Endpoint) == ("s3", "http://127.0.0.1:8333")
+    config = parse(*AUTH, *s3, "--s3-endpoint", "https://s3.example.org/prefix").config()
+    assert config.s3Endpoint == "https://s3.example.org/prefix"
+
+
+def test_gcEndpoint() -> None:
+    """--gc-endpoint reaches the config; default: Google Cloud Storage."""
+    gc = ("--blobstore", "gc", "--gc-bucket", "g")
+    assert parse(*AUTH, *gc).config().gcEndpoint is None
+    config = parse(*AUTH, *gc, "--gc-endpoint", "http://localhost:4443").config()
+    assert (config.blobstore, config.gcEndpoint) == ("gc", "http://localhost:4443")
+
+
+@pytest.mark.parametrize("option", ["s3-endpoint", "gc-endpoint"])
+@pytest.mark.parametrize(
+    "value", ["127.0.0.1:8333", "ftp://host", "http://", "http://host/?x=1", "localhost"]
+)
+def test_endpointMustBeAnHTTPURL(option: str, value: str) -> None:
+    """An endpoint that is not an http(s) URL is refused at once, naming the option."""
+    message = refused(*AUTH, f"--{option}", value)
+    assert f"--{option}" in message and value in message
+
+
+def test_endpointHelpSaysWhereCredentialsComeFrom() -> None:
+    """The options' help tells how each store finds its credentials."""
+    help = " ".join(str(Options()).split())  # however it is wrapped
+    assert "AWS_ACCESS_KEY_ID" in help and "instance" in help
+    assert "without" in help and "credentials" in help and "Application Default" in help
+
+
+def test_twistdHelpListsTheEndpoints() -> None:
+    result = subprocess.run(
+        [TWISTD, "morpheo-storage", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--s3-endpoint" in result.stdout and "--gc-endpoint" in result.stdout
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__]))
