@@ -16,12 +16,32 @@ warning.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource, getChildForRequest
 
+from ._cors import CORSResource
 from ._streaming import IStreamingRequest
+
+
+class _Unavailable(Resource):
+    """The 503 of a storage service not (or no longer) running."""
+
+    isLeaf = True
+
+    def __init__(self, root: StorageRoot) -> None:
+        super().__init__()
+        self._root = root
+
+    def render(self, request: IRequest) -> bytes:
+        body = json.dumps({"error": self._root._why}).encode() + b"\n"
+        request.setResponseCode(503)
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        request.setHeader(b"Retry-After", b"5")
+        return body
 
 
 class StorageRoot(Resource):
@@ -29,17 +49,19 @@ class StorageRoot(Resource):
     Delegates to the storage routes once they exist (L{setInner}).
 
     It is a leaf: the rest of the path (C{request.postpath}) is resolved by
-    the storage routes as if they were mounted directly.
+    the storage routes as if they were mounted directly.  Its own 503 has
+    the CORS headers of C{corsOrigins}, so that a browser can read it.
     """
 
     isLeaf = True
     _log = Logger()
 
-    def __init__(self) -> None:
+    def __init__(self, corsOrigins: Iterable[str] = ("*",)) -> None:
         super().__init__()
         self._inner: IResource | None = None
         self._why = "the storage service is starting"
         self._warned = False
+        self._unavailable = CORSResource(_Unavailable(self), corsOrigins)
 
     def setInner(
         self, inner: IResource | None, why: str = "the storage service is stopped"
@@ -58,14 +80,8 @@ class StorageRoot(Resource):
                 " morpheo.StreamingSite",
                 site=type(getattr(request, "site", None)).__name__,
             )
-        if self._inner is None:
-            body = json.dumps({"error": self._why}).encode() + b"\n"
-            request.setResponseCode(503)
-            request.setHeader(b"Content-Type", b"application/json")
-            request.setHeader(b"Content-Length", b"%d" % len(body))
-            request.setHeader(b"Retry-After", b"5")
-            return body
-        return getChildForRequest(self._inner, request).render(request)  # type: ignore[no-any-return]
+        inner = self._unavailable if self._inner is None else self._inner
+        return getChildForRequest(inner, request).render(request)  # type: ignore[no-any-return]
 
 
 __all__ = ["StorageRoot"]

@@ -139,7 +139,7 @@ class StorageService(service.Service):
         self._listen = listen
         self._ownsProcess = ownsProcess
         self._running: _Running | None = None
-        self._root = StorageRoot()
+        self._root = StorageRoot(config.corsOrigins)
         self._tracker = HandlerTracker()
         self.started: Deferred[None] = Deferred()
         self.api: StorageAPI | None = None

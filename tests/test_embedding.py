@@ -93,9 +93,16 @@ async def embedded(tmp_path_factory) -> AsyncIterator[tuple[StorageService, Host
         await streaming.listen()
         await stock.listen()
         # Mounted but not started: the host answers, the storage says so.
-        r = await client.get(f"{streaming.url}/storage/algo", auth=AUTH, timeout=TIMEOUT)
+        r = await client.get(
+            f"{streaming.url}/storage/algo",
+            auth=AUTH,
+            headers={"Origin": ["https://app.example.org"]},
+            timeout=TIMEOUT,
+        )
         assert r.code == 503
         assert r.headers.getRawHeaders(b"retry-after") == [b"5"]
+        # A browser can read it: it has the CORS headers.
+        assert r.headers.getRawHeaders(b"access-control-allow-origin") == [b"*"]
         assert "starting" in (await jsonOf(r))["error"]
         r = await client.get(f"{streaming.url}/hello", timeout=TIMEOUT)
         assert r.code == 200 and await treq.content(r) == b"hello from the host\n"
