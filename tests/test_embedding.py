@@ -77,40 +77,20 @@ async def http() -> AsyncIterator[HTTPClient]:
 
 @pytest_twisted.async_yield_fixture(scope="module")
 async def embedded(tmp_path_factory) -> AsyncIterator[tuple[StorageService, Host, Host]]:
-    """
-    One service for the module, mounted in a streaming host and in a stock
-    one; checks the 503 before the start on the way.
-    """
+    """One service for the module, mounted in a streaming host and in a stock one."""
     dataDir = str(tmp_path_factory.mktemp("embedded"))
     storage = StorageService(
         StorageConfig(user=USER, password=PASSWORD, dataDir=dataDir), reactor, listen=False
     )
     streaming = Host(storage, StreamingSite(hostApp(storage).resource()))
     stock = Host(storage, Site(hostApp(storage).resource()))
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    client = HTTPClient(Agent(reactor, pool=pool))
     try:
         await streaming.listen()
         await stock.listen()
-        # Mounted but not started: the host answers, the storage says so.
-        r = await client.get(
-            f"{streaming.url}/storage/algo",
-            auth=AUTH,
-            headers={"Origin": ["https://app.example.org"]},
-            timeout=TIMEOUT,
-        )
-        assert r.code == 503
-        assert r.headers.getRawHeaders(b"retry-after") == [b"5"]
-        # A browser can read it: it has the CORS headers.
-        assert r.headers.getRawHeaders(b"access-control-allow-origin") == [b"*"]
-        assert "starting" in (await jsonOf(r))["error"]
-        r = await client.get(f"{streaming.url}/hello", timeout=TIMEOUT)
-        assert r.code == 200 and await treq.content(r) == b"hello from the host\n"
         storage.startService()
         await storage.started.addTimeout(120, reactor)
         yield storage, streaming, stock
     finally:
-        await pool.closeCachedConnections()
         await streaming.close()
         await stock.close()
         if storage.running:
@@ -229,24 +209,32 @@ async def test_stockSiteServesReadsButRefusesUploads(http, embedded) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_503AfterTheServiceHasStopped(tmp_path) -> None:
+async def test_503BeforeTheStartAndAfterTheStop(http, tmp_path) -> None:
     """
-    A service of its own: stopped, its mount answers 503 again while the
-    host goes on; its embedded PostgreSQL is stopped with it.
+    A service of its own, mounted before it starts: its routes answer 503
+    (readable by a browser) while the host's own routes work; then 200; once
+    stopped, 503 again, and its embedded PostgreSQL is gone.
     """
     dataDir = str(tmp_path / "data")
     storage = StorageService(
         StorageConfig(user=USER, password=PASSWORD, dataDir=dataDir), reactor, listen=False
     )
     host = Host(storage, StreamingSite(hostApp(storage).resource()))
-    pool = HTTPConnectionPool(reactor, persistent=False)
-    http = HTTPClient(Agent(reactor, pool=pool))
     await host.listen()
     try:
+        r = await get(http, f"{host.url}/storage/algo", headers={"Origin": ["https://a.example"]})
+        assert r.code == 503
+        assert r.headers.getRawHeaders(b"retry-after") == [b"5"]
+        assert r.headers.getRawHeaders(b"access-control-allow-origin") == [b"*"]
+        assert "starting" in (await jsonOf(r))["error"]
+        r = await http.get(f"{host.url}/hello", timeout=TIMEOUT)
+        assert r.code == 200 and await treq.content(r) == b"hello from the host\n"
+
         storage.startService()
         await storage.started.addTimeout(120, reactor)
         r = await get(http, f"{host.url}/storage/problem")
         assert r.code == 200
+
         await storage.stopService()
         assert not os.path.exists(os.path.join(dataDir, "postgres", "postmaster.pid"))
         r = await get(http, f"{host.url}/storage/problem")
