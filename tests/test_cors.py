@@ -114,7 +114,7 @@ async def test_headersOn401AndErrors(http, anyOrigin) -> None:
     r = await http.post(
         f"{server.url}/data",
         data=form(("size", "1"), ("blob", b"xx")),
-        headers={**FORM_HEADERS, **origin},
+        headers={**FORM_HEADERS, b"Origin": [APP.encode()]},
         auth=server.auth,
         timeout=TIMEOUT,
     )
@@ -124,7 +124,7 @@ async def test_headersOn401AndErrors(http, anyOrigin) -> None:
     r = await http.post(
         f"{server.url}/data",
         data=form(*uploadFields("data", b"cross-origin")),
-        headers={**FORM_HEADERS, **origin},
+        headers={**FORM_HEADERS, b"Origin": [APP.encode()]},
         auth=server.auth,
         timeout=TIMEOUT,
     )

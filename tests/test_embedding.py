@@ -12,13 +12,15 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import AsyncIterator
+from typing import cast
 
 import pytest_twisted
 import treq
 from klein import Klein
 from treq.client import HTTPClient
 from twisted.internet import endpoints, reactor
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
@@ -52,7 +54,7 @@ class Host:
     def __init__(self, storage: StorageService, site: Site) -> None:
         self.storage = storage
         self.site = site
-        self.port = None
+        self.port: IListeningPort | None = None
 
     async def listen(self) -> None:
         endpoint = endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1")
@@ -60,11 +62,14 @@ class Host:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port.getHost().port}"
+        assert self.port is not None
+        return f"http://127.0.0.1:{self.port.getHost().port}"  # type: ignore[attr-defined]
 
     async def close(self) -> None:
         if self.port is not None:
-            await self.port.stopListening()
+            stopped = self.port.stopListening()
+            if stopped is not None:
+                await stopped
 
 
 @pytest_twisted.async_yield_fixture
@@ -164,12 +169,13 @@ async def test_stockSiteServesReadsButRefusesUploads(http, embedded) -> None:
     """
     storage, host, stock = embedded
     events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
     try:
         r = await get(http, f"{stock.url}/storage/data")
         assert r.code == 200
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(observer)
     [warning] = [e for e in events if "StreamingSite" in str(e.get("log_format"))]
     assert "serve it with morpheo.StreamingSite" in formatEvent(warning)
 

@@ -11,15 +11,17 @@ import os
 import signal
 import socket
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 import pytest_twisted
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-from ._client import BOUNDARY, form, jsonOf, newUUID
+from ._client import FORM_HEADERS, form, jsonOf, newUUID
 from ._server import Server, startServer
 from .test_streaming import eventually, sleep
 
@@ -107,7 +109,7 @@ def gatedUpload(server: Server, uuid: str, size: int, gateAt: int) -> tuple[Gate
     d = treq.post(
         f"{server.url}/data",
         data=body,
-        headers={"Content-Type": [f"multipart/form-data; boundary={BOUNDARY}"]},
+        headers=Headers(FORM_HEADERS),
         auth=server.auth,
         timeout=TIMEOUT,
         persistent=False,
@@ -128,7 +130,12 @@ async def test_uploadFinishesWithinTheTimeout(tmp_path) -> None:
         uuid = newUUID()
         body, d = gatedUpload(server, uuid, 2 * 1024 * 1024, gateAt=1024 * 1024)
         answered: list[object] = []
-        d.addBoth(lambda result: answered.append(result) or result)
+
+        def answer(result: object) -> object:
+            answered.append(result)
+            return result
+
+        d.addBoth(answer)
 
         def claimed() -> None:
             assert server.sql("SELECT state FROM resource WHERE uuid = %s", (uuid,)) == [
@@ -174,8 +181,8 @@ async def test_uploadCutAtTheDeadlineLeavesNothing(tmp_path) -> None:
         before = server.files()
         uuid = newUUID()
         body, d = gatedUpload(server, uuid, 8 * 1024 * 1024, gateAt=1024 * 1024)
-        failures: list[BaseException] = []
-        d.addErrback(lambda f: failures.append(f.value))
+        failures: list[Failure] = []
+        d.addErrback(failures.append)
 
         def writing() -> None:
             assert server.sql("SELECT state FROM resource WHERE uuid = %s", (uuid,)) == [
