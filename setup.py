@@ -4,7 +4,7 @@ from setuptools import setup
 from setuptools.command.editable_wheel import editable_wheel
 
 
-class compat_editable_wheel(editable_wheel):
+class CompatEditableWheel(editable_wheel):
     """
     Editable installs put the checkout itself on sys.path, so that Twisted
     finds twisted/plugins/morpheo_storage.py (it scans sys.path for plugin
@@ -14,6 +14,7 @@ class compat_editable_wheel(editable_wheel):
     def finalize_options(self):
         self.mode = "compat"
         super().finalize_options()
+
 
 setup(
     name="morpheo-storage",
@@ -52,7 +53,7 @@ setup(
         ],
         "dev": ["mypy>=1.10", "mypy-zope>=1.0", "ruff>=0.5"],
     },
-    cmdclass={"editable_wheel": compat_editable_wheel},
+    cmdclass={"editable_wheel": CompatEditableWheel},
     classifiers=[
         "Framework :: Twisted",
         "Programming Language :: Python :: 3",

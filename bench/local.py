@@ -136,7 +136,8 @@ def main() -> None:
         )
         print(
             f"download (curl):                  {med['down']:8.0f} MB/s"
-            f"   nginx GET: {med['nginx down']:8.0f} MB/s   ratio {med['down'] / med['nginx down']:.2f}"
+            f"   nginx GET: {med['nginx down']:8.0f} MB/s"
+            f"   ratio {med['down'] / med['nginx down']:.2f}"
         )
         print(f"server peak RSS (VmHWM): {rss / 1e6:.1f} MB")
         for k, v in results.items():

@@ -188,7 +188,7 @@ class StorageAPI:
         known = {"page", "limit", "cursor", "algo", "name"}
         unknown = sorted(
             k.decode("latin-1") for k in request.args if k.decode("latin-1") not in known
-        )  # type: ignore[union-attr]
+        )
         if unknown:
             raise APIError(
                 400, f"unknown parameter {unknown[0]!r}: lists take {', '.join(sorted(known))}"
@@ -293,7 +293,7 @@ class StorageAPI:
         return _json(request, resource.asJSON(), 201)
 
     async def _uploadModel(self, request: IRequest, body: RequestBody) -> bytes:
-        args = {k.decode("utf-8", "replace"): v for k, v in request.args.items()}  # type: ignore[union-attr]
+        args = {k.decode("utf-8", "replace"): v for k, v in request.args.items()}
         unknown = sorted(set(args) - {"algo", "uuid"})
         if unknown:
             raise APIError(400, f"unknown field {unknown[0]!r}: a model upload takes algo and uuid")
@@ -543,7 +543,7 @@ class StorageAPI:
         return resource
 
     def _strArg(self, request: IRequest, name: str) -> str | None:
-        values = request.args.get(name.encode())  # type: ignore[union-attr]
+        values = request.args.get(name.encode())
         return values[0].decode("utf-8", "replace") if values else None
 
     async def _claim(self, kind: str, uuid: str, **fields: str | None) -> None:

@@ -43,9 +43,7 @@ UPLOAD_FORMS: dict[str, FormSpec] = {
 }
 
 #: PATCH /problem/{uuid}: every field optional, the blob too.
-PATCH_FORM = FormSpec(
-    frozenset(), _OPTIONAL | {"name", "description", "size"}, blobRequired=False
-)
+PATCH_FORM = FormSpec(frozenset(), _OPTIONAL | {"name", "description", "size"}, blobRequired=False)
 
 
 _UUID = re.compile(

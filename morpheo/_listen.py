@@ -37,7 +37,10 @@ def refuseWeakTLS(description: str) -> str | None:
     otherwise.)
     """
     if description.split(":", 1)[0].lower() == "ssl" and "sslmethod=" in description.lower():
-        return f"--listen {description!r}: sslmethod is not allowed, the service serves TLS 1.2 or newer only"
+        return (
+            f"--listen {description!r}: sslmethod is not allowed,"
+            " the service serves TLS 1.2 or newer only"
+        )
     return None
 
 
@@ -57,7 +60,11 @@ def makeListeners(
     if not listen:
         if cert and key:
             options = loadCertificateOptions(cert, key)
-            return [Listener(SSL4ServerEndpoint(reactor, port, options, interface=host), True, f"ssl:{port}")]
+            return [
+                Listener(
+                    SSL4ServerEndpoint(reactor, port, options, interface=host), True, f"ssl:{port}"
+                )
+            ]
         return [Listener(TCP4ServerEndpoint(reactor, port, interface=host), False, f"tcp:{port}")]
     listeners = []
     for description in listen:

@@ -196,6 +196,7 @@ class PasswordFileChecker:
             text = password.decode("utf-8")
         except UnicodeDecodeError:
             text = "\ufffd"
+
         def check() -> bool:
             # An unknown user costs one hash too: timing tells nothing.
             if stored is None:

@@ -52,12 +52,16 @@ def loadCertificateOptions(certPath: str, keyPath: str) -> CertificateOptions:
     try:
         chain = x509.load_pem_x509_certificates(chainPEM)
     except ValueError:
-        raise TLSConfigError(f"{certPath} holds no PEM certificate (-----BEGIN CERTIFICATE-----)") from None
+        raise TLSConfigError(
+            f"{certPath} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        ) from None
     try:
         key = serialization.load_pem_private_key(keyPEM, password=None)
     except TypeError:
         # cryptography's way of saying the key needs a password.
-        raise TLSConfigError(f"the key in {keyPath} is encrypted: give an unencrypted PEM key") from None
+        raise TLSConfigError(
+            f"the key in {keyPath} is encrypted: give an unencrypted PEM key"
+        ) from None
     except (ValueError, UnsupportedAlgorithm):
         raise TLSConfigError(f"{keyPath} holds no usable PEM private key") from None
     leaf = chain[0]

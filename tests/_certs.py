@@ -41,7 +41,9 @@ def _keyPEM(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _issue(subject: str, key, issuerName: x509.Name, issuerKey, ca: bool, sans=()) -> x509.Certificate:
+def _issue(
+    subject: str, key, issuerName: x509.Name, issuerKey, ca: bool, sans=()
+) -> x509.Certificate:
     now = datetime.datetime.now(datetime.timezone.utc)
     builder = (
         x509.CertificateBuilder()
@@ -55,7 +57,8 @@ def _issue(subject: str, key, issuerName: x509.Name, issuerKey, ca: bool, sans=(
     )
     if ca:
         builder = builder.add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
         )
     else:
         builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
@@ -81,9 +84,13 @@ def makePKI(directory: Path) -> TestPKI:
     )
     directory.mkdir(parents=True, exist_ok=True)
     pki = TestPKI(
-        directory / "ca.pem", directory / "chain.pem", directory / "key.pem", directory / "other-key.pem",
-        directory / "leaf.pem", directory / "intermediate.pem",
-    )  # fmt: skip
+        directory / "ca.pem",
+        directory / "chain.pem",
+        directory / "key.pem",
+        directory / "other-key.pem",
+        directory / "leaf.pem",
+        directory / "intermediate.pem",
+    )
     pki.leaf.write_bytes(_pem(server))
     pki.intermediate.write_bytes(_pem(mid))
     pki.ca.write_bytes(_pem(root))

@@ -34,7 +34,11 @@ def startTwistd(
     command = [TWISTD, "-n", "--pidfile=", "morpheo-storage", *auth, "--data-dir", dataDir, *args]
     log = open(logPath, "wb")
     process = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=dataDir
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        cwd=dataDir,
     )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:

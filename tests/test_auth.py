@@ -146,7 +146,18 @@ def test_badPasswordFileStopsTheCommandLine(tmp_path: Path, content: str, words:
 def test_authAndUserTogether(tmp_path: Path, usersFile: Path) -> None:
     """--user and --auth add up; twistd's other checker types work too (memory:)."""
     options = Options()
-    options.parseOptions(["--user", "u", "--password", "p", "--auth", f"file:{usersFile}", "--auth", "memory:dave:pw"])
+    options.parseOptions(
+        [
+            "--user",
+            "u",
+            "--password",
+            "p",
+            "--auth",
+            f"file:{usersFile}",
+            "--auth",
+            "memory:dave:pw",
+        ]
+    )
     config = options.config()
     assert config.user == "u" and not config.generatedPassword
     assert len(config.checkers) == 2
@@ -157,7 +168,11 @@ def test_authAndUserTogether(tmp_path: Path, usersFile: Path) -> None:
 def test_passwdCommand() -> None:
     """python -m morpheo.passwd makes a line for the file, the password from stdin."""
     done = subprocess.run(
-        [sys.executable, "-m", "morpheo.passwd", "erin"], input="pw\n", capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "morpheo.passwd", "erin"],
+        input="pw\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     user, _, stored = done.stdout.strip().partition(":")

@@ -59,7 +59,14 @@ def test_tcpTLSAndUnixAtOnce(tmp_path) -> None:
             blob = tmp_path / "blob.bin"
             blob.write_bytes(b"through the socket")
             uploaded = json.loads(
-                curl(*viaSocket, "-F", f"size={blob.stat().st_size}", "-F", f"blob=@{blob}", "http://storage/data")
+                curl(
+                    *viaSocket,
+                    "-F",
+                    f"size={blob.stat().st_size}",
+                    "-F",
+                    f"blob=@{blob}",
+                    "http://storage/data",
+                )
             )
             assert curl(*viaTLS, f"{tls}data/{uploaded['uuid']}/blob") == "through the socket"
         finally:
@@ -70,7 +77,9 @@ def test_tcpTLSAndUnixAtOnce(tmp_path) -> None:
 
 def test_listenIsRepeatable() -> None:
     options = Options()
-    options.parseOptions(["--user", "a", "--password", "b", "--listen", "tcp:1", "--listen", "unix:/x"])
+    options.parseOptions(
+        ["--user", "a", "--password", "b", "--listen", "tcp:1", "--listen", "unix:/x"]
+    )
     assert options.config().listen == ("tcp:1", "unix:/x")
 
 
@@ -87,4 +96,6 @@ def test_certGoesWithHostPortOnly() -> None:
     from twisted.python.usage import UsageError
 
     with pytest.raises(UsageError, match="privateKey=KEY:certKey=CERT"):
-        Options().parseOptions(["--listen", "tcp:1", "--cert", "/etc/hostname", "--key", "/etc/hostname"])
+        Options().parseOptions(
+            ["--listen", "tcp:1", "--cert", "/etc/hostname", "--key", "/etc/hostname"]
+        )

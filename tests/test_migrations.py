@@ -134,7 +134,10 @@ def copySchema(target: Path) -> Path:
 def test_loadRealSchema() -> None:
     """The shipped schema starts with 0001_resources; every migration has both directions."""
     migrations = loadMigrations(SCHEMA)
-    assert [(m.version, m.name) for m in migrations][:2] == [(1, "resources"), (2, "object_semantics")]
+    assert [(m.version, m.name) for m in migrations][:2] == [
+        (1, "resources"),
+        (2, "object_semantics"),
+    ]
     assert "CREATE TABLE resource" in migrations[0].up
     assert "DROP TABLE resource" in migrations[0].down
     assert all(m.up.strip() and m.down.strip() for m in migrations)

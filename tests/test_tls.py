@@ -6,8 +6,8 @@ versions refused, and bad files stopping start-up with one line.
 
 from __future__ import annotations
 
-import ssl
 import socket
+import ssl
 import subprocess
 from pathlib import Path
 
@@ -55,13 +55,16 @@ def test_curlWithTheCA(tlsServer, pki: TestPKI) -> None:
     """curl verifies the chain (leaf + intermediate from --cert) against the CA alone."""
     _, address = tlsServer
     done = subprocess.run(
-        ["curl", "-sS", "--fail", "--cacert", str(pki.ca), "-u", f"{USER}:{PASSWORD}", address + "data"],
+        ["curl", "-sS", "--fail", "--cacert", str(pki.ca), "-u", f"{USER}:{PASSWORD}",
+         address + "data"],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert '"items"' in done.stdout
     # Without the CA, curl refuses the certificate: it is really TLS with our chain.
-    done = subprocess.run(["curl", "-sS", address + "health"], capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        ["curl", "-sS", address + "health"], capture_output=True, text=True, timeout=30
+    )
     assert done.returncode != 0
 
 
@@ -71,7 +74,10 @@ async def test_treqUploadAndDownloadOverTLS(tlsServer, pki: TestPKI) -> None:
     http = trustingClient(pki)
     data = b"x" * 200_000
     r = await http.post(
-        address + "data", data=form(*uploadFields("data", data)), headers=FORM_HEADERS, auth=(USER, PASSWORD)
+        address + "data",
+        data=form(*uploadFields("data", data)),
+        headers=FORM_HEADERS,
+        auth=(USER, PASSWORD),
     )
     assert r.code == 201, await treq.text_content(r)
     uuid = (await jsonOf(r))["uuid"]
@@ -120,7 +126,9 @@ def test_contextRefusesOldVersions(pki: TestPKI) -> None:
         ("bad-key", ["holds no usable PEM private key"]),
     ],
 )
-def test_badFilesStopStartUpWithOneLine(tmp_path: Path, pki: TestPKI, case: str, words: list[str]) -> None:
+def test_badFilesStopStartUpWithOneLine(
+    tmp_path: Path, pki: TestPKI, case: str, words: list[str]
+) -> None:
     """
     A mismatched key, a certificate file that is not PEM, a key file that
     holds no key: the process exits non-zero with one line saying which.
