@@ -125,9 +125,12 @@ class SeaweedFS(_Process):
     accessKey = "morpheo-test"
     secretKey = "morpheo-test-secret"
 
-    def __init__(self, bucket: str = "morpheo") -> None:
+    def __init__(self, bucket: str = "morpheo", volumeSizeMB: int = 1024) -> None:
         super().__init__("seaweedfs")
         self.bucket = bucket
+        #: A full volume makes the next write wait for a new one (seconds):
+        #: benchmarks want room for all their blobs.
+        self.volumeSizeMB = volumeSizeMB
         self.port = freePort()
         self.endpoint = f"http://127.0.0.1:{self.port}"
 
@@ -160,7 +163,7 @@ class SeaweedFS(_Process):
         argv += [
             "-filer", "-s3", f"-s3.port={self.port}", f"-s3.config={config}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-master.volumeSizeLimitMB=1024", "-volume.max=0",
+            f"-master.volumeSizeLimitMB={self.volumeSizeMB}", "-volume.max=0",
             "-volume.preStopSeconds=0",
         ]  # fmt: skip
         self.spawn(argv)

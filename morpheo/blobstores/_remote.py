@@ -168,6 +168,12 @@ class ThreadedHasher:
     sha256 computed in a thread pool, in order, one batch at a time, so the
     reactor thread only queues references to the bytes.  C{onHashed(n)} is
     called on the reactor thread as batches complete.
+
+    A batch goes to the pool once C{batch} bytes are queued (or the digest
+    is asked for): a thread hop per network read would cost the reactor
+    thread more than the hashing itself.  Whoever waits for C{onHashed} to
+    drain its buffer must allow for C{batch} bytes never hashed until more
+    come.
     """
 
     def __init__(
@@ -175,22 +181,28 @@ class ThreadedHasher:
         reactor: IReactorFromThreads,
         pool: ThreadPool,
         onHashed: Callable[[int], None] = lambda n: None,
+        batch: int = 1024 * 1024,
     ) -> None:
         self._reactor = reactor
         self._pool = pool
         self._onHashed = onHashed
+        self._batch = batch
         self._hash = hashlib.sha256()
         self._pending: list[bytes] = []
+        self._pendingBytes = 0
         self._running = False
         self._waiting: list[Deferred[str]] = []
 
     def update(self, data: bytes) -> None:
         self._pending.append(data)
-        if not self._running:
+        self._pendingBytes += len(data)
+        if not self._running and self._pendingBytes >= self._batch:
             self._next()
 
     def hexdigest(self) -> Deferred[str]:
         """Fires with the digest once everything queued is hashed."""
+        if not self._running and self._pending:
+            self._next()
         if not self._running:
             return succeed(self._hash.hexdigest())
         d: Deferred[str] = Deferred()
@@ -199,6 +211,7 @@ class ThreadedHasher:
 
     def _next(self) -> None:
         chunks, self._pending = self._pending, []
+        self._pendingBytes = 0
         self._running = True
         d = deferToThreadPool(self._reactor, self._pool, self._run, chunks)
         d.addCallbacks(self._ran, self._crashed)
@@ -211,7 +224,7 @@ class ThreadedHasher:
 
     def _ran(self, n: int) -> None:
         self._onHashed(n)
-        if self._pending:
+        if self._pending and (self._pendingBytes >= self._batch or self._waiting):
             self._next()
             return
         self._running = False
@@ -314,7 +327,10 @@ class StreamingWriter(Generic[T]):
         self._gate = (
             ProducerGate() if highWater is None else ProducerGate(highWater, highWater // 4)
         )
-        self._hasher = ThreadedHasher(reactor, pool, self._hashed)
+        # Unhashed bytes count as buffered: a batch must fit under the low
+        # water mark, or a paused producer would wait for bytes never hashed.
+        batch = min(1024 * 1024, max(1, self._gate.low // 2))
+        self._hasher = ThreadedHasher(reactor, pool, self._hashed, batch)
         self._pending: deque[bytes] = deque()
         self._received = 0
         self._sent = 0
