@@ -18,6 +18,7 @@ import time
 import pytest
 
 from ._server import Server
+from ._servers import freePort
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
@@ -161,3 +162,64 @@ def test_readme_https_examples_work_as_written(tmp_path):
     assert len(servers) == 2
     assert len(answers) == 4
     assert all(a["items"] == [] and a["length"] == 0 for a in answers), answers
+
+
+def test_readme_embedding_example_runs(tmp_path):
+    """
+    The "Embedding" example, as a script (its data directory and port moved
+    into the test's): the host's own route, then an upload and a download
+    under /storage/ with curl, then a clean stop on SIGTERM.
+    """
+    text = open(README, encoding="utf-8").read()
+    section = text[text.index("\n## Embedding\n") : text.index("\n## Layout\n")]
+    [code] = re.findall(r"```python\n(.*?)```", section, re.S)
+    port = freePort()
+    script = tmp_path / "host.py"
+    script.write_text(
+        code.replace("/var/lib/my-app/storage", str(tmp_path / "storage")).replace(
+            "tcp:8080", f"tcp:{port}:interface=127.0.0.1"
+        )
+    )
+    log = tmp_path / "host.log"
+    process = subprocess.Popen(
+        [sys.executable, str(script)], stdout=open(log, "wb"), stderr=subprocess.STDOUT
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            ready = subprocess.run(
+                ["curl", "-sf", "-u", "alice:secret", f"{base}/storage/problem"],
+                capture_output=True,
+                text=True,
+            )
+            if ready.returncode == 0:
+                break
+            time.sleep(0.2)
+        hello = subprocess.run(["curl", "-sS", f"{base}/hello"], capture_output=True, text=True)
+        assert hello.stdout == "hello from the host\n"
+        blob = tmp_path / "model.bin"
+        blob.write_bytes(os.urandom(300_000))
+        up = subprocess.run(
+            ["curl", "-sS", "-u", "alice:secret", "-F", "name=embedded",
+             "-F", "size=300000", "-F", f"blob=@{blob}", f"{base}/storage/algo"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        algo = json.loads(up.stdout)
+        assert algo["sha256"] == hashlib.sha256(blob.read_bytes()).hexdigest()
+        down = subprocess.run(
+            ["curl", "-sS", "-u", "alice:secret", f"{base}/storage/algo/{algo['uuid']}/blob"],
+            capture_output=True,
+            timeout=60,
+        )
+        assert down.stdout == blob.read_bytes()
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert "Traceback" not in log.read_text()
