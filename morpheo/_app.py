@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import secrets
 import uuid as _uuid
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from klein import Klein
@@ -34,6 +34,8 @@ from ._streaming import IStreamingRequest, RequestBody
 from ._types import KINDS, APIError, BlobInfo, BlobStoreError, Resource, SizeMismatch
 from ._upload import FormUpload, RawUpload, sizeError
 from ._verify import DigestMismatch, verifying
+
+T = TypeVar("T")
 
 ROUTES = [
     "GET /",
@@ -312,7 +314,13 @@ class StorageAPI:
         ctype = (request.getHeader(b"content-type") or b"").decode("latin-1")
         ctype = None if ctype.split(";")[0].strip().lower() in _MEANINGLESS_TYPES else ctype
         key = blobKey("model", uuid)
-        claim = await self.metadata.claimModel(uuid, algo, key, ctype)
+        claim, cancelled = await _toTheEnd(
+            ensureDeferred(self.metadata.claimModel(uuid, algo, key, ctype))
+        )
+        if cancelled:
+            if claim == "claimed":
+                await self._quietly(self.metadata.release("model", uuid))
+            raise CancelledError()
         if claim == "no algo":
             raise APIError(404, f"there is no algo {algo} to attach this model to")
         if claim == "taken":
@@ -547,7 +555,14 @@ class StorageAPI:
         return values[0].decode("utf-8", "replace") if values else None
 
     async def _claim(self, kind: str, uuid: str, **fields: str | None) -> None:
-        if not await self.metadata.claim(kind, uuid, **fields):
+        claimed, cancelled = await _toTheEnd(
+            ensureDeferred(self.metadata.claim(kind, uuid, **fields))
+        )
+        if cancelled:
+            if claimed:
+                await self._quietly(self.metadata.release(kind, uuid))
+            raise CancelledError()
+        if not claimed:
             raise APIError(409, f"{kind} {uuid} already exists (or is being uploaded)")
 
     def _intArg(self, request: IRequest, name: str, default: int) -> int:
@@ -560,33 +575,45 @@ class StorageAPI:
         return int(value)
 
     async def _quietly(self, d: Any) -> None:
-        """
-        Clean-up that must not hide the error being handled, nor be cut
-        short: Klein cancels the handler of a client that went away (which
-        is when clean-up matters most), and a cancellation that reaches the
-        clean-up's own Deferred would abandon it half done.  It is absorbed
-        here, and the clean-up waited for to its end.
-        """
-        cleanup = ensureDeferred(d)
-        outcome: list[object] = []
-        waiting: list[Deferred[None]] = []
+        """Clean-up that must not hide the error being handled, nor be cut
+        short by a cancellation (see L{_toTheEnd})."""
+        try:
+            await _toTheEnd(ensureDeferred(d))
+        except Exception:
+            self._log.failure("clean-up after a failed request failed")
 
-        def finished(result: object) -> None:
-            if isinstance(result, Failure):
-                self._log.failure("clean-up after a failed request failed", result)
-            outcome.append(result)
-            for waiter in waiting:
-                if not waiter.called:
-                    waiter.callback(None)
 
-        cleanup.addBoth(finished)
-        while not outcome:
-            waiter: Deferred[None] = Deferred()
-            waiting.append(waiter)
-            try:
-                await waiter
-            except CancelledError:
-                pass
+async def _toTheEnd(d: Deferred[T]) -> tuple[T, bool]:
+    """
+    C{d}'s result, and whether the handler awaiting it was cancelled
+    meanwhile.  Klein cancels the handler of a client that went away (the
+    graceful stop cuts connections too), and a cancellation that reached a
+    database write or a clean-up would abandon it with its outcome unknown:
+    a claim made anyway would keep its uuid, a clean-up would be half done.
+    So C{d} is waited for to its end; a failure of C{d} is raised.
+    """
+    outcome: list[T | Failure] = []
+    waiting: list[Deferred[None]] = []
+
+    def finished(result: T | Failure) -> None:
+        outcome.append(result)
+        for waiter in waiting:
+            if not waiter.called:
+                waiter.callback(None)
+
+    d.addBoth(finished)
+    cancelled = False
+    while not outcome:
+        waiter: Deferred[None] = Deferred()
+        waiting.append(waiter)
+        try:
+            await waiter
+        except CancelledError:
+            cancelled = True
+    result = outcome[0]
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result, cancelled
 
 
 def _parseCursor(cursor: str) -> tuple[int, int]:
