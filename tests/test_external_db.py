@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +16,10 @@ from collections.abc import Iterator
 import psycopg2
 import pytest
 
+from ._client import BOUNDARY, form, newUUID
 from ._server import startServer
+from .test_recovery import waitFor
+from .test_streaming import rawRequest, readResponseHead
 
 DB_USER = "storage_ext"
 DB_PASS = "ext-secret"
@@ -88,3 +92,61 @@ def test_unreachable_database_is_one_line(tmp_path, externalPostgres):
     lines = [line for line in done.stderr.splitlines() if "cannot start" in line]
     assert len(lines) == 1 and "nobody-here" in lines[0], done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_claim_in_flight_at_the_stop_deadline_is_released(tmp_path, externalPostgres):
+    """
+    The stop deadline cuts an upload whose claim is still on its way to the
+    database (held up here by a lock on the table).  Whatever the claim's
+    outcome, the uuid is free once the process has exited: the database,
+    which outlives it, holds no claim for the next start to sweep.
+    """
+    host, port = externalPostgres
+    dataDir = str(tmp_path / "data")
+    db = ["--db-host", host, "--db-port", str(port), "--db-user", DB_USER, "--db-name", DB_NAME]
+    server = startServer(
+        dataDir, *db, "--shutdown-timeout", "1", env={"MORPHEO_STORAGE_DB_PASS": DB_PASS}
+    )
+    locker = psycopg2.connect(host=host, port=port, user=DB_USER, dbname=DB_NAME)
+    watcher = psycopg2.connect(host=host, port=port, user=DB_USER, dbname=DB_NAME)
+    watcher.autocommit = True
+    uuid = newUUID()
+    try:
+        with locker.cursor() as cur:
+            cur.execute("LOCK TABLE resource IN EXCLUSIVE MODE")
+        prefix = form(("uuid", uuid), ("size", "1000"), ("blob", b""), close=False)[:-2]
+        s = rawRequest(
+            server,
+            "POST /data HTTP/1.1\nHost: x\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\n"
+            f"Content-Length: {len(prefix) + 1000 + 100}",
+            prefix,
+        )
+
+        def claimWaiting() -> bool:
+            with watcher.cursor() as cur:
+                cur.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO resource%%'"
+                )
+                return bool(cur.fetchone()[0])
+
+        waitFor(claimWaiting)
+        server.process.send_signal(signal.SIGTERM)
+        # The deadline passes and the connection is cut, the claim still held up.
+        s.settimeout(10)
+        try:
+            assert readResponseHead(s) == b""
+        except ConnectionResetError:
+            pass  # cut: aborted, not closed
+        s.close()
+        assert server.process.poll() is None
+        locker.commit()  # the claim goes through now
+        assert server.process.wait(30) == 0
+        with watcher.cursor() as cur:
+            cur.execute("SELECT state FROM resource WHERE uuid = %s", (uuid,))
+            assert cur.fetchall() == []
+    finally:
+        locker.close()
+        watcher.close()
+        server.stop()
