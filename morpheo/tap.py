@@ -131,9 +131,9 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             None,
             None,
             "URL of a Google Cloud Storage emulator (e.g. fake-gcs-server), spoken to without"
-            " credentials; default: Google Cloud Storage, with Application Default Credentials"
-            " (GOOGLE_APPLICATION_CREDENTIALS, gcloud auth application-default login, or the"
-            " metadata server).",
+            " credentials unless GOOGLE_APPLICATION_CREDENTIALS names a file; default: Google"
+            " Cloud Storage, with Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS,"
+            " gcloud auth application-default login, or the metadata server).",
             _endpoint("gc-endpoint"),
         ],
         ["max-blob-size", None, None, "Refuse blobs larger than this with 413 (bytes, or e.g. 512M, 5G).", _size],

@@ -9,13 +9,15 @@ first byte and nothing is buffered.  The object exists only once the last
 chunk is accepted, and its last byte waits for C{finish()}.
 
 Credentials come from google-auth's Application Default Credentials,
-refreshed in the thread pool (refreshing blocks); with an emulator
-endpoint anonymous credentials are used.
+looked up and refreshed in the thread pool (both may block on files or the
+network); with another endpoint (an emulator) requests are anonymous unless
+C{GOOGLE_APPLICATION_CREDENTIALS} names a credentials file.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 from urllib.parse import quote
 
@@ -124,7 +126,10 @@ class GCSBlobStore:
     """
     Blobs in Google Cloud Storage bucket C{bucket}; C{endpoint} (for example
     a fake-gcs-server's C{"http://127.0.0.1:4443"}) selects an emulator,
-    which is then spoken to without credentials.
+    which is then spoken to without credentials unless
+    C{GOOGLE_APPLICATION_CREDENTIALS} names a credentials file (a private
+    endpoint of Google's, say): an emulator needs none, and looking for
+    others would probe a metadata server that is not there.
     """
 
     name = "gcs"
@@ -149,7 +154,8 @@ class GCSBlobStore:
         self._pool = pool
         self._base = (endpoint or GOOGLE).rstrip("/")
         self._bucketPath = quote(bucket, safe="")
-        if credentials is None and endpoint is not None:
+        explicit = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+        if credentials is None and endpoint is not None and not explicit:
             from google.auth.credentials import AnonymousCredentials
 
             credentials = AnonymousCredentials()
