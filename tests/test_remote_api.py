@@ -10,9 +10,11 @@ that cannot be used.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -233,6 +235,12 @@ async def test_ranges(http: HTTPClient, remote: Remote) -> None:
     assert code == 206 and body == data[-100:]
     code, body = await download(http, server, path, headers={"Range": "bytes=199990-"})
     assert code == 206 and body == data[199990:]
+    r = await http.get(server.url + path, auth=server.auth, headers={"Range": "bytes=0-9,-10"})
+    assert r.code == 206
+    [ctype] = r.headers.getRawHeaders("content-type")
+    assert ctype.startswith("multipart/byteranges; boundary=")
+    parts = (await treq.content(r)).split(b"--" + ctype.split("=", 1)[1].encode())
+    assert [p.split(b"\r\n\r\n", 1)[1][:-2] for p in parts[1:-1]] == [data[:10], data[-10:]]
 
 
 @pytest_twisted.ensureDeferred
@@ -501,6 +509,9 @@ async def test_s3_killed_mid_upload_leaves_nothing(http: HTTPClient, doomedS3: C
     r = await within(response, 60)
     await assertError(r, (502, 503), "blob store (s3)")
     await eventually(lambda: noRow(server, uuid))
+    r = await http.get(f"{server.url}/ready")
+    assert r.code == 503
+    assert (await jsonOf(r))["blobstore"].startswith("failing: S3 HeadBucket")
 
     await deferToThread(store.start)
 
@@ -516,6 +527,45 @@ async def test_s3_killed_mid_upload_leaves_nothing(http: HTTPClient, doomedS3: C
     made = await upload(http, server, "data", b"after the crash")
     code, data = await download(http, server, f"/data/{made['uuid']}/blob")
     assert code == 200 and data == b"after the crash"
+
+
+def test_s3_killed_mid_download_cuts_the_response(tmp_path: Any, doomedS3: Crash) -> None:
+    """
+    SeaweedFS dies while a blob streams out: the client's response is cut
+    short (fewer bytes than its Content-Length), never ended as if whole.
+    """
+    server, store = doomedS3.server, doomedS3.store
+    size = 256 * MiB
+    path = tmp_path / "blob.bin"
+    with open(path, "wb") as f:
+        for _ in range(size // MiB):
+            f.write(os.urandom(MiB))
+    uuid = newUUID()
+    p = curl(
+        "-u", f"{server.user}:{server.password}", "-F", f"uuid={uuid}", "-F", f"size={size}",
+        "-F", f"blob=@{path}", f"{server.url}/data",
+    )  # fmt: skip
+    assert f'"size": {size}' in p.stdout, p
+
+    token = base64.b64encode(f"{server.user}:{server.password}".encode()).decode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        s.sendall(
+            f"GET /data/{uuid}/blob HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {token}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        received = s.recv(MiB)
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and f"Content-Length: {size}".encode() in head
+        # The client stops reading: the server stops reading S3; then S3 dies.
+        time.sleep(1)
+        store.kill()
+        got = len(body)
+        try:
+            while chunk := s.recv(MiB):
+                got += len(chunk)
+        except ConnectionResetError:
+            pass  # aborted: as good as a short body
+    assert 0 < got < size
 
 
 @pytest_twisted.ensureDeferred
