@@ -26,6 +26,7 @@ from twisted.internet.defer import (
 )
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import (
+    IAddress,
     IConsumer,
     IProducer,
     IPushProducer,
@@ -38,7 +39,13 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
+from twisted.web.client import (
+    Agent,
+    HTTP11ClientProtocol,
+    HTTPConnectionPool,
+    ResponseDone,
+    _HTTP11ClientFactory,
+)
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
@@ -114,10 +121,35 @@ def retryLater(
     failed(reason)
 
 
+#: How much a connection to the store reads at once.  Twisted's 64 KiB
+#: makes a download cost the reactor thread almost twice the CPU time, in
+#: system calls and callbacks; what is read is written on at once, so this
+#: bounds the memory a download holds as well.
+READ_SIZE = 1024 * 1024
+
+
+class _StoreProtocol(HTTP11ClientProtocol):
+    def makeConnection(self, transport: ITransport) -> None:
+        # The TCP transport, under TLS too (TLS without the memory BIO
+        # wrapper is done by the TCP transport itself).
+        layer: Any = transport
+        while layer is not None:
+            if hasattr(layer, "bufferSize"):
+                layer.bufferSize = READ_SIZE
+            layer = getattr(layer, "transport", None)
+        super().makeConnection(transport)
+
+
 class _QuietFactory(_HTTP11ClientFactory):
-    """Not a log line per connection to the store ("Starting factory ...")."""
+    """
+    Connections to the store that read in large blocks, without a log line
+    for each ("Starting factory ...").
+    """
 
     noisy = False
+
+    def buildProtocol(self, addr: IAddress | None) -> HTTP11ClientProtocol:
+        return _StoreProtocol(self._quiescentCallback)
 
 
 def makeAgent(reactor: Any, persistent: int = 8, connectTimeout: float = 30) -> IAgent:
@@ -340,6 +372,7 @@ class StreamingWriter(Generic[T]):
         self._finishing = False
         self._committed = False
         self._pumping = False
+        self._starting = False
         self._segmentList = self._segments()
         self._next = 0
         self._body: StreamBody | None = None
@@ -438,22 +471,35 @@ class StreamingWriter(Generic[T]):
         self._advance()
 
     def _startSegment(self) -> None:
-        if self._body is not None or self._next >= len(self._segmentList):
-            return
-        if not self.pipelined and self._inflight:
-            return
-        if not (self._pending or self._finishing):
-            return
-        index = self._next
-        self._next += 1
-        offset, length = self._segmentList[index]
-        body = StreamBody(length, self._pump)
-        self._body = body
-        d = self._sendSegment(index, offset, length, body)
-        self._inflight[index] = d
-        d.addCallbacks(
-            self._segmentSent, self._segmentFailed, callbackArgs=(index,), errbackArgs=(index,)
-        )
+        while True:
+            if self._starting or self._body is not None:
+                return
+            if self._next >= len(self._segmentList):
+                return
+            if not self.pipelined and self._inflight:
+                return
+            if not (self._pending or self._finishing):
+                return
+            index = self._next
+            self._next += 1
+            offset, length = self._segmentList[index]
+            body = StreamBody(length, self._pump)
+            self._body = body
+            # A connection at hand may take the whole body before
+            # _sendSegment returns: the segment is not in flight yet, and
+            # the next must not start (unpipelined) until it is.
+            self._starting = True
+            try:
+                d = self._sendSegment(index, offset, length, body)
+            finally:
+                self._starting = False
+            self._inflight[index] = d
+            d.addCallbacks(
+                self._segmentSent, self._segmentFailed, callbackArgs=(index,), errbackArgs=(index,)
+            )
+            if self._body is body:
+                return
+            # Written whole already: on to the next one, if it may start.
 
     def _pump(self) -> None:
         if self._pumping:
