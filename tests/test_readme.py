@@ -30,29 +30,35 @@ def shellBlocks(section: str) -> list[str]:
     return re.findall(r"```sh\n(.*?)```", text[start:end], re.S)
 
 
+def startAsWritten(args: list[str], tmp_path, cwd, log) -> Server:
+    """
+    A C{twistd -n morpheo-storage ...} command of the README, started (its
+    default data directory moved under C{tmp_path}) and waited for until it
+    logs each of its listeners.
+    """
+    assert args[:3] == ["twistd", "-n", "morpheo-storage"]
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    process = subprocess.Popen(
+        [twistd, "-n", "--pidfile=", *args[2:]],
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")},
+        cwd=cwd,
+    )
+    deadline = time.monotonic() + 60
+    while log.read_text().count("listening on") < max(1, args.count("--listen")):
+        assert process.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    return Server(process, str(tmp_path / "xdg" / "morpheo-storage"), 8000, str(log))
+
+
 @pytest.fixture
 def readmeServer(tmp_path):
     [command] = [
         line for line in shellBlocks("Install and run")[0].splitlines() if line.startswith("twistd")
     ]
-    args = shlex.split(command)
-    assert args[:3] == ["twistd", "-n", "morpheo-storage"]
-    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    log = tmp_path / "twistd.log"
-    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")}
-    process = subprocess.Popen(
-        [twistd, "-n", "--pidfile=", *args[2:]],
-        stdout=open(log, "wb"),
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=tmp_path,
-    )
-    deadline = time.monotonic() + 60
-    while "listening on" not in log.read_text():
-        assert process.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
-    server = Server(process, str(tmp_path / "xdg" / "morpheo-storage"), 8000, str(log))
+    server = startAsWritten(shlex.split(command), tmp_path, tmp_path, tmp_path / "twistd.log")
     yield server
     server.stop()
 
@@ -107,10 +113,8 @@ def test_readme_https_examples_work_as_written(tmp_path):
     """
     work = tmp_path / "work"
     work.mkdir()
-    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")}
     servers: list[Server] = []
-    answers = []
+    answers: list[dict] = []
 
     def run(lines: list[str]) -> None:
         if not lines:
@@ -129,19 +133,7 @@ def test_readme_https_examples_work_as_written(tmp_path):
         for server in servers:
             server.stop()
         log = tmp_path / f"twistd-{len(servers)}.log"
-        process = subprocess.Popen(
-            [twistd, "-n", "--pidfile=", *args[2:]],
-            stdout=open(log, "wb"),
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=work,
-        )
-        servers.append(Server(process, str(tmp_path / "xdg"), 0, str(log)))
-        deadline = time.monotonic() + 60
-        while log.read_text().count("listening on") < max(1, args.count("--listen")):
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        servers.append(startAsWritten(args, tmp_path, work, log))
 
     try:
         for block in shellBlocks("Serving HTTPS"):
