@@ -130,10 +130,11 @@ READ_SIZE = 1024 * 1024
 
 class _StoreProtocol(HTTP11ClientProtocol):
     def makeConnection(self, transport: ITransport) -> None:
-        # The TCP transport, under TLS too (TLS without the memory BIO
-        # wrapper is done by the TCP transport itself).
+        # The TCP transport is this one, or the one under the TLS layer.
         layer: Any = transport
-        while layer is not None:
+        for _ in range(3):
+            if layer is None:
+                break
             if hasattr(layer, "bufferSize"):
                 layer.bufferSize = READ_SIZE
             layer = getattr(layer, "transport", None)
@@ -155,7 +156,8 @@ class _QuietFactory(_HTTP11ClientFactory):
 def makeAgent(reactor: Any, persistent: int = 8, connectTimeout: float = 30) -> IAgent:
     """
     The HTTP client of a remote store: persistent connections (up to
-    C{persistent} idle ones kept), quiet in the log.
+    C{persistent} idle ones kept) that read L{READ_SIZE} at a time, quiet
+    in the log.
     """
     pool = HTTPConnectionPool(reactor)
     pool.maxPersistentPerHost = persistent
