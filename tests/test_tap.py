@@ -334,6 +334,40 @@ def test_pluginIsDiscoverable() -> None:
     assert maker.description
 
 
+def test_pluginFoundAfterAPlainInstall(tmp_path: Path) -> None:
+    """
+    After a plain (not editable) install, the plugin is found in the
+    installed copy: the checkout is taken off the path, so nothing else
+    could provide it.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+         "--target", str(target), root],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    assert not (target / "twisted" / "plugins" / "__init__.py").exists()
+    script = (
+        "import os, sys\n"
+        f"sys.path = [{str(target)!r}] + [p for p in sys.path"
+        f" if os.path.realpath(p or '.') != {root!r}]\n"
+        "from twisted.plugin import getPlugins\n"
+        "from twisted.application.service import IServiceMaker\n"
+        "[m] = [m for m in getPlugins(IServiceMaker) if m.tapname == 'morpheo-storage']\n"
+        "import morpheo, twisted.plugins.morpheo_storage as p\n"
+        "print(morpheo.__file__); print(p.__file__); print(m.options.__module__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True, text=True, timeout=120, cwd=str(tmp_path),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    morpheoFile, pluginFile, optionsModule = done.stdout.split()
+    assert morpheoFile.startswith(str(target)) and pluginFile.startswith(str(target))
+    assert optionsModule == "morpheo.tap"
+
+
 def test_twistdHelpListsTheOptions() -> None:
     """C{twistd morpheo-storage --help} is where a user learns the options: all are there."""
     result = subprocess.run(
