@@ -10,7 +10,6 @@ import re
 import secrets
 import sys
 from collections.abc import Callable
-from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.application import service
@@ -29,7 +28,8 @@ LOG_FORMATS = ("text", "json")
 
 def defaultDataDir() -> str:
     """Where a newcomer's blobs and embedded database go without setup."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    home = os.path.expanduser("~")
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(home, ".local", "share")
     return os.path.join(base, "morpheo-storage")
 
 
@@ -37,7 +37,8 @@ def _size(value: str) -> int:
     m = re.fullmatch(r"\s*(\d+)\s*([kmgt]?)i?b?\s*", value, re.IGNORECASE)
     if not m:
         raise usage.UsageError(f"not a size: {value!r} (e.g. 5368709120, 512M, 5G)")
-    return int(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " ")
+    unit: int = 1024 ** " kmgt".index(m.group(2).lower() or " ")
+    return int(m.group(1)) * unit
 
 
 def _port(value: str) -> int:
@@ -105,14 +106,29 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "prefer --password-file or MORPHEO_STORAGE_PASSWORD).",
         ],
         ["password-file", None, None, "Read the Basic auth password from this file."],
-        ["db-host", None, None, "PostgreSQL host; without it an embedded PostgreSQL is started under --data-dir."],
+        [
+            "db-host",
+            None,
+            None,
+            "PostgreSQL host; without it an embedded PostgreSQL is started under --data-dir.",
+        ],
         ["db-port", None, 5432, "PostgreSQL port.", int],
         ["db-name", None, "morpheo_storage", "Database name."],
         ["db-user", None, "storage", "Database user."],
         ["db-pass", None, None, "Database password (or MORPHEO_STORAGE_DB_PASS)."],
-        ["db-migrations-dir", None, None, "Directory of the SQL migrations (default: the ones installed with the package)."],
+        [
+            "db-migrations-dir",
+            None,
+            None,
+            "Directory of the SQL migrations (default: the ones installed with the package).",
+        ],
         ["blobstore", None, "local", "Where blobs go: local, s3, gc or mock."],
-        ["data-dir", None, defaultDataDir(), "Directory for local blobs and the embedded database."],
+        [
+            "data-dir",
+            None,
+            defaultDataDir(),
+            "Directory for local blobs and the embedded database.",
+        ],
         ["s3-bucket", None, None, "S3 bucket (with --blobstore s3)."],
         ["s3-region", None, None, "S3 region (with --blobstore s3)."],
         [
@@ -136,7 +152,13 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             " gcloud auth application-default login, or the metadata server).",
             _endpoint("gc-endpoint"),
         ],
-        ["max-blob-size", None, None, "Refuse blobs larger than this with 413 (bytes, or e.g. 512M, 5G).", _size],
+        [
+            "max-blob-size",
+            None,
+            None,
+            "Refuse blobs larger than this with 413 (bytes, or e.g. 512M, 5G).",
+            _size,
+        ],
         ["log-format", None, "text", "Log lines as text or json (one JSON object per line)."],
         [
             "shutdown-timeout",
@@ -291,5 +313,3 @@ def makeService(options: Options) -> service.IService:
 
 
 __all__ = ["Options", "makeService"]
-
-
