@@ -87,6 +87,21 @@ class IBlobStore(Interface):
         """
 
 
+class IAbandonableBlobStore(IBlobStore):
+    """
+    A blob store where an unfinished write leaves more than L{IBlobStore.delete}
+    removes (an S3 multipart upload): what a dead process left under a key
+    is removed with L{abandon}.
+    """
+
+    def abandon(key: str) -> Deferred[None]:
+        """
+        Remove everything a write under C{key} may have left: the blob if it
+        was committed, any unfinished upload to it.  Removing nothing is not
+        an error.
+        """
+
+
 class ISweepableBlobStore(IBlobStore):
     """
     A blob store that can list what it holds, so that what a crash left

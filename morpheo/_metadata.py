@@ -351,22 +351,22 @@ class MetadataStore:
             (self.owner,),
         )
 
-    async def sweepClaims(
+    async def deadClaims(
         self, staleAfter: float, mine: bool = False
-    ) -> builtins.list[tuple[str, str]]:
+    ) -> builtins.list[tuple[str, str, str | None]]:
         """
-        Delete pending claims that nobody keeps alive: those not refreshed
-        for C{staleAfter} seconds, and with C{mine} every claim of this
-        owner (at start-up, when they can only be a dead run's).  Returns
-        their C{(kind, uuid)}.
+        The pending claims that nobody keeps alive: those not refreshed for
+        C{staleAfter} seconds, and with C{mine} every claim of this owner
+        (at start-up, when they can only be a dead run's).  Their
+        C{(kind, uuid, blob key)}: the caller removes what was written
+        under the key, then L{release}s the claim.
         """
         rows = await self.db.query(
-            "DELETE FROM resource WHERE state = 'pending'"
-            " AND (heartbeat < now() - make_interval(secs => %s) OR (%s AND claimed_by = %s))"
-            " RETURNING kind, uuid::text",
+            "SELECT kind, uuid::text, blob_key FROM resource WHERE state = 'pending'"
+            " AND (heartbeat < now() - make_interval(secs => %s) OR (%s AND claimed_by = %s))",
             (staleAfter, mine, self.owner),
         )
-        return [(k, u) for k, u in rows]
+        return [(k, u, key) for k, u, key in rows]
 
     async def referencedKeys(self, keys: Sequence[str]) -> set[str]:
         """Which of C{keys} a row (ready or pending) points to."""

@@ -25,7 +25,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from ._interfaces import IBlobStore, ISweepableBlobStore
+from ._interfaces import IAbandonableBlobStore, IBlobStore, ISweepableBlobStore
 from ._metadata import MetadataStore
 
 #: A claim not refreshed for this long belongs to a dead process.
@@ -110,7 +110,16 @@ async def sweep(metadata: MetadataStore, store: IBlobStore, *, atStart: bool = F
     Sweep once.  At start, every claim of this data directory and every
     leftover are its dead predecessor's; later only stale ones are swept.
     """
-    claims = await metadata.sweepClaims(STALE_CLAIM, mine=atStart)
+    claims = await metadata.deadClaims(STALE_CLAIM, mine=atStart)
+    for kind, claimed, key in claims:
+        # What the dead upload wrote goes first: were the claim released
+        # first, a failure here would leave it with nothing to find it by.
+        if key is not None:
+            if IAbandonableBlobStore.providedBy(store):
+                await store.abandon(key)
+            else:
+                await store.delete(key)
+        await metadata.release(kind, claimed)
     temporary: list[str] = []
     orphans: list[str] = []
     if ISweepableBlobStore.providedBy(store):

@@ -23,7 +23,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from morpheo._interfaces import IBlobStore, IBlobWriter
+from morpheo._interfaces import IAbandonableBlobStore, IBlobStore, IBlobWriter
 from morpheo._types import BlobNotFound, BlobStoreError, SizeMismatch
 from morpheo.blobstores._gcs import GCSBlobStore
 from morpheo.blobstores._local import TEMP_PREFIX, LocalBlobStore
@@ -60,7 +60,9 @@ class Source:
     (the socket being read, or not).
     """
 
-    def __init__(self, writer: IBlobWriter, data: bytes, chunk: int = 64 * KiB, burst: int = 4) -> None:
+    def __init__(
+        self, writer: IBlobWriter, data: bytes, chunk: int = 64 * KiB, burst: int = 4
+    ) -> None:
         self.writer = writer
         self.data = memoryview(data)
         self.chunk = chunk
@@ -144,7 +146,11 @@ class Sink:
     def write(self, data: bytes) -> None:
         self.chunks.append(data)
         self.received += len(data)
-        if self.pauseAt is not None and self.receivedAtPause is None and self.received >= self.pauseAt:
+        if (
+            self.pauseAt is not None
+            and self.receivedAtPause is None
+            and self.received >= self.pauseAt
+        ):
             self.receivedAtPause = self.received
             assert self.producer is not None
             self.producer.pauseProducing()
@@ -255,7 +261,9 @@ async def leftovers(backend: Backend, store: IBlobStore, key: str) -> list[str]:
     return found
 
 
-async def put(store: IBlobStore, key: str, data: bytes, chunk: int = 64 * KiB) -> tuple[Any, Source]:
+async def put(
+    store: IBlobStore, key: str, data: bytes, chunk: int = 64 * KiB
+) -> tuple[Any, Source]:
     writer = store.writer(key, len(data))
     source = Source(writer, data, chunk=chunk)
     try:
@@ -511,3 +519,30 @@ async def test_backend_down_upload(backend: Backend) -> None:
         await within(writer.finish())
     assert str(caught.value)
     await within(writer.abort())
+
+
+@pytest.mark.parametrize("backend", ["s3"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_abandon_what_a_dead_writer_left(backend: Backend) -> None:
+    """
+    A writer whose process died never aborts its multipart upload; the
+    sweep's L{IAbandonableBlobStore.abandon} does, and removes a blob that
+    was committed under the key too.
+    """
+    store = backend.make(**backend.tuned)
+    assert verifyObject(IAbandonableBlobStore, store)
+    key, data = newKey(), blobOf(12 * MiB)
+    writer = store.writer(key, 2 * len(data))
+    await within(Source(writer, data).start())
+    await deferLater(reactor, 0.3)  # parts sent; the writer is left as a dead process leaves it
+    assert await leftovers(backend, store, key) != []
+    await within(store.abandon(key))
+    assert await leftovers(backend, store, key) == []
+    await within(writer.abort())
+
+    committed = newKey()
+    await put(store, committed, b"committed, never referenced")
+    await within(store.abandon(committed))
+    with pytest.raises(BlobNotFound):
+        await get(store, committed)
+    await within(store.abandon(newKey()))  # nothing there: not an error

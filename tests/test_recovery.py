@@ -16,7 +16,11 @@ import pytest
 
 from ._client import BOUNDARY, form, newUUID
 from ._server import startServer
+from ._servers import seaweedfs
+from .test_remote_api import s3Args, s3Env
 from .test_streaming import rawRequest
+
+__all__ = ["seaweedfs"]  # a session fixture, used by name
 
 
 def curlJSON(server, *args: str) -> str:
@@ -142,3 +146,81 @@ def test_one_service_per_data_directory(tmp_path):
         assert "Traceback" not in str(e.value)
     finally:
         first.stop()
+
+
+def test_sigkill_during_s3_uploads_then_restart(tmp_path, seaweedfs):
+    """
+    The same crash on S3: the dead process's multipart uploads stay in the
+    bucket (it cannot abort them), and the next start aborts them, gives
+    the uuids back, and keeps every completed blob.
+    """
+    dataDir = str(tmp_path / "data")
+    args, env = s3Args(seaweedfs), s3Env(seaweedfs)
+    server = startServer(dataDir, *args, env=env)
+    completed: dict[str, str] = {}
+    sockets = []
+    try:
+        for _ in range(2):
+            data = os.urandom(1024 * 1024 + 17)
+            path = tmp_path / "blob.bin"
+            path.write_bytes(data)
+            uuid = newUUID()
+            out = curlJSON(
+                server, "-F", f"uuid={uuid}", "-F", f"size={len(data)}", "-F", f"blob=@{path}",
+                f"{server.url}/data",
+            )  # fmt: skip
+            assert uuid in out, out
+            completed[uuid] = hashlib.sha256(data).hexdigest()
+        before = set(seaweedfs.objects("data/"))
+
+        interrupted = [newUUID() for _ in range(3)]
+        for uuid in interrupted:
+            # Declared larger than one PUT: a multipart upload from the start.
+            size = 256 * 1024 * 1024
+            prefix = form(("uuid", uuid), ("size", str(size)), ("blob", b""), close=False)[:-2]
+            head = (
+                "POST /data HTTP/1.1\nHost: x\n"
+                f"Content-Type: multipart/form-data; boundary={BOUNDARY}\n"
+                f"Content-Length: {len(prefix) + size + 100}"
+            )
+            sockets.append(rawRequest(server, head, prefix + os.urandom(3 * 1024 * 1024)))
+
+        def ours() -> list[str]:
+            return [k for k in seaweedfs.uploads("data/") if k.split("/")[1][:36] in interrupted]
+
+        def inFlight() -> bool:
+            pending = server.sql("SELECT count(*) FROM resource WHERE state = 'pending'")[0][0]
+            return pending == 3 and len(ours()) == 3
+
+        waitFor(inFlight)
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait()
+        assert len(ours()) == 3
+    finally:
+        for s in sockets:
+            s.close()
+        server.stop(signal.SIGKILL)
+
+    again = startServer(dataDir, *args, env=env)
+    try:
+        assert again.sql("SELECT count(*) FROM resource WHERE state <> 'ready'") == [(0,)]
+        assert ours() == []
+        assert set(seaweedfs.objects("data/")) == before
+        assert "swept 3 dead claims" in again.log()
+        for uuid, sha in completed.items():
+            blob = subprocess.run(
+                ["curl", "-sS", "-u", f"{again.user}:{again.password}",
+                 f"{again.url}/data/{uuid}/blob"],
+                capture_output=True, check=True,
+            ).stdout  # fmt: skip
+            assert hashlib.sha256(blob).hexdigest() == sha
+        one = tmp_path / "one"
+        one.write_bytes(b"x")
+        for uuid in interrupted:
+            out = curlJSON(
+                again, "-F", f"uuid={uuid}", "-F", "size=1", "-F", f"blob=@{one}",
+                f"{again.url}/data",
+            )  # fmt: skip
+            assert uuid in out, out
+    finally:
+        again.stop()

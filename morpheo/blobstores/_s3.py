@@ -31,7 +31,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from .._interfaces import IBlobStore
+from .._interfaces import IAbandonableBlobStore
 from .._types import BlobNotFound, BlobStoreError
 from ._remote import (
     BytesBody,
@@ -154,11 +154,7 @@ class _S3Writer(StreamingWriter[str]):
             return self._store.delete(self.key)
         if self._uploadId is None:
             return succeed(None)
-        what = f"S3 AbortMultipartUpload of {self.key}"
-        d = self._store._call(
-            "DELETE", self.key, what, query=self._uploadQuery(), ok=(200, 204, 404)
-        )
-        return d.addCallback(_drained, None)
+        return self._store._abortUpload(self.key, self._uploadId)
 
 
 def _xmlEscape(text: str) -> str:
@@ -170,7 +166,7 @@ def _drained(response: IResponse, value: Any) -> Deferred[Any]:
     return readSmall(response).addCallback(lambda _: value)
 
 
-@implementer(IBlobStore)
+@implementer(IAbandonableBlobStore)
 class S3BlobStore:
     """
     Blobs in S3 bucket C{bucket} of C{region}; C{endpoint} (for example
@@ -330,6 +326,27 @@ class S3BlobStore:
         if self._base.endswith(".amazonaws.com"):
             what = f"S3 HeadBucket of {self.bucket} in {self.region}"
         d = self._call("HEAD", None, what)
+        return d.addCallback(_drained, None)
+
+    def abandon(self, key: str) -> Deferred[None]:
+        """
+        The object under C{key} and every multipart upload to it: a process
+        killed mid-upload cannot abort its own, and S3 keeps its parts (and
+        bills them) until someone does.
+        """
+
+        async def run() -> None:
+            await self.delete(key)
+            for uploadKey, uploadId in await self.listUploads(key):
+                if uploadKey == key:
+                    await self._abortUpload(key, uploadId)
+
+        return Deferred.fromCoroutine(run())
+
+    def _abortUpload(self, key: str, uploadId: str) -> Deferred[None]:
+        what = f"S3 AbortMultipartUpload of {key}"
+        query = f"uploadId={quote(uploadId, safe='')}"
+        d = self._call("DELETE", key, what, query=query, ok=(200, 204, 404))
         return d.addCallback(_drained, None)
 
     def listUploads(self, prefix: str = "") -> Deferred[list[tuple[str, str]]]:
