@@ -80,7 +80,7 @@ def makeBlob(path: str, size: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     size = args.size_mib * 1024 * 1024
     work = tempfile.mkdtemp(prefix="morpheo-bench-")
@@ -104,6 +104,9 @@ def main() -> None:
                 import uuid
 
                 u = str(uuid.uuid4())
+                # Every transfer starts with no dirty pages of the one before
+                # being written back under it.
+                os.sync()
                 t = curl(
                     "-u",
                     auth,
@@ -116,10 +119,13 @@ def main() -> None:
                     f"{server.url}/data",
                 )
                 results["up"].append(mbps(size, t))
+                os.sync()
                 t = curl("-u", auth, f"{server.url}/data/{u}/blob")
                 results["down"].append(mbps(size, t))
+                os.sync()
                 t = curl("-T", blob, f"http://127.0.0.1:{port}/blob{run}.bin")
                 results["nginx up"].append(mbps(size, t))
+                os.sync()
                 t = curl(f"http://127.0.0.1:{port}/blob{run}.bin")
                 results["nginx down"].append(mbps(size, t))
                 os.unlink(os.path.join(root, "www", f"blob{run}.bin"))

@@ -29,6 +29,11 @@ from ._producer import ThreadedReadProducer
 from ._threaded import ThreadedBlobWriter
 
 TEMP_PREFIX = ".tmp-"
+
+#: Every this many bytes written, the kernel is asked to start writing them
+#: to disk: the disk works while the upload goes on, and the fsync at the
+#: end has only the tail left to wait for instead of the whole blob.
+WRITEBACK_STEP = 32 * 1024 * 1024
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024)
 _KEY = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_.-]+)*$")
 
@@ -46,6 +51,8 @@ class _LocalWriter(ThreadedBlobWriter):
         self._path = keyPath(root, self.key)
         self._file: IO[bytes] | None = None
         self._tmp: str | None = None
+        self._written = 0
+        self._writtenBack = 0
 
     def _openInThread(self) -> None:
         directory = os.path.dirname(self._path)
@@ -67,6 +74,14 @@ class _LocalWriter(ThreadedBlobWriter):
                     batch.pop(0)
                 if batch and written:
                     batch[0] = batch[0][written:]
+        self._written += sum(map(len, chunks))
+        if self._written - self._writtenBack >= WRITEBACK_STEP:
+            # Starts the writeback of these pages without waiting for it
+            # (and lets the cache drop them once they are clean).
+            os.posix_fadvise(
+                fd, self._writtenBack, self._written - self._writtenBack, os.POSIX_FADV_DONTNEED
+            )
+            self._writtenBack = self._written
 
     def _commitInThread(self) -> None:
         assert self._file is not None and self._tmp is not None
