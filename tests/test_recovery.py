@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import socket
 import subprocess
 import time
 
 import pytest
 
 from ._client import BOUNDARY, form, newUUID
-from ._server import startServer
+from ._server import Server, startServer
 from ._servers import seaweedfs
 from .test_remote_api import s3Args, s3Env
 from .test_streaming import rawRequest
@@ -40,51 +41,82 @@ def waitFor(check, timeout: float = 20.0) -> None:
         time.sleep(0.1)
 
 
+def uploadSome(server: Server, tmp_path, count: int, size: int) -> dict[str, str]:
+    """Complete uploads with curl: their uuids and sha256."""
+    completed = {}
+    for _ in range(count):
+        data = os.urandom(size)
+        path = tmp_path / "blob.bin"
+        path.write_bytes(data)
+        uuid = newUUID()
+        out = curlJSON(
+            server, "-F", f"uuid={uuid}", "-F", f"size={len(data)}", "-F", f"blob=@{path}",
+            f"{server.url}/data",
+        )  # fmt: skip
+        assert uuid in out, out
+        completed[uuid] = hashlib.sha256(data).hexdigest()
+    return completed
+
+
+def startUploads(server: Server, uuids: list[str]) -> list[socket.socket]:
+    """Uploads of 256 MiB that send 3 MiB and wait: in flight when the crash comes."""
+    sockets = []
+    for uuid in uuids:
+        size = 256 * 1024 * 1024
+        prefix = form(("uuid", uuid), ("size", str(size)), ("blob", b""), close=False)[:-2]
+        head = (
+            "POST /data HTTP/1.1\nHost: x\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\n"
+            f"Content-Length: {len(prefix) + size + 100}"
+        )
+        sockets.append(rawRequest(server, head, prefix + os.urandom(3 * 1024 * 1024)))
+    return sockets
+
+
+def pending(server: Server) -> int:
+    return int(server.sql("SELECT count(*) FROM resource WHERE state = 'pending'")[0][0])
+
+
+def assertRecovered(
+    again: Server, tmp_path, completed: dict[str, str], interrupted: list[str]
+) -> None:
+    """No claim left, every completed blob intact, the interrupted uuids free again."""
+    assert again.sql("SELECT count(*) FROM resource WHERE state <> 'ready'") == [(0,)]
+    for uuid, sha in completed.items():
+        assert sha in curlJSON(again, f"{again.url}/data/{uuid}")
+        blob = subprocess.run(
+            ["curl", "-sS", "-u", f"{again.user}:{again.password}",
+             f"{again.url}/data/{uuid}/blob"],
+            capture_output=True, check=True,
+        ).stdout  # fmt: skip
+        assert hashlib.sha256(blob).hexdigest() == sha
+    one = tmp_path / "one"
+    one.write_bytes(b"x")
+    for uuid in interrupted:
+        out = curlJSON(
+            again, "-F", f"uuid={uuid}", "-F", "size=1", "-F", f"blob=@{one}", f"{again.url}/data"
+        )
+        assert uuid in out, out
+
+
 def test_sigkill_during_uploads_then_restart(tmp_path):
     dataDir = str(tmp_path / "data")
     server = startServer(dataDir)
-    completed: dict[str, str] = {}
+    interrupted = [newUUID() for _ in range(3)]
     sockets = []
     try:
-        for _ in range(3):
-            data = os.urandom(2 * 1024 * 1024 + 17)
-            path = tmp_path / "blob.bin"
-            path.write_bytes(data)
-            uuid = newUUID()
-            out = curlJSON(
-                server,
-                "-F",
-                f"uuid={uuid}",
-                "-F",
-                f"size={len(data)}",
-                "-F",
-                f"blob=@{path}",
-                f"{server.url}/data",
-            )
-            assert uuid in out, out
-            completed[uuid] = hashlib.sha256(data).hexdigest()
-
-        interrupted = [newUUID() for _ in range(3)]
-        for uuid in interrupted:
-            size = 256 * 1024 * 1024
-            prefix = form(("uuid", uuid), ("size", str(size)), ("blob", b""), close=False)[:-2]
-            head = (
-                "POST /data HTTP/1.1\nHost: x\n"
-                f"Content-Type: multipart/form-data; boundary={BOUNDARY}\n"
-                f"Content-Length: {len(prefix) + size + 100}"
-            )
-            sockets.append(rawRequest(server, head, prefix + os.urandom(3 * 1024 * 1024)))
+        completed = uploadSome(server, tmp_path, 3, 2 * 1024 * 1024 + 17)
+        sockets = startUploads(server, interrupted)
 
         def inFlight() -> bool:
-            pending = server.sql("SELECT count(*) FROM resource WHERE state = 'pending'")[0][0]
             temps = [f for f in server.files() if ".tmp-" in os.path.basename(f)]
-            return pending == 3 and len(temps) == 3
+            return pending(server) == 3 and len(temps) == 3
 
         waitFor(inFlight)
         server.process.send_signal(signal.SIGKILL)
         server.process.wait()
         # What the crash left: the claims and the temporary files are there.
-        assert server.sql("SELECT count(*) FROM resource WHERE state = 'pending'") == [(3,)]
+        assert pending(server) == 3
         # A committed blob that never got its row (killed between the two).
         orphan = os.path.join(server.blobDir, "data", f"{newUUID()}-0123456789ab")
         with open(orphan, "wb") as f:
@@ -96,42 +128,12 @@ def test_sigkill_during_uploads_then_restart(tmp_path):
 
     again = startServer(dataDir)
     try:
-        assert again.sql("SELECT count(*) FROM resource WHERE state <> 'ready'") == [(0,)]
         files = again.files()
         assert not [f for f in files if ".tmp-" in f], files
         assert os.path.relpath(orphan, again.blobDir) not in files
         assert len(files) == len(completed)
         assert "swept 3 dead claims, 3 temporary files and 1 unreferenced blobs" in again.log()
-        for uuid, sha in completed.items():
-            meta = curlJSON(again, f"{again.url}/data/{uuid}")
-            assert sha in meta
-            blob = subprocess.run(
-                [
-                    "curl",
-                    "-sS",
-                    "-u",
-                    f"{again.user}:{again.password}",
-                    f"{again.url}/data/{uuid}/blob",
-                ],
-                capture_output=True,
-                check=True,
-            ).stdout
-            assert hashlib.sha256(blob).hexdigest() == sha
-        # The interrupted uuids are free again.
-        one = tmp_path / "one"
-        one.write_bytes(b"x")
-        for uuid in interrupted:
-            out = curlJSON(
-                again,
-                "-F",
-                f"uuid={uuid}",
-                "-F",
-                "size=1",
-                "-F",
-                f"blob=@{one}",
-                f"{again.url}/data",
-            )
-            assert uuid in out, out
+        assertRecovered(again, tmp_path, completed, interrupted)
     finally:
         again.stop()
 
@@ -157,42 +159,18 @@ def test_sigkill_during_s3_uploads_then_restart(tmp_path, seaweedfs):
     dataDir = str(tmp_path / "data")
     args, env = s3Args(seaweedfs), s3Env(seaweedfs)
     server = startServer(dataDir, *args, env=env)
-    completed: dict[str, str] = {}
+    interrupted = [newUUID() for _ in range(3)]
     sockets = []
+
+    def ours() -> list[str]:
+        return [k for k in seaweedfs.uploads("data/") if k.split("/")[1][:36] in interrupted]
+
     try:
-        for _ in range(2):
-            data = os.urandom(1024 * 1024 + 17)
-            path = tmp_path / "blob.bin"
-            path.write_bytes(data)
-            uuid = newUUID()
-            out = curlJSON(
-                server, "-F", f"uuid={uuid}", "-F", f"size={len(data)}", "-F", f"blob=@{path}",
-                f"{server.url}/data",
-            )  # fmt: skip
-            assert uuid in out, out
-            completed[uuid] = hashlib.sha256(data).hexdigest()
+        completed = uploadSome(server, tmp_path, 2, 1024 * 1024 + 17)
         before = set(seaweedfs.objects("data/"))
-
-        interrupted = [newUUID() for _ in range(3)]
-        for uuid in interrupted:
-            # Declared larger than one PUT: a multipart upload from the start.
-            size = 256 * 1024 * 1024
-            prefix = form(("uuid", uuid), ("size", str(size)), ("blob", b""), close=False)[:-2]
-            head = (
-                "POST /data HTTP/1.1\nHost: x\n"
-                f"Content-Type: multipart/form-data; boundary={BOUNDARY}\n"
-                f"Content-Length: {len(prefix) + size + 100}"
-            )
-            sockets.append(rawRequest(server, head, prefix + os.urandom(3 * 1024 * 1024)))
-
-        def ours() -> list[str]:
-            return [k for k in seaweedfs.uploads("data/") if k.split("/")[1][:36] in interrupted]
-
-        def inFlight() -> bool:
-            pending = server.sql("SELECT count(*) FROM resource WHERE state = 'pending'")[0][0]
-            return pending == 3 and len(ours()) == 3
-
-        waitFor(inFlight)
+        # Declared larger than one PUT: multipart uploads from the start.
+        sockets = startUploads(server, interrupted)
+        waitFor(lambda: pending(server) == 3 and len(ours()) == 3)
         server.process.send_signal(signal.SIGKILL)
         server.process.wait()
         assert len(ours()) == 3
@@ -203,24 +181,9 @@ def test_sigkill_during_s3_uploads_then_restart(tmp_path, seaweedfs):
 
     again = startServer(dataDir, *args, env=env)
     try:
-        assert again.sql("SELECT count(*) FROM resource WHERE state <> 'ready'") == [(0,)]
         assert ours() == []
         assert set(seaweedfs.objects("data/")) == before
         assert "swept 3 dead claims" in again.log()
-        for uuid, sha in completed.items():
-            blob = subprocess.run(
-                ["curl", "-sS", "-u", f"{again.user}:{again.password}",
-                 f"{again.url}/data/{uuid}/blob"],
-                capture_output=True, check=True,
-            ).stdout  # fmt: skip
-            assert hashlib.sha256(blob).hexdigest() == sha
-        one = tmp_path / "one"
-        one.write_bytes(b"x")
-        for uuid in interrupted:
-            out = curlJSON(
-                again, "-F", f"uuid={uuid}", "-F", "size=1", "-F", f"blob=@{one}",
-                f"{again.url}/data",
-            )  # fmt: skip
-            assert uuid in out, out
+        assertRecovered(again, tmp_path, completed, interrupted)
     finally:
         again.stop()
