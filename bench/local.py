@@ -23,7 +23,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench._common import curl, makeBlob, mbps  # noqa: E402
 from tests._server import startServer  # noqa: E402
+from tests._servers import freePort  # noqa: E402
 
 NGINX_CONF = """
 daemon off;
@@ -43,38 +45,6 @@ http {{
     }}
 }}
 """
-
-
-def freePort() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def curl(*args: str) -> float:
-    """Run curl, return its transfer time in seconds."""
-    out = subprocess.run(
-        ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    if out[0] not in ("200", "201", "204"):
-        raise RuntimeError(f"curl {args}: HTTP {out[0]}")
-    return float(out[1])
-
-
-def mbps(size: int, seconds: float) -> float:
-    return size / seconds / 1e6
-
-
-def makeBlob(path: str, size: int) -> None:
-    block = os.urandom(1024 * 1024)
-    with open(path, "wb") as f:
-        for i in range(size // len(block)):
-            f.write(block[i % 1024 :] + block[: i % 1024])
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ import os
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -32,21 +31,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from botocore.config import Config  # noqa: E402
 from botocore.session import get_session  # noqa: E402
 
+from bench._common import curl, makeBlob, mbps  # noqa: E402
 from tests._server import startServer  # noqa: E402
 from tests._servers import SeaweedFS  # noqa: E402
-
-
-def curl(*args: str) -> float:
-    """Run curl, return its transfer time in seconds."""
-    out = subprocess.run(
-        ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    if out[0] not in ("200", "201", "204"):
-        raise RuntimeError(f"curl {args}: HTTP {out[0]}")
-    return float(out[1])
 
 
 def cpuSeconds(pid: int | None = None) -> float:
@@ -75,17 +62,6 @@ class CPU:
         for name, pid in self.pids.items():
             spent[name].append(cpuSeconds(pid) - before[name])
         return seconds
-
-
-def mbps(size: int, seconds: float) -> float:
-    return size / seconds / 1e6
-
-
-def makeBlob(path: str, size: int) -> None:
-    block = os.urandom(1024 * 1024)
-    with open(path, "wb") as f:
-        for i in range(size // len(block)):
-            f.write(block[i % 1024 :] + block[: i % 1024])
 
 
 def presigner(store: SeaweedFS) -> object:
