@@ -6,12 +6,14 @@ under a temporary data directory.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import uuid as _uuid
 from typing import Any
 
 import psycopg2
@@ -138,3 +140,33 @@ def startServer(
         time.sleep(0.1)
     process.kill()
     raise RuntimeError(f"the server did not start in time:\n{open(logPath).read()}")
+
+
+def bigRoundTrip(server: Server, path: str, sha: str, size: int) -> str:
+    """
+    Upload the file at C{path} with C{curl -F}, download it with curl, and
+    check both sides' sha256 without holding it in memory; the uuid.
+    """
+    auth = f"{server.user}:{server.password}"
+    uuid = str(_uuid.uuid4())
+    up = subprocess.run(
+        ["curl", "-sS", "-u", auth, "-F", f"uuid={uuid}", "-F", f"size={size}",
+         "-F", f"blob=@{path}", f"{server.url}/data"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert f'"sha256": "{sha}"' in up.stdout, up
+    digest = hashlib.sha256()
+    received = 0
+    command = ["curl", "-sS", "-D", "-", "-u", auth, f"{server.url}/data/{uuid}/blob"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE) as down:
+        assert down.stdout is not None
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += down.stdout.read(1)
+        assert f"Content-Length: {size}".encode() in head
+        while chunk := down.stdout.read(1024 * 1024):
+            digest.update(chunk)
+            received += len(chunk)
+    assert received == size
+    assert digest.hexdigest() == sha
+    return uuid

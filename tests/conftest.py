@@ -4,6 +4,7 @@ Fixtures: one real server for the session, a treq client per test.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 
@@ -32,3 +33,18 @@ def http() -> Iterator[HTTPClient]:
 @pytest.fixture
 def blob(tmp_path: object) -> bytes:
     return os.urandom(100_000)
+
+
+@pytest.fixture(scope="session")
+def bigFile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """1 GiB on disk, written a MiB at a time, and its sha256."""
+    path = tmp_path_factory.mktemp("big") / "blob.bin"
+    digest = hashlib.sha256()
+    block = os.urandom(1024 * 1024)
+    with open(path, "wb") as f:
+        for i in range(1024):
+            chunk = block[i:] + block[:i]
+            digest.update(chunk)
+            f.write(chunk)
+    yield str(path), digest.hexdigest()
+    os.unlink(path)

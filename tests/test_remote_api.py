@@ -38,8 +38,9 @@ from twisted.internet.threads import deferToThread
 from twisted.web.client import FileBodyProducer
 
 from ._client import FORM_HEADERS, form, jsonOf, newUUID, uploadFields
-from ._server import TWISTD, Server, startServer
+from ._server import TWISTD, Server, bigRoundTrip, startServer
 from ._servers import FakeGCS, SeaweedFS, fakeGCS, freePort, seaweedfs
+from .test_streaming import curl
 
 __all__ = ["fakeGCS", "seaweedfs"]  # session fixtures, used by name
 
@@ -319,56 +320,14 @@ async def test_ready_names_the_store(http: HTTPClient, remote: Remote) -> None:
 # 1 GiB through S3
 
 
-@pytest.fixture(scope="module")
-def bigFile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """1 GiB on disk, written a MiB at a time (as in test_streaming)."""
-    path = tmp_path_factory.mktemp("big") / "blob.bin"
-    digest = hashlib.sha256()
-    block = os.urandom(MiB)
-    with open(path, "wb") as f:
-        for i in range(1024):
-            chunk = block[i:] + block[:i]
-            digest.update(chunk)
-            f.write(chunk)
-    yield str(path), digest.hexdigest()
-    os.unlink(path)
-
-
-def curl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["curl", "-sS", *args], capture_output=True, text=True, timeout=300)
-
-
 def test_1GiB_up_and_down_through_s3_with_flat_memory(
     s3Server: Server, seaweedfs: SeaweedFS, bigFile: tuple[str, str]
 ) -> None:
     server = s3Server
     path, sha = bigFile
-    uuid = newUUID()
-    p = curl(
-        "-u", f"{server.user}:{server.password}", "-F", f"uuid={uuid}", "-F", f"size={GiB}",
-        "-F", f"blob=@{path}", f"{server.url}/data",
-    )  # fmt: skip
-    assert f'"sha256": "{sha}"' in p.stdout, p
+    uuid = bigRoundTrip(server, path, sha, GiB)
     assert seaweedfs.objects(blobKey(server, uuid)) == [blobKey(server, uuid)]
     assert seaweedfs.uploads(f"data/{uuid}") == []
-    assert server.peakRSS() < MAX_RSS, server.peakRSS()
-
-    digest = hashlib.sha256()
-    received = 0
-    argv = ["curl", "-sS", "-D", "-", "-u", f"{server.user}:{server.password}"]
-    with subprocess.Popen(
-        [*argv, f"{server.url}/data/{uuid}/blob"], stdout=subprocess.PIPE
-    ) as download:
-        assert download.stdout is not None
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += download.stdout.read(1)
-        assert f"Content-Length: {GiB}".encode() in head
-        while chunk := download.stdout.read(MiB):
-            digest.update(chunk)
-            received += len(chunk)
-    assert received == GiB
-    assert digest.hexdigest() == sha
     assert server.peakRSS() < MAX_RSS, server.peakRSS()
 
 

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import time
 
-import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
@@ -23,7 +22,7 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from ._client import BOUNDARY, FORM_HEADERS, form, jsonOf, newUUID, uploadFields
-from ._server import Server
+from ._server import Server, bigRoundTrip
 
 GiB = 1024**3
 
@@ -313,59 +312,7 @@ def test_lingering_close_after_an_early_answer(server):
     s.close()
 
 
-@pytest.fixture(scope="module")
-def bigFile(tmp_path_factory):
-    path = tmp_path_factory.mktemp("big") / "blob.bin"
-    digest = hashlib.sha256()
-    block = os.urandom(1024 * 1024)
-    with open(path, "wb") as f:
-        for i in range(1024):
-            chunk = block[i:] + block[:i]
-            digest.update(chunk)
-            f.write(chunk)
-    yield str(path), digest.hexdigest()
-    os.unlink(path)
-
-
 def test_1GiB_up_and_down_with_flat_memory(server, bigFile):
     path, sha = bigFile
-    uuid = newUUID()
-    p = curl(
-        "-u",
-        f"{server.user}:{server.password}",
-        "-F",
-        f"uuid={uuid}",
-        "-F",
-        f"size={GiB}",
-        "-F",
-        f"blob=@{path}",
-        f"{server.url}/data",
-    )
-    assert f'"sha256": "{sha}"' in p.stdout, p
-    assert server.peakRSS() < 100 * 1024 * 1024
-
-    digest = hashlib.sha256()
-    received = 0
-    with subprocess.Popen(
-        [
-            "curl",
-            "-sS",
-            "-D",
-            "-",
-            "-u",
-            f"{server.user}:{server.password}",
-            f"{server.url}/data/{uuid}/blob",
-        ],
-        stdout=subprocess.PIPE,
-    ) as curlProcess:
-        assert curlProcess.stdout is not None
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += curlProcess.stdout.read(1)
-        assert f"Content-Length: {GiB}".encode() in head
-        while chunk := curlProcess.stdout.read(1024 * 1024):
-            digest.update(chunk)
-            received += len(chunk)
-    assert received == GiB
-    assert digest.hexdigest() == sha
+    bigRoundTrip(server, path, sha, GiB)
     assert server.peakRSS() < 100 * 1024 * 1024
