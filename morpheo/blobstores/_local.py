@@ -34,6 +34,9 @@ TEMP_PREFIX = ".tmp-"
 #: to disk: the disk works while the upload goes on, and the fsync at the
 #: end has only the tail left to wait for instead of the whole blob.
 WRITEBACK_STEP = 32 * 1024 * 1024
+# Linux has it; macOS does not (the fsync then waits for the whole blob).
+_fadvise = getattr(os, "posix_fadvise", None)
+_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", 4)
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024)
 _KEY = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_.-]+)*$")
 
@@ -75,12 +78,10 @@ class _LocalWriter(ThreadedBlobWriter):
                 if batch and written:
                     batch[0] = batch[0][written:]
         self._written += sum(map(len, chunks))
-        if self._written - self._writtenBack >= WRITEBACK_STEP:
+        if _fadvise is not None and self._written - self._writtenBack >= WRITEBACK_STEP:
             # Starts the writeback of these pages without waiting for it
             # (and lets the cache drop them once they are clean).
-            os.posix_fadvise(
-                fd, self._writtenBack, self._written - self._writtenBack, os.POSIX_FADV_DONTNEED
-            )
+            _fadvise(fd, self._writtenBack, self._written - self._writtenBack, _DONTNEED)
             self._writtenBack = self._written
 
     def _commitInThread(self) -> None:
