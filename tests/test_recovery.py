@@ -143,7 +143,7 @@ def test_one_service_per_data_directory(tmp_path):
     first = startServer(dataDir)
     try:
         with pytest.raises(RuntimeError) as e:
-            startServer(dataDir)
+            startServer(dataDir).stop()  # should it start, it must not outlive the test
         assert "is in use by pid" in str(e.value)
         assert "Traceback" not in str(e.value)
     finally:
