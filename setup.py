@@ -24,7 +24,15 @@ setup(
     long_description_content_type="text/markdown",
     license="CECILL-2.1",
     python_requires=">=3.10",
-    packages=["morpheo", "morpheo.blobstores", "twisted.plugins"],
+    packages=[
+        "morpheo",
+        "morpheo.blobstores",
+        "morpheo.metadata",
+        "morpheo.objects",
+        "morpheo.service",
+        "morpheo.web",
+        "twisted.plugins",
+    ],
     package_data={"twisted.plugins": ["morpheo_storage.py"]},
     # The migrations are installed beside the package's data, not in it, so
     # that schema/ stays a plain directory of SQL files.

@@ -9,18 +9,18 @@ with a L{StreamingSite} (see the README, "Embedding").  The parts
 (L{StorageAPI}, the stores, L{BasicAuth}) are public too.
 """
 
-from ._accesslog import AccessLogSite
-from ._app import StorageAPI
-from ._auth import BasicAuth
-from ._cors import CORSResource
 from ._interfaces import IBlobStore, IBlobWriter
-from ._metadata import Database, DatabaseError, MetadataStore
-from ._passwords import PasswordFileChecker, hashPassword
-from ._service import StorageConfig, StorageService
-from ._streaming import BodyAborted, IStreamingRequest, RequestBody, StreamingSite
-from ._tls import loadCertificateOptions
 from ._types import KINDS, APIError, BlobInfo, BlobNotFound, BlobStoreError, Resource
 from .blobstores import LocalBlobStore
+from .metadata._postgres import Database, DatabaseError, MetadataStore
+from .service._service import StorageConfig, StorageService
+from .service._tls import loadCertificateOptions
+from .web._accesslog import AccessLogSite
+from .web._auth import BasicAuth
+from .web._cors import CORSResource
+from .web._passwords import PasswordFileChecker, hashPassword
+from .web._routes import StorageAPI
+from .web._streaming import BodyAborted, IStreamingRequest, RequestBody, StreamingSite
 
 __version__ = "0.1.0"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import getpass
 import sys
 
-from ._passwords import hashPassword
+from .web._passwords import hashPassword
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,10 +17,10 @@ from twisted.cred import strcred
 from twisted.cred.credentials import IUsernamePassword
 from twisted.python import usage
 
-from ._jsonlog import jsonObserverFactory
-from ._listen import refuseWeakTLS
-from ._passwords import PasswordFileChecker, PasswordFileError
-from ._service import StorageConfig, StorageService
+from .service._jsonlog import jsonObserverFactory
+from .service._listen import refuseWeakTLS
+from .service._service import StorageConfig, StorageService
+from .web._passwords import PasswordFileChecker, PasswordFileError
 
 BLOBSTORES = ("local", "s3", "gc", "mock")
 LOG_FORMATS = ("text", "json")

@@ -11,7 +11,7 @@ import re
 import subprocess
 import time
 
-from ._server import PASSWORD, TWISTD, USER, Server
+from tests._server import PASSWORD, TWISTD, USER, Server
 
 LISTENING = re.compile(r"listening on (\S+?) \(blob store")
 

@@ -13,7 +13,7 @@ from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from ._server import Server, startServer
+from tests._server import Server, startServer
 
 
 @pytest.fixture(scope="session")

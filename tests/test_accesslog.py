@@ -17,11 +17,10 @@ import pytest_twisted
 import treq
 from twisted.python.failure import Failure
 
-from morpheo._jsonlog import eventAsLine
-
-from ._client import BOUNDARY, FORM_HEADERS, form, newUUID, uploadFields
-from ._server import PASSWORD, USER, Server, startServer
-from .test_streaming import eventually, rawRequest
+from morpheo.service._jsonlog import eventAsLine
+from tests._client import BOUNDARY, FORM_HEADERS, form, newUUID, uploadFields
+from tests._server import PASSWORD, USER, Server, startServer
+from tests.test_streaming import eventually, rawRequest
 
 TIMEOUT = 30
 WRONG = "not-the-password-9c1f"

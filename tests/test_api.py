@@ -13,8 +13,8 @@ import pytest_twisted
 import treq
 from treq.client import HTTPClient
 
-from ._client import BOUNDARY, FORM_HEADERS, form, jsonOf, newUUID, uploadFields
-from ._server import Server
+from tests._client import BOUNDARY, FORM_HEADERS, form, jsonOf, newUUID, uploadFields
+from tests._server import Server
 
 KINDS = ["algo", "data", "prediction", "problem"]
 

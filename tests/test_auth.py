@@ -17,11 +17,10 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.python.usage import UsageError
 
 from morpheo import hashPassword
-from morpheo._passwords import PasswordFileChecker, UsersChecker, verifyPassword
 from morpheo.tap import Options
-
-from ._client import jsonOf
-from ._twistd import startTwistd
+from morpheo.web._passwords import PasswordFileChecker, UsersChecker, verifyPassword
+from tests._client import jsonOf
+from tests._twistd import startTwistd
 
 ALICE, BOB, CAROL = ("alice", "alice's secret"), ("bob", "b0b:with:colons"), ("carol", "plain text")
 

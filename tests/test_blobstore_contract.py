@@ -27,10 +27,9 @@ from morpheo._interfaces import IAbandonableBlobStore, IBlobStore, IBlobWriter
 from morpheo._types import BlobNotFound, BlobStoreError, SizeMismatch
 from morpheo.blobstores._gcs import GCSBlobStore
 from morpheo.blobstores._local import TEMP_PREFIX, LocalBlobStore
-from morpheo.blobstores._mock import MockBlobStore
+from morpheo.blobstores._memory import MemoryBlobStore
 from morpheo.blobstores._s3 import S3BlobStore
-
-from ._servers import FakeGCS, SeaweedFS, fakeGCS, freePort, seaweedfs
+from tests._servers import FakeGCS, SeaweedFS, fakeGCS, freePort, seaweedfs
 
 __all__ = ["fakeGCS", "seaweedfs"]  # session fixtures, used by name
 
@@ -205,10 +204,10 @@ def backend(request: pytest.FixtureRequest, pool: ThreadPool, tmp_path: Any) -> 
             _localLeftovers,
         )
     if name == "mock":
-        mock = MockBlobStore(reactor)
+        mock = MemoryBlobStore(reactor)
 
-        def down() -> MockBlobStore:
-            broken = MockBlobStore(reactor)
+        def down() -> MemoryBlobStore:
+            broken = MemoryBlobStore(reactor)
             broken.down = True
             return broken
 

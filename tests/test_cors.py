@@ -11,8 +11,8 @@ import pytest
 import pytest_twisted
 import treq
 
-from ._client import FORM_HEADERS, form, jsonOf, newUUID, uploadFields
-from ._server import startServer
+from tests._client import FORM_HEADERS, form, jsonOf, newUUID, uploadFields
+from tests._server import startServer
 
 APP = "https://app.example.org"
 OTHER = "https://other.example.org"

@@ -25,8 +25,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
 from morpheo import StorageConfig, StorageService, StreamingSite
-
-from ._client import FORM_HEADERS, form, jsonOf, newUUID, uploadFields
+from tests._client import FORM_HEADERS, form, jsonOf, newUUID, uploadFields
 
 USER, PASSWORD = "alice", "secret"
 AUTH = (USER, PASSWORD)

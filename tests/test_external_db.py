@@ -16,10 +16,10 @@ from collections.abc import Iterator
 import psycopg2
 import pytest
 
-from ._client import BOUNDARY, form, newUUID
-from ._server import startServer
-from .test_recovery import waitFor
-from .test_streaming import rawRequest, readResponseHead
+from tests._client import BOUNDARY, form, newUUID
+from tests._server import startServer
+from tests.test_recovery import waitFor
+from tests.test_streaming import rawRequest, readResponseHead
 
 DB_USER = "storage_ext"
 DB_PASS = "ext-secret"

@@ -13,10 +13,10 @@ import pytest
 import pytest_twisted
 import treq
 
-from ._client import BOUNDARY, FORM_HEADERS, form, jsonOf, newUUID, uploadFields
-from ._server import startServer
-from .test_api import assertClean, assertError
-from .test_streaming import rawRequest, readResponseHead
+from tests._client import BOUNDARY, FORM_HEADERS, form, jsonOf, newUUID, uploadFields
+from tests._server import startServer
+from tests.test_api import assertClean, assertError
+from tests.test_streaming import rawRequest, readResponseHead
 
 LIMIT = 1000
 

@@ -1,5 +1,5 @@
 """
-The field rules of the upload forms (L{morpheo._forms}), on their own.
+The field rules of the upload forms (L{morpheo.web._forms}), on their own.
 
 These rules decide the 400s of the contract before any blob byte is stored,
 for the multipart and the raw uploads alike; being pure functions, they are
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from morpheo._forms import (
+from morpheo._types import APIError
+from morpheo.web._forms import (
     MAX_FIELD,
     PATCH_FORM,
     UPLOAD_FORMS,
@@ -20,7 +21,6 @@ from morpheo._forms import (
     parseSize,
     parseUUID,
 )
-from morpheo._types import APIError
 
 CANONICAL = "1f01d777-c3f4-4bdd-9c4a-8388860e4c5e"
 

@@ -21,9 +21,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-from ._client import FORM_HEADERS, form, jsonOf, newUUID
-from ._server import Server, startServer
-from .test_streaming import eventually, sleep
+from tests._client import FORM_HEADERS, form, jsonOf, newUUID
+from tests._server import Server, startServer
+from tests.test_streaming import eventually, sleep
 
 TIMEOUT = 30
 PIECE = 64 * 1024

@@ -14,9 +14,9 @@ import time
 
 import pytest_twisted
 
-from ._client import jsonOf
-from ._server import startServer
-from .test_streaming import sleep
+from tests._client import jsonOf
+from tests._server import startServer
+from tests.test_streaming import sleep
 
 TIMEOUT = 30
 

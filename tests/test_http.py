@@ -9,7 +9,8 @@ import hashlib
 
 import pytest
 
-from morpheo._http import (
+from morpheo._types import APIError
+from morpheo.web._http import (
     ByteRange,
     Unsatisfiable,
     contentDisposition,
@@ -23,7 +24,6 @@ from morpheo._http import (
     parseReprDigest,
     reprDigest,
 )
-from morpheo._types import APIError
 
 
 @pytest.mark.parametrize(

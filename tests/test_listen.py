@@ -13,10 +13,9 @@ import tempfile
 import pytest
 
 from morpheo.tap import Options
-
-from ._certs import makePKI
-from ._server import PASSWORD, USER
-from ._twistd import startTwistd
+from tests._certs import makePKI
+from tests._server import PASSWORD, USER
+from tests._twistd import startTwistd
 
 
 def curl(*args: str) -> str:

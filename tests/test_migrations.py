@@ -1,6 +1,6 @@
 """
-Schema migrations (L{morpheo._migrations}) and the metadata queries
-(L{morpheo._metadata.MetadataStore}) against a real PostgreSQL: an embedded
+Schema migrations (L{morpheo.metadata._migrations}) and the metadata queries
+(L{morpheo.metadata._postgres.MetadataStore}) against a real PostgreSQL: an embedded
 server for the session and a scratch database per test, so every test
 starts from an empty schema and no test sees another's rows.
 
@@ -25,8 +25,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 
-from morpheo._metadata import Database, DatabaseError, MetadataStore
-from morpheo._migrations import (
+from morpheo.metadata._migrations import (
     Migration,
     MigrationError,
     defaultMigrationsDir,
@@ -34,8 +33,8 @@ from morpheo._migrations import (
     migrate,
     rollback,
 )
-
-from ._server import PASSWORD, TWISTD, USER, startServer
+from morpheo.metadata._postgres import Database, DatabaseError, MetadataStore
+from tests._server import PASSWORD, TWISTD, USER, startServer
 
 SCHEMA = str(Path(__file__).resolve().parent.parent / "schema")
 SHA = "0" * 64

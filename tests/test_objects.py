@@ -21,11 +21,11 @@ from twisted.internet import reactor
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
-from ._client import FORM_HEADERS, form, jsonOf, newUUID, uploadFields
-from ._server import Server, startServer
-from ._servers import SeaweedFS, seaweedfs
-from .test_api import assertClean, assertError
-from .test_remote_api import s3Args, s3Env
+from tests._client import FORM_HEADERS, form, jsonOf, newUUID, uploadFields
+from tests._server import Server, startServer
+from tests._servers import SeaweedFS, seaweedfs
+from tests.test_api import assertClean, assertError
+from tests.test_remote_api import s3Args, s3Env
 
 __all__ = ["seaweedfs"]  # a session fixture, used by name
 

@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from ._server import Server
-from ._servers import freePort
+from tests._server import Server
+from tests._servers import freePort
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 

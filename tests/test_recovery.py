@@ -15,11 +15,11 @@ import time
 
 import pytest
 
-from ._client import BOUNDARY, form, newUUID
-from ._server import Server, startServer
-from ._servers import seaweedfs
-from .test_remote_api import s3Args, s3Env
-from .test_streaming import rawRequest
+from tests._client import BOUNDARY, form, newUUID
+from tests._server import Server, startServer
+from tests._servers import seaweedfs
+from tests.test_remote_api import s3Args, s3Env
+from tests.test_streaming import rawRequest
 
 __all__ = ["seaweedfs"]  # a session fixture, used by name
 

@@ -37,10 +37,10 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.web.client import FileBodyProducer
 
-from ._client import FORM_HEADERS, form, jsonOf, newUUID, uploadFields
-from ._server import TWISTD, Server, bigRoundTrip, startServer
-from ._servers import FakeGCS, SeaweedFS, fakeGCS, freePort, seaweedfs
-from .test_streaming import curl
+from tests._client import FORM_HEADERS, form, jsonOf, newUUID, uploadFields
+from tests._server import TWISTD, Server, bigRoundTrip, startServer
+from tests._servers import FakeGCS, SeaweedFS, fakeGCS, freePort, seaweedfs
+from tests.test_streaming import curl
 
 __all__ = ["fakeGCS", "seaweedfs"]  # session fixtures, used by name
 

@@ -21,8 +21,8 @@ from twisted.web.client import UNKNOWN_LENGTH
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-from ._client import BOUNDARY, FORM_HEADERS, form, jsonOf, newUUID, uploadFields
-from ._server import Server, bigRoundTrip
+from tests._client import BOUNDARY, FORM_HEADERS, form, jsonOf, newUUID, uploadFields
+from tests._server import Server, bigRoundTrip
 
 GiB = 1024**3
 

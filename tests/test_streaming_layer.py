@@ -16,7 +16,7 @@ from twisted.web._newclient import ResponseDone
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from morpheo._streaming import BodyAborted, IStreamingRequest, StreamingChannel, StreamingSite
+from morpheo.web._streaming import BodyAborted, IStreamingRequest, StreamingChannel, StreamingSite
 
 
 class Collector(Protocol):

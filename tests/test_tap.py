@@ -20,8 +20,7 @@ from twisted.python.usage import UsageError
 
 from morpheo import tap
 from morpheo.tap import Options
-
-from ._server import TWISTD
+from tests._server import TWISTD
 
 ENV_PASSWORD = "MORPHEO_STORAGE_PASSWORD"
 ENV_DB_PASS = "MORPHEO_STORAGE_DB_PASS"

@@ -20,12 +20,11 @@ from twisted.internet import reactor
 from twisted.internet.ssl import Certificate
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
-from morpheo._tls import TLSConfigError, loadCertificateOptions
-
-from ._certs import TestPKI, makePKI
-from ._client import FORM_HEADERS, form, jsonOf, uploadFields
-from ._server import PASSWORD, TWISTD, USER
-from ._twistd import startTwistd
+from morpheo.service._tls import TLSConfigError, loadCertificateOptions
+from tests._certs import TestPKI, makePKI
+from tests._client import FORM_HEADERS, form, jsonOf, uploadFields
+from tests._server import PASSWORD, TWISTD, USER
+from tests._twistd import startTwistd
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from ._local import LocalBlobStore
 if TYPE_CHECKING:
     from twisted.python.threadpool import ThreadPool
 
-    from .._service import StorageConfig
+    from ..service._service import StorageConfig
 
 
 def makeBlobStore(config: StorageConfig, reactor: Any, pool: ThreadPool) -> IBlobStore:
@@ -26,9 +26,9 @@ def makeBlobStore(config: StorageConfig, reactor: Any, pool: ThreadPool) -> IBlo
     if config.blobstore == "local":
         return LocalBlobStore(os.path.join(config.dataDir, "blobs"), reactor, pool)
     if config.blobstore == "mock":
-        from ._mock import MockBlobStore
+        from ._memory import MemoryBlobStore
 
-        return MockBlobStore(reactor)
+        return MemoryBlobStore(reactor)
     if config.blobstore == "s3":
         from ._s3 import S3BlobStore
 

@@ -18,8 +18,8 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from zope.interface import Interface, implementer
 
+from .._types import APIError
 from ._passwords import AnyOf, UsersChecker
-from ._types import APIError
 
 
 class Unauthorized(APIError):

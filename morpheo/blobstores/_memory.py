@@ -6,7 +6,7 @@ It behaves like the real stores where the web layer can tell: writes are
 drained one reactor turn later, so a fast producer is paused and resumed
 as with a remote store; nothing is visible before L{_MockWriter.finish};
 reads go out in blocks and stop while the consumer is paused.  Setting
-L{MockBlobStore.down} makes every operation fail as an unreachable backend
+L{MemoryBlobStore.down} makes every operation fail as an unreachable backend
 would.
 """
 
@@ -35,7 +35,7 @@ BLOCK = 64 * 1024
 
 @implementer(IBlobWriter)
 class _MockWriter:
-    def __init__(self, store: MockBlobStore, key: str, size: int) -> None:
+    def __init__(self, store: MemoryBlobStore, key: str, size: int) -> None:
         self.key = key
         self.size = size
         self._store = store
@@ -161,7 +161,7 @@ class _MockReader:
 
 
 @implementer(IBlobStore)
-class MockBlobStore:
+class MemoryBlobStore:
     """
     Blobs in a dict, keyed like the real stores.  Time goes through
     C{clock} (the reactor, or a L{twisted.internet.task.Clock} in tests).

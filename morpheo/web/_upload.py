@@ -20,9 +20,9 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseDone
 
+from .._interfaces import IBlobWriter
+from .._types import APIError, SizeMismatch
 from ._forms import BLOB, FormSpec, checkBeforeBlob, checkFieldLength, checkFieldName
-from ._interfaces import IBlobWriter
-from ._types import APIError, SizeMismatch
 
 T = TypeVar("T")
 

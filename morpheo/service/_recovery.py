@@ -25,8 +25,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from ._interfaces import IAbandonableBlobStore, IBlobStore, ISweepableBlobStore
-from ._metadata import MetadataStore
+from .._interfaces import IAbandonableBlobStore, IBlobStore, ISweepableBlobStore
+from ..metadata._postgres import MetadataStore
 
 #: A claim not refreshed for this long belongs to a dead process.
 STALE_CLAIM = 300.0

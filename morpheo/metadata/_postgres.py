@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred, FirstError
 from twisted.internet.interfaces import IReactorCore
 from txpostgres import txpostgres
 
-from ._types import Resource
+from .._types import Resource
 
 T = TypeVar("T")
 

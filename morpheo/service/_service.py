@@ -3,7 +3,7 @@
 The service wiring: from a L{StorageConfig} to a listening site, with the
 database, the migrations, the blob store and the embedded PostgreSQL started
 in order and stopped in reverse (after the transfers in flight, see
-L{morpheo._graceful}).
+L{morpheo.service._graceful}).
 
 The same service embeds in another Twisted application: built with
 C{listen=False}, it listens nowhere and its L{StorageService.resource} is
@@ -30,20 +30,20 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import IResource
 
-from ._accesslog import AccessLogSite
-from ._app import StorageAPI
-from ._auth import BasicAuth
-from ._cors import CORSResource
-from ._embed import StorageRoot
-from ._embedded import EmbeddedPostgres
+from .._interfaces import IBlobStore
+from ..blobstores import makeBlobStore
+from ..metadata._embedded import EmbeddedPostgres
+from ..metadata._migrations import defaultMigrationsDir, loadMigrations, migrate, rollback
+from ..metadata._postgres import Database, MetadataStore
+from ..web._accesslog import AccessLogSite
+from ..web._auth import BasicAuth
+from ..web._cors import CORSResource
+from ..web._root import StorageRoot
+from ..web._routes import StorageAPI
 from ._graceful import DrainingSite, HandlerTracker, _within, trackedResource
-from ._interfaces import IBlobStore
 from ._listen import Listener, ListenError, describe, makeListeners
-from ._metadata import Database, MetadataStore
-from ._migrations import defaultMigrationsDir, loadMigrations, migrate, rollback
 from ._recovery import DataDirInUse, DataDirLock, Sweeper, instanceName, sweep
 from ._tls import TLSConfigError
-from .blobstores import makeBlobStore
 
 #: After the shutdown deadline has cut the last transfers, how long their
 #: handlers may take to clean up before the database closes.
@@ -358,9 +358,9 @@ def _exitWith(status: int) -> None:
 
 
 def _expected() -> tuple[type[BaseException], ...]:
-    from ._metadata import DatabaseError
-    from ._migrations import MigrationError
-    from ._types import BlobStoreError
+    from .._types import BlobStoreError
+    from ..metadata._migrations import MigrationError
+    from ..metadata._postgres import DatabaseError
 
     return (DatabaseError, MigrationError, BlobStoreError, OSError)
 

@@ -16,9 +16,9 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from ._interfaces import IBlobWriter
-from ._types import APIError, BlobInfo
-from .blobstores._flow import HIGH_WATER, LOW_WATER
+from .._interfaces import IBlobWriter
+from .._types import APIError, BlobInfo
+from ._flow import HIGH_WATER, LOW_WATER
 
 
 class DigestMismatch(APIError):

@@ -7,7 +7,7 @@ neither the user nor the bytes received, and goes through the legacy log).
 
 The events are ordinary twisted.logger events in the C{morpheo.access}
 namespace: they are written wherever the rest of the log goes, as text, or
-as JSON with C{--log-format json} (see L{morpheo._jsonlog}).
+as JSON with C{--log-format json} (see L{morpheo.service._jsonlog}).
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 
+from .._interfaces import IBlobStore
+from .._types import BlobStoreError, Resource
 from ._http import (
     ByteRange,
     Unsatisfiable,
@@ -28,8 +30,6 @@ from ._http import (
     parseRange,
     reprDigest,
 )
-from ._interfaces import IBlobStore
-from ._types import BlobStoreError, Resource
 
 _log = Logger()
 

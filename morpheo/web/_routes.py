@@ -24,16 +24,16 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from .._interfaces import IBlobStore, IBlobWriter
+from .._types import KINDS, APIError, BlobInfo, BlobStoreError, Resource, SizeMismatch
+from ..blobstores._verify import DigestMismatch, verifying
+from ..metadata._postgres import DatabaseError, MetadataStore
 from ._auth import BasicAuth, Unauthorized
 from ._download import RangeNotSatisfiable, describe, preconditions, serveBlob
 from ._forms import PATCH_FORM, UPLOAD_FORMS, parseSize, parseUUID
 from ._http import parseContentMD5, parseReprDigest, parseSHA256Field, reprDigest
-from ._interfaces import IBlobStore, IBlobWriter
-from ._metadata import DatabaseError, MetadataStore
 from ._streaming import IStreamingRequest, RequestBody
-from ._types import KINDS, APIError, BlobInfo, BlobStoreError, Resource, SizeMismatch
 from ._upload import FormUpload, RawUpload, sizeError
-from ._verify import DigestMismatch, verifying
 
 T = TypeVar("T")
 

@@ -17,7 +17,7 @@ from typing import Any
 from attrs import frozen
 from twisted.internet.defer import Deferred
 
-from ._metadata import Database
+from ._postgres import Database
 
 _FILE = re.compile(r"^(\d+)_([A-Za-z0-9_-]+)\.(up|down)\.sql$")
 _LOCK = 0x6D6F7270  # "morp"
@@ -42,7 +42,7 @@ def defaultMigrationsDir() -> str:
     """
     here = os.path.dirname(os.path.abspath(__file__))
     candidates = [
-        os.path.join(os.path.dirname(here), "schema"),
+        os.path.join(os.path.dirname(os.path.dirname(here)), "schema"),
         os.path.join(sys.prefix, "share", "morpheo-storage", "schema"),
         os.path.join(sys.base_prefix, "share", "morpheo-storage", "schema"),
     ]

@@ -23,7 +23,7 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 
-from ._streaming import BodyAborted, StreamingChannel, StreamingSite
+from ..web._streaming import BodyAborted, StreamingChannel, StreamingSite
 
 
 class _Waiters:
