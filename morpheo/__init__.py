@@ -9,11 +9,22 @@ with a L{StreamingSite} (see the README, "Embedding").  The parts
 (L{StorageAPI}, the stores, L{BasicAuth}) are public too.
 """
 
-from ._interfaces import IBlobStore, IBlobWriter
-from ._types import KINDS, APIError, BlobInfo, BlobNotFound, BlobStoreError, Resource
-from .blobstores import LocalBlobStore
-from .metadata._postgres import Database, DatabaseError, MetadataStore
-from .service._service import StorageConfig, StorageService
+from ._interfaces import IBlobStore, IBlobWriter, IMetadataStore
+from ._kinds import KINDS
+from ._types import (
+    APIError,
+    BlobInfo,
+    BlobNotFound,
+    BlobStoreError,
+    DatabaseError,
+    Resource,
+    StoredObject,
+)
+from .blobstores import LocalBlobStore, MemoryBlobStore
+from .metadata._postgres import Database, MetadataStore, PostgresMetadataStore
+from .objects import Objects
+from .service._config import ConfigError, StorageConfig
+from .service._service import StorageService
 from .service._tls import loadCertificateOptions
 from .web._accesslog import AccessLogSite
 from .web._auth import BasicAuth
@@ -25,6 +36,12 @@ from .web._streaming import BodyAborted, IStreamingRequest, RequestBody, Streami
 __version__ = "0.1.0"
 
 __all__ = [
+    "StoredObject",
+    "PostgresMetadataStore",
+    "Objects",
+    "MemoryBlobStore",
+    "IMetadataStore",
+    "ConfigError",
     "KINDS",
     "APIError",
     "AccessLogSite",

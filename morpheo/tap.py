@@ -10,19 +10,21 @@ import re
 import secrets
 import sys
 from collections.abc import Callable
-from urllib.parse import urlsplit
+from typing import TypeVar
 
 from twisted.application import service
 from twisted.cred import strcred
 from twisted.cred.credentials import IUsernamePassword
 from twisted.python import usage
 
+from .service._config import BLOBSTORES, ConfigError, StorageConfig, checkEndpoint, checkPort
 from .service._jsonlog import jsonObserverFactory
 from .service._listen import refuseWeakTLS
-from .service._service import StorageConfig, StorageService
+from .service._service import StorageService
 from .web._passwords import PasswordFileChecker, PasswordFileError
 
-BLOBSTORES = ("local", "s3", "gc", "mock")
+T = TypeVar("T")
+
 LOG_FORMATS = ("text", "json")
 
 
@@ -48,25 +50,19 @@ def _port(value: str) -> int:
         port = int(value)
     except ValueError:
         raise usage.UsageError(f"--port must be a port number, not {value!r}") from None
-    if not 0 <= port <= 65535:
-        raise usage.UsageError(f"--port must be between 0 and 65535, not {port}")
-    return port
+    return _checked(checkPort, "port", port)
+
+
+def _checked(check: Callable[[str, T], T], option: str, value: T) -> T:
+    try:
+        return check(option, value)
+    except ConfigError as e:
+        raise usage.UsageError(str(e)) from None
 
 
 def _endpoint(option: str) -> Callable[[str], str]:
-    """The check of an object store's base URL (scheme and host, maybe a
-    path), naming C{option}: a typo should not wait for a failed request."""
-
-    def check(value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
-            raise usage.UsageError(
-                f"--{option} must be an http:// or https:// URL, e.g. http://127.0.0.1:8333,"
-                f" not {value!r}"
-            )
-        return value.rstrip("/")
-
-    return check
+    """The check of an object store's base URL, naming C{option}."""
+    return lambda value: _checked(checkEndpoint, option, value)
 
 
 def _seconds(value: str) -> float:
@@ -223,30 +219,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise usage.UsageError(str(e)) from None
 
     def postOptions(self) -> None:
-        if self["blobstore"] not in BLOBSTORES:
-            raise usage.UsageError(
-                f"--blobstore must be one of {', '.join(BLOBSTORES)}, not {self['blobstore']!r}"
-            )
-        if bool(self["cert"]) != bool(self["key"]):
-            raise usage.UsageError("--cert and --key go together")
-        if self["cert"] and self["listen"]:
-            raise usage.UsageError(
-                "--cert/--key go with --host/--port; with --listen, give the files in the"
-                " description: ssl:PORT:privateKey=KEY:certKey=CERT"
-            )
-        for option, what in (("cert", "certificate"), ("key", "key")):
-            if self[option] and not os.access(self[option], os.R_OK):
-                raise usage.UsageError(f"cannot read the TLS {what} --{option} {self[option]}")
         if self["log-format"] not in LOG_FORMATS:
             raise usage.UsageError(f"--log-format must be text or json, not {self['log-format']!r}")
         if self["log-format"] == "json":
             self._logAsJSON()
-        if self["blobstore"] == "s3" and not (self["s3-bucket"] and self["s3-region"]):
-            raise usage.UsageError("--blobstore s3 needs --s3-bucket and --s3-region")
-        if self["blobstore"] == "gc" and not self["gc-bucket"]:
-            raise usage.UsageError("--blobstore gc needs --gc-bucket")
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", self["db-name"]):
-            raise usage.UsageError(f"--db-name {self['db-name']!r} is not a plain identifier")
         if self["password-file"]:
             try:
                 with open(self["password-file"], encoding="utf-8") as f:
@@ -255,12 +231,11 @@ class Options(usage.Options, strcred.AuthOptionMixin):
                 raise usage.UsageError(f"cannot read --password-file: {e.strerror}") from e
         self["password"] = self["password"] or os.environ.get("MORPHEO_STORAGE_PASSWORD")
         self["db-pass"] = self["db-pass"] or os.environ.get("MORPHEO_STORAGE_DB_PASS")
-        if self["password"] and not self["user"]:
-            raise usage.UsageError("a password needs --user")
-        if self["user"] and not self["password"]:
-            raise usage.UsageError(
-                "--user needs a password: --password-file, MORPHEO_STORAGE_PASSWORD or --password"
-            )
+        # Every other check is the configuration's own, as for an embedder.
+        try:
+            self._config = self._makeConfig()
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
 
     def _logAsJSON(self) -> None:
         """
@@ -274,8 +249,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             parent["logger"] = jsonObserverFactory(parent)
 
     def config(self) -> StorageConfig:
+        """The configuration these options make (once parsed)."""
+        return self._config
+
+    def _makeConfig(self) -> StorageConfig:
         checkers = tuple(self.get("credCheckers", ()))
-        generated = not self["user"] and not checkers
+        generated = not self["user"] and not checkers and not self["password"]
         return StorageConfig(
             host=self["host"],
             port=self["port"],

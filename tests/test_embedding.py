@@ -194,7 +194,7 @@ async def test_stockSiteServesReadsButRefusesUploads(http, embedded) -> None:
     r = await get(http, f"{host.url}/storage/data/{uuid}")
     assert r.code == 404
     assert storage.api is not None
-    assert await storage.api.metadata.get("data", uuid) is None
+    assert await storage.api.objects.metadata.get("data", uuid) is None
 
     # Reads need no body: they work under the stock site.
     r = await http.post(

@@ -13,6 +13,9 @@ PUBLIC = {
     "IBlobWriter", "IStreamingRequest", "LocalBlobStore", "MetadataStore",
     "PasswordFileChecker", "RequestBody", "Resource", "StorageAPI", "StorageConfig",
     "StorageService", "StreamingSite", "__version__", "hashPassword", "loadCertificateOptions",
+    # The layers' parts, since the domain layer and the metadata interface.
+    "ConfigError", "IMetadataStore", "MemoryBlobStore", "Objects", "PostgresMetadataStore",
+    "StoredObject",
 }  # fmt: skip
 
 

@@ -133,6 +133,7 @@ class GCSBlobStore:
     """
 
     name = "gcs"
+    remote = True
 
     def __init__(
         self,

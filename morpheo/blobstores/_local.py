@@ -119,6 +119,7 @@ class LocalBlobStore:
     """
 
     name = "local"
+    remote = False
 
     def __init__(self, root: str, reactor: IReactorFromThreads, pool: ThreadPool) -> None:
         self.root = os.path.abspath(root)

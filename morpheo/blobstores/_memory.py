@@ -168,6 +168,7 @@ class MemoryBlobStore:
     """
 
     name = "mock"
+    remote = False
 
     def __init__(self, clock: IReactorTime, highWater: int = 4 * 1024 * 1024) -> None:
         self._clock = clock

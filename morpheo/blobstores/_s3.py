@@ -176,6 +176,7 @@ class S3BlobStore:
     """
 
     name = "s3"
+    remote = True
 
     def __init__(
         self,

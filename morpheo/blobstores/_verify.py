@@ -17,13 +17,8 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from .._interfaces import IBlobWriter
-from .._types import APIError, BlobInfo
+from .._types import BlobInfo, DigestMismatch
 from ._flow import HIGH_WATER, LOW_WATER
-
-
-class DigestMismatch(APIError):
-    def __init__(self, what: str) -> None:
-        super().__init__(400, f"the blob does not match its stated {what}: nothing was stored")
 
 
 @implementer(IBlobWriter, IPushProducer)

@@ -1,0 +1,32 @@
+"""
+The domain layer: the object lifecycle (put, replace, remove, get, list,
+sweep) over a metadata store and a blob store, knowing nothing of HTTP.
+"""
+
+from ._lifecycle import (
+    IncomingBlob,
+    NewObject,
+    Objects,
+    Page,
+    Replacement,
+    TooLarge,
+    Vanished,
+    blobKey,
+)
+from ._sweep import STALE_CLAIM, SWEEP_INTERVAL, Sweeper, Swept, sweep
+
+__all__ = [
+    "STALE_CLAIM",
+    "SWEEP_INTERVAL",
+    "IncomingBlob",
+    "NewObject",
+    "Objects",
+    "Page",
+    "Replacement",
+    "Swept",
+    "Sweeper",
+    "TooLarge",
+    "Vanished",
+    "blobKey",
+    "sweep",
+]

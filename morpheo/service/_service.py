@@ -18,10 +18,9 @@ import signal
 import sys
 from typing import IO, Any
 
-from attrs import define, field, frozen
+from attrs import define, field
 from psycopg2.extensions import make_dsn
 from twisted.application import service
-from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IListeningPort
@@ -31,63 +30,32 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import IResource
 
 from .._interfaces import IBlobStore
-from ..blobstores import makeBlobStore
+from .._types import BlobStoreError, DatabaseError
 from ..metadata._embedded import EmbeddedPostgres
-from ..metadata._migrations import defaultMigrationsDir, loadMigrations, migrate, rollback
-from ..metadata._postgres import Database, MetadataStore
+from ..metadata._migrations import (
+    MigrationError,
+    defaultMigrationsDir,
+    loadMigrations,
+    migrate,
+    rollback,
+)
+from ..metadata._postgres import Database, PostgresMetadataStore
+from ..objects import Objects, Sweeper
 from ..web._accesslog import AccessLogSite
 from ..web._auth import BasicAuth
 from ..web._cors import CORSResource
+from ..web._passwords import PasswordFileChecker
 from ..web._root import StorageRoot
 from ..web._routes import StorageAPI
+from ._config import StorageConfig
+from ._datadir import DataDirInUse, DataDirLock, instanceName
 from ._graceful import DrainingSite, HandlerTracker, _within, trackedResource
 from ._listen import Listener, ListenError, describe, makeListeners
-from ._recovery import DataDirInUse, DataDirLock, Sweeper, instanceName, sweep
 from ._tls import TLSConfigError
 
 #: After the shutdown deadline has cut the last transfers, how long their
 #: handlers may take to clean up before the database closes.
 CLEANUP_TIMEOUT = 10.0
-
-
-@frozen
-class StorageConfig:
-    """
-    Everything the service needs to know, whatever it was read from.
-
-    Users: C{user} with C{password}, and/or twisted.cred C{checkers} (for
-    L{IUsernamePassword}); at least one of them.  Listening: the endpoint
-    descriptions of C{listen}, or else C{host}/C{port} (TLS with C{cert}
-    and C{key}).
-    """
-
-    user: str | None = None
-    password: str | None = field(default=None, repr=False)
-    host: str = "0.0.0.0"
-    port: int = 8000
-    listen: tuple[str, ...] = ()
-    cert: str | None = None
-    key: str | None = None
-    checkers: tuple[ICredentialsChecker, ...] = field(default=(), repr=False)
-    corsOrigins: tuple[str, ...] = ("*",)
-    shutdownTimeout: float = 30.0
-    generatedPassword: bool = False
-    dbHost: str | None = None
-    dbPort: int = 5432
-    dbName: str = "morpheo_storage"
-    dbUser: str = "storage"
-    dbPass: str | None = field(default=None, repr=False)
-    migrationsDir: str | None = None
-    rollback: bool = False
-    blobstore: str = "local"
-    dataDir: str = "morpheo-data"
-    s3Bucket: str | None = None
-    s3Region: str | None = None
-    s3Endpoint: str | None = None
-    gcBucket: str | None = None
-    gcEndpoint: str | None = None
-    maxBlobSize: int | None = None
-    threads: int = 8
 
 
 class StartupError(Exception):
@@ -256,19 +224,24 @@ class StorageService(service.Service):
         applied = await migrate(running.db, migrations)
         if applied:
             self._log.info("applied migrations {applied}", applied=applied)
-        running.store = makeBlobStore(config, self._reactor, pool)
+        running.store = config.blobStore(self._reactor, pool)
         await running.store.check()
-        metadata = MetadataStore(running.db, owner=instanceName(config.dataDir))
-        await sweep(metadata, running.store, atStart=True)
+        metadata = PostgresMetadataStore(running.db, owner=instanceName(config.dataDir))
+        objects = Objects(
+            metadata,
+            running.store,
+            reactor=self._reactor,
+            pool=pool,
+            maxBlobSize=config.maxBlobSize,
+        )
+        await objects.sweep(atStart=True)
         running.sweeper = Sweeper(metadata, running.store, self._reactor)
         running.sweeper.startService()
         users = {config.user: config.password} if config.user and config.password else None
-        self.api = StorageAPI(
-            metadata=metadata,
-            store=running.store,
-            auth=BasicAuth(users, checkers=config.checkers),
-            maxBlobSize=config.maxBlobSize,
-        )
+        for checker in config.checkers:
+            if isinstance(checker, PasswordFileChecker):
+                checker.useThreadPool(self._reactor, pool)
+        self.api = StorageAPI(objects, BasicAuth(users, checkers=config.checkers))
         routes = trackedResource(self.api.app, self._tracker)
         self._root.setInner(CORSResource(routes, config.corsOrigins))
         if listeners:
@@ -357,12 +330,4 @@ def _exitWith(status: int) -> None:
     os._exit(status)
 
 
-def _expected() -> tuple[type[BaseException], ...]:
-    from .._types import BlobStoreError
-    from ..metadata._migrations import MigrationError
-    from ..metadata._postgres import DatabaseError
-
-    return (DatabaseError, MigrationError, BlobStoreError, OSError)
-
-
-_EXPECTED = _expected()
+_EXPECTED = (DatabaseError, MigrationError, BlobStoreError, OSError)

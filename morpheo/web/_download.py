@@ -15,8 +15,8 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 
-from .._interfaces import IBlobStore
-from .._types import BlobStoreError, Resource
+from .._types import BlobStoreError, StoredObject
+from ..objects import Objects
 from ._http import (
     ByteRange,
     Unsatisfiable,
@@ -36,14 +36,14 @@ _log = Logger()
 DEFAULT_TYPE = "application/octet-stream"
 
 
-def describe(request: IRequest, resource: Resource) -> None:
+def describe(request: IRequest, resource: StoredObject) -> None:
     """The validators and digest every response about C{resource} carries."""
     request.setHeader(b"ETag", etagOf(resource.sha256).encode())
     request.setHeader(b"Last-Modified", httpDate(resource.timestamp_upload).encode())
     request.setHeader(b"Repr-Digest", reprDigest(resource.sha256).encode())
 
 
-def preconditions(request: IRequest, resource: Resource) -> int | None:
+def preconditions(request: IRequest, resource: StoredObject) -> int | None:
     """
     RFC 9110 section 13.2.2, in its order: the status that ends the request
     (412, or 304 for GET and HEAD), or L{None} to go on.
@@ -69,7 +69,7 @@ def _header(request: IRequest, name: bytes) -> str | None:
     return None if value is None else value.decode("latin-1")
 
 
-async def serveBlob(request: IRequest, resource: Resource, store: IBlobStore) -> Any:
+async def serveBlob(request: IRequest, resource: StoredObject, objects: Objects) -> Any:
     """Answer a GET or HEAD of C{resource}'s blob."""
     describe(request, resource)
     request.setHeader(b"Accept-Ranges", b"bytes")
@@ -119,7 +119,7 @@ async def serveBlob(request: IRequest, resource: Resource, store: IBlobStore) ->
             if head:
                 request.write(head)
             if r.length:
-                await store.produce(resource.blob_key, IConsumer(request), r.start, r.length)
+                await objects.produce(resource, IConsumer(request), r.start, r.length)
         if closing:
             request.write(closing)
     except BlobStoreError:
@@ -132,7 +132,7 @@ async def serveBlob(request: IRequest, resource: Resource, store: IBlobStore) ->
     return b""
 
 
-def _ranges(request: IRequest, resource: Resource) -> list[ByteRange] | None:
+def _ranges(request: IRequest, resource: StoredObject) -> list[ByteRange] | None:
     """The ranges to serve, L{None} for the whole blob; 416 raised as is."""
     header = _header(request, b"range")
     if header is None or request.method not in (b"GET", b"HEAD"):

@@ -32,11 +32,22 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import LoginFailed, UnauthorizedLogin
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
-from twisted.internet.threads import deferToThread
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 PBKDF2_ITERATIONS = 600_000
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
+
+
+def _unbound(check: Callable[[], bool]) -> Deferred[bool]:
+    return fail(
+        RuntimeError(
+            "PasswordFileChecker has no thread pool to check hashes in:"
+            " call useThreadPool(reactor, pool), or give inThread"
+        )
+    )
 
 
 class PasswordFileError(ValueError):
@@ -152,7 +163,7 @@ class PasswordFileChecker:
         inThread: Callable[[Callable[[], bool]], Deferred[bool]] | None = None,
     ) -> None:
         self.path = path
-        self._inThread = inThread or deferToThread
+        self._inThread: Callable[[Callable[[], bool]], Deferred[bool]] = inThread or _unbound
         self._users: dict[bytes, str] = {}
         self._cacheKey = secrets.token_bytes(32)
         self._cache: OrderedDict[bytes, None] = OrderedDict()
@@ -179,6 +190,10 @@ class PasswordFileChecker:
             self._users[name.encode("utf-8")] = stored
         if not self._users:
             raise PasswordFileError(f"the password file {path} names no user")
+
+    def useThreadPool(self, reactor: IReactorFromThreads, pool: ThreadPool) -> None:
+        """Check hashes in C{pool} (the service gives its own when it starts)."""
+        self._inThread = lambda f: deferToThreadPool(reactor, pool, f)
 
     @property
     def users(self) -> list[str]:

@@ -1,53 +1,55 @@
-# -*- test-case-name: tests.test_api -*-
+# -*- test-case-name: tests.unit.test_routes,tests.integration.test_api -*-
 """
-The HTTP routes of the contract (see the README), on Klein.
+The HTTP routes of the contract (see the README), on Klein: each decodes
+its request, calls the domain layer (L{morpheo.objects.Objects}) and
+encodes the answer; the domain's typed errors become statuses here, in
+one place.
 
-Uploads need a L{StreamingSite}: their handlers run once the headers are in,
-decide everything that can be decided from them (auth, kind, the model's
-algo, length limits) before reading a byte of the body, then stream it.
+Uploads need a L{StreamingSite}: their handlers run once the headers are
+in, decide everything that can be decided from them (auth, kind, the
+model's algo, length limits) before reading a byte of the body, then hand
+the body to the domain layer as a stream.
 """
 
 from __future__ import annotations
 
 import json
-import secrets
-import uuid as _uuid
+import re
+from collections.abc import Awaitable, Callable
+from functools import wraps
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, maybeDeferred
+from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from .._interfaces import IBlobStore, IBlobWriter
-from .._types import KINDS, APIError, BlobInfo, BlobStoreError, Resource, SizeMismatch
-from ..blobstores._verify import DigestMismatch, verifying
-from ..metadata._postgres import DatabaseError, MetadataStore
+from .._kinds import KINDS, TABLE, Kind, childrenOf
+from .._types import (
+    APIError,
+    BlobStoreError,
+    DatabaseError,
+    DigestMismatch,
+    InUse,
+    NoSuchObject,
+    NoSuchParent,
+    SizeMismatch,
+    StoredObject,
+    Taken,
+)
+from ..objects import IncomingBlob, NewObject, Objects, Replacement, TooLarge, Vanished
 from ._auth import BasicAuth, Unauthorized
 from ._download import RangeNotSatisfiable, describe, preconditions, serveBlob
 from ._forms import PATCH_FORM, UPLOAD_FORMS, parseSize, parseUUID
 from ._http import parseContentMD5, parseReprDigest, parseSHA256Field, reprDigest
 from ._streaming import IStreamingRequest, RequestBody
-from ._upload import FormUpload, RawUpload, sizeError
+from ._upload import FormUpload, RawSource, sizeError
 
 T = TypeVar("T")
-
-ROUTES = [
-    "GET /",
-    "GET /health",
-    "GET /ready",
-    "GET /{kind}",
-    "POST /{kind}",
-    "GET /{kind}/{uuid}",
-    "DELETE /{kind}/{uuid}",
-    "GET /{kind}/{uuid}/blob",
-    "PATCH /problem/{uuid}",
-]
 
 #: The most a form can hold besides its blob: a few text fields of at most
 #: 255 characters with their part headers.  A form body longer than the
@@ -61,10 +63,11 @@ MAX_LIMIT = 1000
 #: --data-binary is a form encoding).
 _MEANINGLESS_TYPES = {"application/x-www-form-urlencoded", ""}
 
+#: The query parameters of lists: paging, and every kind's filters.
+_PARENTS = tuple(dict.fromkeys(k.parent for k in TABLE.values() if k.parent))
+_LIST_PARAMETERS = frozenset({"page", "limit", "cursor", "name", *_PARENTS})
 
-def blobKey(kind: str, uuid: str) -> str:
-    """A fresh key: a PATCH's new blob never overwrites the one in use."""
-    return f"{kind}/{uuid}-{secrets.token_hex(6)}"
+Handler = Callable[..., Awaitable[Any]]
 
 
 def _json(request: IRequest, value: Any, code: int = 200) -> bytes:
@@ -73,6 +76,45 @@ def _json(request: IRequest, value: Any, code: int = 200) -> bytes:
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Content-Length", b"%d" % len(body))
     return body
+
+
+def _plural(kinds: Any) -> str:
+    return " and ".join(f"{k}s" for k in kinds)
+
+
+def _authorized(
+    app: Klein, path: str, methods: list[str], **rule: Any
+) -> Callable[[Handler], Handler]:
+    """
+    Declare a data route: its handler runs once the caller is authenticated
+    (401 before anything else) and, where the path names a kind, once the
+    kind is known (404).  The user's name is kept on the request
+    (C{morpheoUser}) for the access log.
+    """
+
+    def decorate(handler: Handler) -> Handler:
+        @wraps(handler)
+        async def authorized(self: StorageAPI, request: IRequest, **kwargs: Any) -> Any:
+            request.morpheoUser = await maybeDeferred(self.auth.check, request)  # type: ignore[attr-defined]
+            kind = kwargs.get("kind")
+            if kind is not None and kind not in TABLE:
+                raise APIError(404, f"unknown kind {kind[:80]!r}: one of {', '.join(KINDS)}")
+            return await handler(self, request, **kwargs)
+
+        app.route(path, methods=methods, **rule)(authorized)
+        return authorized
+
+    return decorate
+
+
+def routeList(app: Klein) -> list[str]:
+    """C{METHOD /path} of every route of C{app}, in the order they were declared."""
+    routes = []
+    for rule in app.url_map.iter_rules():
+        path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            routes.append(f"{method} {path}")
+    return routes
 
 
 def _boundary(request: IRequest) -> bytes:
@@ -118,33 +160,71 @@ def _requestHeaders(request: IRequest, *names: str) -> dict[str, str]:
     return out
 
 
+def _refuseRequestDigests(request: IRequest) -> None:
+    if _requestHeaders(request, "repr-digest", "content-md5"):
+        raise APIError(
+            400,
+            "a form's Repr-Digest or Content-MD5 would be the whole form's: state the"
+            " blob's digest in a sha256 field, or in the headers of the blob part",
+        )
+
+
+def _body(request: IRequest) -> RequestBody:
+    if not IStreamingRequest.providedBy(request):
+        # A stock twisted.web Site has already read the whole body (into
+        # memory or a temporary file) before any resource runs: too late
+        # to stream, and to refuse before it is sent.
+        raise APIError(
+            500,
+            "uploads need the storage resource to be served by morpheo.StreamingSite:"
+            " this site read the whole body before the storage service saw it",
+        )
+    body: RequestBody = request.body
+    return body
+
+
+def _strArg(request: IRequest, name: str) -> str | None:
+    values = request.args.get(name.encode())
+    return values[0].decode("utf-8", "replace") if values else None
+
+
+def _intArg(request: IRequest, name: str, default: int) -> int:
+    values = request.args.get(name.encode())
+    if not values:
+        return default
+    value = values[0].decode("latin-1")
+    if not value.isdigit():
+        raise APIError(400, f"{name} must be a non-negative integer, not {value[:40]!r}")
+    return int(value)
+
+
+def _parseCursor(cursor: str) -> tuple[int, int]:
+    """A cursor is C{page.seq}: the page it opens, and the completion
+    order it continues below."""
+    page, _, seq = cursor.partition(".")
+    if not (page.isdigit() and seq.isdigit()):
+        raise APIError(400, "cursor is not one this service gave; follow the list's next")
+    return int(page), int(seq)
+
+
+def _created(request: IRequest, stored: StoredObject, code: int = 201) -> bytes:
+    request.setHeader(b"Repr-Digest", reprDigest(stored.sha256).encode())
+    return _json(request, stored.asJSON(), code)
+
+
 class StorageAPI:
     """
-    The storage service's web layer: give it a metadata store, a blob store
-    and an authenticator, serve L{resource} with a L{StreamingSite}.
+    The storage service's web layer: give it the domain layer's
+    L{Objects} and an authenticator, serve L{resource} with a
+    L{StreamingSite}.
     """
 
     app = Klein()
     _log = Logger()
 
-    def __init__(
-        self,
-        *,
-        metadata: MetadataStore,
-        store: IBlobStore,
-        auth: BasicAuth,
-        maxBlobSize: int | None = None,
-        reactor: Any = None,
-        pool: ThreadPool | None = None,
-    ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
-        self.metadata = metadata
-        self.store = store
+    def __init__(self, objects: Objects, auth: BasicAuth) -> None:
+        self.objects = objects
         self.auth = auth
-        self.maxBlobSize = maxBlobSize
-        self._reactor = reactor
-        self._pool = pool if pool is not None else reactor.getThreadPool()
 
     def resource(self) -> IResource:
         return self.app.resource()
@@ -153,7 +233,8 @@ class StorageAPI:
 
     @app.route("/", methods=["GET"])
     def routes(self, request: IRequest) -> bytes:
-        return _json(request, ROUTES)
+        """The routes of the API, as C{METHOD /path} lines."""
+        return _json(request, routeList(self.app))
 
     @app.route("/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:
@@ -163,15 +244,10 @@ class StorageAPI:
     @app.route("/ready", methods=["GET"])
     async def ready(self, request: IRequest) -> bytes:
         """Readiness: the database and the blob store both answer."""
-        checks = {"database": self.metadata.ping, "blobstore": self.store.check}
-        report: dict[str, str] = {}
-        for name, check in checks.items():
-            try:
-                await check()
-            except Exception as e:
-                report[name] = f"failing: {e}"
-            else:
-                report[name] = "ok"
+        report = {
+            name: "ok" if failure is None else f"failing: {failure}"
+            for name, failure in (await self.objects.ready()).items()
+        }
         ok = all(v == "ok" for v in report.values())
         return _json(
             request, {"status": "ready" if ok else "not ready", **report}, 200 if ok else 503
@@ -179,303 +255,208 @@ class StorageAPI:
 
     # Reading
 
-    @app.route("/<kind>", methods=["GET", "HEAD"])
+    @_authorized(app, "/<kind>", ["GET", "HEAD"])
     async def list(self, request: IRequest, kind: str) -> bytes:
         """
         A page, newest first.  C{next} is the path of the next page (a keyset
         cursor: no item lost or repeated while uploads arrive), L{None} on
         the last; C{page} counts the pages followed.
         """
-        await self._check(request, kind)
-        known = {"page", "limit", "cursor", "algo", "name"}
+        rules = TABLE[kind]
         unknown = sorted(
-            k.decode("latin-1") for k in request.args if k.decode("latin-1") not in known
+            k.decode("latin-1") for k in request.args if k.decode("latin-1") not in _LIST_PARAMETERS
         )
         if unknown:
             raise APIError(
-                400, f"unknown parameter {unknown[0]!r}: lists take {', '.join(sorted(known))}"
+                400,
+                f"unknown parameter {unknown[0]!r}:"
+                f" lists take {', '.join(sorted(_LIST_PARAMETERS))}",
             )
-        limit = self._intArg(request, "limit", DEFAULT_LIMIT)
+        limit = _intArg(request, "limit", DEFAULT_LIMIT)
         if not 1 <= limit <= MAX_LIMIT:
             raise APIError(400, f"limit must be between 1 and {MAX_LIMIT}")
         filters: dict[str, str] = {}
-        algo = self._strArg(request, "algo")
-        if algo is not None:
-            if kind != "model":
-                raise APIError(400, "only models can be listed by algo")
-            filters["algo"] = parseUUID(algo, "algo")
-        name = self._strArg(request, "name")
+        for parent in _PARENTS:
+            value = _strArg(request, parent)
+            if value is not None:
+                if rules.parent != parent:
+                    children = [k.name for k in TABLE.values() if k.parent == parent]
+                    raise APIError(400, f"only {_plural(children)} can be listed by {parent}")
+                filters[parent] = parseUUID(value, parent)
+        name = _strArg(request, "name")
         if name is not None:
-            if kind not in ("algo", "problem"):
-                raise APIError(400, "only algos and problems have a name to filter on")
+            if not rules.nameFilter:
+                named = [k.name for k in TABLE.values() if k.nameFilter]
+                raise APIError(400, f"only {_plural(named)} have a name to filter on")
             filters["name"] = name
-        cursor = self._strArg(request, "cursor")
+        parentUUID = filters.get(rules.parent) if rules.parent is not None else None
+        cursor = _strArg(request, "cursor")
         if cursor is not None:
             page, before = _parseCursor(cursor)
-            items = await self.metadata.list(
-                kind, limit + 1, before=before, algo=filters.get("algo"), namePrefix=name
+            found = await self.objects.list(
+                kind, limit, before=before, parent=parentUUID, namePrefix=name
             )
         else:
-            page = self._intArg(request, "page", 0)
-            items = await self.metadata.list(
-                kind, limit + 1, page * limit, algo=filters.get("algo"), namePrefix=name
+            page = _intArg(request, "page", 0)
+            found = await self.objects.list(
+                kind, limit, offset=page * limit, parent=parentUUID, namePrefix=name
             )
-        more, items = len(items) > limit, items[:limit]
         nextPage = None
-        if more:
-            query = {"limit": str(limit), **filters, "cursor": f"{page + 1}.{items[-1].seq}"}
+        if found.more:
+            query = {"limit": str(limit), **filters, "cursor": f"{page + 1}.{found.items[-1].seq}"}
             nextPage = f"/{kind}?{urlencode(query)}"
         return _json(
             request,
             {
                 "page": page,
-                "length": len(items),
-                "items": [r.asJSON() for r in items],
+                "length": len(found.items),
+                "items": [r.asJSON() for r in found.items],
                 "next": nextPage,
             },
         )
 
-    @app.route("/<kind>/<uuid>", methods=["GET", "HEAD"])
-    async def get(self, request: IRequest, kind: str, uuid: str) -> bytes:
-        await self._check(request, kind)
-        resource = await self._find(kind, uuid)
-        describe(request, resource)
-        status = preconditions(request, resource)
-        if status is not None:
-            request.setResponseCode(status)
-            return b""
-        return _json(request, resource.asJSON())
-
-    @app.route("/<kind>/<uuid>/blob", methods=["GET", "HEAD"])
-    async def blob(self, request: IRequest, kind: str, uuid: str) -> Any:
-        await self._check(request, kind)
-        resource = await self._find(kind, uuid)
-        return await serveBlob(request, resource, self.store)
-
-    # Writing
-
-    @app.route("/<kind>", methods=["POST"])
+    @_authorized(app, "/<kind>", ["POST"])
     async def upload(self, request: IRequest, kind: str) -> bytes:
-        await self._check(request, kind)
-        body = self._body(request)
-        if kind == "model":
-            return await self._uploadModel(request, body)
-        self._refuseRequestDigests(request)
-        self._checkLength(body.length, FORM_OVERHEAD)
+        """
+        A new object: a multipart form whose text fields come before its
+        C{blob}, or for a kind uploaded raw (a model) the body itself.
+        """
+        rules = TABLE[kind]
+        body = _body(request)
+        if rules.rawBody:
+            return await self._uploadRaw(request, rules, body)
+        _refuseRequestDigests(request)
+        self.objects.admit(body.length, FORM_OVERHEAD)
         upload = FormUpload(UPLOAD_FORMS[kind], _boundary(request), body.length)
         body.deliverBody(upload)
         try:
             await upload.fieldsReady()
             fields = upload.fields
             size = parseSize(fields["size"])
-            self._checkLength(size)
-            expected = _expectedDigests(upload.blobHeaders, fields.get("sha256"))
-            uuid = fields.get("uuid") or str(_uuid.uuid4())
-            key = blobKey(kind, uuid)
-            await self._claim(
-                kind,
-                uuid,
-                blobKey=key,
-                name=fields.get("name"),
-                description=fields.get("description"),
-                contentType=upload.blobContentType,
-                filename=upload.blobFilename,
+            self.objects.admit(size)
+            new = NewObject(
+                kind=kind,
+                uuid=fields.get("uuid"),
+                text={name: fields[name] for name in rules.text},
+                blob=IncomingBlob(
+                    size,
+                    _expectedDigests(upload.blobHeaders, fields.get("sha256")),
+                    upload.blobContentType,
+                    upload.blobFilename,
+                ),
             )
         except BaseException:
             upload.stop()
             raise
-        try:
-            writer = self._writer(key, size, expected)
-            upload.streamBlobTo(writer)
-            resource = await self._receive(kind, uuid, key, writer, upload, expected)
-        except BaseException:
-            await self._quietly(self.metadata.release(kind, uuid))
-            raise
-        request.setHeader(b"Repr-Digest", reprDigest(resource.sha256).encode())
-        return _json(request, resource.asJSON(), 201)
+        return _created(request, await self.objects.put(new, upload))
 
-    async def _uploadModel(self, request: IRequest, body: RequestBody) -> bytes:
+    async def _uploadRaw(self, request: IRequest, rules: Kind, body: RequestBody) -> bytes:
+        parent = rules.parent
         args = {k.decode("utf-8", "replace"): v for k, v in request.args.items()}
-        unknown = sorted(set(args) - {"algo", "uuid"})
+        allowed = {"uuid"} | ({parent} if parent else set())
+        unknown = sorted(set(args) - allowed)
         if unknown:
-            raise APIError(400, f"unknown field {unknown[0]!r}: a model upload takes algo and uuid")
-        if "algo" not in args:
-            raise APIError(400, "missing required field algo: POST /model?algo={algo uuid}")
-        algo = parseUUID(args["algo"][0].decode("utf-8", "replace"), "algo")
-        uuid = (
-            parseUUID(args["uuid"][0].decode("utf-8", "replace"))
-            if "uuid" in args
-            else str(_uuid.uuid4())
-        )
-        if body.length is None:
-            raise APIError(411, "a model upload needs a Content-Length (the model's size)")
-        self._checkLength(body.length)
-        expected = _expectedDigests(_requestHeaders(request, "repr-digest", "content-md5"))
-        ctype = (request.getHeader(b"content-type") or b"").decode("latin-1")
-        ctype = None if ctype.split(";")[0].strip().lower() in _MEANINGLESS_TYPES else ctype
-        key = blobKey("model", uuid)
-        claim, cancelled = await _toTheEnd(
-            ensureDeferred(self.metadata.claimModel(uuid, algo, key, ctype))
-        )
-        if cancelled:
-            if claim == "claimed":
-                await self._quietly(self.metadata.release("model", uuid))
-            raise CancelledError()
-        if claim == "no algo":
-            raise APIError(404, f"there is no algo {algo} to attach this model to")
-        if claim == "taken":
-            raise APIError(409, f"model {uuid} already exists (or is being uploaded)")
-        try:
-            writer = self._writer(key, body.length, expected)
-            upload = RawUpload(writer)
-            body.deliverBody(upload)
-            resource = await self._receive("model", uuid, key, writer, upload, expected)
-        except BaseException:
-            await self._quietly(self.metadata.release("model", uuid))
-            raise
-        request.setHeader(b"Repr-Digest", reprDigest(resource.sha256).encode())
-        return _json(request, resource.asJSON(), 201)
-
-    def _writer(self, key: str, size: int, expected: dict[str, bytes]) -> IBlobWriter:
-        return verifying(self.store.writer(key, size), expected, self._reactor, self._pool)
-
-    def _refuseRequestDigests(self, request: IRequest) -> None:
-        if _requestHeaders(request, "repr-digest", "content-md5"):
             raise APIError(
                 400,
-                "a form's Repr-Digest or Content-MD5 would be the whole form's: state the"
-                " blob's digest in a sha256 field, or in the headers of the blob part",
+                f"unknown field {unknown[0]!r}: a {rules.name} upload takes"
+                f" {' and '.join(sorted(allowed))}",
             )
+        parentUUID = None
+        if parent is not None:
+            if parent not in args:
+                raise APIError(
+                    400,
+                    f"missing required field {parent}:"
+                    f" POST /{rules.name}?{parent}={{{parent} uuid}}",
+                )
+            parentUUID = parseUUID(args[parent][0].decode("utf-8", "replace"), parent)
+        uuid = parseUUID(args["uuid"][0].decode("utf-8", "replace")) if "uuid" in args else None
+        if body.length is None:
+            raise APIError(
+                411, f"a {rules.name} upload needs a Content-Length (the {rules.name}'s size)"
+            )
+        self.objects.admit(body.length)
+        expected = _expectedDigests(_requestHeaders(request, "repr-digest", "content-md5"))
+        ctype: str | None = (request.getHeader(b"content-type") or b"").decode("latin-1")
+        if ctype is not None and ctype.split(";")[0].strip().lower() in _MEANINGLESS_TYPES:
+            ctype = None
+        new = NewObject(
+            kind=rules.name,
+            uuid=uuid,
+            parent=parentUUID,
+            blob=IncomingBlob(body.length, expected, ctype),
+        )
+        return _created(request, await self.objects.put(new, RawSource(body)))
 
-    async def _receiveBlob(
-        self,
-        key: str,
-        writer: IBlobWriter,
-        upload: FormUpload | RawUpload,
-        expected: dict[str, bytes],
-    ) -> BlobInfo:
-        """Wait for the whole body and commit the blob, checked against the
-        digests the client stated; abort or delete it on failure."""
-        try:
-            await upload.done()
-            info = await writer.finish()
-        except SizeMismatch as e:
-            await self._quietly(writer.abort())
-            raise sizeError(e) from None
-        except BaseException:
-            upload.stop()
-            await self._quietly(writer.abort())
-            raise
-        if "sha256" in expected and bytes.fromhex(info.sha256) != expected["sha256"]:
-            # The store computes sha256 as it commits; no row points here yet.
-            await self._quietly(self.store.delete(key))
-            raise DigestMismatch("sha256")
-        return info
+    @_authorized(app, "/<kind>/<uuid>", ["GET", "HEAD"])
+    async def get(self, request: IRequest, kind: str, uuid: str) -> bytes:
+        """An object's metadata, with its validators (C{ETag}, C{Last-Modified})."""
+        stored = await self.objects.get(kind, parseUUID(uuid))
+        describe(request, stored)
+        status = preconditions(request, stored)
+        if status is not None:
+            request.setResponseCode(status)
+            return b""
+        return _json(request, stored.asJSON())
 
-    async def _receive(
-        self,
-        kind: str,
-        uuid: str,
-        key: str,
-        writer: IBlobWriter,
-        upload: FormUpload | RawUpload,
-        expected: dict[str, bytes],
-    ) -> Resource:
-        """Commit the blob, then its row; undo both on failure."""
-        info = await self._receiveBlob(key, writer, upload, expected)
-        try:
-            return await self.metadata.complete(kind, uuid, info.size, info.sha256)
-        except BaseException:
-            await self._quietly(self.store.delete(key))
-            raise
+    @_authorized(app, "/<kind>/<uuid>", ["DELETE"])
+    async def delete(self, request: IRequest, kind: str, uuid: str) -> bytes:
+        """Delete an object and its blob; answers with what was deleted."""
+        uuid = parseUUID(uuid)
+        current = await self.objects.get(kind, uuid)
+        if preconditions(request, current) is not None:
+            raise APIError(412, f"{kind} {uuid} is not the version this deletion was made for")
+        return _json(request, (await self.objects.remove(kind, uuid)).asJSON())
 
-    @app.route("/problem/<uuid>", methods=["PATCH"])
-    async def patch(self, request: IRequest, uuid: str) -> bytes:
-        kind = "problem"
-        await self._check(request, kind)
-        current = await self._find(kind, uuid)
+    @_authorized(app, "/<kind>/<uuid>/blob", ["GET", "HEAD"])
+    async def blob(self, request: IRequest, kind: str, uuid: str) -> Any:
+        """An object's blob, whole or in ranges, with conditional requests."""
+        stored = await self.objects.get(kind, parseUUID(uuid))
+        return await serveBlob(request, stored, self.objects)
+
+    async def patch(self, request: IRequest, kind: str, uuid: str) -> bytes:
+        """
+        Change an object at once: rename it (C{uuid}), change its text
+        fields, replace its blob; every field is optional.
+        """
+        current = await self.objects.get(kind, parseUUID(uuid))
         uuid = current.uuid
         if preconditions(request, current) is not None:
-            raise APIError(412, f"problem {uuid} is not the version this change was made for")
-        self._refuseRequestDigests(request)
-        body = self._body(request)
+            raise APIError(412, f"{kind} {uuid} is not the version this change was made for")
+        _refuseRequestDigests(request)
+        body = _body(request)
         upload = FormUpload(PATCH_FORM, _boundary(request), body.length)
         body.deliverBody(upload)
-        claimed = None
         try:
             hasBlob = await upload.fieldsReady()
             fields = upload.fields
-            newUUID = fields.get("uuid")
-            expected = _expectedDigests(upload.blobHeaders, fields.get("sha256"))
+            blob = None
             if hasBlob:
-                self._checkLength(parseSize(fields["size"]))
-            key = blobKey(kind, newUUID or uuid) if hasBlob else None
-            if newUUID is not None and newUUID != uuid:
-                await self._claim(kind, newUUID, blobKey=key)
-                claimed = newUUID
+                size = parseSize(fields["size"])
+                self.objects.admit(size)
+                blob = IncomingBlob(
+                    size,
+                    _expectedDigests(upload.blobHeaders, fields.get("sha256")),
+                    upload.blobContentType,
+                    upload.blobFilename,
+                )
+            change = Replacement(
+                newUUID=fields.get("uuid"),
+                text={name: fields[name] for name in TABLE[kind].text if name in fields},
+                blob=blob,
+            )
         except BaseException:
             upload.stop()
             raise
-        try:
-            blob = None
-            if key is not None:
-                writer = self._writer(key, parseSize(fields["size"]), expected)
-                upload.streamBlobTo(writer)
-                try:
-                    info = await self._receiveBlob(key, writer, upload, expected)
-                except BaseException:
-                    key = None
-                    raise
-                blob = (info.size, info.sha256, key)
-            else:
-                await upload.done()
-            result = await self.metadata.patch(
-                kind,
-                uuid,
-                newUUID=newUUID,
-                name=fields.get("name"),
-                description=fields.get("description"),
-                blob=blob,
-                contentType=upload.blobContentType,
-                filename=upload.blobFilename,
-            )
-            if result is None:
-                raise APIError(404, f"problem {uuid} was deleted or renamed during this change")
-        except BaseException:
-            if key is not None:
-                await self._quietly(self.store.delete(key))
-            if claimed is not None:
-                await self._quietly(self.metadata.release(kind, claimed))
-            raise
-        if result.oldBlobKey is not None:
-            await self._quietly(self.store.delete(result.oldBlobKey))
-        request.setHeader(b"Repr-Digest", reprDigest(result.resource.sha256).encode())
-        return _json(request, result.resource.asJSON())
+        return _created(request, await self.objects.replace(current, change, upload), 200)
 
-    @app.route("/<kind>/<uuid>", methods=["DELETE"])
-    async def delete(self, request: IRequest, kind: str, uuid: str) -> bytes:
-        """
-        The row goes first, in a transaction, then the blob: a failure in
-        between leaves an unreferenced blob (swept later), never a row
-        without its blob.
-        """
-        await self._check(request, kind)
-        uuid = parseUUID(uuid)
-        current = await self._find(kind, uuid)
-        if preconditions(request, current) is not None:
-            raise APIError(412, f"{kind} {uuid} is not the version this deletion was made for")
-        outcome = await self.metadata.delete(kind, uuid)
-        if outcome is None:
-            raise APIError(404, f"there is no {kind} {uuid}")
-        if isinstance(outcome, list):
-            raise APIError(
-                409,
-                f"algo {uuid} is used by models {', '.join(outcome)}: delete them first",
-            )
-        await self._quietly(self.store.delete(outcome.blob_key))
-        return _json(request, outcome.asJSON())
+    for _kind in (k.name for k in TABLE.values() if k.patchable):
+        _authorized(
+            app, f"/{_kind}/<uuid>", ["PATCH"], defaults={"kind": _kind}, endpoint=f"patch_{_kind}"
+        )(patch)
+    del _kind
 
-    # Errors
+    # Errors: the domain's typed outcomes, and what Klein decides.
 
     @app.handle_errors(APIError)
     def _apiError(self, request: IRequest, failure: Failure) -> bytes:
@@ -485,6 +466,58 @@ class StorageAPI:
                 b"WWW-Authenticate", f'Basic realm="{error.realm}", charset="UTF-8"'.encode()
             )
         return _json(request, {"error": error.message}, error.code)
+
+    @app.handle_errors(Vanished)
+    def _vanished(self, request: IRequest, failure: Failure) -> bytes:
+        e: Vanished = failure.value  # type: ignore[assignment]
+        return _json(
+            request, {"error": f"{e.kind} {e.uuid} was deleted or renamed during this change"}, 404
+        )
+
+    @app.handle_errors(NoSuchObject)
+    def _noSuchObject(self, request: IRequest, failure: Failure) -> bytes:
+        e: NoSuchObject = failure.value  # type: ignore[assignment]
+        return _json(request, {"error": f"there is no {e.kind} {e.uuid}"}, 404)
+
+    @app.handle_errors(NoSuchParent)
+    def _noSuchParent(self, request: IRequest, failure: Failure) -> bytes:
+        e: NoSuchParent = failure.value  # type: ignore[assignment]
+        children = " or ".join(childrenOf(e.kind))
+        return _json(
+            request, {"error": f"there is no {e.kind} {e.uuid} to attach this {children} to"}, 404
+        )
+
+    @app.handle_errors(Taken)
+    def _taken(self, request: IRequest, failure: Failure) -> bytes:
+        e: Taken = failure.value  # type: ignore[assignment]
+        return _json(
+            request, {"error": f"{e.kind} {e.uuid} already exists (or is being uploaded)"}, 409
+        )
+
+    @app.handle_errors(InUse)
+    def _inUse(self, request: IRequest, failure: Failure) -> bytes:
+        e: InUse = failure.value  # type: ignore[assignment]
+        message = (
+            f"{e.kind} {e.uuid} is used by {_plural(childrenOf(e.kind))}"
+            f" {', '.join(e.children)}: delete them first"
+        )
+        return _json(request, {"error": message}, 409)
+
+    @app.handle_errors(DigestMismatch)
+    def _digestMismatch(self, request: IRequest, failure: Failure) -> bytes:
+        e: DigestMismatch = failure.value  # type: ignore[assignment]
+        message = f"the blob does not match its stated {e.what}: nothing was stored"
+        return _json(request, {"error": message}, 400)
+
+    @app.handle_errors(SizeMismatch)
+    def _sizeMismatch(self, request: IRequest, failure: Failure) -> bytes:
+        return _json(request, {"error": sizeError(failure.value).message}, 400)  # type: ignore[arg-type]
+
+    @app.handle_errors(TooLarge)
+    def _tooLarge(self, request: IRequest, failure: Failure) -> bytes:
+        e: TooLarge = failure.value  # type: ignore[assignment]
+        message = f"the blob is larger than the maximum of {e.limit} bytes"
+        return _json(request, {"error": message}, 413)
 
     @app.handle_errors(RangeNotSatisfiable)
     def _rangeError(self, request: IRequest, failure: Failure) -> bytes:
@@ -500,9 +533,9 @@ class StorageAPI:
     @app.handle_errors(BlobStoreError)
     def _storeError(self, request: IRequest, failure: Failure) -> bytes:
         self._log.failure("blob store failure", failure)
-        code = 500 if self.store.name in ("local", "mock") else 502
-        message = f"the blob store ({self.store.name}) failed: {failure.value}"
-        return _json(request, {"error": message}, code)
+        store = self.objects.blobs
+        message = f"the blob store ({store.name}) failed: {failure.value}"
+        return _json(request, {"error": message}, 502 if store.remote else 500)
 
     @app.handle_errors(NotFound)
     def _notFound(self, request: IRequest, failure: Failure) -> bytes:
@@ -513,113 +546,3 @@ class StorageAPI:
         allowed = ", ".join(failure.value.valid_methods or [])  # type: ignore[union-attr]
         request.setHeader(b"Allow", allowed.encode())
         return _json(request, {"error": f"method not allowed here; allowed: {allowed}"}, 405)
-
-    # Helpers
-
-    async def _check(self, request: IRequest, kind: str) -> str:
-        """Credentials first, then the kind.  The user's name is kept on the
-        request (C{morpheoUser}) for the access log."""
-        user: str = await maybeDeferred(self.auth.check, request)
-        request.morpheoUser = user  # type: ignore[attr-defined]
-        if kind not in KINDS:
-            raise APIError(404, f"unknown kind {kind[:80]!r}: one of {', '.join(KINDS)}")
-        return user
-
-    def _body(self, request: IRequest) -> RequestBody:
-        if not IStreamingRequest.providedBy(request):
-            # A stock twisted.web Site has already read the whole body (into
-            # memory or a temporary file) before any resource runs: too late
-            # to stream, and to refuse before it is sent.
-            raise APIError(
-                500,
-                "uploads need the storage resource to be served by morpheo.StreamingSite:"
-                " this site read the whole body before the storage service saw it",
-            )
-        body: RequestBody = request.body
-        return body
-
-    def _checkLength(self, length: int | None, overhead: int = 0) -> None:
-        """413 for a blob (or a body, with its C{overhead}) over the maximum."""
-        limit = self.maxBlobSize
-        if limit is not None and length is not None and length > limit + overhead:
-            raise APIError(413, f"the blob is larger than the maximum of {self.maxBlobSize} bytes")
-
-    async def _find(self, kind: str, uuid: str) -> Resource:
-        resource = await self.metadata.get(kind, parseUUID(uuid))
-        if resource is None:
-            raise APIError(404, f"there is no {kind} {uuid}")
-        return resource
-
-    def _strArg(self, request: IRequest, name: str) -> str | None:
-        values = request.args.get(name.encode())
-        return values[0].decode("utf-8", "replace") if values else None
-
-    async def _claim(self, kind: str, uuid: str, **fields: str | None) -> None:
-        claimed, cancelled = await _toTheEnd(
-            ensureDeferred(self.metadata.claim(kind, uuid, **fields))
-        )
-        if cancelled:
-            if claimed:
-                await self._quietly(self.metadata.release(kind, uuid))
-            raise CancelledError()
-        if not claimed:
-            raise APIError(409, f"{kind} {uuid} already exists (or is being uploaded)")
-
-    def _intArg(self, request: IRequest, name: str, default: int) -> int:
-        values = request.args.get(name.encode())
-        if not values:
-            return default
-        value = values[0].decode("latin-1")
-        if not value.isdigit():
-            raise APIError(400, f"{name} must be a non-negative integer, not {value[:40]!r}")
-        return int(value)
-
-    async def _quietly(self, d: Any) -> None:
-        """Clean-up that must not hide the error being handled, nor be cut
-        short by a cancellation (see L{_toTheEnd})."""
-        try:
-            await _toTheEnd(ensureDeferred(d))
-        except Exception:
-            self._log.failure("clean-up after a failed request failed")
-
-
-async def _toTheEnd(d: Deferred[T]) -> tuple[T, bool]:
-    """
-    C{d}'s result, and whether the handler awaiting it was cancelled
-    meanwhile.  Klein cancels the handler of a client that went away (the
-    graceful stop cuts connections too), and a cancellation that reached a
-    database write or a clean-up would abandon it with its outcome unknown:
-    a claim made anyway would keep its uuid, a clean-up would be half done.
-    So C{d} is waited for to its end; a failure of C{d} is raised.
-    """
-    outcome: list[T | Failure] = []
-    waiting: list[Deferred[None]] = []
-
-    def finished(result: T | Failure) -> None:
-        outcome.append(result)
-        for waiter in waiting:
-            if not waiter.called:
-                waiter.callback(None)
-
-    d.addBoth(finished)
-    cancelled = False
-    while not outcome:
-        waiter: Deferred[None] = Deferred()
-        waiting.append(waiter)
-        try:
-            await waiter
-        except CancelledError:
-            cancelled = True
-    result = outcome[0]
-    if isinstance(result, Failure):
-        result.raiseException()
-    return result, cancelled
-
-
-def _parseCursor(cursor: str) -> tuple[int, int]:
-    """A cursor is C{page.seq}: the page it opens, and the completion
-    order it continues below."""
-    page, _, seq = cursor.partition(".")
-    if not (page.isdigit() and seq.isdigit()):
-        raise APIError(400, "cursor is not one this service gave; follow the list's next")
-    return int(page), int(seq)

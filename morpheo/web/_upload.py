@@ -19,8 +19,9 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseDone
+from zope.interface import implementer
 
-from .._interfaces import IBlobWriter
+from .._interfaces import IBlobSource, IBlobWriter
 from .._types import APIError, SizeMismatch
 from ._forms import BLOB, FormSpec, checkBeforeBlob, checkFieldLength, checkFieldName
 
@@ -79,6 +80,7 @@ def sizeError(e: SizeMismatch) -> APIError:
     )
 
 
+@implementer(IBlobSource)
 class FormUpload(Protocol):
     """
     Reads a C{multipart/form-data} body: text fields, then C{blob}, then the
@@ -140,6 +142,9 @@ class FormUpload(Protocol):
             self._fail(e)
             return
         self._maybeDone()
+
+    def streamTo(self, writer: IBlobWriter) -> None:
+        self.streamBlobTo(writer)
 
     def stop(self) -> None:
         """The handler gives up: read no more (the rest is discarded)."""
@@ -304,3 +309,25 @@ class RawUpload(Protocol):
         if stop:
             self.transport.stopProducing()
         self._done.fail(reason)
+
+
+@implementer(IBlobSource)
+class RawSource:
+    """A whole request body as a blob source: read once the upload is accepted."""
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+        self._upload: RawUpload | None = None
+
+    def streamTo(self, writer: IBlobWriter) -> None:
+        self._upload = RawUpload(writer)
+        self._body.deliverBody(self._upload)
+
+    def done(self) -> Deferred[None]:
+        assert self._upload is not None, "streamTo comes first"
+        return self._upload.done()
+
+    def stop(self) -> None:
+        # Before streamTo the body was never read: nothing to stop.
+        if self._upload is not None:
+            self._upload.stop()

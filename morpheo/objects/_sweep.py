@@ -1,32 +1,26 @@
-# -*- test-case-name: tests.test_recovery -*-
+# -*- test-case-name: tests.integration.test_recovery,tests.unit.test_sweep -*-
 """
 What a crash leaves behind, and how it is swept.
 
-A process killed mid-upload leaves a pending claim (the uuid looks taken),
-maybe a temporary file, maybe a committed blob no row points to.  None of
-it is ever visible (rows are read only once C{ready}, blobs only through
-their row), but all of it is swept: at start, everything the previous run
-of this data directory left; then periodically, what any dead process left
+A process killed mid-upload leaves a claim (the uuid looks taken), maybe
+a temporary file, maybe a committed blob no row points to.  None of it is
+ever visible (rows are read only once complete, blobs only through their
+row), but all of it is swept: at start, everything the previous run of
+this data directory left; then periodically, what any dead process left
 (claims whose heartbeat stopped, old temporary files and unreferenced
 blobs).
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
-import socket
-import uuid
-from typing import IO, Any
-
 from attrs import frozen
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from .._interfaces import IAbandonableBlobStore, IBlobStore, ISweepableBlobStore
-from ..metadata._postgres import MetadataStore
+from .._interfaces import IAbandonableBlobStore, IBlobStore, IMetadataStore, ISweepableBlobStore
 
 #: A claim not refreshed for this long belongs to a dead process.
 STALE_CLAIM = 300.0
@@ -38,65 +32,10 @@ LEFTOVER_AGE = 3600.0
 _log = Logger()
 
 
-class DataDirInUse(Exception):
-    """Another process serves from this data directory."""
-
-
-class DataDirLock:
-    """
-    An exclusive lock on a data directory for the life of the process: its
-    start-up sweep assumes no other process writes there.  The kernel drops
-    it when the process dies, however it dies.
-    """
-
-    def __init__(self, dataDir: str) -> None:
-        self.path = os.path.join(dataDir, "morpheo-storage.lock")
-        self._file: IO[str] | None = None
-
-    def acquire(self) -> None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        f = open(self.path, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            f.close()
-            where = os.path.dirname(self.path)
-            raise DataDirInUse(
-                f"{where} is in use by {holder}: one service per data directory"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}")
-        f.flush()
-        self._file = f
-
-    def release(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
-def instanceName(dataDir: str) -> str:
-    """
-    This data directory's name in the claims it makes: the same across
-    restarts, so a new run knows the claims of the run before it.
-    """
-    path = os.path.join(dataDir, "instance-id")
-    try:
-        with open(path) as f:
-            ident = f.read().strip()
-    except FileNotFoundError:
-        ident = str(uuid.uuid4())
-        os.makedirs(dataDir, exist_ok=True)
-        with open(path, "w") as f:
-            f.write(ident + "\n")
-    return f"{socket.gethostname()}/{ident}"
-
-
 @frozen
 class Swept:
+    """What one sweep removed."""
+
     claims: int
     temporary: int
     orphans: int
@@ -105,21 +44,21 @@ class Swept:
         return bool(self.claims or self.temporary or self.orphans)
 
 
-async def sweep(metadata: MetadataStore, store: IBlobStore, *, atStart: bool = False) -> Swept:
+async def sweep(metadata: IMetadataStore, store: IBlobStore, *, atStart: bool = False) -> Swept:
     """
-    Sweep once.  At start, every claim of this data directory and every
-    leftover are its dead predecessor's; later only stale ones are swept.
+    Sweep once.  At start, every claim of this owner and every leftover are
+    its dead predecessor's; later only stale ones are swept.
     """
     claims = await metadata.deadClaims(STALE_CLAIM, mine=atStart)
-    for kind, claimed, key in claims:
+    for dead in claims:
         # What the dead upload wrote goes first: were the claim released
         # first, a failure here would leave it with nothing to find it by.
-        if key is not None:
+        if dead.blobKey is not None:
             if IAbandonableBlobStore.providedBy(store):
-                await store.abandon(key)
+                await store.abandon(dead.blobKey)
             else:
-                await store.delete(key)
-        await metadata.release(kind, claimed)
+                await store.delete(dead.blobKey)
+        await metadata.release(dead.kind, dead.uuid)
     temporary: list[str] = []
     orphans: list[str] = []
     if ISweepableBlobStore.providedBy(store):
@@ -153,9 +92,9 @@ class Sweeper(Service):
 
     def __init__(
         self,
-        metadata: MetadataStore,
+        metadata: IMetadataStore,
         store: IBlobStore,
-        clock: Any,
+        clock: IReactorTime,
         interval: float = SWEEP_INTERVAL,
     ) -> None:
         self._metadata = metadata
@@ -179,7 +118,7 @@ class Sweeper(Service):
         await self._metadata.heartbeat()
         await sweep(self._metadata, self._store)
 
-    def _tick(self) -> Any:
+    def _tick(self) -> Deferred[None]:
         d = Deferred.fromCoroutine(self._run())
         # A failed sweep (the database is down) is logged and tried again.
         d.addErrback(lambda f: _log.failure("sweeping failed; trying again later", f))

@@ -1,0 +1,158 @@
+# -*- test-case-name: tests.unit.test_config,tests.test_tap -*-
+"""
+What the service is told, whatever it was read from: the command line
+(L{morpheo.tap.Options}) or a host application that embeds the service.
+L{StorageConfig} checks itself when it is made, so an embedder gets the
+same refusals, in the same words, as the command line, and nothing
+unchecked reaches the SQL or a blob store; it also builds the blob store it
+names.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from attrs import field, frozen
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.python.threadpool import ThreadPool
+
+from .._interfaces import IBlobStore
+
+BLOBSTORES = ("local", "s3", "gc", "mock")
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message names the option and says why."""
+
+
+def checkEndpoint(option: str, value: str) -> str:
+    """An object store's base URL (scheme and host, maybe a path), checked
+    now: a typo should not wait for a failed request."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise ConfigError(
+            f"--{option} must be an http:// or https:// URL, e.g. http://127.0.0.1:8333,"
+            f" not {value!r}"
+        )
+    return value.rstrip("/")
+
+
+def checkPort(option: str, port: int) -> int:
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--{option} must be between 0 and 65535, not {port}")
+    return port
+
+
+@frozen
+class StorageConfig:
+    """
+    Everything the service needs to know.
+
+    Users: C{user} with C{password}, and/or twisted.cred C{checkers} (for
+    L{IUsernamePassword}); at least one of them.  Listening: the endpoint
+    descriptions of C{listen}, or else C{host}/C{port} (TLS with C{cert}
+    and C{key}).
+
+    @raise ConfigError: when made with settings that cannot work.
+    """
+
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    host: str = "0.0.0.0"
+    port: int = 8000
+    listen: tuple[str, ...] = ()
+    cert: str | None = None
+    key: str | None = None
+    checkers: tuple[ICredentialsChecker, ...] = field(default=(), repr=False)
+    corsOrigins: tuple[str, ...] = ("*",)
+    shutdownTimeout: float = 30.0
+    generatedPassword: bool = False
+    dbHost: str | None = None
+    dbPort: int = 5432
+    dbName: str = "morpheo_storage"
+    dbUser: str = "storage"
+    dbPass: str | None = field(default=None, repr=False)
+    migrationsDir: str | None = None
+    rollback: bool = False
+    blobstore: str = "local"
+    dataDir: str = "morpheo-data"
+    s3Bucket: str | None = None
+    s3Region: str | None = None
+    s3Endpoint: str | None = None
+    gcBucket: str | None = None
+    gcEndpoint: str | None = None
+    maxBlobSize: int | None = None
+    threads: int = 8
+
+    def __attrs_post_init__(self) -> None:
+        if self.blobstore not in BLOBSTORES:
+            raise ConfigError(
+                f"--blobstore must be one of {', '.join(BLOBSTORES)}, not {self.blobstore!r}"
+            )
+        if bool(self.cert) != bool(self.key):
+            raise ConfigError("--cert and --key go together")
+        if self.cert and self.listen:
+            raise ConfigError(
+                "--cert/--key go with --host/--port; with --listen, give the files in the"
+                " description: ssl:PORT:privateKey=KEY:certKey=CERT"
+            )
+        for option, path, what in (("cert", self.cert, "certificate"), ("key", self.key, "key")):
+            if path and not os.access(path, os.R_OK):
+                raise ConfigError(f"cannot read the TLS {what} --{option} {path}")
+        checkPort("port", self.port)
+        checkPort("db-port", self.dbPort)
+        if self.blobstore == "s3" and not (self.s3Bucket and self.s3Region):
+            raise ConfigError("--blobstore s3 needs --s3-bucket and --s3-region")
+        if self.blobstore == "gc" and not self.gcBucket:
+            raise ConfigError("--blobstore gc needs --gc-bucket")
+        for option, url in (("s3-endpoint", self.s3Endpoint), ("gc-endpoint", self.gcEndpoint)):
+            if url is not None:
+                checkEndpoint(option, url)
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", self.dbName):
+            raise ConfigError(f"--db-name {self.dbName!r} is not a plain identifier")
+        if self.password and not self.user:
+            raise ConfigError("a password needs --user")
+        if self.user and not self.password:
+            raise ConfigError(
+                "--user needs a password: --password-file, MORPHEO_STORAGE_PASSWORD or --password"
+            )
+        if not self.user and not self.checkers:
+            raise ConfigError("no users: give --user and its password, or --auth")
+        if not self.shutdownTimeout >= 0:
+            raise ConfigError(
+                f"--shutdown-timeout must be a number of seconds, not {self.shutdownTimeout!r}"
+            )
+        if self.maxBlobSize is not None and self.maxBlobSize < 0:
+            raise ConfigError(f"--max-blob-size must not be negative, not {self.maxBlobSize}")
+        if self.threads < 1:
+            raise ConfigError(f"threads must be at least 1, not {self.threads}")
+
+    def blobStore(self, reactor: Any, pool: ThreadPool) -> IBlobStore:
+        """
+        The store C{blobstore} names.  Nothing here blocks: the remote
+        stores look their credentials up (files, environment, metadata
+        endpoints) in C{pool} on their first request, which for the service
+        is the C{check()} at start-up, so missing credentials stop it there.
+        """
+        if self.blobstore == "mock":
+            from ..blobstores._memory import MemoryBlobStore
+
+            return MemoryBlobStore(reactor)
+        if self.blobstore == "s3":
+            from ..blobstores._s3 import S3BlobStore
+
+            assert self.s3Bucket and self.s3Region, "checked when made"
+            return S3BlobStore(
+                self.s3Bucket, self.s3Region, reactor, pool, endpoint=self.s3Endpoint
+            )
+        if self.blobstore == "gc":
+            from ..blobstores._gcs import GCSBlobStore
+
+            assert self.gcBucket, "checked when made"
+            return GCSBlobStore(self.gcBucket, reactor, pool, endpoint=self.gcEndpoint)
+        from ..blobstores._local import LocalBlobStore
+
+        return LocalBlobStore(os.path.join(self.dataDir, "blobs"), reactor, pool)
