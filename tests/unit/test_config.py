@@ -1,0 +1,75 @@
+"""
+L{StorageConfig} checks itself when it is made: an embedder gets the
+refusals of the command line, in its words, and the blob store it names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.python.threadpool import ThreadPool
+from zope.interface.verify import verifyObject
+
+from morpheo import ConfigError, IBlobStore, LocalBlobStore, MemoryBlobStore, StorageConfig
+
+USERS = {"user": "alice", "password": "secret"}
+
+
+def refusal(**settings: Any) -> str:
+    """The sentence a config made with C{settings} is refused with."""
+    with pytest.raises(ConfigError) as excinfo:
+        StorageConfig(**{**USERS, **settings})
+    return str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("settings", "words"),
+    [
+        ({"blobstore": "floppy"}, "--blobstore must be one of local, s3, gc, mock"),
+        ({"blobstore": "s3", "s3Bucket": "b"}, "--blobstore s3 needs --s3-bucket and --s3-region"),
+        ({"blobstore": "gc"}, "--blobstore gc needs --gc-bucket"),
+        ({"s3Endpoint": "ftp://host"}, "--s3-endpoint must be an http:// or https:// URL"),
+        ({"gcEndpoint": "localhost:4443"}, "--gc-endpoint must be an http:// or https:// URL"),
+        ({"dbName": "x; DROP TABLE resource"}, "is not a plain identifier"),
+        ({"port": 70000}, "--port must be between 0 and 65535"),
+        ({"dbPort": -1}, "--db-port must be between 0 and 65535"),
+        ({"shutdownTimeout": -1.0}, "--shutdown-timeout must be a number of seconds"),
+        ({"maxBlobSize": -5}, "--max-blob-size must not be negative"),
+        ({"threads": 0}, "threads must be at least 1"),
+        ({"listen": ("tcp:8000",), "cert": "c.pem", "key": "k.pem"}, "with --listen"),
+    ],
+)
+def test_settingsThatCannotWorkAreRefusedNamingTheOption(
+    settings: dict[str, Any], words: str
+) -> None:
+    assert words in refusal(**settings)
+
+
+def test_aCertificateNeedsItsKey() -> None:
+    assert "--cert and --key go together" in refusal(cert="cert.pem")
+    assert "--cert and --key go together" in refusal(key="key.pem")
+
+
+def test_unreadableTLSFilesAreRefused(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nothing.pem")
+    assert f"cannot read the TLS certificate --cert {missing}" in refusal(cert=missing, key=missing)
+
+
+def test_usersNeedPasswordsAndAServiceNeedsUsers() -> None:
+    with pytest.raises(ConfigError, match="--user needs a password"):
+        StorageConfig(user="alice")
+    with pytest.raises(ConfigError, match="a password needs --user"):
+        StorageConfig(password="secret")
+    with pytest.raises(ConfigError, match="no users"):
+        StorageConfig()
+
+
+@pytest.mark.parametrize(("name", "cls"), [("local", LocalBlobStore), ("mock", MemoryBlobStore)])
+def test_theConfigBuildsTheBlobStoreItNames(name: str, cls: type, tmp_path: Path) -> None:
+    pool = ThreadPool(minthreads=0, maxthreads=1)
+    store = StorageConfig(**USERS, blobstore=name, dataDir=str(tmp_path)).blobStore(Clock(), pool)
+    assert isinstance(store, cls)
+    assert verifyObject(IBlobStore, store)
