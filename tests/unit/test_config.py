@@ -15,7 +15,7 @@ from zope.interface.verify import verifyObject
 
 from morpheo import ConfigError, IBlobStore, LocalBlobStore, MemoryBlobStore, StorageConfig
 
-USERS = {"user": "alice", "password": "secret"}
+USERS: dict[str, Any] = {"user": "alice", "password": "secret"}
 
 
 def refusal(**settings: Any) -> str:
