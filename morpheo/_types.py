@@ -6,12 +6,12 @@ above (the web layer turns each into its status and sentence).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from attrs import field, frozen
 
-from ._kinds import TABLE
+from ._kinds import TABLE, childrenOf
 
 
 @frozen
@@ -105,47 +105,13 @@ class SizeMismatch(ValueError):
         self.expected = expected
         self.received = received
 
+    def __str__(self) -> str:
+        longer = "longer" if self.received > self.expected else "shorter"
+        return f"the blob is {longer} than its announced size of {self.expected} bytes"
+
 
 class DatabaseError(Exception):
-    """The metadata database failed or cannot be reached.  Its message is
-    for the log: clients are told only that the database failed."""
-
-
-class NoSuchObject(Exception):
-    """There is no (ready) object of that kind and uuid."""
-
-    def __init__(self, kind: str, uuid: str) -> None:
-        super().__init__(kind, uuid)
-        self.kind = kind
-        self.uuid = uuid
-
-
-class Taken(Exception):
-    """The uuid is already taken, or being uploaded right now."""
-
-    def __init__(self, kind: str, uuid: str) -> None:
-        super().__init__(kind, uuid)
-        self.kind = kind
-        self.uuid = uuid
-
-
-class NoSuchParent(Exception):
-    """The object an upload names as its parent (a model's algo) does not exist."""
-
-    def __init__(self, kind: str, uuid: str) -> None:
-        super().__init__(kind, uuid)
-        self.kind = kind
-        self.uuid = uuid
-
-
-class InUse(Exception):
-    """An object still has children (an algo that models use): kept."""
-
-    def __init__(self, kind: str, uuid: str, children: Sequence[str]) -> None:
-        super().__init__(kind, uuid, tuple(children))
-        self.kind = kind
-        self.uuid = uuid
-        self.children = tuple(children)
+    """The metadata database failed or cannot be reached."""
 
 
 class ClaimLost(DatabaseError):
@@ -157,12 +123,90 @@ class ClaimLost(DatabaseError):
         self.uuid = uuid
 
 
-class DigestMismatch(Exception):
+def _plural(kinds: Iterable[str]) -> str:
+    return " and ".join(f"{k}s" for k in kinds)
+
+
+class Refused(Exception):
+    """
+    An outcome the request itself caused (an unknown uuid, a taken one...):
+    the web layer answers it with a 4xx and this sentence, which says what
+    to fix.
+    """
+
+
+class _ObjectRefused(Refused):
+    """A refusal about one object, of C{kind} and C{uuid}."""
+
+    def __init__(self, kind: str, uuid: str) -> None:
+        super().__init__(kind, uuid)
+        self.kind = kind
+        self.uuid = uuid
+
+
+class NoSuchObject(_ObjectRefused):
+    """There is no (ready) object of that kind and uuid."""
+
+    def __str__(self) -> str:
+        return f"there is no {self.kind} {self.uuid}"
+
+
+class Vanished(NoSuchObject):
+    """The object a change was made for was deleted or renamed meanwhile."""
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.uuid} was deleted or renamed during this change"
+
+
+class NoSuchParent(_ObjectRefused):
+    """The object an upload names as its parent (a model's algo) does not exist."""
+
+    def __str__(self) -> str:
+        children = " or ".join(childrenOf(self.kind))
+        return f"there is no {self.kind} {self.uuid} to attach this {children} to"
+
+
+class Taken(_ObjectRefused):
+    """The uuid is already taken, or being uploaded right now."""
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.uuid} already exists (or is being uploaded)"
+
+
+class InUse(_ObjectRefused):
+    """An object still has children (an algo that models use): kept."""
+
+    def __init__(self, kind: str, uuid: str, children: Sequence[str]) -> None:
+        super().__init__(kind, uuid)
+        self.children = tuple(children)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.kind} {self.uuid} is used by {_plural(childrenOf(self.kind))}"
+            f" {', '.join(self.children)}: delete them first"
+        )
+
+
+class DigestMismatch(Refused):
     """The blob's bytes do not match a digest its client stated."""
 
     def __init__(self, what: str) -> None:
         super().__init__(what)
         self.what = what
+
+    def __str__(self) -> str:
+        return f"the blob does not match its stated {self.what}: nothing was stored"
+
+
+class TooLarge(Refused):
+    """A blob (or a body that holds one) larger than the service takes."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return f"the blob is larger than the maximum of {self.limit} bytes"
 
 
 # What the domain layer asks of a metadata store (see IMetadataStore).

@@ -3,14 +3,13 @@ The domain layer: the object lifecycle (put, replace, remove, get, list,
 sweep) over a metadata store and a blob store, knowing nothing of HTTP.
 """
 
+from .._types import TooLarge, Vanished
 from ._lifecycle import (
     IncomingBlob,
     NewObject,
     Objects,
     Page,
     Replacement,
-    TooLarge,
-    Vanished,
     blobKey,
 )
 from ._sweep import STALE_CLAIM, SWEEP_INTERVAL, Sweeper, Swept, sweep

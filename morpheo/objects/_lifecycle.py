@@ -36,23 +36,13 @@ from .._types import (
     NoSuchObject,
     SizeMismatch,
     StoredObject,
+    TooLarge,
+    Vanished,
 )
 from ..blobstores._verify import verifying
 from ._sweep import Swept, sweep
 
 T = TypeVar("T")
-
-
-class TooLarge(Exception):
-    """A blob (or a body that holds one) larger than the service takes."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(limit)
-        self.limit = limit
-
-
-class Vanished(NoSuchObject):
-    """The object a change was made for was deleted or renamed meanwhile."""
 
 
 @frozen

@@ -28,7 +28,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from .._kinds import KINDS, TABLE, Kind, childrenOf
+from .._kinds import KINDS, TABLE, Kind
 from .._types import (
     APIError,
     BlobStoreError,
@@ -40,14 +40,16 @@ from .._types import (
     SizeMismatch,
     StoredObject,
     Taken,
+    TooLarge,
+    Vanished,
 )
-from ..objects import IncomingBlob, NewObject, Objects, Replacement, TooLarge, Vanished
+from ..objects import IncomingBlob, NewObject, Objects, Replacement
 from ._auth import BasicAuth, Unauthorized
 from ._download import RangeNotSatisfiable, describe, preconditions, serveBlob
 from ._forms import PATCH_FORM, UPLOAD_FORMS, parseSize, parseUUID
 from ._http import parseContentMD5, parseReprDigest, parseSHA256Field, reprDigest
 from ._streaming import IStreamingRequest, RequestBody
-from ._upload import FormUpload, RawSource, sizeError
+from ._upload import FormUpload, RawSource
 
 T = TypeVar("T")
 
@@ -68,6 +70,18 @@ _PARENTS = tuple(dict.fromkeys(k.parent for k in TABLE.values() if k.parent))
 _LIST_PARAMETERS = frozenset({"page", "limit", "cursor", "name", *_PARENTS})
 
 Handler = Callable[..., Awaitable[Any]]
+
+#: The statuses of the domain's refusals, the most specific first.
+_REFUSALS: dict[type[Exception], int] = {
+    Vanished: 404,
+    NoSuchObject: 404,
+    NoSuchParent: 404,
+    Taken: 409,
+    InUse: 409,
+    DigestMismatch: 400,
+    SizeMismatch: 400,
+    TooLarge: 413,
+}
 
 
 def _json(request: IRequest, value: Any, code: int = 200) -> bytes:
@@ -467,57 +481,12 @@ class StorageAPI:
             )
         return _json(request, {"error": error.message}, error.code)
 
-    @app.handle_errors(Vanished)
-    def _vanished(self, request: IRequest, failure: Failure) -> bytes:
-        e: Vanished = failure.value  # type: ignore[assignment]
-        return _json(
-            request, {"error": f"{e.kind} {e.uuid} was deleted or renamed during this change"}, 404
-        )
-
-    @app.handle_errors(NoSuchObject)
-    def _noSuchObject(self, request: IRequest, failure: Failure) -> bytes:
-        e: NoSuchObject = failure.value  # type: ignore[assignment]
-        return _json(request, {"error": f"there is no {e.kind} {e.uuid}"}, 404)
-
-    @app.handle_errors(NoSuchParent)
-    def _noSuchParent(self, request: IRequest, failure: Failure) -> bytes:
-        e: NoSuchParent = failure.value  # type: ignore[assignment]
-        children = " or ".join(childrenOf(e.kind))
-        return _json(
-            request, {"error": f"there is no {e.kind} {e.uuid} to attach this {children} to"}, 404
-        )
-
-    @app.handle_errors(Taken)
-    def _taken(self, request: IRequest, failure: Failure) -> bytes:
-        e: Taken = failure.value  # type: ignore[assignment]
-        return _json(
-            request, {"error": f"{e.kind} {e.uuid} already exists (or is being uploaded)"}, 409
-        )
-
-    @app.handle_errors(InUse)
-    def _inUse(self, request: IRequest, failure: Failure) -> bytes:
-        e: InUse = failure.value  # type: ignore[assignment]
-        message = (
-            f"{e.kind} {e.uuid} is used by {_plural(childrenOf(e.kind))}"
-            f" {', '.join(e.children)}: delete them first"
-        )
-        return _json(request, {"error": message}, 409)
-
-    @app.handle_errors(DigestMismatch)
-    def _digestMismatch(self, request: IRequest, failure: Failure) -> bytes:
-        e: DigestMismatch = failure.value  # type: ignore[assignment]
-        message = f"the blob does not match its stated {e.what}: nothing was stored"
-        return _json(request, {"error": message}, 400)
-
-    @app.handle_errors(SizeMismatch)
-    def _sizeMismatch(self, request: IRequest, failure: Failure) -> bytes:
-        return _json(request, {"error": sizeError(failure.value).message}, 400)  # type: ignore[arg-type]
-
-    @app.handle_errors(TooLarge)
-    def _tooLarge(self, request: IRequest, failure: Failure) -> bytes:
-        e: TooLarge = failure.value  # type: ignore[assignment]
-        message = f"the blob is larger than the maximum of {e.limit} bytes"
-        return _json(request, {"error": message}, 413)
+    @app.handle_errors(*_REFUSALS)
+    def _refused(self, request: IRequest, failure: Failure) -> bytes:
+        """What the request caused, said as the domain layer says it."""
+        error = failure.value
+        status = next(code for kind, code in _REFUSALS.items() if isinstance(error, kind))
+        return _json(request, {"error": str(error)}, status)
 
     @app.handle_errors(RangeNotSatisfiable)
     def _rangeError(self, request: IRequest, failure: Failure) -> bytes:

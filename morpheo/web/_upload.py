@@ -22,7 +22,7 @@ from twisted.web._newclient import ResponseDone
 from zope.interface import implementer
 
 from .._interfaces import IBlobSource, IBlobWriter
-from .._types import APIError, SizeMismatch
+from .._types import APIError
 from ._forms import BLOB, FormSpec, checkBeforeBlob, checkFieldLength, checkFieldName
 
 T = TypeVar("T")
@@ -70,14 +70,6 @@ class Outcome(Generic[T]):
             d.errback(self._result)
         else:
             d.callback(self._result)  # type: ignore[arg-type]
-
-
-def sizeError(e: SizeMismatch) -> APIError:
-    return APIError(
-        400,
-        f"the blob is {'longer' if e.received > e.expected else 'shorter'} than its "
-        f"announced size of {e.expected} bytes",
-    )
 
 
 @implementer(IBlobSource)
@@ -252,8 +244,6 @@ class FormUpload(Protocol):
 
     def _fail(self, reason: BaseException | Failure) -> None:
         f = reason if isinstance(reason, Failure) else Failure(reason)
-        if f.check(SizeMismatch):
-            f = Failure(sizeError(f.value))  # type: ignore[arg-type]
         self._state = "failed"
         self._unregister()
         if not self._bodyComplete:
@@ -283,9 +273,8 @@ class RawUpload(Protocol):
             return
         try:
             self._writer.write(data)
-        except SizeMismatch as e:
-            self._fail(Failure(sizeError(e)), stop=True)
         except Exception:
+            # SizeMismatch among others: the routes say which.
             self._fail(Failure(), stop=True)
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
