@@ -209,7 +209,7 @@ class PostgresMetadataStore:
         rows = await self.db.query(
             "UPDATE resource SET state = 'ready', size = %s, sha256 = %s,"
             " seq = nextval(pg_get_serial_sequence('resource', 'seq')),"
-            " timestamp_upload = EXTRACT(EPOCH FROM clock_timestamp())::bigint"
+            " timestamp_upload = floor(EXTRACT(EPOCH FROM clock_timestamp()))::bigint"
             " WHERE kind = %s AND uuid = %s AND state = 'pending'"
             f" RETURNING {_COLUMNS}",
             (blob.size, blob.sha256, kind, uuid),
