@@ -1,9 +1,12 @@
 # -*- test-case-name: tests.test_blobstore_contract -*-
 """
-The contracts between the web layer and the parts it drives.
+The contracts between the layers.
 
-Every blob store (local disk, in-memory, S3, Google Cloud Storage) provides
-L{IBlobStore}; the routes never know which one they talk to.
+The domain layer (L{morpheo.objects}) drives a metadata store
+(L{IMetadataStore}: PostgreSQL, or in memory) and a blob store
+(L{IBlobStore}: local disk, S3, Google Cloud Storage, in memory), and reads
+uploads from an L{IBlobSource} the web layer hands it; it never knows which
+implementation it talks to.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from twisted.internet.interfaces import IConsumer
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from twisted.internet.defer import Deferred
 
-    from ._types import BlobInfo
+    from ._types import BlobInfo, Change, Changed, Claim, DeadClaim, StoredObject
 
 
 class IBlobWriter(IConsumer):
@@ -55,6 +60,10 @@ class IBlobStore(Interface):
     """
 
     name = Attribute("A short name for logs and errors, e.g. C{'local'}.")
+    remote = Attribute(
+        "Whether the store is another service (S3, GCS): its failures are a bad"
+        " gateway (502), those of a local disk or memory an internal error (500)."
+    )
 
     def writer(key: str, size: int) -> IBlobWriter:
         """
@@ -119,3 +128,114 @@ class ISweepableBlobStore(IBlobStore):
         The keys of committed blobs last modified more than C{olderThan}
         seconds ago.
         """
+
+
+class IBlobSource(Interface):
+    """
+    The blob of an upload, as the request body brings it: streamed into a
+    writer once the domain layer has accepted the upload.
+    """
+
+    def streamTo(writer: IBlobWriter) -> None:
+        """
+        Start writing the blob's bytes into C{writer} (registering the body
+        as its producer, so that the writer's pauses pause the socket).
+        """
+
+    def done() -> Deferred[None]:
+        """
+        Fires once every byte of the blob has been written into the writer
+        and the body has ended; fails with why it could not (L{SizeMismatch},
+        a malformed body, a client gone).
+        """
+
+    def stop() -> None:
+        """
+        The upload is refused or failed: read no more of the body.
+        """
+
+
+class IMetadataStore(Interface):
+    """
+    Where the objects' metadata rows live.  A uuid is first I{claimed}
+    (reserved while its blob uploads; readers never see it), then
+    I{completed} once its blob is committed, or I{released}.
+
+    Outcomes are typed: a method either returns its value or fails with
+    one of the exceptions of L{morpheo._types} it names, or with
+    L{DatabaseError} when the store itself failed.  Its methods are
+    coroutines (C{async def}), awaited by the domain layer.
+    """
+
+    owner = Attribute(
+        "This process's name in the claims it makes, so that its dead claims"
+        " can be told from a live process's."
+    )
+
+    async def ping() -> None:
+        """Fail with L{DatabaseError} if the store cannot be used right now."""
+
+    async def claim(claim: Claim) -> None:
+        """
+        Reserve C{claim.uuid}.  Fails with L{Taken} if the uuid is taken or
+        being uploaded, with L{NoSuchParent} if the kind has a parent and
+        C{claim.parent} names no ready object (the parent is held until the
+        claim is made, so that it cannot be deleted meanwhile).
+        """
+
+    async def release(kind: str, uuid: str) -> None:
+        """Give a claimed uuid back; a uuid not claimed is not an error."""
+
+    async def complete(kind: str, uuid: str, blob: BlobInfo) -> StoredObject:
+        """
+        Make a claim a visible object now that its blob is committed; it
+        takes the next place in the completion order and the time of now.
+        Fails with L{ClaimLost} if the claim is gone.
+        """
+
+    async def get(kind: str, uuid: str) -> StoredObject | None:
+        """The ready object of that kind and uuid, or L{None}."""
+
+    async def list(
+        kind: str,
+        limit: int,
+        offset: int = 0,
+        *,
+        before: int | None = None,
+        parent: str | None = None,
+        namePrefix: str | None = None,
+    ) -> list[StoredObject]:
+        """
+        Ready objects of C{kind}, newest first (by C{seq}).  C{before} is a
+        keyset cursor: only those completed before the object of that
+        C{seq}.  C{parent} keeps the children of that uuid, C{namePrefix}
+        those whose name starts with it (literally).
+        """
+
+    async def delete(kind: str, uuid: str) -> StoredObject:
+        """
+        Delete a ready object's row and return it; the caller deletes its
+        blob after (never a row without its blob).  Fails with
+        L{NoSuchObject}, or with L{InUse} naming (some of) the children
+        that still use it.
+        """
+
+    async def change(kind: str, uuid: str, change: Change) -> Changed:
+        """
+        Apply C{change} in one transaction (a new uuid must have been
+        claimed first; its claim becomes the object).  Fails with
+        L{NoSuchObject} if the object is gone.
+        """
+
+    async def heartbeat() -> None:
+        """Say that this owner's claims are alive."""
+
+    async def deadClaims(staleAfter: float, mine: bool = False) -> Sequence[DeadClaim]:
+        """
+        The claims nobody keeps alive: not refreshed for C{staleAfter}
+        seconds, and with C{mine} every claim of this owner (at start-up,
+        when they can only be a dead run's).
+        """
+
+    async def referencedKeys(keys: Sequence[str]) -> set[str]:
+        """Which of C{keys} a row (ready or claimed) points to."""

@@ -1,15 +1,17 @@
 """
-Value types shared by the layers: what a blob is once written, what a
-resource is once stored, and the errors a layer hands to the one above.
+Value types shared by the layers: what a blob is once written, what an
+object is once stored, and the typed outcomes a layer hands to the one
+above (the web layer turns each into its status and sentence).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from attrs import frozen
+from attrs import field, frozen
 
-KINDS = ("algo", "data", "model", "prediction", "problem")
+from ._kinds import KINDS, TABLE
 
 
 @frozen
@@ -21,10 +23,12 @@ class BlobInfo:
 
 
 @frozen
-class Resource:
+class StoredObject:
     """
-    One stored resource: its metadata row.  C{blob_key} is where its blob
-    lives in the blob store; it is never shown to clients.
+    One stored object: its metadata row.  C{blob_key} is where its blob
+    lives in the blob store; it is never shown to clients.  C{text} holds
+    the kind's text fields (see L{morpheo._kinds}), C{parent} the uuid of
+    the object it belongs to (a model's algo).
     """
 
     kind: str
@@ -33,27 +37,41 @@ class Resource:
     size: int
     sha256: str
     blob_key: str
-    name: str | None = None
-    description: str | None = None
-    algo: str | None = None
+    text: Mapping[str, str | None] = field(factory=dict)
+    parent: str | None = None
     content_type: str | None = None
     filename: str | None = None
     #: The completion order: lists are newest first by it, and cursors
     #: point into it.
     seq: int = 0
 
+    @property
+    def name(self) -> str | None:
+        return self.text.get("name")
+
+    @property
+    def description(self) -> str | None:
+        return self.text.get("description")
+
+    @property
+    def algo(self) -> str | None:
+        return self.parent if TABLE[self.kind].parent == "algo" else None
+
     def asJSON(self) -> dict[str, Any]:
         """The contract's JSON for this kind: only the keys it defines."""
+        kind = TABLE[self.kind]
         out: dict[str, Any] = {"uuid": self.uuid, "timestamp_upload": self.timestamp_upload}
-        if self.kind in ("algo", "problem"):
-            out["name"] = self.name
-        if self.kind == "problem":
-            out["description"] = self.description
-        if self.kind == "model":
-            out["algo"] = self.algo
+        for name in kind.text:
+            out[name] = self.text.get(name)
+        if kind.parent is not None:
+            out[kind.parent] = self.parent
         out["size"] = self.size
         out["sha256"] = self.sha256
         return out
+
+
+#: The name this row had before L{StoredObject}; kept for embedders.
+Resource = StoredObject
 
 
 class APIError(Exception):
@@ -86,3 +104,121 @@ class SizeMismatch(ValueError):
         super().__init__(expected, received)
         self.expected = expected
         self.received = received
+
+
+class DatabaseError(Exception):
+    """The metadata database failed or cannot be reached.  Its message is
+    for the log: clients are told only that the database failed."""
+
+
+class NoSuchObject(Exception):
+    """There is no (ready) object of that kind and uuid."""
+
+    def __init__(self, kind: str, uuid: str) -> None:
+        super().__init__(kind, uuid)
+        self.kind = kind
+        self.uuid = uuid
+
+
+class Taken(Exception):
+    """The uuid is already taken, or being uploaded right now."""
+
+    def __init__(self, kind: str, uuid: str) -> None:
+        super().__init__(kind, uuid)
+        self.kind = kind
+        self.uuid = uuid
+
+
+class NoSuchParent(Exception):
+    """The object an upload names as its parent (a model's algo) does not exist."""
+
+    def __init__(self, kind: str, uuid: str) -> None:
+        super().__init__(kind, uuid)
+        self.kind = kind
+        self.uuid = uuid
+
+
+class InUse(Exception):
+    """An object still has children (an algo that models use): kept."""
+
+    def __init__(self, kind: str, uuid: str, children: Sequence[str]) -> None:
+        super().__init__(kind, uuid, tuple(children))
+        self.kind = kind
+        self.uuid = uuid
+        self.children = tuple(children)
+
+
+class ClaimLost(DatabaseError):
+    """A claim was no longer there to complete (swept as dead meanwhile)."""
+
+    def __init__(self, kind: str, uuid: str) -> None:
+        super().__init__(f"the claim on {kind} {uuid} was lost before the upload ended")
+        self.kind = kind
+        self.uuid = uuid
+
+
+class DigestMismatch(Exception):
+    """The blob's bytes do not match a digest its client stated."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+# What the domain layer asks of a metadata store (see IMetadataStore).
+
+
+@frozen
+class Claim:
+    """
+    A uuid reserved for an upload in progress, with everything its row will
+    hold but the blob's size and digest.  C{blobKey} records where its blob
+    is being written, so that what a dead upload wrote can be found.
+    """
+
+    kind: str
+    uuid: str
+    blobKey: str | None
+    text: Mapping[str, str] = field(factory=dict)
+    parent: str | None = None
+    contentType: str | None = None
+    filename: str | None = None
+
+
+@frozen
+class NewBlob:
+    """A blob committed under C{key}, for a change to point its object to."""
+
+    key: str
+    info: BlobInfo
+    contentType: str | None = None
+    filename: str | None = None
+
+
+@frozen
+class Change:
+    """
+    A change to a stored object, applied at once: a new uuid (claimed
+    first), new text fields, a new blob.  What is L{None} or absent stays.
+    """
+
+    newUUID: str | None = None
+    text: Mapping[str, str] = field(factory=dict)
+    blob: NewBlob | None = None
+
+
+@frozen
+class Changed:
+    """A change applied: the object as it is now, and the blob it no longer uses."""
+
+    object: StoredObject
+    oldBlobKey: str | None
+
+
+@frozen
+class DeadClaim:
+    """A claim nobody keeps alive: its uuid, and where its blob was going."""
+
+    kind: str
+    uuid: str
+    blobKey: str | None

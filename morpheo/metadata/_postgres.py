@@ -1,11 +1,8 @@
-# -*- test-case-name: tests.test_migrations -*-
+# -*- test-case-name: tests.integration.test_metadata_contract,tests.integration.test_migrations -*-
 """
-Resource metadata in PostgreSQL, through a txpostgres connection pool.
-
-A uuid is claimed by inserting a C{pending} row (the primary key makes two
-concurrent claims of one uuid end with exactly one winner); the row becomes
-C{ready}, with the blob's size, sha256 and key, only once the blob is
-committed.  Readers see C{ready} rows only.
+Object metadata in PostgreSQL, through a txpostgres connection pool:
+L{PostgresMetadataStore}, on L{Database}, a small typed face for the
+untyped driver.
 """
 
 from __future__ import annotations
@@ -15,54 +12,75 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg2
-from attrs import frozen
 from twisted.internet.defer import Deferred, FirstError
 from twisted.internet.interfaces import IReactorCore
 from txpostgres import txpostgres
+from zope.interface import implementer
 
-from .._types import Resource
+from .._interfaces import IMetadataStore
+from .._kinds import TABLE, TEXT_FIELDS, childrenOf
+from .._types import (
+    BlobInfo,
+    Change,
+    Changed,
+    Claim,
+    ClaimLost,
+    DatabaseError,
+    DeadClaim,
+    InUse,
+    NoSuchObject,
+    NoSuchParent,
+    StoredObject,
+    Taken,
+)
 
 T = TypeVar("T")
 
-_COLUMNS = (
-    "kind, uuid::text, timestamp_upload, size, sha256, blob_key, name, description,"
-    " algo::text, content_type, filename, seq"
+#: The columns of the kinds' parents (a model's C{algo}).
+_PARENTS: tuple[str, ...] = tuple(dict.fromkeys(k.parent for k in TABLE.values() if k.parent))
+
+_COLUMNS = ", ".join(
+    (
+        "kind, uuid::text, timestamp_upload, size, sha256, blob_key",
+        *TEXT_FIELDS,
+        *(f"{p}::text" for p in _PARENTS),
+        "content_type, filename, seq",
+    )
 )
 
 
-class DatabaseError(Exception):
-    """The metadata database failed or cannot be reached."""
-
-
-def _resource(row: Sequence[Any]) -> Resource:
-    kind, uuid, ts, size, sha, key, name, description, algo, ctype, filename, seq = row
-    return Resource(
+def _stored(row: Sequence[Any]) -> StoredObject:
+    kind, uuid, ts, size, sha, key = row[:6]
+    text = dict(zip(TEXT_FIELDS, row[6 : 6 + len(TEXT_FIELDS)]))
+    rest = row[6 + len(TEXT_FIELDS) :]
+    parents = dict(zip(_PARENTS, rest[: len(_PARENTS)]))
+    ctype, filename, seq = rest[len(_PARENTS) :]
+    parentKind = TABLE[kind].parent
+    return StoredObject(
         kind=kind,
         uuid=uuid,
         timestamp_upload=ts,
         size=size,
         sha256=sha,
         blob_key=key,
-        name=name,
-        description=description,
-        algo=algo,
+        text={name: text[name] for name in TABLE[kind].text},
+        parent=parents[parentKind] if parentKind is not None else None,
         content_type=ctype,
         filename=filename,
         seq=seq,
     )
 
 
+def _textColumn(name: str) -> str:
+    """A text field's column; only the kinds' fields ever reach the SQL."""
+    if name not in TEXT_FIELDS:
+        raise ValueError(f"no text field {name!r}")
+    return name
+
+
 def _likePrefix(prefix: str) -> str:
     """A LIKE pattern matching what starts with C{prefix}, literally."""
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-
-
-@frozen
-class PatchResult:
-    """What a PATCH changed: the new row, and the blob it no longer uses."""
-
-    resource: Resource
-    oldBlobKey: str | None
 
 
 class Database:
@@ -122,11 +140,16 @@ class Database:
         return self._guard(self._ready().runInteraction(f, *args))
 
 
-class MetadataStore:
+@implementer(IMetadataStore)
+class PostgresMetadataStore:
     """
-    The queries of the service, on a L{Database}.  C{owner} names this
-    process in the claims it makes, so that its dead claims can be told from
-    another live process's.
+    L{IMetadataStore} on a L{Database}.
+
+    A uuid is claimed by inserting a C{pending} row (the primary key makes
+    two concurrent claims of one uuid end with exactly one winner); the row
+    becomes C{ready}, with the blob's size, sha256 and key, only once the
+    blob is committed.  Readers see C{ready} rows only.  The columns of the
+    kinds' text fields and parents are read from L{morpheo._kinds}.
     """
 
     def __init__(self, db: Database, owner: str = "") -> None:
@@ -136,91 +159,71 @@ class MetadataStore:
     async def ping(self) -> None:
         await self.db.query("SELECT 1")
 
-    async def claim(
-        self,
-        kind: str,
-        uuid: str,
-        *,
-        blobKey: str | None = None,
-        name: str | None = None,
-        description: str | None = None,
-        algo: str | None = None,
-        contentType: str | None = None,
-        filename: str | None = None,
-    ) -> bool:
-        """
-        Reserve C{uuid}, recording where its blob will go; L{False} if it is
-        taken (or being uploaded).
-        """
-        rows = await self.db.query(
-            "INSERT INTO resource (kind, uuid, blob_key, name, description, algo,"
-            " content_type, filename, claimed_by, state)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending')"
-            " ON CONFLICT DO NOTHING RETURNING 1",
-            (kind, uuid, blobKey, name, description, algo, contentType, filename, self.owner),
+    async def claim(self, claim: Claim) -> None:
+        kind = TABLE[claim.kind]
+        columns = ["kind", "uuid", "blob_key", "content_type", "filename", "claimed_by"]
+        values: list[object] = [
+            claim.kind,
+            claim.uuid,
+            claim.blobKey,
+            claim.contentType,
+            claim.filename,
+            self.owner,
+        ]
+        for name, value in claim.text.items():
+            columns.append(_textColumn(name))
+            values.append(value)
+        if kind.parent is not None:
+            columns.append(kind.parent)
+            values.append(claim.parent)
+        insert = (
+            f"INSERT INTO resource ({', '.join(columns)}, state)"
+            f" VALUES ({', '.join(['%s'] * len(values))}, 'pending')"
+            " ON CONFLICT DO NOTHING RETURNING 1"
         )
-        return bool(rows)
 
-    async def claimModel(
-        self, uuid: str, algo: str, blobKey: str, contentType: str | None = None
-    ) -> str:
-        """
-        Reserve a model's uuid if its algo exists, holding the algo so that
-        it cannot be deleted meanwhile: C{"claimed"}, C{"taken"} or
-        C{"no algo"}.
-        """
-
-        async def run(cursor: Any) -> str:
-            await cursor.execute(
-                "SELECT 1 FROM resource WHERE kind = 'algo' AND uuid = %s AND state = 'ready'"
-                " FOR SHARE",
-                (algo,),
-            )
+        async def run(cursor: Any) -> None:
+            if kind.parent is not None:
+                # Held (FOR SHARE) until the claim is in: the parent cannot
+                # be deleted meanwhile.
+                await cursor.execute(
+                    "SELECT 1 FROM resource WHERE kind = %s AND uuid = %s AND state = 'ready'"
+                    " FOR SHARE",
+                    (kind.parent, claim.parent),
+                )
+                if cursor.fetchone() is None:
+                    raise NoSuchParent(kind.parent, claim.parent or "")
+            await cursor.execute(insert, values)
             if cursor.fetchone() is None:
-                return "no algo"
-            await cursor.execute(
-                "INSERT INTO resource (kind, uuid, blob_key, algo, content_type, claimed_by, state)"
-                " VALUES ('model', %s, %s, %s, %s, %s, 'pending')"
-                " ON CONFLICT DO NOTHING RETURNING 1",
-                (uuid, blobKey, algo, contentType, self.owner),
-            )
-            return "claimed" if cursor.fetchone() else "taken"
+                raise Taken(claim.kind, claim.uuid)
 
-        return await self.db.interaction(lambda c: Deferred.fromCoroutine(run(c)))
+        await self.db.interaction(lambda c: Deferred.fromCoroutine(run(c)))
 
     async def release(self, kind: str, uuid: str) -> None:
-        """Give a claimed uuid back after a failed upload."""
         await self.db.operation(
             "DELETE FROM resource WHERE kind = %s AND uuid = %s AND state = 'pending'",
             (kind, uuid),
         )
 
-    async def complete(
-        self, kind: str, uuid: str, size: int, sha256: str, blobKey: str | None = None
-    ) -> Resource:
-        """
-        Make a claimed row visible, now that its blob is committed; it takes
-        the next place in the completion order.
-        """
+    async def complete(self, kind: str, uuid: str, blob: BlobInfo) -> StoredObject:
         rows = await self.db.query(
             "UPDATE resource SET state = 'ready', size = %s, sha256 = %s,"
-            " blob_key = COALESCE(%s, blob_key),"
             " seq = nextval(pg_get_serial_sequence('resource', 'seq')),"
             " timestamp_upload = EXTRACT(EPOCH FROM clock_timestamp())::bigint"
             " WHERE kind = %s AND uuid = %s AND state = 'pending'"
             f" RETURNING {_COLUMNS}",
-            (size, sha256, blobKey, kind, uuid),
+            (blob.size, blob.sha256, kind, uuid),
         )
         if not rows:
-            raise DatabaseError(f"the claim on {kind} {uuid} was lost before the upload ended")
-        return _resource(rows[0])
+            raise ClaimLost(kind, uuid)
+        return _stored(rows[0])
 
-    async def get(self, kind: str, uuid: str) -> Resource | None:
+    async def get(self, kind: str, uuid: str) -> StoredObject | None:
         rows = await self.db.query(
             f"SELECT {_COLUMNS} FROM resource WHERE kind = %s AND uuid = %s AND state = 'ready'",
             (kind, uuid),
         )
-        return _resource(rows[0]) if rows else None
+        return _stored(rows[0]) if rows else None
 
     async def list(
         self,
@@ -229,22 +232,18 @@ class MetadataStore:
         offset: int = 0,
         *,
         before: int | None = None,
-        algo: str | None = None,
+        parent: str | None = None,
         namePrefix: str | None = None,
-    ) -> list[Resource]:
-        """
-        Newest first.  C{before} is a keyset cursor: only what completed
-        before the resource of that C{seq}, so pages neither lose nor repeat
-        items while uploads arrive.
-        """
+    ) -> builtins.list[StoredObject]:
         where: builtins.list[str] = ["kind = %s", "state = 'ready'"]
         args: builtins.list[object] = [kind]
         if before is not None:
             where.append("seq < %s")
             args.append(before)
-        if algo is not None:
-            where.append("algo = %s")
-            args.append(algo)
+        parentKind = TABLE[kind].parent
+        if parent is not None and parentKind is not None:
+            where.append(f"{parentKind} = %s")
+            args.append(parent)
         if namePrefix:
             where.append("name LIKE %s ESCAPE '\\'")
             args.append(_likePrefix(namePrefix))
@@ -253,16 +252,10 @@ class MetadataStore:
             " ORDER BY seq DESC LIMIT %s OFFSET %s",
             (*args, limit, offset),
         )
-        return [_resource(r) for r in rows]
+        return [_stored(r) for r in rows]
 
-    async def delete(self, kind: str, uuid: str) -> Resource | builtins.list[str] | None:
-        """
-        Delete a ready resource's row: the row, or for an algo that models
-        still use, the uuids of (some of) those models; L{None} if absent.
-        The caller deletes the blob after: never a row without its blob.
-        """
-
-        async def run(cursor: Any) -> Resource | builtins.list[str] | None:
+    async def delete(self, kind: str, uuid: str) -> StoredObject:
+        async def run(cursor: Any) -> StoredObject:
             await cursor.execute(
                 f"SELECT {_COLUMNS} FROM resource"
                 " WHERE kind = %s AND uuid = %s AND state = 'ready' FOR UPDATE",
@@ -270,40 +263,23 @@ class MetadataStore:
             )
             row = cursor.fetchone()
             if row is None:
-                return None
-            if kind == "algo":
+                raise NoSuchObject(kind, uuid)
+            for child in childrenOf(kind):
                 await cursor.execute(
-                    "SELECT uuid::text FROM resource WHERE kind = 'model' AND algo = %s"
+                    f"SELECT uuid::text FROM resource WHERE kind = %s AND {kind} = %s"
                     " ORDER BY seq LIMIT 20",
-                    (uuid,),
+                    (child, uuid),
                 )
-                users = [r[0] for r in cursor.fetchall()]
-                if users:
-                    return users
+                children = [r[0] for r in cursor.fetchall()]
+                if children:
+                    raise InUse(kind, uuid, children)
             await cursor.execute("DELETE FROM resource WHERE kind = %s AND uuid = %s", (kind, uuid))
-            return _resource(row)
+            return _stored(row)
 
         return await self.db.interaction(lambda c: Deferred.fromCoroutine(run(c)))
 
-    async def patch(
-        self,
-        kind: str,
-        uuid: str,
-        *,
-        newUUID: str | None,
-        name: str | None,
-        description: str | None,
-        blob: tuple[int, str, str] | None,
-        contentType: str | None = None,
-        filename: str | None = None,
-    ) -> PatchResult | None:
-        """
-        Apply a PATCH in one transaction: rename (the new uuid must have been
-        claimed), new text, new blob C{(size, sha256, key)}.  L{None} if the
-        resource is gone.
-        """
-
-        async def run(cursor: Any) -> PatchResult | None:
+    async def change(self, kind: str, uuid: str, change: Change) -> Changed:
+        async def run(cursor: Any) -> Changed:
             await cursor.execute(
                 "SELECT blob_key FROM resource WHERE kind = %s AND uuid = %s AND state = 'ready'"
                 " FOR UPDATE",
@@ -311,68 +287,59 @@ class MetadataStore:
             )
             row = cursor.fetchone()
             if row is None:
-                return None
-            oldKey = row[0]
-            if newUUID is not None and newUUID != uuid:
+                raise NoSuchObject(kind, uuid)
+            newUUID = change.newUUID or uuid
+            if newUUID != uuid:
                 await cursor.execute(
                     "DELETE FROM resource WHERE kind = %s AND uuid = %s AND state = 'pending'",
                     (kind, newUUID),
                 )
-            sets: list[str] = ["uuid = %s"]
-            args: list[Any] = [newUUID or uuid]
-            for column, value in (("name", name), ("description", description)):
-                if value is not None:
-                    sets.append(f"{column} = %s")
-                    args.append(value)
+            sets: builtins.list[str] = ["uuid = %s"]
+            args: builtins.list[Any] = [newUUID]
+            for name, value in change.text.items():
+                sets.append(f"{_textColumn(name)} = %s")
+                args.append(value)
+            blob = change.blob
             if blob is not None:
                 sets.append(
                     "size = %s, sha256 = %s, blob_key = %s, content_type = %s, filename = %s"
                 )
-                args.extend((*blob, contentType, filename))
+                args.extend(
+                    (blob.info.size, blob.info.sha256, blob.key, blob.contentType, blob.filename)
+                )
             await cursor.execute(
                 f"UPDATE resource SET {', '.join(sets)} WHERE kind = %s AND uuid = %s"
                 f" RETURNING {_COLUMNS}",
                 (*args, kind, uuid),
             )
-            resource = _resource(cursor.fetchone())
-            return PatchResult(resource, oldKey if blob is not None else None)
+            return Changed(_stored(cursor.fetchone()), row[0] if blob is not None else None)
 
         return await self.db.interaction(lambda c: Deferred.fromCoroutine(run(c)))
-
-    async def algoExists(self, uuid: str) -> bool:
-        return await self.get("algo", uuid) is not None
 
     # Recovery
 
     async def heartbeat(self) -> None:
-        """Say this process's claims are alive."""
         await self.db.operation(
             "UPDATE resource SET heartbeat = now() WHERE claimed_by = %s AND state = 'pending'",
             (self.owner,),
         )
 
-    async def deadClaims(
-        self, staleAfter: float, mine: bool = False
-    ) -> builtins.list[tuple[str, str, str | None]]:
-        """
-        The pending claims that nobody keeps alive: those not refreshed for
-        C{staleAfter} seconds, and with C{mine} every claim of this owner
-        (at start-up, when they can only be a dead run's).  Their
-        C{(kind, uuid, blob key)}: the caller removes what was written
-        under the key, then L{release}s the claim.
-        """
+    async def deadClaims(self, staleAfter: float, mine: bool = False) -> builtins.list[DeadClaim]:
         rows = await self.db.query(
             "SELECT kind, uuid::text, blob_key FROM resource WHERE state = 'pending'"
             " AND (heartbeat < now() - make_interval(secs => %s) OR (%s AND claimed_by = %s))",
             (staleAfter, mine, self.owner),
         )
-        return [(k, u, key) for k, u, key in rows]
+        return [DeadClaim(k, u, key) for k, u, key in rows]
 
     async def referencedKeys(self, keys: Sequence[str]) -> set[str]:
-        """Which of C{keys} a row (ready or pending) points to."""
         if not keys:
             return set()
         rows = await self.db.query(
-            "SELECT blob_key FROM resource WHERE blob_key = ANY(%s)", (list(keys),)
+            "SELECT blob_key FROM resource WHERE blob_key = ANY(%s)", (builtins.list(keys),)
         )
         return {r[0] for r in rows}
+
+
+#: The name this store had before L{PostgresMetadataStore}; kept for embedders.
+MetadataStore = PostgresMetadataStore

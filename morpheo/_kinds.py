@@ -1,0 +1,62 @@
+# -*- test-case-name: tests.unit.test_kinds -*-
+"""
+The kinds of object the service stores, and the rules of each: the one
+table that the upload forms, the JSON, the SQL and the routes all read.
+
+Adding a text field to a kind is one line here (and a column in a
+migration): the forms accept it, the JSON shows it, the metadata stores
+store it.
+"""
+
+from __future__ import annotations
+
+from attrs import frozen
+
+
+@frozen
+class Kind:
+    """
+    What one kind of object carries besides its blob.
+
+    @ivar text: the text fields a client gives at upload, all required, in
+        the order the JSON shows them.
+    @ivar nameFilter: lists of this kind filter by name prefix (C{?name=}).
+    @ivar parent: the kind an object of this kind belongs to (a model's
+        algo): named at upload (C{?algo=}), shown in the JSON, filterable
+        in lists, and it cannot be deleted while children use it.
+    @ivar rawBody: uploads are the raw request body (the blob alone), not a
+        multipart form.
+    @ivar patchable: C{PATCH /{kind}/{uuid}} renames it, changes its text
+        fields and replaces its blob.
+    """
+
+    name: str
+    text: tuple[str, ...] = ()
+    nameFilter: bool = False
+    parent: str | None = None
+    rawBody: bool = False
+    patchable: bool = False
+
+
+#: Every kind, by name, in the order the API lists them.
+TABLE: dict[str, Kind] = {
+    kind.name: kind
+    for kind in (
+        Kind("algo", text=("name",), nameFilter=True),
+        Kind("data"),
+        Kind("model", parent="algo", rawBody=True),
+        Kind("prediction"),
+        Kind("problem", text=("name", "description"), nameFilter=True, patchable=True),
+    )
+}
+
+#: The kinds' names (public: C{morpheo.KINDS}).
+KINDS: tuple[str, ...] = tuple(TABLE)
+
+#: Every text column any kind has (the metadata stores hold them all).
+TEXT_FIELDS: tuple[str, ...] = tuple(dict.fromkeys(f for k in TABLE.values() for f in k.text))
+
+
+def childrenOf(kind: str) -> tuple[str, ...]:
+    """The kinds whose objects name an object of C{kind} as their parent."""
+    return tuple(k.name for k in TABLE.values() if k.parent == kind)
