@@ -11,7 +11,8 @@ from typing import Any
 
 from attrs import field, frozen
 
-from ._kinds import KINDS, TABLE
+from ._kinds import KINDS as KINDS  # the old home of the kinds' names, still imported
+from ._kinds import TABLE
 
 
 @frozen

@@ -51,9 +51,9 @@ _COLUMNS = ", ".join(
 
 def _stored(row: Sequence[Any]) -> StoredObject:
     kind, uuid, ts, size, sha, key = row[:6]
-    text = dict(zip(TEXT_FIELDS, row[6 : 6 + len(TEXT_FIELDS)]))
+    text = dict(zip(TEXT_FIELDS, row[6 : 6 + len(TEXT_FIELDS)], strict=True))
     rest = row[6 + len(TEXT_FIELDS) :]
-    parents = dict(zip(_PARENTS, rest[: len(_PARENTS)]))
+    parents = dict(zip(_PARENTS, rest[: len(_PARENTS)], strict=True))
     ctype, filename, seq = rest[len(_PARENTS) :]
     parentKind = TABLE[kind].parent
     return StoredObject(
