@@ -1,8 +1,9 @@
 """
-Schema migrations (L{morpheo.metadata._migrations}) and the metadata queries
-(L{morpheo.metadata._postgres.MetadataStore}) against a real PostgreSQL: an embedded
-server for the session and a scratch database per test, so every test
-starts from an empty schema and no test sees another's rows.
+Schema migrations (L{morpheo.metadata._migrations}) against a real
+PostgreSQL: an embedded server for the session and a scratch database per
+test, so every test starts from an empty schema and no test sees another's
+rows.  The metadata store's queries are held to their contract in
+L{tests.integration.test_metadata_contract}.
 
 The last tests run C{twistd morpheo-storage --db-rollback} for real: the
 command an operator types must roll back on the same data directory a
@@ -23,7 +24,6 @@ import psycopg2
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults
 
 from morpheo.metadata._migrations import (
     Migration,
@@ -33,11 +33,10 @@ from morpheo.metadata._migrations import (
     migrate,
     rollback,
 )
-from morpheo.metadata._postgres import Database, DatabaseError, MetadataStore
+from morpheo.metadata._postgres import Database, DatabaseError
 from tests._server import PASSWORD, TWISTD, USER, startServer
 
 SCHEMA = str(Path(__file__).resolve().parent.parent / "schema")
-SHA = "0" * 64
 #: The migrations shipped in schema/, and how they are recorded once applied.
 SHIPPED = loadMigrations(SCHEMA)
 ALL = [m.version for m in SHIPPED]
@@ -90,13 +89,6 @@ async def db(dsn: str) -> AsyncIterator[Database]:
         yield database
     finally:
         database.close()
-
-
-@pytest_twisted.async_yield_fixture
-async def store(db: Database) -> AsyncIterator[MetadataStore]:
-    """A L{MetadataStore} on a migrated scratch database."""
-    await migrate(db, loadMigrations(SCHEMA))
-    yield MetadataStore(db)
 
 
 async def tableExists(db: Database, table: str) -> bool:
@@ -325,105 +317,6 @@ async def test_rollbackOfUnknownMigration(db: Database, tmp_path: Path) -> None:
         await rollback(db, loadMigrations(SCHEMA))
     assert await tableExists(db, "extra")
     assert await recorded(db) == [*RECORDED, (900, "extra")]
-
-
-# MetadataStore
-
-
-@pytest_twisted.ensureDeferred
-async def test_concurrentClaims(store: MetadataStore) -> None:
-    """
-    Two uploads racing for one uuid (on two pool connections at once): the
-    primary key lets exactly one win, the other gets False (a 409).
-    """
-    uid = str(uuid.uuid4())
-    for _ in range(5):
-        results = await gatherResults(
-            [Deferred.fromCoroutine(store.claim("data", uid)) for _ in range(2)]
-        )
-        assert sorted(results) == [False, True]
-        await store.release("data", uid)
-
-
-@pytest_twisted.ensureDeferred
-async def test_claimIsPerKind(store: MetadataStore) -> None:
-    """One uuid may name resources of different kinds: the key is (kind, uuid)."""
-    uid = str(uuid.uuid4())
-    assert await store.claim("data", uid)
-    assert await store.claim("algo", uid, name="a")
-
-
-@pytest_twisted.ensureDeferred
-async def test_releaseFreesTheUUID(store: MetadataStore) -> None:
-    """A failed upload gives its uuid back: the next claim of it succeeds."""
-    uid = str(uuid.uuid4())
-    assert await store.claim("data", uid)
-    assert not await store.claim("data", uid)
-    await store.release("data", uid)
-    assert await store.claim("data", uid)
-
-
-@pytest_twisted.ensureDeferred
-async def test_releaseKeepsCompleted(store: MetadataStore) -> None:
-    """Release only frees a pending claim: it never deletes a stored resource."""
-    uid = str(uuid.uuid4())
-    await store.claim("data", uid)
-    await store.complete("data", uid, 3, SHA, "key")
-    await store.release("data", uid)
-    assert await store.get("data", uid) is not None
-    assert not await store.claim("data", uid)
-
-
-@pytest_twisted.ensureDeferred
-async def test_pendingIsInvisible(store: MetadataStore) -> None:
-    """While its blob is being written a resource is neither found nor listed."""
-    uid = str(uuid.uuid4())
-    await store.claim("data", uid)
-    assert await store.get("data", uid) is None
-    assert await store.list("data", 10, 0) == []
-
-
-@pytest_twisted.ensureDeferred
-async def test_completeMakesVisible(store: MetadataStore) -> None:
-    """Once complete, get and list return it with its size, sha256 and metadata."""
-    uid = str(uuid.uuid4())
-    sha = "ab" * 32
-    await store.claim("problem", uid, name="funky", description="great")
-    resource = await store.complete("problem", uid, 666, sha, "blob-key")
-    assert (resource.uuid, resource.size, resource.sha256) == (uid, 666, sha)
-    assert (resource.name, resource.description) == ("funky", "great")
-    assert resource.blob_key == "blob-key"
-    assert isinstance(resource.timestamp_upload, int) and resource.timestamp_upload > 0
-    assert await store.get("problem", uid) == resource
-    assert await store.list("problem", 10, 0) == [resource]
-    assert await store.get("data", uid) is None
-
-
-@pytest_twisted.ensureDeferred
-async def test_completeWithoutClaim(store: MetadataStore) -> None:
-    """A completion whose claim is gone is an error, not a silent no-op."""
-    with pytest.raises(DatabaseError, match="claim"):
-        await store.complete("data", str(uuid.uuid4()), 1, SHA, "k")
-
-
-@pytest_twisted.ensureDeferred
-async def test_listNewestFirst(store: MetadataStore) -> None:
-    """
-    Lists are newest first: in the order uploads completed, whatever the
-    order they were claimed in (a claim is not an upload yet).
-    """
-    uids = [str(uuid.uuid4()) for _ in range(4)]
-    for uid in uids:
-        await store.claim("data", uid)
-    for uid in [uids[1], uids[0], uids[2], uids[3]]:
-        await store.complete("data", uid, 1, SHA, uid)
-    listed = [r.uuid for r in await store.list("data", 10, 0)]
-    assert listed == [uids[3], uids[2], uids[0], uids[1]]
-    assert [r.uuid for r in await store.list("data", 2, 1)] == [uids[2], uids[0]]
-    # A cursor: only what completed before the given one.
-    cursor = (await store.list("data", 10, 0))[1].seq
-    assert [r.uuid for r in await store.list("data", 10, before=cursor)] == [uids[0], uids[1]]
-    assert await store.list("algo", 10, 0) == []
 
 
 # The command line, for real

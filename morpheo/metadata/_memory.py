@@ -1,0 +1,320 @@
+# -*- test-case-name: tests.integration.test_metadata_contract -*-
+"""
+Object metadata in memory, for development and the fast tests of the layers
+above: L{MemoryMetadataStore}.
+
+It holds rows in a dict and behaves like L{PostgresMetadataStore} wherever
+the domain layer can tell (the contract suite runs against both): a claim
+is a pending row readers never see, the completion order is a counter, the
+time of now is the injected clock's.  The database's own checks are kept
+too (uuids are uuids, names fit their column, a ready row has its blob), so
+that what PostgreSQL would refuse is refused here.  L{goDown} makes every
+call fail as an unreachable database would.
+"""
+
+from __future__ import annotations
+
+import builtins
+import re
+from collections.abc import Mapping, Sequence
+from enum import Enum
+from itertools import count
+from uuid import UUID
+
+from attrs import define, field
+from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
+
+from .._interfaces import IMetadataStore
+from .._kinds import TABLE, TEXT_FIELDS, childrenOf
+from .._types import (
+    BlobInfo,
+    Change,
+    Changed,
+    Claim,
+    ClaimLost,
+    DatabaseError,
+    DeadClaim,
+    InUse,
+    NoSuchObject,
+    NoSuchParent,
+    StoredObject,
+    Taken,
+)
+
+#: What PostgreSQL checks of a row (schema/), checked here alike.
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_TEXT_LIMIT = 255
+
+
+class _State(Enum):
+    PENDING = "pending"
+    READY = "ready"
+
+
+def _uuid(value: str) -> str:
+    """A uuid as the C{uuid} column stores and shows it, or the error it raises."""
+    try:
+        return str(UUID(value))
+    except (ValueError, TypeError, AttributeError):
+        raise DatabaseError(
+            f"the metadata database failed: invalid input syntax for type uuid: {value!r}"
+        ) from None
+
+
+def _text(fields: Mapping[str, str | None]) -> dict[str, str | None]:
+    """The text columns C{fields} sets, held to the schema's checks."""
+    for name, value in fields.items():
+        if name not in TEXT_FIELDS:
+            raise ValueError(f"no text field {name!r}")
+        if value is not None and len(value) > _TEXT_LIMIT:
+            raise DatabaseError(
+                f"the metadata database failed: {name} is longer than {_TEXT_LIMIT} characters"
+            )
+    return dict(fields)
+
+
+@define
+class _Row:
+    """One row of the table, pending or ready."""
+
+    kind: str
+    uuid: str
+    seq: int
+    heartbeat: float
+    claimedBy: str
+    blobKey: str | None
+    text: dict[str, str | None] = field(factory=dict)
+    parent: str | None = None
+    contentType: str | None = None
+    filename: str | None = None
+    state: _State = _State.PENDING
+    size: int | None = None
+    sha256: str | None = None
+    timestamp: int = 0
+
+    def stored(self) -> StoredObject:
+        assert self.size is not None and self.sha256 is not None and self.blobKey is not None
+        return StoredObject(
+            kind=self.kind,
+            uuid=self.uuid,
+            timestamp_upload=self.timestamp,
+            size=self.size,
+            sha256=self.sha256,
+            blob_key=self.blobKey,
+            text={name: self.text.get(name) for name in TABLE[self.kind].text},
+            parent=self.parent,
+            content_type=self.contentType,
+            filename=self.filename,
+            seq=self.seq,
+        )
+
+
+def _blobChecked(info: BlobInfo, key: str | None) -> None:
+    """A ready row has a blob: its key, a length and a sha256 (hex)."""
+    if info.size < 0 or not _SHA256.fullmatch(info.sha256) or key is None:
+        raise DatabaseError(
+            "the metadata database failed: a ready row needs a key, a size and a sha256"
+        )
+
+
+class _Tables:
+    """
+    What several stores share when they stand for processes on one
+    database: the rows, the sequence, and whether it can be reached.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self.rows: dict[tuple[str, str], _Row] = {}
+        self.sequence = count(1)
+        #: Why the database cannot be reached, while it cannot.
+        self.outage: str | None = None
+
+    def reachable(self) -> None:
+        if self.outage is not None:
+            raise DatabaseError(self.outage)
+
+    def now(self) -> float:
+        return self.clock.seconds()
+
+    def find(self, kind: str, uuid: str, state: _State = _State.READY) -> _Row | None:
+        row = self.rows.get((kind, _uuid(uuid)))
+        return row if row is not None and row.state is state else None
+
+
+@implementer(IMetadataStore)
+class MemoryMetadataStore:
+    """
+    L{IMetadataStore} in memory.  C{clock} gives the time of completions
+    and heartbeats; L{sibling} is another process's store on the same rows.
+    """
+
+    def __init__(self, clock: IReactorTime, owner: str = "") -> None:
+        self.owner = owner
+        self._tables = _Tables(clock)
+
+    def sibling(self, owner: str) -> MemoryMetadataStore:
+        """A store of another process, with its own owner, on the same rows."""
+        other = MemoryMetadataStore(self._tables.clock, owner)
+        other._tables = self._tables
+        return other
+
+    def goDown(self, reason: str = "the metadata database is not connected") -> None:
+        """From now on every call fails with L{DatabaseError}, as if the database were gone."""
+        self._tables.outage = reason
+
+    def comeBack(self) -> None:
+        """The database can be reached again, its rows as they were."""
+        self._tables.outage = None
+
+    def _open(self) -> _Tables:
+        """The rows, if the database can be reached."""
+        self._tables.reachable()
+        return self._tables
+
+    def _object(self, kind: str, uuid: str) -> tuple[_Tables, _Row]:
+        """The rows and the ready row of that object, or L{NoSuchObject}."""
+        tables = self._open()
+        row = tables.find(kind, uuid)
+        if row is None:
+            raise NoSuchObject(kind, uuid)
+        return tables, row
+
+    async def ping(self) -> None:
+        self._open()
+
+    async def claim(self, claim: Claim) -> None:
+        tables = self._open()
+        kind = TABLE[claim.kind]
+        text = _text(claim.text)
+        parent = None
+        if kind.parent is not None:
+            if claim.parent is None or tables.find(kind.parent, claim.parent) is None:
+                raise NoSuchParent(kind.parent, claim.parent or "")
+            parent = _uuid(claim.parent)
+        key = (claim.kind, _uuid(claim.uuid))
+        if key in tables.rows:
+            raise Taken(claim.kind, claim.uuid)
+        tables.rows[key] = _Row(
+            kind=claim.kind,
+            uuid=key[1],
+            seq=next(tables.sequence),
+            heartbeat=tables.now(),
+            claimedBy=self.owner,
+            blobKey=claim.blobKey,
+            text=text,
+            parent=parent,
+            contentType=claim.contentType,
+            filename=claim.filename,
+        )
+
+    async def release(self, kind: str, uuid: str) -> None:
+        tables = self._open()
+        row = tables.find(kind, uuid, _State.PENDING)
+        if row is not None:
+            del tables.rows[(kind, row.uuid)]
+
+    async def complete(self, kind: str, uuid: str, blob: BlobInfo) -> StoredObject:
+        tables = self._open()
+        row = tables.find(kind, uuid, _State.PENDING)
+        if row is None:
+            raise ClaimLost(kind, uuid)
+        _blobChecked(blob, row.blobKey)
+        row.state = _State.READY
+        row.size, row.sha256 = blob.size, blob.sha256
+        row.seq = next(tables.sequence)
+        row.timestamp = int(tables.now())
+        return row.stored()
+
+    async def get(self, kind: str, uuid: str) -> StoredObject | None:
+        row = self._open().find(kind, uuid)
+        return row.stored() if row is not None else None
+
+    async def list(
+        self,
+        kind: str,
+        limit: int,
+        offset: int = 0,
+        *,
+        before: int | None = None,
+        parent: str | None = None,
+        namePrefix: str | None = None,
+    ) -> builtins.list[StoredObject]:
+        tables = self._open()
+        if parent is not None and TABLE[kind].parent is not None:
+            parent = _uuid(parent)
+        else:
+            parent = None
+        rows = sorted(
+            (
+                row
+                for row in tables.rows.values()
+                if row.kind == kind
+                and row.state is _State.READY
+                and (before is None or row.seq < before)
+                and (parent is None or row.parent == parent)
+                and (not namePrefix or (row.text.get("name") or "").startswith(namePrefix))
+            ),
+            key=lambda row: row.seq,
+            reverse=True,
+        )
+        return [row.stored() for row in rows[offset : offset + limit]]
+
+    async def delete(self, kind: str, uuid: str) -> StoredObject:
+        tables, row = self._object(kind, uuid)
+        for child in childrenOf(kind):
+            children = sorted(
+                (r for r in tables.rows.values() if r.kind == child and r.parent == row.uuid),
+                key=lambda r: r.seq,
+            )
+            if children:
+                raise InUse(kind, uuid, [r.uuid for r in children[:20]])
+        del tables.rows[(kind, row.uuid)]
+        return row.stored()
+
+    async def change(self, kind: str, uuid: str, change: Change) -> Changed:
+        tables, row = self._object(kind, uuid)
+        # Everything is checked before anything changes: one transaction.
+        newUUID = _uuid(change.newUUID) if change.newUUID else row.uuid
+        if newUUID != row.uuid and tables.find(kind, newUUID) is not None:
+            raise DatabaseError(f"the metadata database failed: {kind} {newUUID} already exists")
+        text = _text(change.text)
+        blob = change.blob
+        if blob is not None:
+            _blobChecked(blob.info, blob.key)
+        oldKey = row.blobKey
+        if newUUID != row.uuid:
+            del tables.rows[(kind, row.uuid)]
+            row.uuid = newUUID
+            tables.rows[(kind, newUUID)] = row
+        row.text.update(text)
+        if blob is not None:
+            row.size, row.sha256, row.blobKey = blob.info.size, blob.info.sha256, blob.key
+            row.contentType, row.filename = blob.contentType, blob.filename
+        return Changed(row.stored(), oldKey if blob is not None else None)
+
+    # Recovery
+
+    async def heartbeat(self) -> None:
+        tables = self._open()
+        now = tables.now()
+        for row in tables.rows.values():
+            if row.state is _State.PENDING and row.claimedBy == self.owner:
+                row.heartbeat = now
+
+    async def deadClaims(self, staleAfter: float, mine: bool = False) -> builtins.list[DeadClaim]:
+        tables = self._open()
+        limit = tables.now() - staleAfter
+        return [
+            DeadClaim(row.kind, row.uuid, row.blobKey)
+            for row in tables.rows.values()
+            if row.state is _State.PENDING
+            and (row.heartbeat < limit or (mine and row.claimedBy == self.owner))
+        ]
+
+    async def referencedKeys(self, keys: Sequence[str]) -> set[str]:
+        if not keys:
+            return set()
+        wanted = set(keys)
+        return {row.blobKey for row in self._open().rows.values() if row.blobKey in wanted}

@@ -1,0 +1,699 @@
+"""
+The metadata store contract (L{IMetadataStore}), written once and run
+against every implementation: L{PostgresMetadataStore} on a migrated
+scratch database of an embedded PostgreSQL, and L{MemoryMetadataStore} on a
+L{Clock}.  What the domain layer relies on holds for both, so the fast
+tests above can use the memory store and mean it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from uuid import uuid4
+
+import pytest
+import pytest_twisted
+from attrs import frozen
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import Clock, deferLater
+from zope.interface.verify import verifyObject
+
+from morpheo._interfaces import IMetadataStore
+from morpheo._types import (
+    BlobInfo,
+    Change,
+    Changed,
+    Claim,
+    ClaimLost,
+    DatabaseError,
+    DeadClaim,
+    InUse,
+    NewBlob,
+    NoSuchObject,
+    NoSuchParent,
+    StoredObject,
+    Taken,
+)
+from morpheo.metadata import (
+    Database,
+    MemoryMetadataStore,
+    PostgresMetadataStore,
+    defaultMigrationsDir,
+    loadMigrations,
+    migrate,
+)
+
+SHA = "0" * 64
+#: Where the memory store's clock starts: a plausible time of now.
+EPOCH = 1_767_000_000.0
+#: Short enough to wait for on PostgreSQL's real clock.
+STALE = 0.2
+
+
+@frozen
+class Backend:
+    """
+    One implementation under test, and what the suite needs of it besides
+    the interface: another process's store on the same rows, time passing,
+    the time of now, and the database going away.
+    """
+
+    store: IMetadataStore
+    sibling: Callable[[str], IMetadataStore]
+    elapse: Callable[[float], Awaitable[None]]
+    now: Callable[[], float]
+    goDown: Callable[[], None]
+    comeBack: Callable[[], Awaitable[None]]
+
+
+async def _postgres(dsn: str) -> tuple[Backend, Database]:
+    db = Database(reactor, dsn)
+    await db.start()
+    await migrate(db, loadMigrations(defaultMigrationsDir()))
+
+    async def elapse(seconds: float) -> None:
+        await deferLater(reactor, seconds)
+
+    backend = Backend(
+        store=PostgresMetadataStore(db, owner="here"),
+        sibling=lambda owner: PostgresMetadataStore(db, owner),
+        elapse=elapse,
+        now=time.time,
+        goDown=db.close,
+        comeBack=db.start,
+    )
+    return backend, db
+
+
+def _memory() -> Backend:
+    clock = Clock()
+    clock.advance(EPOCH)
+    store = MemoryMetadataStore(clock, owner="here")
+
+    async def elapse(seconds: float) -> None:
+        clock.advance(seconds)
+
+    async def comeBack() -> None:
+        store.comeBack()
+
+    return Backend(
+        store=store,
+        sibling=store.sibling,
+        elapse=elapse,
+        now=clock.seconds,
+        goDown=store.goDown,
+        comeBack=comeBack,
+    )
+
+
+@pytest_twisted.async_yield_fixture(params=["postgres", "memory"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    if request.param == "memory":
+        yield _memory()
+        return
+    made, db = await _postgres(request.getfixturevalue("dsn"))
+    try:
+        yield made
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def store(backend: Backend) -> IMetadataStore:
+    return backend.store
+
+
+def newUUID() -> str:
+    return str(uuid4())
+
+
+def claimOf(
+    kind: str, uuid: str, text: dict[str, str] | None = None, parent: str | None = None
+) -> Claim:
+    return Claim(kind, uuid, blobKey=f"{kind}/{uuid}", text=text or {}, parent=parent)
+
+
+async def put(
+    store: IMetadataStore,
+    kind: str,
+    text: dict[str, str] | None = None,
+    parent: str | None = None,
+    uuid: str | None = None,
+) -> StoredObject:
+    """Claim and complete an object: what an upload does to the store."""
+    uuid = uuid or newUUID()
+    await store.claim(claimOf(kind, uuid, text, parent))
+    return await store.complete(kind, uuid, BlobInfo(3, SHA))
+
+
+async def uuids(
+    store: IMetadataStore,
+    kind: str,
+    limit: int = 100,
+    offset: int = 0,
+    *,
+    before: int | None = None,
+    parent: str | None = None,
+    namePrefix: str | None = None,
+) -> list[str]:
+    """The uuids a list shows, in its order."""
+    found = await store.list(
+        kind, limit, offset, before=before, parent=parent, namePrefix=namePrefix
+    )
+    return [o.uuid for o in found]
+
+
+def test_provides(store: IMetadataStore) -> None:
+    assert verifyObject(IMetadataStore, store)
+    assert store.owner == "here"
+
+
+# Claims
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrentClaims(store: IMetadataStore) -> None:
+    """
+    Two uploads racing for one uuid (on two pool connections at once, for
+    PostgreSQL): exactly one wins, the other fails with L{Taken} (a 409).
+    """
+    uid = newUUID()
+
+    async def attempt() -> str:
+        try:
+            await store.claim(claimOf("data", uid))
+        except Taken as e:
+            assert (e.kind, e.uuid) == ("data", uid)
+            return "taken"
+        return "claimed"
+
+    for _ in range(5):
+        results = await gatherResults([Deferred.fromCoroutine(attempt()) for _ in range(2)])
+        assert sorted(results) == ["claimed", "taken"]
+        await store.release("data", uid)
+
+
+@pytest_twisted.ensureDeferred
+async def test_claimIsPerKind(store: IMetadataStore) -> None:
+    """One uuid may name objects of different kinds: the key is (kind, uuid)."""
+    uid = newUUID()
+    await store.claim(claimOf("data", uid))
+    await store.claim(claimOf("algo", uid, {"name": "a"}))
+    with pytest.raises(Taken):
+        await store.claim(claimOf("algo", uid, {"name": "b"}))
+
+
+@pytest_twisted.ensureDeferred
+async def test_releaseFreesTheUUID(store: IMetadataStore) -> None:
+    """A failed upload gives its uuid back: the next claim of it succeeds."""
+    uid = newUUID()
+    await store.claim(claimOf("data", uid))
+    with pytest.raises(Taken):
+        await store.claim(claimOf("data", uid))
+    await store.release("data", uid)
+    await store.claim(claimOf("data", uid))
+
+
+@pytest_twisted.ensureDeferred
+async def test_releaseOfNothing(store: IMetadataStore) -> None:
+    """Releasing a uuid nobody claimed is not an error."""
+    await store.release("data", newUUID())
+
+
+@pytest_twisted.ensureDeferred
+async def test_releaseKeepsCompleted(store: IMetadataStore) -> None:
+    """Release only frees a pending claim: it never deletes a stored object."""
+    uid = newUUID()
+    await store.claim(claimOf("data", uid))
+    await store.complete("data", uid, BlobInfo(3, SHA))
+    await store.release("data", uid)
+    assert await store.get("data", uid) is not None
+    with pytest.raises(Taken):
+        await store.claim(claimOf("data", uid))
+
+
+@pytest_twisted.ensureDeferred
+async def test_pendingIsInvisible(store: IMetadataStore) -> None:
+    """While its blob is being written an object is neither found nor listed."""
+    uid = newUUID()
+    await store.claim(claimOf("data", uid))
+    assert await store.get("data", uid) is None
+    assert await store.list("data", 10, 0) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_completeMakesVisible(backend: Backend) -> None:
+    """
+    Once complete, get and list return it with its size, sha256, text
+    fields, the key its claim recorded and the time it completed.
+    """
+    store = backend.store
+    uid = newUUID()
+    sha = "ab" * 32
+    await store.claim(
+        Claim(
+            "problem",
+            uid,
+            blobKey="blob-key",
+            text={"name": "funky", "description": "great"},
+            contentType="application/zip",
+            filename="p.zip",
+        )
+    )
+    before = backend.now()
+    stored = await store.complete("problem", uid, BlobInfo(666, sha))
+    after = backend.now()
+    assert (stored.kind, stored.uuid, stored.size, stored.sha256) == ("problem", uid, 666, sha)
+    assert (stored.name, stored.description) == ("funky", "great")
+    assert stored.text == {"name": "funky", "description": "great"}
+    assert stored.blob_key == "blob-key"
+    assert (stored.content_type, stored.filename) == ("application/zip", "p.zip")
+    assert isinstance(stored.timestamp_upload, int) and stored.timestamp_upload > 0
+    assert int(before) <= stored.timestamp_upload <= int(after) + 1
+    assert await store.get("problem", uid) == stored
+    assert await store.list("problem", 10, 0) == [stored]
+    assert await store.get("data", uid) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_textFieldsOfTheKind(store: IMetadataStore) -> None:
+    """An object shows its kind's text fields (a missing one as None) and no others."""
+    algo = await put(store, "algo", {"name": "a"})
+    data = await put(store, "data")
+    problem = await put(store, "problem", {"name": "p"})
+    assert algo.text == {"name": "a"}
+    assert data.text == {}
+    assert problem.text == {"name": "p", "description": None}
+    assert (data.parent, algo.parent) == (None, None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_completeWithoutClaim(store: IMetadataStore) -> None:
+    """A completion whose claim is gone is an error (a database one), not a silent no-op."""
+    uid = newUUID()
+    with pytest.raises(ClaimLost, match="claim") as caught:
+        await store.complete("data", uid, BlobInfo(1, SHA))
+    assert isinstance(caught.value, DatabaseError)
+    assert (caught.value.kind, caught.value.uuid) == ("data", uid)
+
+
+@pytest_twisted.ensureDeferred
+async def test_completeTwice(store: IMetadataStore) -> None:
+    """A claim completes once: the second completion finds no claim."""
+    stored = await put(store, "data")
+    with pytest.raises(ClaimLost):
+        await store.complete("data", stored.uuid, BlobInfo(1, SHA))
+    assert await store.get("data", stored.uuid) == stored
+
+
+@pytest_twisted.ensureDeferred
+async def test_uuidsAreUUIDs(store: IMetadataStore) -> None:
+    """Another spelling of a uuid names the same object, shown in the canonical one."""
+    uid = newUUID()
+    stored = await put(store, "data", uuid=uid.upper())
+    assert stored.uuid == uid
+    assert await store.get("data", uid.upper()) == stored
+    with pytest.raises(Taken):
+        await store.claim(claimOf("data", uid))
+
+
+# A model and its algo
+
+
+@pytest_twisted.ensureDeferred
+async def test_modelNeedsItsAlgo(store: IMetadataStore) -> None:
+    """A model names an algo that exists: not a missing one, nor one still uploading."""
+    algo = newUUID()
+    model = newUUID()
+    with pytest.raises(NoSuchParent) as missing:
+        await store.claim(claimOf("model", model, parent=algo))
+    assert (missing.value.kind, missing.value.uuid) == ("algo", algo)
+    with pytest.raises(NoSuchParent):
+        await store.claim(claimOf("model", model))
+
+    await store.claim(claimOf("algo", algo, {"name": "a"}))
+    with pytest.raises(NoSuchParent):
+        await store.claim(claimOf("model", model, parent=algo))
+    await store.complete("algo", algo, BlobInfo(3, SHA))
+
+    stored = await put(store, "model", parent=algo, uuid=model)
+    assert (stored.parent, stored.algo) == (algo, algo)
+    assert stored.asJSON()["algo"] == algo
+    assert await store.get("model", model) == stored
+
+
+@pytest_twisted.ensureDeferred
+async def test_parentFilter(store: IMetadataStore) -> None:
+    """A list of models keeps those of one algo when asked."""
+    first = await put(store, "algo", {"name": "first"})
+    second = await put(store, "algo", {"name": "second"})
+    ofFirst = [await put(store, "model", parent=first.uuid) for _ in range(2)]
+    ofSecond = await put(store, "model", parent=second.uuid)
+    assert await uuids(store, "model", parent=first.uuid) == [m.uuid for m in ofFirst[::-1]]
+    assert await uuids(store, "model", parent=second.uuid) == [ofSecond.uuid]
+    assert await uuids(store, "model", parent=newUUID()) == []
+    assert len(await uuids(store, "model")) == 3
+
+
+# Lists
+
+
+@pytest_twisted.ensureDeferred
+async def test_listNewestFirst(store: IMetadataStore) -> None:
+    """
+    Lists are newest first: in the order uploads completed, whatever the
+    order they were claimed in (a claim is not an upload yet).
+    """
+    uids = [newUUID() for _ in range(4)]
+    for uid in uids:
+        await store.claim(claimOf("data", uid))
+    for uid in [uids[1], uids[0], uids[2], uids[3]]:
+        await store.complete("data", uid, BlobInfo(1, SHA))
+    listed = await store.list("data", 10, 0)
+    assert [r.uuid for r in listed] == [uids[3], uids[2], uids[0], uids[1]]
+    assert [r.seq for r in listed] == sorted((r.seq for r in listed), reverse=True)
+    assert await uuids(store, "data", 2, 1) == [uids[2], uids[0]]
+    # A cursor: only what completed before the given one.
+    cursor = listed[1].seq
+    assert await uuids(store, "data", 10, before=cursor) == [uids[0], uids[1]]
+    assert await store.list("algo", 10, 0) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_pagesWhileItemsArrive(store: IMetadataStore) -> None:
+    """
+    Paging with C{before} cursors neither loses nor repeats an item while
+    new ones complete between the pages; offsets count from the newest, so
+    the same arrivals shift them.
+    """
+    first = [(await put(store, "data")).uuid for _ in range(5)]
+    seen: list[str] = []
+    page = await store.list("data", 2)
+    while page:
+        seen.extend(o.uuid for o in page)
+        await put(store, "data")
+        page = await store.list("data", 2, before=page[-1].seq)
+    assert seen == first[::-1]
+
+    newest = await uuids(store, "data")
+    assert len(newest) == 5 + 3
+    assert await uuids(store, "data", 2, 2) == newest[2:4]
+    assert await uuids(store, "data", 10, 7) == newest[7:]
+    assert await store.list("data", 10, 8) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_namePrefixIsLiteral(store: IMetadataStore) -> None:
+    """A name prefix is matched as written: C{%}, C{_} and C{\\} are no wildcards."""
+    names = ["a%b", "a_b", "axb", "ab", "a\\b", "ba"]
+    byName = {name: (await put(store, "algo", {"name": name})).uuid for name in names}
+
+    async def named(prefix: str) -> set[str]:
+        found = await store.list("algo", 100, namePrefix=prefix)
+        return {o.uuid for o in found}
+
+    assert await named("a%") == {byName["a%b"]}
+    assert await named("a_") == {byName["a_b"]}
+    assert await named("a\\") == {byName["a\\b"]}
+    assert await named("a") == {byName[n] for n in names if n.startswith("a")}
+    assert await named("") == set(byName.values())
+    assert await named("A") == set()
+    assert await named("zzz") == set()
+    assert await store.list("data", 10, namePrefix="a") == []
+
+
+# Deletion
+
+
+@pytest_twisted.ensureDeferred
+async def test_deleteMissing(store: IMetadataStore) -> None:
+    """Only a ready object is deleted: a missing or still uploading one is not there."""
+    uid = newUUID()
+    with pytest.raises(NoSuchObject) as caught:
+        await store.delete("data", uid)
+    assert (caught.value.kind, caught.value.uuid) == ("data", uid)
+    await store.claim(claimOf("data", uid))
+    with pytest.raises(NoSuchObject):
+        await store.delete("data", uid)
+    with pytest.raises(Taken):
+        await store.claim(claimOf("data", uid))
+
+
+@pytest_twisted.ensureDeferred
+async def test_deleteReturnsTheRow(store: IMetadataStore) -> None:
+    """A deletion hands back the row (its blob key for the caller); then it is gone."""
+    stored = await put(store, "data")
+    assert await store.delete("data", stored.uuid) == stored
+    assert await store.get("data", stored.uuid) is None
+    assert await store.list("data", 10) == []
+    with pytest.raises(NoSuchObject):
+        await store.delete("data", stored.uuid)
+    await store.claim(claimOf("data", stored.uuid))
+
+
+@pytest_twisted.ensureDeferred
+async def test_algoInUse(store: IMetadataStore) -> None:
+    """
+    An algo that models use is kept, naming (up to 20 of) them in the order
+    they were made; a model still uploading counts.  Once the models are
+    deleted, so can the algo be.
+    """
+    algo = await put(store, "algo", {"name": "a"})
+    models = [await put(store, "model", parent=algo.uuid) for _ in range(21)]
+    with pytest.raises(InUse) as caught:
+        await store.delete("algo", algo.uuid)
+    assert (caught.value.kind, caught.value.uuid) == ("algo", algo.uuid)
+    assert caught.value.children == tuple(m.uuid for m in models[:20])
+    for model in models:
+        await store.delete("model", model.uuid)
+
+    uploading = newUUID()
+    await store.claim(claimOf("model", uploading, parent=algo.uuid))
+    with pytest.raises(InUse) as caught:
+        await store.delete("algo", algo.uuid)
+    assert caught.value.children == (uploading,)
+    await store.release("model", uploading)
+
+    assert await store.delete("algo", algo.uuid) == algo
+    assert await store.get("algo", algo.uuid) is None
+
+
+# Changes
+
+
+@pytest_twisted.ensureDeferred
+async def test_renameConsumesTheClaim(backend: Backend) -> None:
+    """
+    A rename moves the object to a uuid claimed first: the claim becomes the
+    object (no claim left to sweep), the old uuid is free, the rest stays.
+    """
+    store = backend.store
+    stored = await put(store, "problem", {"name": "p", "description": "d"})
+    new = newUUID()
+    await store.claim(Claim("problem", new, blobKey=None))
+    changed = await store.change("problem", stored.uuid, Change(newUUID=new))
+    assert changed == Changed(
+        StoredObject(
+            kind="problem",
+            uuid=new,
+            timestamp_upload=stored.timestamp_upload,
+            size=stored.size,
+            sha256=stored.sha256,
+            blob_key=stored.blob_key,
+            text=stored.text,
+            seq=stored.seq,
+        ),
+        None,
+    )
+    assert await store.get("problem", new) == changed.object
+    assert await store.get("problem", stored.uuid) is None
+    assert await store.deadClaims(0.0, mine=True) == []
+    with pytest.raises(Taken):
+        await store.claim(claimOf("problem", new))
+    await store.claim(claimOf("problem", stored.uuid))
+
+
+@pytest_twisted.ensureDeferred
+async def test_changeText(store: IMetadataStore) -> None:
+    """New text fields replace the old ones named; the others, and the blob, stay."""
+    stored = await put(store, "problem", {"name": "p", "description": "d"})
+    changed = await store.change("problem", stored.uuid, Change(text={"name": "q"}))
+    assert changed.oldBlobKey is None
+    assert changed.object.text == {"name": "q", "description": "d"}
+    assert (changed.object.uuid, changed.object.blob_key) == (stored.uuid, stored.blob_key)
+    assert await store.get("problem", stored.uuid) == changed.object
+    assert await uuids(store, "problem", namePrefix="q") == [stored.uuid]
+
+
+@pytest_twisted.ensureDeferred
+async def test_changeBlob(store: IMetadataStore) -> None:
+    """A new blob replaces the old, whose key is handed back to be deleted."""
+    stored = await put(store, "problem", {"name": "p"})
+    blob = NewBlob("problem/new", BlobInfo(7, "cd" * 32), "text/plain", "p.txt")
+    changed = await store.change(
+        "problem", stored.uuid, Change(text={"description": "d"}, blob=blob)
+    )
+    assert changed.oldBlobKey == stored.blob_key
+    now = changed.object
+    assert (now.size, now.sha256, now.blob_key) == (7, "cd" * 32, "problem/new")
+    assert (now.content_type, now.filename) == ("text/plain", "p.txt")
+    assert now.text == {"name": "p", "description": "d"}
+    assert (now.seq, now.timestamp_upload) == (stored.seq, stored.timestamp_upload)
+    assert await store.get("problem", stored.uuid) == now
+    assert await store.referencedKeys([stored.blob_key, "problem/new"]) == {"problem/new"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_changeAllAtOnce(store: IMetadataStore) -> None:
+    """A rename, text and a blob in one change."""
+    stored = await put(store, "problem", {"name": "p"})
+    new = newUUID()
+    await store.claim(Claim("problem", new, blobKey=None))
+    blob = NewBlob("problem/b", BlobInfo(1, SHA))
+    changed = await store.change(
+        "problem", stored.uuid, Change(newUUID=new, text={"name": "n"}, blob=blob)
+    )
+    assert changed.oldBlobKey == stored.blob_key
+    assert (changed.object.uuid, changed.object.name, changed.object.blob_key) == (
+        new,
+        "n",
+        "problem/b",
+    )
+    assert await store.list("problem", 10) == [changed.object]
+
+
+@pytest_twisted.ensureDeferred
+async def test_changeOfNothing(store: IMetadataStore) -> None:
+    """A change of an object that is gone (or never completed) fails, changing nothing."""
+    uid = newUUID()
+    with pytest.raises(NoSuchObject) as caught:
+        await store.change("problem", uid, Change(text={"name": "n"}))
+    assert (caught.value.kind, caught.value.uuid) == ("problem", uid)
+    await store.claim(claimOf("problem", uid, {"name": "p"}))
+    with pytest.raises(NoSuchObject):
+        await store.change("problem", uid, Change(text={"name": "n"}))
+    stored = await store.complete("problem", uid, BlobInfo(3, SHA))
+    assert stored.name == "p"
+
+
+@pytest_twisted.ensureDeferred
+async def test_renameOntoAnObject(store: IMetadataStore) -> None:
+    """A rename onto a uuid another object has fails, changing nothing."""
+    stored = await put(store, "problem", {"name": "p"})
+    other = await put(store, "problem", {"name": "o"})
+    with pytest.raises(DatabaseError):
+        await store.change("problem", stored.uuid, Change(newUUID=other.uuid, text={"name": "n"}))
+    assert await store.list("problem", 10) == [other, stored]
+
+
+# What the database refuses
+
+
+@pytest_twisted.ensureDeferred
+async def test_schemaChecks(store: IMetadataStore) -> None:
+    """
+    A name longer than its column, a digest that is not one, a ready row
+    without a blob key: refused as the database failing, and a refused
+    completion leaves the claim to complete.
+    """
+    with pytest.raises(DatabaseError):
+        await store.claim(claimOf("algo", newUUID(), {"name": "n" * 256}))
+    uid = newUUID()
+    await store.claim(claimOf("data", uid))
+    with pytest.raises(DatabaseError):
+        await store.complete("data", uid, BlobInfo(3, "not a digest"))
+    with pytest.raises(DatabaseError):
+        await store.complete("data", uid, BlobInfo(-1, SHA))
+    assert (await store.complete("data", uid, BlobInfo(3, SHA))).uuid == uid
+    keyless = newUUID()
+    await store.claim(Claim("data", keyless, blobKey=None))
+    with pytest.raises(DatabaseError):
+        await store.complete("data", keyless, BlobInfo(3, SHA))
+    assert await store.deadClaims(0.0, mine=True) == [DeadClaim("data", keyless, None)]
+
+
+# Sweeps
+
+
+@pytest_twisted.ensureDeferred
+async def test_deadClaims(backend: Backend) -> None:
+    """
+    A claim is dead once nobody has refreshed it for C{staleAfter} seconds,
+    whoever made it; with C{mine}, every claim of this owner is.  A
+    heartbeat refreshes only the owner's claims, and a completed upload is
+    no claim.
+    """
+    store, other = backend.store, backend.sibling("there")
+    mine, theirs, done = newUUID(), newUUID(), newUUID()
+    await store.claim(claimOf("data", mine))
+    await other.claim(Claim("algo", theirs, blobKey=None, text={"name": "t"}))
+    await put(store, "data", uuid=done)
+
+    assert await store.deadClaims(60.0) == []
+    assert await store.deadClaims(60.0, mine=True) == [DeadClaim("data", mine, f"data/{mine}")]
+    assert await other.deadClaims(60.0, mine=True) == [DeadClaim("algo", theirs, None)]
+
+    await backend.elapse(STALE * 1.5)
+    assert set(await store.deadClaims(STALE)) == {
+        DeadClaim("data", mine, f"data/{mine}"),
+        DeadClaim("algo", theirs, None),
+    }
+    await store.heartbeat()
+    assert await store.deadClaims(STALE) == [DeadClaim("algo", theirs, None)]
+    await other.heartbeat()
+    assert await store.deadClaims(STALE) == []
+
+    await store.release("data", mine)
+    assert await other.deadClaims(0.0, mine=True) == [DeadClaim("algo", theirs, None)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_referencedKeys(store: IMetadataStore) -> None:
+    """The keys rows point to, ready or still uploading; not those nothing uses."""
+    ready = await put(store, "data")
+    pending = newUUID()
+    await store.claim(claimOf("data", pending))
+    keys = [ready.blob_key, f"data/{pending}", "data/nothing"]
+    assert await store.referencedKeys(keys) == {ready.blob_key, f"data/{pending}"}
+    assert await store.referencedKeys([]) == set()
+    await store.delete("data", ready.uuid)
+    await store.release("data", pending)
+    assert await store.referencedKeys(keys) == set()
+
+
+# A database that is down
+
+
+@pytest_twisted.ensureDeferred
+async def test_down(backend: Backend) -> None:
+    """
+    A store answers its readiness check while its database is there; once
+    it is gone, every call fails with L{DatabaseError}; when it is back, so
+    are its rows, unchanged.
+    """
+    store = backend.store
+    stored = await put(store, "problem", {"name": "p"})
+    await store.ping()
+    backend.goDown()
+    uid = stored.uuid
+    calls: list[Callable[[], Awaitable[object]]] = [
+        store.ping,
+        lambda: store.claim(claimOf("data", newUUID())),
+        lambda: store.release("problem", uid),
+        lambda: store.complete("problem", uid, BlobInfo(1, SHA)),
+        lambda: store.get("problem", uid),
+        lambda: store.list("problem", 10),
+        lambda: store.delete("problem", uid),
+        lambda: store.change("problem", uid, Change(text={"name": "n"})),
+        store.heartbeat,
+        lambda: store.deadClaims(0.0),
+        lambda: store.referencedKeys([stored.blob_key]),
+    ]
+    for call in calls:
+        with pytest.raises(DatabaseError):
+            await call()
+    await backend.comeBack()
+    await store.ping()
+    assert await store.get("problem", uid) == stored
