@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from twisted.internet.defer import Deferred
 
-    from ._types import BlobInfo, Change, Changed, Claim, DeadClaim, StoredObject
+    from ._types import BlobInfo, Change, Changed, Claim, DeadClaim, Listing, StoredObject
 
 
 class IBlobWriter(IConsumer):
@@ -196,21 +196,8 @@ class IMetadataStore(Interface):
     async def get(kind: str, uuid: str) -> StoredObject | None:
         """The ready object of that kind and uuid, or L{None}."""
 
-    async def list(
-        kind: str,
-        limit: int,
-        offset: int = 0,
-        *,
-        before: int | None = None,
-        parent: str | None = None,
-        namePrefix: str | None = None,
-    ) -> list[StoredObject]:
-        """
-        Ready objects of C{kind}, newest first (by C{seq}).  C{before} is a
-        keyset cursor: only those completed before the object of that
-        C{seq}.  C{parent} keeps the children of that uuid, C{namePrefix}
-        those whose name starts with it (literally).
-        """
+    async def list(kind: str, listing: Listing) -> list[StoredObject]:
+        """The ready objects of C{kind} that C{listing} asks for, newest first."""
 
     async def delete(kind: str, uuid: str) -> StoredObject:
         """

@@ -260,6 +260,23 @@ class Changed:
 
 
 @frozen
+class Listing:
+    """
+    Which ready objects of a kind a list asks for, newest first (by
+    C{seq}): C{limit} of them from C{offset}, or below C{before} (a keyset
+    cursor: the C{seq} of the last one seen); with C{parent}, the children
+    of that uuid; with C{namePrefix}, those whose name starts with it,
+    literally.
+    """
+
+    limit: int
+    offset: int = 0
+    before: int | None = None
+    parent: str | None = None
+    namePrefix: str | None = None
+
+
+@frozen
 class DeadClaim:
     """A claim nobody keeps alive: its uuid, and where its blob was going."""
 

@@ -36,6 +36,7 @@ from .._types import (
     DatabaseError,
     DeadClaim,
     InUse,
+    Listing,
     NoSuchObject,
     NoSuchParent,
     StoredObject,
@@ -231,21 +232,11 @@ class MemoryMetadataStore:
         row = self._open().find(kind, uuid)
         return row.stored() if row is not None else None
 
-    async def list(
-        self,
-        kind: str,
-        limit: int,
-        offset: int = 0,
-        *,
-        before: int | None = None,
-        parent: str | None = None,
-        namePrefix: str | None = None,
-    ) -> builtins.list[StoredObject]:
+    async def list(self, kind: str, listing: Listing) -> builtins.list[StoredObject]:
         tables = self._open()
-        if parent is not None and TABLE[kind].parent is not None:
-            parent = _uuid(parent)
-        else:
-            parent = None
+        parent = listing.parent
+        parent = _uuid(parent) if parent is not None and TABLE[kind].parent is not None else None
+        before, prefix = listing.before, listing.namePrefix
         rows = sorted(
             (
                 row
@@ -254,12 +245,12 @@ class MemoryMetadataStore:
                 and row.state is _State.READY
                 and (before is None or row.seq < before)
                 and (parent is None or row.parent == parent)
-                and (not namePrefix or (row.text.get("name") or "").startswith(namePrefix))
+                and (not prefix or (row.text.get("name") or "").startswith(prefix))
             ),
             key=lambda row: row.seq,
             reverse=True,
         )
-        return [row.stored() for row in rows[offset : offset + limit]]
+        return [row.stored() for row in rows[listing.offset : listing.offset + listing.limit]]
 
     async def delete(self, kind: str, uuid: str) -> StoredObject:
         tables, row = self._object(kind, uuid)

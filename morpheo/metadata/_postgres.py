@@ -28,6 +28,7 @@ from .._types import (
     DatabaseError,
     DeadClaim,
     InUse,
+    Listing,
     NoSuchObject,
     NoSuchParent,
     StoredObject,
@@ -225,32 +226,23 @@ class PostgresMetadataStore:
         )
         return _stored(rows[0]) if rows else None
 
-    async def list(
-        self,
-        kind: str,
-        limit: int,
-        offset: int = 0,
-        *,
-        before: int | None = None,
-        parent: str | None = None,
-        namePrefix: str | None = None,
-    ) -> builtins.list[StoredObject]:
+    async def list(self, kind: str, listing: Listing) -> builtins.list[StoredObject]:
         where: builtins.list[str] = ["kind = %s", "state = 'ready'"]
         args: builtins.list[object] = [kind]
-        if before is not None:
+        if listing.before is not None:
             where.append("seq < %s")
-            args.append(before)
+            args.append(listing.before)
         parentKind = TABLE[kind].parent
-        if parent is not None and parentKind is not None:
+        if listing.parent is not None and parentKind is not None:
             where.append(f"{parentKind} = %s")
-            args.append(parent)
-        if namePrefix:
+            args.append(listing.parent)
+        if listing.namePrefix:
             where.append("name LIKE %s ESCAPE '\\'")
-            args.append(_likePrefix(namePrefix))
+            args.append(_likePrefix(listing.namePrefix))
         rows = await self.db.query(
             f"SELECT {_COLUMNS} FROM resource WHERE {' AND '.join(where)}"
             " ORDER BY seq DESC LIMIT %s OFFSET %s",
-            (*args, limit, offset),
+            (*args, listing.limit, listing.offset),
         )
         return [_stored(r) for r in rows]
 

@@ -19,7 +19,7 @@ import uuid as _uuid
 from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IConsumer, IReactorFromThreads
 from twisted.logger import Logger
@@ -32,6 +32,7 @@ from .._types import (
     Change,
     Claim,
     DigestMismatch,
+    Listing,
     NewBlob,
     NoSuchObject,
     SizeMismatch,
@@ -124,25 +125,14 @@ class Objects:
             raise NoSuchObject(kind, uuid)
         return found
 
-    async def list(
-        self,
-        kind: str,
-        limit: int,
-        *,
-        offset: int = 0,
-        before: int | None = None,
-        parent: str | None = None,
-        namePrefix: str | None = None,
-    ) -> Page:
+    async def list(self, kind: str, listing: Listing) -> Page:
         """
-        A page of C{limit} objects, newest first: from C{offset}, or below
-        the completion order C{before} (a keyset cursor, which loses or
-        repeats nothing while uploads arrive).
+        A page of C{listing.limit} objects, newest first, and whether more
+        follow (a keyset cursor, C{before}, loses or repeats nothing while
+        uploads arrive).
         """
-        items = await self.metadata.list(
-            kind, limit + 1, offset, before=before, parent=parent, namePrefix=namePrefix
-        )
-        return Page(items[:limit], len(items) > limit)
+        items = await self.metadata.list(kind, evolve(listing, limit=listing.limit + 1))
+        return Page(items[: listing.limit], len(items) > listing.limit)
 
     def produce(
         self, stored: StoredObject, consumer: IConsumer, offset: int, length: int

@@ -35,6 +35,7 @@ from .._types import (
     DatabaseError,
     DigestMismatch,
     InUse,
+    Listing,
     NoSuchObject,
     NoSuchParent,
     SizeMismatch,
@@ -307,14 +308,11 @@ class StorageAPI:
         cursor = _strArg(request, "cursor")
         if cursor is not None:
             page, before = _parseCursor(cursor)
-            found = await self.objects.list(
-                kind, limit, before=before, parent=parentUUID, namePrefix=name
-            )
+            listing = Listing(limit, before=before, parent=parentUUID, namePrefix=name)
         else:
             page = _intArg(request, "page", 0)
-            found = await self.objects.list(
-                kind, limit, offset=page * limit, parent=parentUUID, namePrefix=name
-            )
+            listing = Listing(limit, page * limit, parent=parentUUID, namePrefix=name)
+        found = await self.objects.list(kind, listing)
         nextPage = None
         if found.more:
             query = {"limit": str(limit), **filters, "cursor": f"{page + 1}.{found.items[-1].seq}"}

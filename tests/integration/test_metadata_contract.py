@@ -30,6 +30,7 @@ from morpheo._types import (
     DatabaseError,
     DeadClaim,
     InUse,
+    Listing,
     NewBlob,
     NoSuchObject,
     NoSuchParent,
@@ -160,7 +161,7 @@ async def uuids(
 ) -> list[str]:
     """The uuids a list shows, in its order."""
     found = await store.list(
-        kind, limit, offset, before=before, parent=parent, namePrefix=namePrefix
+        kind, Listing(limit, offset, before=before, parent=parent, namePrefix=namePrefix)
     )
     return [o.uuid for o in found]
 
@@ -240,7 +241,7 @@ async def test_pendingIsInvisible(store: IMetadataStore) -> None:
     uid = newUUID()
     await store.claim(claimOf("data", uid))
     assert await store.get("data", uid) is None
-    assert await store.list("data", 10, 0) == []
+    assert await store.list("data", Listing(10, 0)) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -273,7 +274,7 @@ async def test_completeMakesVisible(backend: Backend) -> None:
     assert isinstance(stored.timestamp_upload, int) and stored.timestamp_upload > 0
     assert int(before) <= stored.timestamp_upload <= int(after) + 1
     assert await store.get("problem", uid) == stored
-    assert await store.list("problem", 10, 0) == [stored]
+    assert await store.list("problem", Listing(10, 0)) == [stored]
     assert await store.get("data", uid) is None
 
 
@@ -371,14 +372,14 @@ async def test_listNewestFirst(store: IMetadataStore) -> None:
         await store.claim(claimOf("data", uid))
     for uid in [uids[1], uids[0], uids[2], uids[3]]:
         await store.complete("data", uid, BlobInfo(1, SHA))
-    listed = await store.list("data", 10, 0)
+    listed = await store.list("data", Listing(10, 0))
     assert [r.uuid for r in listed] == [uids[3], uids[2], uids[0], uids[1]]
     assert [r.seq for r in listed] == sorted((r.seq for r in listed), reverse=True)
     assert await uuids(store, "data", 2, 1) == [uids[2], uids[0]]
     # A cursor: only what completed before the given one.
     cursor = listed[1].seq
     assert await uuids(store, "data", 10, before=cursor) == [uids[0], uids[1]]
-    assert await store.list("algo", 10, 0) == []
+    assert await store.list("algo", Listing(10, 0)) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -390,18 +391,18 @@ async def test_pagesWhileItemsArrive(store: IMetadataStore) -> None:
     """
     first = [(await put(store, "data")).uuid for _ in range(5)]
     seen: list[str] = []
-    page = await store.list("data", 2)
+    page = await store.list("data", Listing(2))
     while page:
         seen.extend(o.uuid for o in page)
         await put(store, "data")
-        page = await store.list("data", 2, before=page[-1].seq)
+        page = await store.list("data", Listing(2, before=page[-1].seq))
     assert seen == first[::-1]
 
     newest = await uuids(store, "data")
     assert len(newest) == 5 + 3
     assert await uuids(store, "data", 2, 2) == newest[2:4]
     assert await uuids(store, "data", 10, 7) == newest[7:]
-    assert await store.list("data", 10, 8) == []
+    assert await store.list("data", Listing(10, 8)) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -411,7 +412,7 @@ async def test_namePrefixIsLiteral(store: IMetadataStore) -> None:
     byName = {name: (await put(store, "algo", {"name": name})).uuid for name in names}
 
     async def named(prefix: str) -> set[str]:
-        found = await store.list("algo", 100, namePrefix=prefix)
+        found = await store.list("algo", Listing(100, namePrefix=prefix))
         return {o.uuid for o in found}
 
     assert await named("a%") == {byName["a%b"]}
@@ -421,7 +422,7 @@ async def test_namePrefixIsLiteral(store: IMetadataStore) -> None:
     assert await named("") == set(byName.values())
     assert await named("A") == set()
     assert await named("zzz") == set()
-    assert await store.list("data", 10, namePrefix="a") == []
+    assert await store.list("data", Listing(10, namePrefix="a")) == []
 
 
 # Deletion
@@ -447,7 +448,7 @@ async def test_deleteReturnsTheRow(store: IMetadataStore) -> None:
     stored = await put(store, "data")
     assert await store.delete("data", stored.uuid) == stored
     assert await store.get("data", stored.uuid) is None
-    assert await store.list("data", 10) == []
+    assert await store.list("data", Listing(10)) == []
     with pytest.raises(NoSuchObject):
         await store.delete("data", stored.uuid)
     await store.claim(claimOf("data", stored.uuid))
@@ -561,7 +562,7 @@ async def test_changeAllAtOnce(store: IMetadataStore) -> None:
         "n",
         "problem/b",
     )
-    assert await store.list("problem", 10) == [changed.object]
+    assert await store.list("problem", Listing(10)) == [changed.object]
 
 
 @pytest_twisted.ensureDeferred
@@ -585,7 +586,7 @@ async def test_renameOntoAnObject(store: IMetadataStore) -> None:
     other = await put(store, "problem", {"name": "o"})
     with pytest.raises(DatabaseError):
         await store.change("problem", stored.uuid, Change(newUUID=other.uuid, text={"name": "n"}))
-    assert await store.list("problem", 10) == [other, stored]
+    assert await store.list("problem", Listing(10)) == [other, stored]
 
 
 # What the database refuses
@@ -684,7 +685,7 @@ async def test_down(backend: Backend) -> None:
         lambda: store.release("problem", uid),
         lambda: store.complete("problem", uid, BlobInfo(1, SHA)),
         lambda: store.get("problem", uid),
-        lambda: store.list("problem", 10),
+        lambda: store.list("problem", Listing(10)),
         lambda: store.delete("problem", uid),
         lambda: store.change("problem", uid, Change(text={"name": "n"})),
         store.heartbeat,
