@@ -169,6 +169,10 @@ class MemoryMetadataStore:
         """The database can be reached again, its rows as they were."""
         self._tables.outage = None
 
+    def rows(self) -> list[tuple[str, str, str]]:
+        """Every row, ready or claimed, as C{(kind, uuid, state)}: for tests."""
+        return sorted((r.kind, r.uuid, r.state.value) for r in self._tables.rows.values())
+
     def _open(self) -> _Tables:
         """The rows, if the database can be reached."""
         self._tables.reachable()

@@ -1,0 +1,336 @@
+"""
+The service's web layer in memory, for the unit tier: the real routes and
+the real L{StreamingSite} over the in-memory metadata and blob stores,
+reached by a real HTTP client (treq's, on twisted.web's Agent) through
+L{twisted.test.iosim}'s in-memory transports.  No socket, no process, no
+database, no thread: time is a L{MemoryReactorClock}, and the thread pool
+the domain layer hashes in runs its work at once (in this tier every
+request is small, and a deterministic order makes failures repeatable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid as _uuid
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, TypeVar
+
+from attrs import define, field, frozen
+from treq.client import HTTPClient
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.test import iosim
+from twisted.web.client import Agent
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IBodyProducer
+from zope.interface import implementer
+
+from morpheo._kinds import TABLE
+from morpheo.blobstores import MemoryBlobStore
+from morpheo.metadata import MemoryMetadataStore
+from morpheo.objects import Objects
+from morpheo.service._graceful import HandlerTracker, trackedResource
+from morpheo.web import BasicAuth, CORSResource, StorageAPI, StreamingSite
+from morpheo.web._root import StorageRoot
+
+T = TypeVar("T")
+
+USER = "tester"
+PASSWORD = "s3cret-pass"
+BOUNDARY = "morpheo-unit-boundary"
+#: Every kind uploaded as a form, and the text fields its form requires.
+FORM_KINDS = [k.name for k in TABLE.values() if not k.rawBody]
+
+
+class FakeReactor(MemoryReactorClock):
+    """A memory reactor whose threads hand their results back at once."""
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        f(*args, **kwargs)
+
+
+class ImmediatePool:
+    """A thread pool stand-in that runs its work in the calling thread."""
+
+    def callInThreadWithCallback(
+        self, onResult: Callable[[bool, Any], None], f: Callable[..., Any], *a: Any, **kw: Any
+    ) -> None:
+        try:
+            result = f(*a, **kw)
+        except BaseException:
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
+
+
+@implementer(IBodyProducer)
+class _WholeBody:
+    """A request body written in one go (the tier's bodies are small)."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self.body)
+        return Deferred.fromCoroutine(_nothing())
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+async def _nothing() -> None:
+    return None
+
+
+@implementer(IAgent)
+class _MemoryAgent:
+    """
+    An agent whose connections are in-memory pairs of transports to the
+    site, as treq's C{RequestTraversalAgent} makes them, but to a
+    L{StreamingSite}: a plain Site would read bodies whole.
+    """
+
+    def __init__(self, reactor: FakeReactor, site: StreamingSite) -> None:
+        self._reactor = reactor
+        self._site = site
+        self._agent = Agent(reactor)
+        self.pumps: list[iosim.IOPump] = []
+
+    def request(
+        self,
+        method: bytes,
+        uri: bytes,
+        headers: Headers | None = None,
+        bodyProducer: IBodyProducer | None = None,
+    ) -> Deferred[Any]:
+        d = self._agent.request(method, uri, headers, bodyProducer)
+        host, port, factory, _, _ = self._reactor.tcpClients.pop()
+        server = IPv4Address("TCP", "127.0.0.1", port)
+        client = IPv4Address("TCP", "127.0.0.1", 31337)
+        serverProtocol = self._site.buildProtocol(client)
+        clientProtocol = factory.buildProtocol(None)
+        self.pumps.append(
+            iosim.connect(
+                serverProtocol,
+                iosim.FakeTransport(serverProtocol, True, server, client),
+                clientProtocol,
+                iosim.FakeTransport(clientProtocol, False, client, server),
+                greet=False,
+            )
+        )
+        return d
+
+
+@frozen
+class Reply:
+    """An answer as the client got it."""
+
+    code: int
+    headers: Headers
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.getRawHeaders(name)
+        return values[0] if values else None
+
+    def json(self) -> Any:
+        assert self.header("content-type") == "application/json", self.body[:200]
+        return json.loads(self.body)
+
+    @property
+    def error(self) -> str:
+        """The sentence of a JSON error answer."""
+        document = self.json()
+        assert set(document) == {"error"}, document
+        message: str = document["error"]
+        return message
+
+
+def form(fields: Mapping[str, str], blob: bytes | None = None, **part: str) -> bytes:
+    """
+    A multipart/form-data body: the text fields in their order, then the
+    blob (named C{blob}, with C{part}'s headers: C{filename}, C{type}, or
+    any other header by its name).
+    """
+    out = []
+    for name, value in fields.items():
+        out.append(
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+            + value.encode()
+            + b"\r\n"
+        )
+    if blob is not None:
+        filename = part.pop("filename", "blob.bin")
+        ctype = part.pop("type", "application/octet-stream")
+        extra = "".join(f"{k}: {v}\r\n" for k, v in part.items())
+        out.append(
+            (
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="blob";'
+                f' filename="{filename}"\r\nContent-Type: {ctype}\r\n{extra}\r\n'
+            ).encode()
+            + blob
+            + b"\r\n"
+        )
+    return b"".join(out) + f"--{BOUNDARY}--\r\n".encode()
+
+
+FORM_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def newUUID() -> str:
+    return str(_uuid.uuid4())
+
+
+def fieldsFor(kind: str, blob: bytes, **overrides: str) -> dict[str, str]:
+    """The text fields a valid upload of C{kind} sends before C{blob}."""
+    fields = {name: f"{name} of it" for name in TABLE[kind].text}
+    fields["size"] = str(len(blob))
+    fields.update(overrides)
+    return fields
+
+
+@define
+class Service:
+    """
+    The routes of one service, in memory, and what tests look inside.
+    C{request} answers synchronously: it runs the exchange to its end.
+    """
+
+    reactor: FakeReactor = field(factory=FakeReactor)
+    maxBlobSize: int | None = None
+    corsOrigins: tuple[str, ...] = ("*",)
+    metadata: MemoryMetadataStore = field(init=False)
+    blobs: MemoryBlobStore = field(init=False)
+    objects: Objects = field(init=False)
+    site: StreamingSite = field(init=False)
+    client: HTTPClient = field(init=False)
+    _agent: _MemoryAgent = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.metadata = MemoryMetadataStore(self.reactor, owner="unit")
+        self.blobs = MemoryBlobStore(self.reactor)
+        self.objects = Objects(
+            self.metadata,
+            self.blobs,
+            reactor=self.reactor,
+            pool=ImmediatePool(),  # type: ignore[arg-type]
+            maxBlobSize=self.maxBlobSize,
+        )
+        api = StorageAPI(self.objects, BasicAuth({USER: PASSWORD}))
+        root = StorageRoot(self.corsOrigins)
+        root.setInner(CORSResource(trackedResource(api.app, HandlerTracker()), self.corsOrigins))
+        self.site = StreamingSite(root, reactor=self.reactor)
+        self._agent = _MemoryAgent(self.reactor, self.site)
+        self.client = HTTPClient(self._agent)
+
+    # Driving
+
+    def run(self, work: Deferred[T] | Coroutine[Any, Any, T], limit: int = 10_000) -> T:
+        """Pump the connections and the clock until C{work} is done."""
+        d = ensureDeferred(work)
+        outcome: list[Any] = []
+        d.addBoth(outcome.append)
+        for _ in range(limit):
+            if outcome:
+                break
+            self.flush()
+        assert outcome, "the exchange did not end"
+        if isinstance(outcome[0], Failure):
+            outcome[0].raiseException()
+        return outcome[0]  # type: ignore[no-any-return]
+
+    def flush(self) -> None:
+        for pump in list(self._agent.pumps):
+            pump.flush()
+            if pump.clientIO.disconnected and pump.serverIO.disconnected:
+                self._agent.pumps.remove(pump)
+        self.reactor.advance(0)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        auth: tuple[str, str] | None = (USER, PASSWORD),
+    ) -> Reply:
+        """One request, answered in full."""
+
+        async def exchange() -> Reply:
+            response = await self.client.request(
+                method,
+                f"http://storage.test{path}",
+                headers={k: [v] for k, v in (headers or {}).items()},
+                data=_WholeBody(body) if body is not None else None,
+                auth=auth,
+            )
+            content = await response.content()
+            return Reply(response.code, response.headers, content)
+
+        return self.run(exchange())
+
+    def raw(self, data: bytes) -> bytes:
+        """Exact bytes in, exact bytes out: for what no client would send."""
+        protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 31337))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(data)
+        for _ in range(50):
+            self.reactor.advance(0)
+        return transport.value()
+
+    # Uploads
+
+    def upload(self, kind: str, blob: bytes | None = None, **fields: str) -> Reply:
+        """A valid upload of C{kind} (fields may be overridden)."""
+        blob = os.urandom(1000) if blob is None else blob
+        if TABLE[kind].rawBody:
+            query = "&".join(f"{k}={v}" for k, v in fields.items())
+            return self.request("POST", f"/{kind}?{query}", blob)
+        body = form(fieldsFor(kind, blob, **fields), blob)
+        return self.request("POST", f"/{kind}", body, {"Content-Type": FORM_TYPE})
+
+    def stored(self, kind: str, blob: bytes | None = None, **fields: str) -> dict[str, Any]:
+        """Upload C{kind}, expecting a 201; its JSON."""
+        reply = self.upload(kind, blob, **fields)
+        assert reply.code == 201, reply.body
+        document: dict[str, Any] = reply.json()
+        return document
+
+    def algo(self) -> str:
+        """A stored algo's uuid (models need one)."""
+        uuid: str = self.stored("algo")["uuid"]
+        return uuid
+
+    # Looking inside
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """Every row of the metadata store, ready or pending: (kind, uuid, state)."""
+        return self.metadata.rows()
+
+    def blobKeys(self) -> list[str]:
+        return self.blobs.keys()
+
+    def assertNothingLeft(self, before: tuple[list[Any], list[str]] | None = None) -> None:
+        """No row and no blob besides those of C{before} (a L{snapshot})."""
+        rows, keys = before if before is not None else ([], [])
+        assert self.rows() == rows
+        assert self.blobKeys() == keys
+
+    def snapshot(self) -> tuple[list[Any], list[str]]:
+        return self.rows(), self.blobKeys()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
