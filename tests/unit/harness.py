@@ -139,6 +139,9 @@ class Reply:
     code: int
     headers: Headers
     body: bytes
+    #: The Content-Length the answer was framed with (twisted.web's client
+    #: keeps it apart from the headers), L{None} without one.
+    length: int | None = None
 
     def header(self, name: str) -> str | None:
         values = self.headers.getRawHeaders(name)
@@ -276,7 +279,8 @@ class Service:
                 auth=auth,
             )
             content = await response.content()
-            return Reply(response.code, response.headers, content)
+            length = response.length if isinstance(response.length, int) else None
+            return Reply(response.code, response.headers, content, length)
 
         return self.run(exchange())
 
@@ -310,7 +314,7 @@ class Service:
 
     def algo(self) -> str:
         """A stored algo's uuid (models need one)."""
-        uuid: str = self.stored("algo")["uuid"]
+        uuid: str = self.stored("algo", b"an algo")["uuid"]
         return uuid
 
     # Looking inside

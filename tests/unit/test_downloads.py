@@ -1,0 +1,161 @@
+"""
+Downloads in memory, like an object store's: the headers every blob
+carries, HEAD, byte ranges (one, a suffix, several as
+multipart/byteranges, 416, If-Range) and conditional requests.
+"""
+
+from __future__ import annotations
+
+import os
+from email.utils import formatdate
+
+import pytest
+
+from .harness import FORM_TYPE, Service, fieldsFor, form, sha256
+
+BLOB = os.urandom(10_000)
+
+
+@pytest.fixture
+def stored(service: Service) -> str:
+    """A data blob uploaded with its file name and type; its path."""
+    body = form(fieldsFor("data", BLOB), BLOB, filename="weights.tar.gz", type="application/gzip")
+    reply = service.request("POST", "/data", body, {"Content-Type": FORM_TYPE})
+    assert reply.code == 201
+    return f"/data/{reply.json()['uuid']}"
+
+
+def test_aBlobComesWithItsHeaders(service: Service, stored: str) -> None:
+    reply = service.request("GET", f"{stored}/blob")
+    document = service.request("GET", stored).json()
+    assert reply.code == 200
+    assert reply.body == BLOB
+    assert reply.header("etag") == f'"{sha256(BLOB)}"'
+    assert reply.length == len(BLOB)
+    assert reply.header("content-type") == "application/gzip"
+    assert reply.header("content-disposition") == 'attachment; filename="weights.tar.gz"'
+    assert reply.header("accept-ranges") == "bytes"
+    assert reply.header("last-modified") == formatdate(document["timestamp_upload"], usegmt=True)
+    assert (reply.header("repr-digest") or "").startswith("sha-256=:")
+
+
+def test_aFileNameBeyondASCIIIsGivenInUTF8Too(service: Service) -> None:
+    body = form(fieldsFor("data", BLOB), BLOB, filename="modèle.bin")
+    uuid = service.request("POST", "/data", body, {"Content-Type": FORM_TYPE}).json()["uuid"]
+    disposition = service.request("GET", f"/data/{uuid}/blob").header("content-disposition")
+    assert disposition == "attachment; filename=\"mod_le.bin\"; filename*=UTF-8''mod%C3%A8le.bin"
+
+
+def test_headGivesTheHeadersAlone(service: Service, stored: str) -> None:
+    get = service.request("GET", f"{stored}/blob")
+    head = service.request("HEAD", f"{stored}/blob")
+    assert (head.code, head.body) == (200, b"")
+    for name in ("etag", "content-type", "last-modified", "repr-digest"):
+        assert head.header(name) == get.header(name), name
+    assert head.header("content-length") == str(len(BLOB))
+
+
+def test_metadataCarriesTheValidatorsToo(service: Service, stored: str) -> None:
+    reply = service.request("GET", stored)
+    assert reply.header("etag") == f'"{sha256(BLOB)}"'
+    head = service.request("HEAD", stored)
+    assert (head.code, head.body, head.header("etag")) == (200, b"", reply.header("etag"))
+
+
+@pytest.mark.parametrize(
+    ("spec", "start", "end"),
+    [("0-99", 0, 99), ("9900-", 9900, 9999), ("-100", 9900, 9999), ("5000-5000", 5000, 5000),
+     ("9000-20000", 9000, 9999)],
+)  # fmt: skip
+def test_oneRangeIs206WithItsBytes(
+    service: Service, stored: str, spec: str, start: int, end: int
+) -> None:
+    reply = service.request("GET", f"{stored}/blob", headers={"Range": f"bytes={spec}"})
+    assert reply.code == 206
+    assert reply.body == BLOB[start : end + 1]
+    assert reply.header("content-range") == f"bytes {start}-{end}/{len(BLOB)}"
+    assert reply.length == end - start + 1
+
+
+def test_severalRangesAreMultipartByteranges(service: Service, stored: str) -> None:
+    reply = service.request("GET", f"{stored}/blob", headers={"Range": "bytes=0-9,100-109"})
+    assert reply.code == 206
+    ctype = reply.header("content-type") or ""
+    assert ctype.startswith("multipart/byteranges; boundary=")
+    boundary = ctype.split("boundary=")[1].encode()
+    parts = reply.body.split(b"--" + boundary)
+    assert parts[-1] == b"--\r\n"
+    assert len(parts) == 4
+    assert parts[1].endswith(b"\r\n\r\n" + BLOB[0:10] + b"\r\n")
+    assert b"Content-Range: bytes 100-109/10000" in parts[2]
+    assert parts[2].endswith(b"\r\n\r\n" + BLOB[100:110] + b"\r\n")
+    assert reply.length == len(reply.body)
+
+
+@pytest.mark.parametrize("spec", ["10000-", "20000-30000"])
+def test_noRangeWithinTheBlobIs416(service: Service, stored: str, spec: str) -> None:
+    reply = service.request("GET", f"{stored}/blob", headers={"Range": f"bytes={spec}"})
+    assert (reply.code, reply.header("content-range")) == (416, "bytes */10000")
+    assert reply.error == "no requested range is within the 10000 bytes"
+
+
+@pytest.mark.parametrize("spec", ["bytes=abc", "lines=0-10", "bytes=5-1"])
+def test_aRangeThatCannotBeReadIsIgnored(service: Service, stored: str, spec: str) -> None:
+    reply = service.request("GET", f"{stored}/blob", headers={"Range": spec})
+    assert (reply.code, reply.body) == (200, BLOB)
+
+
+def test_ifRangeWithTheETagGivesTheRange(service: Service, stored: str) -> None:
+    etag = f'"{sha256(BLOB)}"'
+    reply = service.request(
+        "GET", f"{stored}/blob", headers={"Range": "bytes=0-9", "If-Range": etag}
+    )
+    assert (reply.code, reply.body) == (206, BLOB[:10])
+
+
+def test_ifRangeWithAnotherETagGivesTheWholeBlob(service: Service, stored: str) -> None:
+    reply = service.request(
+        "GET", f"{stored}/blob", headers={"Range": "bytes=0-9", "If-Range": '"other"'}
+    )
+    assert (reply.code, reply.body) == (200, BLOB)
+
+
+@pytest.mark.parametrize("suffix", ["", "/blob"])
+def test_ifNoneMatchTheETagIs304(service: Service, stored: str, suffix: str) -> None:
+    etag = f'"{sha256(BLOB)}"'
+    for value in (etag, "*", f'"x", {etag}'):
+        reply = service.request("GET", stored + suffix, headers={"If-None-Match": value})
+        assert (reply.code, reply.body) == (304, b""), value
+        assert reply.header("etag") == etag
+
+
+@pytest.mark.parametrize("suffix", ["", "/blob"])
+def test_ifNoneMatchAnotherETagIs200(service: Service, stored: str, suffix: str) -> None:
+    reply = service.request("GET", stored + suffix, headers={"If-None-Match": '"other"'})
+    assert reply.code == 200
+
+
+@pytest.mark.parametrize("suffix", ["", "/blob"])
+def test_ifMatchAnotherETagIs412(service: Service, stored: str, suffix: str) -> None:
+    reply = service.request("GET", stored + suffix, headers={"If-Match": '"other"'})
+    assert reply.code == 412
+    ok = service.request("GET", stored + suffix, headers={"If-Match": f'"{sha256(BLOB)}"'})
+    assert ok.code == 200
+
+
+def test_ifModifiedSinceTheUploadIs304(service: Service, stored: str) -> None:
+    timestamp = service.request("GET", stored).json()["timestamp_upload"]
+    later = formatdate(timestamp + 60, usegmt=True)
+    earlier = formatdate(timestamp - 60, usegmt=True)
+    assert service.request("GET", f"{stored}/blob", headers={"If-Modified-Since": later}).code == 304
+    reply = service.request("GET", f"{stored}/blob", headers={"If-Modified-Since": earlier})
+    assert reply.code == 200
+
+
+def test_aBlobWithoutFileNameIsNamedByItsUUID(service: Service) -> None:
+    algo = service.algo()
+    reply = service.request("POST", f"/model?algo={algo}", BLOB)
+    uuid = reply.json()["uuid"]
+    blob = service.request("GET", f"/model/{uuid}/blob")
+    assert blob.header("content-disposition") == f'attachment; filename="{uuid}"'
+    assert blob.header("content-type") == "application/octet-stream"
