@@ -21,6 +21,7 @@ from attrs import define, field, frozen
 from treq.client import HTTPClient
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.test import iosim
@@ -46,6 +47,7 @@ BOUNDARY = "morpheo-unit-boundary"
 FORM_KINDS = [k.name for k in TABLE.values() if not k.rawBody]
 
 
+@implementer(IReactorFromThreads)
 class FakeReactor(MemoryReactorClock):
     """A memory reactor whose threads hand their results back at once."""
 
@@ -274,7 +276,7 @@ class Service:
             response = await self.client.request(
                 method,
                 f"http://storage.test{path}",
-                headers={k: [v] for k, v in (headers or {}).items()},
+                headers=Headers({k: [v] for k, v in (headers or {}).items()}),
                 data=_WholeBody(body) if body is not None else None,
                 auth=auth,
             )
@@ -292,7 +294,8 @@ class Service:
         protocol.dataReceived(data)
         for _ in range(50):
             self.reactor.advance(0)
-        return transport.value()
+        answer: bytes = transport.value()
+        return answer
 
     # Uploads
 

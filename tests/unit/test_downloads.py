@@ -147,7 +147,9 @@ def test_ifModifiedSinceTheUploadIs304(service: Service, stored: str) -> None:
     timestamp = service.request("GET", stored).json()["timestamp_upload"]
     later = formatdate(timestamp + 60, usegmt=True)
     earlier = formatdate(timestamp - 60, usegmt=True)
-    assert service.request("GET", f"{stored}/blob", headers={"If-Modified-Since": later}).code == 304
+    assert (
+        service.request("GET", f"{stored}/blob", headers={"If-Modified-Since": later}).code == 304
+    )
     reply = service.request("GET", f"{stored}/blob", headers={"If-Modified-Since": earlier})
     assert reply.code == 200
 

@@ -17,18 +17,22 @@ from morpheo._kinds import TABLE
 from .harness import BOUNDARY, FORM_KINDS, FORM_TYPE, Service, fieldsFor, form, newUUID, sha256
 
 BLOB = os.urandom(5000)
+MISMATCH = "the blob does not match its stated {}: nothing was stored"
 
 
-def post(service: Service, kind: str, body: bytes, **headers: str) -> tuple[int, str]:
-    reply = service.request(
-        "POST", f"/{kind}", body, {"Content-Type": FORM_TYPE, **headers}
-    )
+def post(
+    service: Service, kind: str, body: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, str]:
+    headers = {"Content-Type": FORM_TYPE, **(headers or {})}
+    reply = service.request("POST", f"/{kind}", body, headers)
     return reply.code, reply.error if reply.code >= 400 else ""
 
 
-def refused(service: Service, kind: str, body: bytes, code: int = 400, **headers: str) -> str:
+def refused(
+    service: Service, kind: str, body: bytes, code: int = 400, headers: dict[str, str] | None = None
+) -> str:
     """The sentence of a refused form upload; nothing of it is kept."""
-    status, error = post(service, kind, body, **headers)
+    status, error = post(service, kind, body, headers)
     assert status == code, error
     service.assertNothingLeft()
     return error
@@ -185,7 +189,8 @@ def test_aMalformedMultipartBodyIs400(service: Service) -> None:
 
 
 def test_aFormsRequestDigestIsRefused(service: Service) -> None:
-    error = refused(service, "data", form(fieldsFor("data", BLOB), BLOB), **{"Content-MD5": "x"})
+    body = form(fieldsFor("data", BLOB), BLOB)
+    error = refused(service, "data", body, headers={"Content-MD5": "x"})
     assert error.startswith("a form's Repr-Digest or Content-MD5 would be the whole form's")
 
 
@@ -213,6 +218,14 @@ def b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
 
+MD5 = (
+    "Content-MD5",
+    b64(hashlib.md5(BLOB).digest()),
+    b64(hashlib.md5(b"x").digest()),
+    "Content-MD5",
+)
+
+
 @pytest.mark.parametrize(
     ("header", "good", "bad", "named"),
     [
@@ -228,7 +241,12 @@ def b64(digest: bytes) -> str:
             f"sha-512=:{b64(hashlib.sha512(b'x').digest())}:",
             "sha-512 Repr-Digest",
         ),
-        ("Content-MD5", b64(hashlib.md5(BLOB).digest()), b64(hashlib.md5(b"x").digest()), "Content-MD5"),
+        (
+            "Content-MD5",
+            b64(hashlib.md5(BLOB).digest()),
+            b64(hashlib.md5(b"x").digest()),
+            "Content-MD5",
+        ),
     ],
 )
 def test_digestsStatedOnTheBlobPartAreChecked(
@@ -239,7 +257,10 @@ def test_digestsStatedOnTheBlobPartAreChecked(
     before = service.snapshot()
     body = form(fieldsFor("data", BLOB), BLOB, **{header: bad})
     status, error = post(service, "data", body)
-    assert (status, error) == (400, f"the blob does not match its stated {named}: nothing was stored")
+    assert (status, error) == (
+        400,
+        f"the blob does not match its stated {named}: nothing was stored",
+    )
     service.assertNothingLeft(before)
 
 
@@ -252,7 +273,12 @@ def test_digestsStatedOnTheBlobPartAreChecked(
             f"sha-256=:{b64(hashlib.sha256(b'x').digest())}:",
             "sha256",
         ),
-        ("Content-MD5", b64(hashlib.md5(BLOB).digest()), b64(hashlib.md5(b"x").digest()), "Content-MD5"),
+        (
+            "Content-MD5",
+            b64(hashlib.md5(BLOB).digest()),
+            b64(hashlib.md5(b"x").digest()),
+            "Content-MD5",
+        ),
     ],
 )
 def test_digestsStatedOnAModelAreChecked(
@@ -334,7 +360,10 @@ def test_aModelOfAMalformedAlgoIs400(service: Service) -> None:
 
 def test_aModelTakesOnlyAlgoAndUUID(service: Service) -> None:
     reply = service.request("POST", f"/model?algo={service.algo()}&name=x", BLOB)
-    assert (reply.code, reply.error) == (400, "unknown field 'name': a model upload takes algo and uuid")
+    assert (reply.code, reply.error) == (
+        400,
+        "unknown field 'name': a model upload takes algo and uuid",
+    )
 
 
 def test_aTakenModelUUIDIs409(service: Service) -> None:

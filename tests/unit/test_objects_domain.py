@@ -1,0 +1,183 @@
+"""
+The domain layer on its own, without HTTP: L{Objects} over the in-memory
+stores, with its typed outcomes, and the sweep of what dead uploads left.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+from attrs import define, field
+from twisted.internet.defer import Deferred, succeed
+from zope.interface import implementer
+
+from morpheo import IBlobWriter, StoredObject
+from morpheo._interfaces import IBlobSource
+from morpheo._types import (
+    Claim,
+    DigestMismatch,
+    InUse,
+    Listing,
+    NoSuchObject,
+    NoSuchParent,
+    SizeMismatch,
+    Taken,
+    TooLarge,
+    Vanished,
+)
+from morpheo.objects import STALE_CLAIM, IncomingBlob, NewObject, Replacement, sweep
+
+from .harness import Service, newUUID
+
+
+@implementer(IBlobSource)
+@define
+class Bytes:
+    """A blob source that writes its bytes as soon as it is streamed."""
+
+    data: bytes
+    stopped: bool = False
+    _done: Deferred[None] | None = field(default=None)
+
+    def streamTo(self, writer: IBlobWriter) -> None:
+        writer.write(self.data)
+        self._done = succeed(None)
+
+    def done(self) -> Deferred[None]:
+        return self._done if self._done is not None else succeed(None)
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def put(service: Service, kind: str, data: bytes, **new: Any) -> StoredObject:
+    blob = new.pop("blob", IncomingBlob(len(data)))
+    return service.run(service.objects.put(NewObject(kind=kind, blob=blob, **new), Bytes(data)))
+
+
+def test_putThenGetGivesTheStoredObject(service: Service) -> None:
+    stored = put(service, "algo", b"abc", text={"name": "a"})
+    assert stored.sha256 == hashlib.sha256(b"abc").hexdigest()
+    assert service.run(service.objects.get("algo", stored.uuid)) == stored
+    assert stored.name == "a"
+
+
+def test_getOfNothingIsNoSuchObject(service: Service) -> None:
+    with pytest.raises(NoSuchObject):
+        service.run(service.objects.get("data", newUUID()))
+
+
+def test_aTakenUUIDIsTakenAndTheSourceStopped(service: Service) -> None:
+    stored = put(service, "data", b"abc")
+    source = Bytes(b"xyz")
+    new = NewObject(kind="data", blob=IncomingBlob(3), uuid=stored.uuid)
+    with pytest.raises(Taken):
+        service.run(service.objects.put(new, source))
+    assert source.stopped
+
+
+def test_aModelOfNoAlgoIsNoSuchParent(service: Service) -> None:
+    with pytest.raises(NoSuchParent):
+        put(service, "model", b"m", parent=newUUID())
+    service.assertNothingLeft()
+
+
+@pytest.mark.parametrize(("data", "size"), [(b"ab", 3), (b"abcd", 3)])
+def test_aBlobNotOfItsSizeIsSizeMismatchAndKeepsNothing(
+    service: Service, data: bytes, size: int
+) -> None:
+    with pytest.raises(SizeMismatch):
+        put(service, "data", data, blob=IncomingBlob(size))
+    service.assertNothingLeft()
+
+
+def test_aWrongDigestIsDigestMismatchAndKeepsNothing(service: Service) -> None:
+    expected = {"sha256": hashlib.sha256(b"other").digest()}
+    with pytest.raises(DigestMismatch):
+        put(service, "data", b"abc", blob=IncomingBlob(3, expected))
+    expected = {"md5": hashlib.md5(b"other").digest()}
+    with pytest.raises(DigestMismatch):
+        put(service, "data", b"abc", blob=IncomingBlob(3, expected))
+    service.assertNothingLeft()
+
+
+def test_admitRefusesWhatIsOverTheMaximum() -> None:
+    service = Service(maxBlobSize=10)
+    service.objects.admit(10)
+    service.objects.admit(None)
+    with pytest.raises(TooLarge):
+        service.objects.admit(11)
+    service.objects.admit(1000, overhead=990)
+
+
+def test_removeOfAnAlgoWithModelsIsInUse(service: Service) -> None:
+    algo = put(service, "algo", b"a", text={"name": "a"})
+    model = put(service, "model", b"m", parent=algo.uuid)
+    with pytest.raises(InUse) as excinfo:
+        service.run(service.objects.remove("algo", algo.uuid))
+    assert excinfo.value.children == (model.uuid,)
+    assert service.run(service.objects.remove("model", model.uuid)) == model
+    service.run(service.objects.remove("algo", algo.uuid))
+    service.assertNothingLeft()
+
+
+def test_replaceRenamesChangesTextAndBlob(service: Service) -> None:
+    current = put(service, "problem", b"old", text={"name": "n", "description": "d"})
+    new = newUUID()
+    change = Replacement(newUUID=new, text={"name": "m"}, blob=IncomingBlob(3))
+    changed = service.run(service.objects.replace(current, change, Bytes(b"new")))
+    assert (changed.uuid, changed.name, changed.description) == (new, "m", "d")
+    assert changed.sha256 == hashlib.sha256(b"new").hexdigest()
+    assert len(service.blobKeys()) == 1
+    assert len(service.rows()) == 1
+
+
+def test_replaceOfAnObjectGoneMeanwhileIsVanished(service: Service) -> None:
+    current = put(service, "problem", b"old", text={"name": "n", "description": "d"})
+    service.run(service.objects.remove("problem", current.uuid))
+    change = Replacement(newUUID=newUUID(), blob=IncomingBlob(3))
+    with pytest.raises(Vanished):
+        service.run(service.objects.replace(current, change, Bytes(b"new")))
+    service.assertNothingLeft()
+
+
+def test_listGivesPagesAndWhetherMoreFollow(service: Service) -> None:
+    stored = [put(service, "data", b"x") for _ in range(3)][::-1]
+    first = service.run(service.objects.list("data", Listing(2)))
+    assert (first.items, first.more) == (stored[:2], True)
+    rest = service.run(service.objects.list("data", Listing(2, before=first.items[-1].seq)))
+    assert (rest.items, rest.more) == (stored[2:], False)
+
+
+def test_theSweepFreesDeadClaimsAndWhatTheyWrote(service: Service) -> None:
+    """A claim whose heartbeat stopped is a dead upload's: released, its blob removed."""
+    dead = service.metadata.sibling("a dead process")
+    uuid = newUUID()
+    service.run(dead.claim(Claim("data", uuid, "data/dead-key")))
+    writer = service.blobs.writer("data/dead-key", 1)
+    writer.write(b"x")
+    service.run(writer.finish())
+    live = newUUID()
+    service.run(service.metadata.claim(Claim("data", live, "data/live-key")))
+    service.reactor.advance(STALE_CLAIM + 1)
+    service.run(service.metadata.heartbeat())
+    swept = service.run(sweep(service.metadata, service.blobs))
+    assert swept.claims == 1
+    assert "data/dead-key" not in service.blobKeys()
+    assert service.rows() == [("data", live, "pending")]
+
+
+def test_theSweepAtStartTakesEveryClaimOfThisOwner(service: Service) -> None:
+    service.run(service.metadata.claim(Claim("data", newUUID(), "data/k")))
+    assert service.run(service.objects.sweep(atStart=True)).claims == 1
+    service.assertNothingLeft()
+
+
+def test_aFreshClaimOfAnotherProcessIsKept(service: Service) -> None:
+    other = service.metadata.sibling("a live process")
+    uuid = newUUID()
+    service.run(other.claim(Claim("data", uuid, None)))
+    assert service.run(service.objects.sweep()).claims == 0
+    assert service.rows() == [("data", uuid, "pending")]
