@@ -51,8 +51,8 @@ FORM_KINDS = [k.name for k in TABLE.values() if not k.rawBody]
 class FakeReactor(MemoryReactorClock):
     """A memory reactor whose threads hand their results back at once."""
 
-    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        f(*args, **kwargs)
+    def callFromThread(self, callable: Callable[..., Any], *args: object, **kwargs: object) -> None:
+        callable(*args, **kwargs)
 
 
 class ImmediatePool:
