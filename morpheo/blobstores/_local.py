@@ -119,6 +119,8 @@ class LocalBlobStore:
     """
 
     name = "local"
+    #: Its failures are this service's own (500), not a backend's (502).
+    remote = False
 
     def __init__(self, root: str, reactor: IReactorFromThreads, pool: ThreadPool) -> None:
         self.root = os.path.abspath(root)
