@@ -7,38 +7,35 @@ reading of the socket.
 
 from __future__ import annotations
 
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer, ITransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
-from zope.interface import implementer
 
 from .._types import BlobStoreError
 from ._bodies import Unpausable
 from ._http import asStoreError
+from ._producer import BlobProducer
 
 
-@implementer(IPushProducer)
-class _Download(Protocol):
+class _Download(BlobProducer, Protocol):
     """
     Copies a response body into a consumer; the consumer's pauses pause the
     response's transport, so the socket stops being read.
     """
 
     def __init__(self, consumer: IConsumer, expected: int | None, what: str) -> None:
-        self.consumer = consumer
-        self.done: Deferred[None] = Deferred(lambda d: self.stopProducing())
+        super().__init__(consumer)
         self._expected = expected
         self._what = what
         self._received = 0
-        self._paused = False
 
     def makeConnection(self, transport: ITransport) -> None:
         super().makeConnection(transport)
-        if self._paused:
+        if self.paused:
             transport.pauseProducing()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:
@@ -48,44 +45,25 @@ class _Download(Protocol):
         self.consumer.write(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.done.called:
-            return
         if not reason.check(ResponseDone, PotentialDataLoss):
             self._end(asStoreError(self._what, reason))
         elif self._expected is None or self._received == self._expected:
-            self._end(None)
+            self._end()
         else:
-            self._end(
-                Failure(
-                    BlobStoreError(
-                        f"{self._what} ended after {self._received} of {self._expected} bytes"
-                    )
-                )
-            )
+            short = f"{self._what} ended after {self._received} of {self._expected} bytes"
+            self._end(Failure(BlobStoreError(short)))
 
-    def _end(self, result: Failure | None) -> None:
-        self.consumer.unregisterProducer()
-        if result is None:
-            self.done.callback(None)
-        else:
-            self.done.errback(result)
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-        if self.transport is not None:
-            self.transport.pauseProducing()  # type: ignore[attr-defined]
-
-    def resumeProducing(self) -> None:
-        self._paused = False
+    def _go(self) -> None:
         if self.transport is not None:
             self.transport.resumeProducing()  # type: ignore[attr-defined]
 
-    def stopProducing(self) -> None:
-        if self.done.called:
-            return
+    def _halt(self) -> None:
+        if self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def _giveUp(self) -> None:
         if self.transport is not None:
             self.transport.stopProducing()  # type: ignore[attr-defined]
-        self._end(Failure(CancelledError("the download was stopped")))
 
 
 def streamResponse(
@@ -103,9 +81,9 @@ def streamResponse(
         response.deliverBody(Protocol())  # drop the connection's body
         raise BlobStoreError(f"{what}: asked for {want} bytes, the store has {expected}")
     protocol = _Download(consumer, expected, what)
-    consumer.registerProducer(protocol, True)
+    done = protocol.beginProducing()
     response.deliverBody(protocol)
-    return protocol.done
+    return done
 
 
 def produceNothing(consumer: IConsumer) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import quote
 
 from twisted.internet.defer import Deferred, succeed
@@ -177,7 +177,7 @@ class GCSBlobStore(HTTPBlobStore):
             return succeed(headers)
         return deferToThreadPool(self._reactor, self._pool, self._authorizeInThread, headers)
 
-    def _error(self, body: bytes, code: int, what: str, key: str | None) -> NoReturn:
+    def _explain(self, body: bytes, code: int, key: str | None) -> str:
         if code == 404 and key is not None:
             raise BlobNotFound(key)
         message = body[:300].decode("utf-8", "replace").strip()
@@ -185,7 +185,7 @@ class GCSBlobStore(HTTPBlobStore):
             message = json.loads(body)["error"]["message"]
         except (ValueError, KeyError, TypeError):
             pass
-        raise BlobStoreError(f"{what} failed: HTTP {code} {message}".rstrip())
+        return str(message)
 
     # IBlobStore
 

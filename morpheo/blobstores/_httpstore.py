@@ -18,6 +18,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 
+from .._types import BlobStoreError
 from ._bodies import BytesBody
 from ._download import produceNothing, streamResponse
 from ._http import SMALL_BODY, asStoreError, makeAgent, readSmall
@@ -29,7 +30,7 @@ class HTTPBlobStore:
     """
     The part of a remote store that is only HTTP.  Subclasses say how a
     request is authorized (C{_authorize}) and what an error answer means
-    (C{_error}).
+    (C{_explain}).
     """
 
     #: Its failures are a backend's (502, bad gateway), not this service's.
@@ -77,13 +78,17 @@ class HTTPBlobStore:
         def check(response: IResponse) -> IResponse | Deferred[IResponse]:
             if response.code in ok:
                 return response
-            return self._read(response).addCallback(self._error, response.code, what, key)
+            return self._read(response).addCallback(self._refuse, response.code, what, key)
 
         def failed(reason: Failure) -> Failure:
             return asStoreError(what, reason)
 
         d: Deferred[IResponse] = authorized.addCallback(send).addCallback(check)
         return d.addErrback(failed)
+
+    def _refuse(self, body: bytes, code: int, what: str, key: str | None) -> NoReturn:
+        detail = self._explain(body, code, key)
+        raise BlobStoreError(f"{what} failed: HTTP {code} {detail}".rstrip())
 
     def _read(self, response: IResponse, limit: int = SMALL_BODY) -> Deferred[bytes]:
         """A small response body (XML, JSON, an error)."""
@@ -128,6 +133,7 @@ class HTTPBlobStore:
         None when it is streamed."""
         raise NotImplementedError(f"{type(self).__name__} must say how to authorize")
 
-    def _error(self, body: bytes, code: int, what: str, key: str | None) -> NoReturn:
-        """Raise what an answer with status C{code} and C{body} means."""
+    def _explain(self, body: bytes, code: int, key: str | None) -> str:
+        """What an answer with status C{code} and C{body} says went wrong;
+        raises L{BlobNotFound} if it says that C{key} is not there."""
         raise NotImplementedError(f"{type(self).__name__} must say what errors mean")

@@ -15,11 +15,10 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
-    IPushProducer,
     IReactorTime,
 )
 from twisted.python.failure import Failure
@@ -27,6 +26,7 @@ from zope.interface import implementer
 
 from .._interfaces import IBlobStore
 from .._types import BlobInfo, BlobNotFound, BlobStoreError
+from ._producer import BlobProducer
 from ._writer import BlobWriter
 
 BLOCK = 64 * 1024
@@ -83,55 +83,32 @@ class _MockWriter(BlobWriter):
         return succeed(None)
 
 
-@implementer(IPushProducer)
-class _MockReader:
+class _MockReader(BlobProducer):
     """Writes C{data} in blocks, one per reactor turn, while not paused."""
 
     def __init__(self, data: memoryview, consumer: IConsumer, clock: IReactorTime) -> None:
+        super().__init__(consumer)
         self._data = data
-        self._consumer = consumer
         self._clock = clock
-        self._paused = False
         self._call: IDelayedCall | None = None
-        self.done: Deferred[None] = Deferred(lambda d: self.stopProducing())
 
-    def start(self) -> Deferred[None]:
-        self._consumer.registerProducer(self, True)
-        self._schedule()
-        return self.done
-
-    def _schedule(self) -> None:
-        if self._call is None and not self._paused and not self.done.called:
+    def _go(self) -> None:
+        if self._call is None and not self.paused and not self.done.called:
             self._call = self._clock.callLater(0, self._step)
+
+    def _halt(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
 
     def _step(self) -> None:
         self._call = None
         if not self._data:
-            self._consumer.unregisterProducer()
-            self.done.callback(None)
+            self._end()
             return
         block, self._data = self._data[:BLOCK], self._data[BLOCK:]
-        self._consumer.write(bytes(block))
-        self._schedule()
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-        if self._call is not None:
-            self._call.cancel()
-            self._call = None
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._schedule()
-
-    def stopProducing(self) -> None:
-        if self.done.called:
-            return
-        if self._call is not None:
-            self._call.cancel()
-            self._call = None
-        self._consumer.unregisterProducer()
-        self.done.errback(CancelledError("the transfer was stopped"))
+        self.consumer.write(bytes(block))
+        self._go()
 
 
 @implementer(IBlobStore)
@@ -173,7 +150,7 @@ class MemoryBlobStore:
         end = len(data) if length is None else offset + length
         if offset > len(data) or end > len(data):
             return fail(BlobStoreError(f"{key} has no bytes {offset}-{end - 1}"))
-        return _MockReader(data[offset:end], consumer, self._clock).start()
+        return _MockReader(data[offset:end], consumer, self._clock).beginProducing()
 
     def delete(self, key: str) -> Deferred[None]:
         if self.down:

@@ -13,7 +13,7 @@ as soon as the previous one's body is written.
 from __future__ import annotations
 
 import math
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import quote
 from xml.etree import ElementTree
 
@@ -241,7 +241,7 @@ class S3BlobStore(HTTPBlobStore):
         url = self._url(key, query)
         return self._call(method, url, what, headers, body, data, ok, key)
 
-    def _error(self, body: bytes, code: int, what: str, key: str | None) -> NoReturn:
+    def _explain(self, body: bytes, code: int, key: str | None) -> str:
         s3code = message = None
         try:
             root = ElementTree.fromstring(body)
@@ -251,13 +251,11 @@ class S3BlobStore(HTTPBlobStore):
         if code == 404 and s3code in ("NoSuchKey", None) and key is not None:
             raise BlobNotFound(key)
         if s3code:
-            detail = f"{s3code}: {message}"
-        elif body.strip():
-            detail = body[:200].decode("utf-8", "replace")
-        else:
-            # HEAD answers have no body to say why.
-            detail = _HEAD_ERRORS.get(code, "")
-        raise BlobStoreError(f"{what} failed: HTTP {code} {detail}".rstrip())
+            return f"{s3code}: {message}"
+        if body.strip():
+            return body[:200].decode("utf-8", "replace")
+        # HEAD answers have no body to say why.
+        return _HEAD_ERRORS.get(code, "")
 
     # IBlobStore
 
