@@ -163,6 +163,8 @@ class Backend:
     make: Callable[..., IBlobStore]
     makeDown: Callable[[], IBlobStore]
     leftovers: Callable[[IBlobStore, str], Deferred[list[str]] | list[str]]
+    #: Whether its failures are a remote backend's (a 502) or ours (a 500).
+    remote: bool
     tuned: dict[str, Any] = field(factory=dict)
 
 
@@ -202,6 +204,7 @@ def backend(request: pytest.FixtureRequest, pool: ThreadPool, tmp_path: Any) -> 
             lambda **kw: LocalBlobStore(str(tmp_path / "blobs"), reactor, pool),
             lambda: LocalBlobStore(str(tmp_path / "plain-file" / "blobs"), reactor, pool),
             _localLeftovers,
+            remote=False,
         )
     if name == "mock":
         mock = MemoryBlobStore(reactor)
@@ -216,6 +219,7 @@ def backend(request: pytest.FixtureRequest, pool: ThreadPool, tmp_path: Any) -> 
             lambda **kw: mock,
             down,
             lambda store, key: [k for k in mock.keys() if k == key],
+            remote=False,
         )
     if name == "s3":
         server: SeaweedFS = request.getfixturevalue("seaweedfs")
@@ -236,7 +240,8 @@ def backend(request: pytest.FixtureRequest, pool: ThreadPool, tmp_path: Any) -> 
             s3,
             lambda: s3(endpoint=f"http://127.0.0.1:{freePort()}"),
             _s3Leftovers,
-            {"partThreshold": 5 * MiB, "partSize": 5 * MiB},
+            remote=True,
+            tuned={"partThreshold": 5 * MiB, "partSize": 5 * MiB},
         )
     assert name == "gcs"
     gcs: FakeGCS = request.getfixturevalue("fakeGCS")
@@ -249,7 +254,8 @@ def backend(request: pytest.FixtureRequest, pool: ThreadPool, tmp_path: Any) -> 
         google,
         lambda: google(endpoint=f"http://127.0.0.1:{freePort()}"),
         lambda store, key: gcs.objects(prefix=key),
-        {"chunkSize": 256 * KiB},
+        remote=True,
+        tuned={"chunkSize": 256 * KiB},
     )
 
 
@@ -295,6 +301,13 @@ async def test_provides_interfaces(backend: Backend) -> None:
     verifyObject(IBlobWriter, writer)
     await within(writer.abort())
     await within(store.check())
+
+
+def test_says_whether_it_is_remote(backend: Backend) -> None:
+    """The web layer answers a remote store's failure with a 502, its own with a 500."""
+    store = backend.make()
+    assert store.remote is backend.remote
+    assert type(store).remote is backend.remote  # a class attribute, the same for every store
 
 
 @pytest.mark.parametrize("size", [0, 1, 256 * KiB - 1, 256 * KiB, 256 * KiB + 1])

@@ -22,26 +22,17 @@ from typing import Any
 from urllib.parse import quote
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IConsumer, IReactorFromThreads
+from twisted.internet.interfaces import IConsumer
 from twisted.internet.threads import deferToThreadPool
-from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from twisted.web.iweb import IAgent, IResponse
 from zope.interface import implementer
 
 from .._interfaces import IBlobStore
 from .._types import BlobNotFound, BlobStoreError
-from ._remote import (
-    BytesBody,
-    EmptyProducer,
-    StreamBody,
-    StreamingWriter,
-    asStoreError,
-    makeAgent,
-    readSmall,
-    streamResponse,
-)
+from ._bodies import StreamBody
+from ._httpstore import HTTPBlobStore
+from ._segmented import StreamingWriter
 
 MiB = 1024 * 1024
 CHUNK_UNIT = 256 * 1024
@@ -74,7 +65,7 @@ class _GCSWriter(StreamingWriter[None]):
             if not location:
                 raise BlobStoreError(f"{what} failed: no session in the response")
             self._session = location
-            return readSmall(response).addCallback(lambda _: None)
+            return self._store._drained(response)
 
         d = self._store._call("POST", f"{url}?{query}", what, headers=headers, data=b"")
         return d.addCallback(started)
@@ -98,7 +89,7 @@ class _GCSWriter(StreamingWriter[None]):
                 got = response.headers.getRawHeaders("range", [""])[0]
                 if got != f"bytes=0-{offset + length - 1}":
                     raise BlobStoreError(f"{what}: GCS kept only {got or 'nothing'}")
-            return readSmall(response).addCallback(lambda _: None)
+            return self._store._drained(response)
 
         d = self._store._call(
             "PUT",
@@ -110,7 +101,7 @@ class _GCSWriter(StreamingWriter[None]):
         )
         return d.addCallback(accepted)
 
-    def _cleanup(self, begun: bool, committed: bool) -> Deferred[None]:
+    def _cleanup(self, committed: bool) -> Deferred[None]:
         if committed:
             return self._store.delete(self.key)
         if self._session is None:
@@ -118,11 +109,11 @@ class _GCSWriter(StreamingWriter[None]):
         # Cancelling a session answers 499; a session already gone, 404/410.
         what = f"GCS cancelling the upload of {self.key}"
         d = self._store._call("DELETE", self._session, what, ok=(200, 204, 404, 410, 499))
-        return d.addCallback(readSmall).addCallback(lambda _: None)
+        return d.addCallback(self._store._drained)
 
 
 @implementer(IBlobStore)
-class GCSBlobStore:
+class GCSBlobStore(HTTPBlobStore):
     """
     Blobs in Google Cloud Storage bucket C{bucket}; C{endpoint} (for example
     a fake-gcs-server's C{"http://127.0.0.1:4443"}) selects an emulator,
@@ -150,9 +141,7 @@ class GCSBlobStore:
             raise ValueError(f"GCS chunks are multiples of {CHUNK_UNIT} bytes")
         self.bucket = bucket
         self.chunkSize = chunkSize
-        self.highWater = highWater
-        self._reactor: IReactorFromThreads = reactor
-        self._pool = pool
+        super().__init__(reactor, pool, agent, highWater)
         self._base = (endpoint or GOOGLE).rstrip("/")
         self._bucketPath = quote(bucket, safe="")
         explicit = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
@@ -161,7 +150,6 @@ class GCSBlobStore:
 
             credentials = AnonymousCredentials()
         self._credentials = credentials
-        self._agent = agent or makeAgent(reactor)
 
     def _objectURL(self, key: str) -> str:
         name = quote(key, safe="")
@@ -180,7 +168,9 @@ class GCSBlobStore:
         self._credentials.apply(headers)
         return headers
 
-    def _authorize(self, headers: dict[str, str]) -> Deferred[dict[str, str]]:
+    def _authorize(
+        self, method: str, url: str, headers: dict[str, str], data: bytes | None
+    ) -> Deferred[dict[str, str]]:
         creds = self._credentials
         if creds is not None and creds.valid:
             # Cheap and non-blocking: no thread hop for every chunk.
@@ -188,44 +178,7 @@ class GCSBlobStore:
             return succeed(headers)
         return deferToThreadPool(self._reactor, self._pool, self._authorizeInThread, headers)
 
-    def _call(
-        self,
-        method: str,
-        url: str,
-        what: str,
-        headers: dict[str, str] | None = None,
-        body: IBodyProducer | None = None,
-        data: bytes | None = None,
-        ok: tuple[int, ...] = (200, 204, 206),
-        key: str | None = None,
-    ) -> Deferred[IResponse]:
-        """
-        Authorize and send one request; fires with the response if its
-        status is in C{ok}, else fails with a L{BlobStoreError} saying
-        C{what} failed (L{BlobNotFound} on a 404 about C{key}).
-        """
-
-        def send(authorized: dict[str, str]) -> Deferred[IResponse]:
-            producer = body
-            if producer is None and data is not None:
-                producer = BytesBody(data)
-            raw = Headers({k.encode(): [v.encode()] for k, v in authorized.items()})
-            return self._agent.request(method.encode(), url.encode(), raw, producer)
-
-        def check(response: IResponse) -> IResponse | Deferred[IResponse]:
-            if response.code in ok:
-                return response
-            return readSmall(response).addCallback(self._error, response.code, what, key)
-
-        d: Deferred[IResponse]
-        d = self._authorize(dict(headers or {})).addCallback(send).addCallback(check)
-
-        def failed(reason: Failure) -> Failure:
-            return asStoreError(what, reason)
-
-        return d.addErrback(failed)
-
-    def _error(self, body: bytes, code: int, what: str, key: str | None) -> IResponse:
+    def _explain(self, body: bytes, code: int, key: str | None) -> str:
         if code == 404 and key is not None:
             raise BlobNotFound(key)
         message = body[:300].decode("utf-8", "replace").strip()
@@ -233,7 +186,7 @@ class GCSBlobStore:
             message = json.loads(body)["error"]["message"]
         except (ValueError, KeyError, TypeError):
             pass
-        raise BlobStoreError(f"{what} failed: HTTP {code} {message}".rstrip())
+        return str(message)
 
     # IBlobStore
 
@@ -243,26 +196,19 @@ class GCSBlobStore:
     def produce(
         self, key: str, consumer: IConsumer, offset: int = 0, length: int | None = None
     ) -> Deferred[None]:
-        what = f"GCS download of {key}"
-        if length == 0:
-            d = self._call("GET", self._objectURL(key), what, key=key)
-            d.addCallback(readSmall)
-            return d.addCallback(lambda _: EmptyProducer().produceNothing(consumer))
-        headers = {}
-        if offset or length is not None:
-            end = "" if length is None else str(offset + length - 1)
-            headers["Range"] = f"bytes={offset}-{end}"
-        url = self._objectURL(key) + "?alt=media"
-        d = self._call("GET", url, what, headers=headers, key=key)
-        return d.addCallback(streamResponse, consumer, what, length)
+        url, what = self._objectURL(key), f"GCS download of {key}"
+
+        def probe() -> Deferred[IResponse]:
+            return self._call("GET", url, what, key=key)
+
+        return self._download(key, consumer, offset, length, url + "?alt=media", what, probe)
 
     def delete(self, key: str) -> Deferred[None]:
         what = f"GCS deleting {key}"
         d = self._call("DELETE", self._objectURL(key), what, ok=(200, 204, 404))
-        return d.addCallback(readSmall).addCallback(lambda _: None)
+        return d.addCallback(self._drained)
 
     def check(self) -> Deferred[None]:
         what = f"GCS reading bucket {self.bucket}"
         url = f"{self._base}/storage/v1/b/{self._bucketPath}"
-        d = self._call("GET", url, what)
-        return d.addCallback(readSmall).addCallback(lambda _: None)
+        return self._call("GET", url, what).addCallback(self._drained)

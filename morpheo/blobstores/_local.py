@@ -119,6 +119,7 @@ class LocalBlobStore:
     """
 
     name = "local"
+    #: Its failures are this service's own (500), not a backend's (502).
     remote = False
 
     def __init__(self, root: str, reactor: IReactorFromThreads, pool: ThreadPool) -> None:
@@ -151,8 +152,8 @@ class LocalBlobStore:
         def start(opened: tuple[IO[bytes], int]) -> Deferred[None]:
             f, size = opened
             want = size - offset if length is None else length
-            producer = ThreadedReadProducer(f.read, f.close, want, self._reactor, self._pool)
-            return producer.beginProducing(consumer)
+            producer = ThreadedReadProducer(f, want, consumer, self._inThread)
+            return producer.beginProducing()
 
         return self._inThread(openFile).addCallback(start)
 

@@ -1,18 +1,19 @@
 # -*- test-case-name: tests.test_blobstore_contract -*-
 """
-A push producer that reads a blob in a thread and writes it to a consumer,
-one block ahead, honouring the consumer's pauses.
+The producers that copy a blob into the web layer's consumer: what they all
+do the same way (register, end once, stop when their C{done} is cancelled,
+follow the consumer's pauses), and the one that reads a blob in a thread,
+one block ahead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import IO, Any
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorFromThreads
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from .._types import BlobStoreError
@@ -21,103 +22,123 @@ BLOCK = 1024 * 1024
 
 
 @implementer(IPushProducer)
-class ThreadedReadProducer:
+class BlobProducer:
     """
-    Calls C{read(n)} in C{pool} until C{length} bytes have been written to
-    the consumer, then C{close()}.  While the consumer is paused the next
+    Writes a blob's bytes into C{consumer} while it is not paused; C{done}
+    fires once at the end (cancelling it stops the transfer), after the
+    producer has unregistered.  Subclasses move the bytes (C{_go}, called
+    when they may flow), halt their source (C{_halt}) and give it up
+    (C{_giveUp}).
+    """
+
+    def __init__(self, consumer: IConsumer) -> None:
+        self.consumer = consumer
+        self.paused = False
+        self.done: Deferred[None] = Deferred(lambda d: self.stopProducing())
+
+    def beginProducing(self) -> Deferred[None]:
+        self.consumer.registerProducer(self, True)
+        self._go()
+        return self.done
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self._halt()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._go()
+
+    def stopProducing(self) -> None:
+        if not self.done.called:
+            self._giveUp()
+            self._end(Failure(CancelledError("the transfer was stopped")))
+
+    def _end(self, reason: Failure | None = None) -> None:
+        """The transfer is over, failed if C{reason} says why; once only."""
+        if self.done.called:
+            return
+        self.consumer.unregisterProducer()
+        if reason is None:
+            self.done.callback(None)
+        else:
+            self.done.errback(reason)
+
+    def _go(self) -> None:
+        """Bytes may flow (again)."""
+
+    def _halt(self) -> None:
+        """Bytes must stop flowing for now."""
+
+    def _giveUp(self) -> None:
+        """Bytes must stop flowing for good."""
+        self._halt()
+
+
+class ThreadedReadProducer(BlobProducer):
+    """
+    Reads C{file} through C{inThread} (in a thread pool) until C{length}
+    bytes have been written to the consumer, then closes it.  While the consumer is paused the next
     block is read but not written, so memory stays at about two blocks.
     """
 
     def __init__(
         self,
-        read: Callable[[int], bytes],
-        close: Callable[[], None],
+        file: IO[bytes],
         length: int,
-        reactor: IReactorFromThreads,
-        pool: ThreadPool,
+        consumer: IConsumer,
+        inThread: Callable[..., Deferred[Any]],
         block: int = BLOCK,
     ) -> None:
-        self._read = read
-        self._close = close
+        super().__init__(consumer)
+        self._file = file
         self._remaining = length
-        self._reactor = reactor
-        self._pool = pool
+        self._inThread = inThread
         self._block = block
-        self._paused = False
-        self._stopped = False
-        self._consumer: IConsumer | None = None
         self._pendingBlock: bytes | None = None
-        self._reading = False
-        self._done: Deferred[None] = Deferred(lambda d: self.stopProducing())
+        #: The read in flight, if any.
+        self._reading: Deferred[bytes] | None = None
 
-    def beginProducing(self, consumer: IConsumer) -> Deferred[None]:
-        self._consumer = consumer
-        consumer.registerProducer(self, True)
-        self._step()
-        return self._done
-
-    def _step(self) -> None:
-        if self._stopped:
+    def _go(self) -> None:
+        if self.done.called:
             return
-        if self._pendingBlock is not None and not self._paused:
+        if self._pendingBlock is not None and not self.paused:
             block, self._pendingBlock = self._pendingBlock, None
-            assert self._consumer is not None
-            self._consumer.write(block)
+            self.consumer.write(block)
         if self._remaining == 0 and self._pendingBlock is None:
-            self._finish(None)
+            self._end()
             return
-        if self._remaining and self._pendingBlock is None and not self._reading:
-            self._reading = True
+        if self._remaining and self._pendingBlock is None and self._reading is None:
             want = min(self._block, self._remaining)
-            d = deferToThreadPool(self._reactor, self._pool, self._read, want)
-            d.addCallbacks(self._gotBlock, self._failed)
+            self._reading = self._inThread(self._file.read, want)
+            self._reading.addCallbacks(self._gotBlock, self._failed)
 
     def _gotBlock(self, data: bytes) -> None:
-        self._reading = False
-        if self._stopped:
+        self._reading = None
+        if self.done.called:
             self._closeFile()
-            return
-        if not data:
-            self._failed(Failure(BlobStoreError("the blob ended before its length")))
-            return
-        self._remaining -= len(data)
-        self._pendingBlock = data
-        self._step()
+        elif not data:
+            self._end(Failure(BlobStoreError("the blob ended before its length")))
+        else:
+            self._remaining -= len(data)
+            self._pendingBlock = data
+            self._go()
 
     def _failed(self, reason: Failure) -> None:
-        self._reading = False
-        if self._stopped:
+        self._reading = None
+        if self.done.called:
             self._closeFile()
-            return
-        self._finish(reason)
+        else:
+            self._end(reason)
 
-    def _finish(self, result: Failure | None) -> None:
-        if self._stopped:
+    def _end(self, reason: Failure | None = None) -> None:
+        if self.done.called:
             return
-        self._stopped = True
         self._pendingBlock = None
-        if self._consumer is not None:
-            self._consumer.unregisterProducer()
-        if not self._reading:
+        if self._reading is None:
             # Otherwise the read in flight closes it when it returns.
             self._closeFile()
-        if result is None:
-            self._done.callback(None)
-        else:
-            self._done.errback(result)
+        super()._end(reason)
 
     def _closeFile(self) -> None:
-        deferToThreadPool(self._reactor, self._pool, self._close).addErrback(lambda f: None)
-
-    # IPushProducer
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._step()
-
-    def stopProducing(self) -> None:
-        if not self._stopped:
-            self._finish(Failure(CancelledError("the transfer was stopped")))
+        self._inThread(self._file.close).addErrback(lambda f: None)

@@ -23,26 +23,17 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.session import get_session
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IConsumer, IReactorFromThreads
+from twisted.internet.interfaces import IConsumer
 from twisted.internet.threads import deferToThreadPool
-from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from .._interfaces import IAbandonableBlobStore
 from .._types import BlobNotFound, BlobStoreError
-from ._remote import (
-    BytesBody,
-    EmptyProducer,
-    StreamBody,
-    StreamingWriter,
-    asStoreError,
-    makeAgent,
-    readSmall,
-    streamResponse,
-)
+from ._bodies import StreamBody
+from ._httpstore import HTTPBlobStore
+from ._segmented import StreamingWriter
 
 MiB = 1024 * 1024
 MIN_PART = 5 * MiB
@@ -107,13 +98,14 @@ class _S3Writer(StreamingWriter[str]):
             self._uploadId = uploadId
 
         what = f"S3 CreateMultipartUpload of {self.key}"
-        d = self._store._call("POST", self.key, what, query="uploads")
-        return d.addCallback(readSmall).addCallback(started)
+        d = self._store._request("POST", self.key, what, query="uploads")
+        return d.addCallback(self._store._read).addCallback(started)
 
     def _sendSegment(self, index: int, offset: int, length: int, body: StreamBody) -> Deferred[str]:
         if not self._multipart:
             what = f"S3 PutObject of {self.key}"
-            return self._store._call("PUT", self.key, what, body=body).addCallback(_drained, "")
+            d = self._store._request("PUT", self.key, what, body=body)
+            return d.addCallback(self._store._drained, "")
         query = f"partNumber={index + 1}&uploadId={quote(self._uploadId or '', safe='')}"
         what = f"S3 UploadPart {index + 1} of {self.key}"
 
@@ -121,9 +113,10 @@ class _S3Writer(StreamingWriter[str]):
             value = response.headers.getRawHeaders("etag", [""])[0]
             if not value:
                 raise BlobStoreError(f"{what} gave no ETag")
-            return _drained(response, value)
+            return self._store._drained(response, value)
 
-        return self._store._call("PUT", self.key, what, query=query, body=body).addCallback(etag)
+        d = self._store._request("PUT", self.key, what, query=query, body=body)
+        return d.addCallback(etag)
 
     def _commit(self, etags: list[str]) -> Deferred[None]:
         if not self._multipart:
@@ -143,13 +136,14 @@ class _S3Writer(StreamingWriter[str]):
                     f"{what} failed: {_findText(root, 'Code')}: {_findText(root, 'Message')}"
                 )
 
-        d = self._store._call("POST", self.key, what, query=self._uploadQuery(), data=xml.encode())
-        return d.addCallback(readSmall).addCallback(check)
+        query = self._uploadQuery()
+        d = self._store._request("POST", self.key, what, query=query, data=xml.encode())
+        return d.addCallback(self._store._read).addCallback(check)
 
     def _uploadQuery(self) -> str:
         return f"uploadId={quote(self._uploadId or '', safe='')}"
 
-    def _cleanup(self, begun: bool, committed: bool) -> Deferred[None]:
+    def _cleanup(self, committed: bool) -> Deferred[None]:
         if committed:
             return self._store.delete(self.key)
         if self._uploadId is None:
@@ -161,13 +155,8 @@ def _xmlEscape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _drained(response: IResponse, value: Any) -> Deferred[Any]:
-    """Read the (small) rest of a response so its connection is reused."""
-    return readSmall(response).addCallback(lambda _: value)
-
-
 @implementer(IAbandonableBlobStore)
-class S3BlobStore:
+class S3BlobStore(HTTPBlobStore):
     """
     Blobs in S3 bucket C{bucket} of C{region}; C{endpoint} (for example
     C{"http://127.0.0.1:8333"}) selects an S3-compatible store, addressed
@@ -197,9 +186,7 @@ class S3BlobStore:
         self.region = region
         self.partThreshold = partThreshold
         self.partSize = partSize
-        self.highWater = highWater
-        self._reactor: IReactorFromThreads = reactor
-        self._pool = pool
+        super().__init__(reactor, pool, agent, highWater)
         if endpoint is not None:
             self._base = f"{endpoint.rstrip('/')}/{quote(bucket, safe='')}"
         elif "." in bucket:
@@ -207,7 +194,6 @@ class S3BlobStore:
         else:
             self._base = f"https://{bucket}.s3.{region}.amazonaws.com"
         self.endpoint = self._base
-        self._agent = agent or makeAgent(reactor)
         self._credentials = credentials
 
     # Requests
@@ -233,7 +219,14 @@ class S3BlobStore:
         S3SigV4Auth(frozen, "s3", self.region).add_auth(request)
         return dict(request.headers.items())
 
-    def _call(
+    def _authorize(
+        self, method: str, url: str, headers: dict[str, str], data: bytes | None
+    ) -> Deferred[dict[str, str]]:
+        return deferToThreadPool(
+            self._reactor, self._pool, self._signInThread, method, url, headers, data
+        )
+
+    def _request(
         self,
         method: str,
         key: str | None,
@@ -244,44 +237,12 @@ class S3BlobStore:
         headers: dict[str, str] | None = None,
         ok: tuple[int, ...] = (200, 204, 206),
     ) -> Deferred[IResponse]:
-        """
-        Sign and send one request; fires with the response if its status
-        is in C{ok}, else fails with a L{BlobStoreError} saying C{what}
-        failed and why (or L{BlobNotFound} on NoSuchKey).
-        """
+        """One request about C{key} (the bucket, if None); NoSuchKey is
+        L{BlobNotFound}."""
         url = self._url(key, query)
-        signed = deferToThreadPool(
-            self._reactor,
-            self._pool,
-            self._signInThread,
-            method,
-            url,
-            dict(headers or {}),
-            None if body is not None else data,
-        )
+        return self._call(method, url, what, headers, body, data, ok, key)
 
-        def send(signedHeaders: dict[str, str]) -> Deferred[IResponse]:
-            producer = body
-            if producer is None and data is not None:
-                producer = BytesBody(data)
-            elif producer is None and method in ("PUT", "POST"):
-                producer = BytesBody(b"")
-            raw = Headers({k.encode(): [v.encode()] for k, v in signedHeaders.items()})
-            return self._agent.request(method.encode(), url.encode(), raw, producer)
-
-        def check(response: IResponse) -> IResponse | Deferred[IResponse]:
-            if response.code in ok:
-                return response
-            return readSmall(response).addCallback(self._error, response.code, what, key)
-
-        d: Deferred[IResponse] = signed.addCallback(send).addCallback(check)
-
-        def failed(reason: Failure) -> Failure:
-            return asStoreError(what, reason)
-
-        return d.addErrback(failed)
-
-    def _error(self, body: bytes, code: int, what: str, key: str | None) -> IResponse:
+    def _explain(self, body: bytes, code: int, key: str | None) -> str:
         s3code = message = None
         try:
             root = ElementTree.fromstring(body)
@@ -291,13 +252,11 @@ class S3BlobStore:
         if code == 404 and s3code in ("NoSuchKey", None) and key is not None:
             raise BlobNotFound(key)
         if s3code:
-            detail = f"{s3code}: {message}"
-        elif body.strip():
-            detail = body[:200].decode("utf-8", "replace")
-        else:
-            # HEAD answers have no body to say why.
-            detail = _HEAD_ERRORS.get(code, "")
-        raise BlobStoreError(f"{what} failed: HTTP {code} {detail}".rstrip())
+            return f"{s3code}: {message}"
+        if body.strip():
+            return body[:200].decode("utf-8", "replace")
+        # HEAD answers have no body to say why.
+        return _HEAD_ERRORS.get(code, "")
 
     # IBlobStore
 
@@ -307,27 +266,22 @@ class S3BlobStore:
     def produce(
         self, key: str, consumer: IConsumer, offset: int = 0, length: int | None = None
     ) -> Deferred[None]:
-        what = f"S3 GetObject of {key}"
-        if length == 0:
-            d = self._call("HEAD", key, f"S3 HeadObject of {key}")
-            return d.addCallback(lambda _: EmptyProducer().produceNothing(consumer))
-        headers = {}
-        if offset or length is not None:
-            end = "" if length is None else str(offset + length - 1)
-            headers["Range"] = f"bytes={offset}-{end}"
-        d = self._call("GET", key, what, headers=headers)
-        return d.addCallback(streamResponse, consumer, what, length)
+        url, what = self._url(key, None), f"S3 GetObject of {key}"
+
+        def probe() -> Deferred[IResponse]:
+            return self._request("HEAD", key, f"S3 HeadObject of {key}")
+
+        return self._download(key, consumer, offset, length, url, what, probe)
 
     def delete(self, key: str) -> Deferred[None]:
-        d = self._call("DELETE", key, f"S3 DeleteObject of {key}", ok=(200, 204, 404))
-        return d.addCallback(_drained, None)
+        d = self._request("DELETE", key, f"S3 DeleteObject of {key}", ok=(200, 204, 404))
+        return d.addCallback(self._drained)
 
     def check(self) -> Deferred[None]:
         what = f"S3 HeadBucket of {self.bucket} at {self._base.rsplit('/', 1)[0]}"
         if self._base.endswith(".amazonaws.com"):
             what = f"S3 HeadBucket of {self.bucket} in {self.region}"
-        d = self._call("HEAD", None, what)
-        return d.addCallback(_drained, None)
+        return self._request("HEAD", None, what).addCallback(self._drained)
 
     def abandon(self, key: str) -> Deferred[None]:
         """
@@ -347,8 +301,8 @@ class S3BlobStore:
     def _abortUpload(self, key: str, uploadId: str) -> Deferred[None]:
         what = f"S3 AbortMultipartUpload of {key}"
         query = f"uploadId={quote(uploadId, safe='')}"
-        d = self._call("DELETE", key, what, query=query, ok=(200, 204, 404))
-        return d.addCallback(_drained, None)
+        d = self._request("DELETE", key, what, query=query, ok=(200, 204, 404))
+        return d.addCallback(self._drained)
 
     def listUploads(self, prefix: str = "") -> Deferred[list[tuple[str, str]]]:
         """
@@ -366,5 +320,5 @@ class S3BlobStore:
                     uploads.append((key, _findText(element, "UploadId") or ""))
             return uploads
 
-        d = self._call("GET", None, f"S3 ListMultipartUploads of {self.bucket}", query=query)
-        return d.addCallback(readSmall, 16 * MiB).addCallback(parse)
+        d = self._request("GET", None, f"S3 ListMultipartUploads of {self.bucket}", query=query)
+        return d.addCallback(self._read, 16 * MiB).addCallback(parse)

@@ -1,30 +1,29 @@
 # -*- test-case-name: tests.test_blobstore_contract -*-
 """
 A blob writer whose file work happens in a thread pool, behind a bounded
-buffer: the reactor thread only queues bytes and counts them.
+buffer: the reactor thread only queues bytes and counts them, and they are
+hashed in the pool beside the writing.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredLock
-from twisted.internet.interfaces import IProducer, IReactorFromThreads
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from zope.interface import implementer
 
-from .._interfaces import IBlobWriter
-from .._types import BlobInfo, BlobStoreError, SizeMismatch
-from ._flow import ProducerGate
+from .._types import BlobInfo, BlobStoreError
+from ._hasher import Hasher
+from ._writer import BlobWriter
 
-#: The most one write-and-hash step takes from the queue.  The thread keeps
-#: taking steps while bytes are queued, and each step's bytes count as
-#: drained as soon as it is done, so that the producer is resumed (and the
-#: queue refilled) while the thread works: reading the socket and writing the
+#: The most one write step takes from the queue.  The thread keeps taking
+#: steps while bytes are queued, and each step's bytes count as drained as
+#: soon as it is done, so that the producer is resumed (and the queue
+#: refilled) while the thread works: reading the socket and writing the
 #: file overlap instead of taking turns.
 STEP = 1024 * 1024
 
@@ -34,86 +33,46 @@ HIGH = 6 * 1024 * 1024
 LOW = 4 * 1024 * 1024
 
 
-@implementer(IBlobWriter)
-class ThreadedBlobWriter:
+class ThreadedBlobWriter(BlobWriter):
     """
     Queues written bytes and drains them in batches in a thread, one batch
-    at a time, hashing as it goes.  Subclasses say where the bytes go with
-    the four C{_...InThread} methods, which always run in the pool and never
-    at the same time.
+    at a time.  Subclasses say where the bytes go with the four
+    C{_...InThread} methods, which always run in the pool and never at the
+    same time.
     """
 
     def __init__(self, key: str, size: int, reactor: IReactorFromThreads, pool: ThreadPool) -> None:
-        self.key = key
-        self.size = size
+        super().__init__(key, size, HIGH, LOW)
         self._reactor = reactor
         self._pool = pool
-        self._gate = ProducerGate(HIGH, LOW)
+        self._hasher = Hasher(["sha256"], reactor, pool, self._gate, HIGH, LOW, STEP)
         self._lock = DeferredLock()
         self._pending: deque[bytes] = deque()
-        self._flushing = False
-        self._received = 0
-        self._hash = hashlib.sha256()
-        self._failure: Failure | None = None
+        #: The flush queued or running, if any.
+        self._flushing: Deferred[None] | None = None
         self._opened = False
-        self._closed = False
-        self._aborted: Deferred[None] | None = None
 
-    # IConsumer
-
-    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        self._gate.registerProducer(producer, streaming)
-
-    def unregisterProducer(self) -> None:
-        self._gate.unregisterProducer()
-
-    def write(self, data: bytes) -> None:
-        if self._failure is not None:
-            self._failure.raiseException()
-        if self._closed:
-            raise RuntimeError("write after finish() or abort()")
-        if not data:
-            return
-        self._received += len(data)
-        if self._received > self.size:
-            raise SizeMismatch(self.size, self._received)
+    def _accept(self, data: bytes) -> None:
         self._pending.append(data)
-        self._gate.grew(len(data))
-        if not self._flushing:
-            self._flushing = True
-            self._inThread(self._flush)
+        self._hasher.update(data)
+        if self._flushing is None:
+            self._flushing = self._inThread(self._flush)
 
-    # IBlobWriter
-
-    def finish(self) -> Deferred[BlobInfo]:
-        if self._closed:
-            raise RuntimeError("finish() after finish() or abort()")
-        self._closed = True
-        if self._received != self.size:
-            return self._failWith(SizeMismatch(self.size, self._received))
-
-        def commit(_: object) -> Deferred[BlobInfo]:
+    def _finish(self) -> Deferred[BlobInfo]:
+        async def commit() -> BlobInfo:
+            # A last flush queued behind any running one drains what is left.
+            await self._inThread(self._flush)
             if self._failure is not None:
-                return self._failWith(self._failure)
-            return self._inThread(self._commit)
+                self._failure.raiseException()
+            digests = await self._hasher.digests()
+            await self._inThread(self._commitInThread)
+            return BlobInfo(size=self._received, sha256=digests["sha256"].hex())
 
-        # A last flush queued behind any running one drains what is left.
-        return self._inThread(self._flush).addCallback(commit)
+        return Deferred.fromCoroutine(commit())
 
-    def abort(self) -> Deferred[None]:
-        self._closed = True
-        if self._aborted is None:
-            self._pending.clear()
-            self._aborted = self._inThread(self._discardInThread)
-        d: Deferred[None] = Deferred()
-
-        def relay(result: object) -> object:
-            # Every caller hears when the discard is over; none sees its errors.
-            d.callback(None)
-            return result
-
-        self._aborted.addBoth(relay)
-        return d
+    def _discard(self) -> Deferred[None]:
+        self._pending.clear()
+        return self._inThread(self._discardInThread)
 
     # The thread side
 
@@ -138,12 +97,10 @@ class ThreadedBlobWriter:
                 try:
                     self._ensureOpen()
                     self._writeInThread(chunks)
-                    for chunk in chunks:
-                        self._hash.update(chunk)
                 except Exception as e:
                     self._reactor.callFromThread(self._flushFailed, e, n)
                     return
-                self._reactor.callFromThread(self._gate.shrank, n)
+                self._reactor.callFromThread(self._buffer.shrank, n)
             # Open even when nothing was written: an empty blob is a file too.
             self._ensureOpen()
         except Exception as e:
@@ -153,26 +110,17 @@ class ThreadedBlobWriter:
 
     def _flushed(self) -> None:
         if self._pending and self._aborted is None:
-            self._inThread(self._flush)
+            self._flushing = self._inThread(self._flush)
         else:
-            self._flushing = False
+            self._flushing = None
 
     def _flushFailed(self, e: Exception, n: int) -> None:
-        self._gate.shrank(n)
-        self._flushing = False
+        self._buffer.shrank(n)
+        self._flushing = None
         if not isinstance(e, BlobStoreError):
             e = BlobStoreError(f"writing the blob failed: {e}")
-        self._failure = Failure(e)
         self._pending.clear()
-        self._gate.release()
-
-    def _commit(self) -> BlobInfo:
-        self._commitInThread()
-        return BlobInfo(size=self._received, sha256=self._hash.hexdigest())
-
-    def _failWith(self, reason: BaseException | Failure) -> Deferred[Any]:
-        failure = reason if isinstance(reason, Failure) else Failure(reason)
-        return self.abort().addCallback(lambda _: failure)
+        self._fail(Failure(e))
 
     # For subclasses; all run in the pool.
 

@@ -7,18 +7,17 @@ computes sha256).
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProducer, IPushProducer, IReactorFromThreads
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from .._interfaces import IBlobWriter
 from .._types import BlobInfo, DigestMismatch
-from ._flow import HIGH_WATER, LOW_WATER
+from ._flow import ProducerGate
+from ._hasher import Hasher
 
 
 @implementer(IBlobWriter, IPushProducer)
@@ -28,8 +27,8 @@ class VerifyingWriter:
     commits only if the digests match.
 
     It stands between the request body and the wrapped writer as a producer
-    too, pausing the body while either the wrapped writer or its own hashing
-    is behind, so memory stays bounded whichever is slower.
+    too: the body is paused while the wrapped writer has paused us or the
+    hashing is behind, so memory stays bounded whichever is slower.
     """
 
     def __init__(
@@ -42,79 +41,34 @@ class VerifyingWriter:
         self.inner = inner
         self.key = inner.key
         self._expected = expected
-        self._hashes = {name: hashlib.new(name) for name in expected}
-        self._reactor = reactor
-        self._pool = pool
-        self._lock = DeferredLock()
-        self._pending: list[bytes] = []
-        self._backlog = 0
-        self._hashing = False
-        self._producer: IPushProducer | None = None
-        self._innerPaused = False
-        self._behind = False
-        self._paused = False
+        self._gate = ProducerGate()
+        self._hasher = Hasher(expected, reactor, pool, self._gate)
 
     # IConsumer, for the request body
 
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        assert IPushProducer.providedBy(producer) and streaming
-        self._producer = producer
+        self._gate.registerProducer(producer, streaming)
         self.inner.registerProducer(self, True)
 
     def unregisterProducer(self) -> None:
         self.inner.unregisterProducer()
-        self._producer = None
+        self._gate.unregisterProducer()
 
     def write(self, data: bytes) -> None:
         self.inner.write(data)
-        self._pending.append(data)
-        self._backlog += len(data)
-        if self._backlog > HIGH_WATER:
-            self._behind = True
-            self._update()
-        if not self._hashing:
-            self._hashing = True
-            self._lock.run(deferToThreadPool, self._reactor, self._pool, self._hash)
-
-    def _hash(self) -> None:
-        chunks, self._pending = self._pending, []
-        for chunk in chunks:
-            for h in self._hashes.values():
-                h.update(chunk)
-        self._reactor.callFromThread(self._hashed, sum(map(len, chunks)))
-
-    def _hashed(self, n: int) -> None:
-        self._backlog -= n
-        if self._behind and self._backlog <= LOW_WATER:
-            self._behind = False
-            self._update()
-        if self._pending:
-            self._lock.run(deferToThreadPool, self._reactor, self._pool, self._hash)
-        else:
-            self._hashing = False
+        self._hasher.update(data)
 
     # IPushProducer, for the wrapped writer
 
     def pauseProducing(self) -> None:
-        self._innerPaused = True
-        self._update()
+        self._gate.hold(self.inner)
 
     def resumeProducing(self) -> None:
-        self._innerPaused = False
-        self._update()
+        self._gate.letGo(self.inner)
 
     def stopProducing(self) -> None:
-        if self._producer is not None:
-            self._producer.stopProducing()
-
-    def _update(self) -> None:
-        want = self._innerPaused or self._behind
-        if self._producer is not None and want != self._paused:
-            self._paused = want
-            if want:
-                self._producer.pauseProducing()
-            else:
-                self._producer.resumeProducing()
+        if self._gate.producer is not None:
+            self._gate.producer.stopProducing()
 
     # IBlobWriter
 
@@ -122,10 +76,9 @@ class VerifyingWriter:
         return Deferred.fromCoroutine(self._finish())
 
     async def _finish(self) -> BlobInfo:
-        # Queued behind every hashing batch: the digests are complete then.
-        await self._lock.run(deferToThreadPool, self._reactor, self._pool, self._hash)
+        digests = await self._hasher.digests()
         for name, want in self._expected.items():
-            if self._hashes[name].digest() != want:
+            if digests[name] != want:
                 await self.inner.abort()
                 raise DigestMismatch(_NAMES.get(name, name))
         return await self.inner.finish()

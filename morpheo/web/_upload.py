@@ -11,7 +11,7 @@ feeds and reads events from.
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from multipart import MultipartError, MultipartSegment, PushMultipartParser
 from twisted.internet.defer import Deferred
@@ -22,54 +22,9 @@ from twisted.web._newclient import ResponseDone
 from zope.interface import implementer
 
 from .._interfaces import IBlobSource, IBlobWriter
+from .._observer import OneShotObserverList
 from .._types import APIError
 from ._forms import BLOB, FormSpec, checkBeforeBlob, checkFieldLength, checkFieldName
-
-T = TypeVar("T")
-
-
-class Outcome(Generic[T]):
-    """
-    A result that arrives once and can be waited for any number of times
-    (a L{Deferred} can be waited for once, and complains if nobody does).
-    """
-
-    def __init__(self) -> None:
-        self._result: T | Failure | None = None
-        self._known = False
-        self._waiters: list[Deferred[T]] = []
-
-    @property
-    def known(self) -> bool:
-        return self._known
-
-    def wait(self) -> Deferred[T]:
-        d: Deferred[T] = Deferred()
-        if self._known:
-            self._fire(d)
-        else:
-            self._waiters.append(d)
-        return d
-
-    def succeed(self, result: T) -> None:
-        self._set(result)
-
-    def fail(self, reason: BaseException | Failure) -> None:
-        self._set(reason if isinstance(reason, Failure) else Failure(reason))
-
-    def _set(self, result: Any) -> None:
-        if self._known:
-            return
-        self._known, self._result = True, result
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            self._fire(d)
-
-    def _fire(self, d: Deferred[T]) -> None:
-        if isinstance(self._result, Failure):
-            d.errback(self._result)
-        else:
-            d.callback(self._result)  # type: ignore[arg-type]
 
 
 @implementer(IBlobSource)
@@ -99,8 +54,8 @@ class FormUpload(Protocol):
         self._held: list[bytes] = []
         self._writer: IBlobWriter | None = None
         self._bodyComplete = False
-        self._fieldsReady: Outcome[bool] = Outcome()
-        self._done: Outcome[None] = Outcome()
+        self._fieldsReady: OneShotObserverList[bool] = OneShotObserverList()
+        self._done: OneShotObserverList[None] = OneShotObserverList()
         #: The blob part's own headers, once it starts: its type, its file
         #: name and any digest its client stated.
         self.blobContentType: str | None = None
@@ -110,12 +65,12 @@ class FormUpload(Protocol):
     def fieldsReady(self) -> Deferred[bool]:
         """Fires with whether a blob follows the fields, or fails with the
         L{APIError} for the first bad field."""
-        return self._fieldsReady.wait()
+        return self._fieldsReady.whenFired()
 
     def done(self) -> Deferred[None]:
         """Fires when the whole body has been read and every blob byte
         written to the writer."""
-        return self._done.wait()
+        return self._done.whenFired()
 
     def streamBlobTo(self, writer: IBlobWriter) -> None:
         if self._state == "failed":
@@ -177,7 +132,7 @@ class FormUpload(Protocol):
                 self._fail(e)
                 return
             self._state = "complete"
-            self._fieldsReady.succeed(False)
+            self._fieldsReady.fireIfNotFired(False)
         self._maybeDone()
 
     # Parser events
@@ -213,7 +168,7 @@ class FormUpload(Protocol):
             # Hold the body until the handler has accepted the fields.
             self._state = "held"
             self.transport.pauseProducing()
-            self._fieldsReady.succeed(True)
+            self._fieldsReady.fireIfNotFired(True)
         else:
             self._field = segment.name
             self._value, self._valueLength = [], 0
@@ -236,7 +191,7 @@ class FormUpload(Protocol):
             return  # waiting for streamBlobTo
         if self._bodyComplete and self._state in ("after-blob", "complete") and not self._held:
             self._unregister()
-            self._done.succeed(None)
+            self._done.fireIfNotFired(None)
 
     def _unregister(self) -> None:
         if self._writer is not None:
@@ -248,8 +203,8 @@ class FormUpload(Protocol):
         self._unregister()
         if not self._bodyComplete:
             self.transport.stopProducing()
-        self._fieldsReady.fail(f)
-        self._done.fail(f)
+        self._fieldsReady.fireIfNotFired(f)
+        self._done.fireIfNotFired(f)
 
 
 class RawUpload(Protocol):
@@ -259,11 +214,11 @@ class RawUpload(Protocol):
 
     def __init__(self, writer: IBlobWriter) -> None:
         self._writer = writer
-        self._done: Outcome[None] = Outcome()
+        self._done: OneShotObserverList[None] = OneShotObserverList()
         self._failed = False
 
     def done(self) -> Deferred[None]:
-        return self._done.wait()
+        return self._done.whenFired()
 
     def connectionMade(self) -> None:
         self._writer.registerProducer(self.transport, True)
@@ -282,7 +237,7 @@ class RawUpload(Protocol):
             return
         self._writer.unregisterProducer()
         if reason.check(ResponseDone):
-            self._done.succeed(None)
+            self._done.fireIfNotFired(None)
         else:
             self._fail(reason, stop=False)
 
@@ -297,7 +252,7 @@ class RawUpload(Protocol):
         self._writer.unregisterProducer()
         if stop:
             self.transport.stopProducing()
-        self._done.fail(reason)
+        self._done.fireIfNotFired(reason)
 
 
 @implementer(IBlobSource)
