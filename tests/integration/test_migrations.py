@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -34,9 +33,10 @@ from morpheo.metadata._migrations import (
     rollback,
 )
 from morpheo.metadata._postgres import Database, DatabaseError, MetadataStore
-from tests._server import PASSWORD, TWISTD, USER, startServer
+from tests.integration.helpers import ROOT
+from tests.integration.servers import runTwistd, startServer
 
-SCHEMA = str(Path(__file__).resolve().parent.parent / "schema")
+SCHEMA = str(ROOT / "schema")
 SHA = "0" * 64
 #: The migrations shipped in schema/, and how they are recorded once applied.
 SHIPPED = loadMigrations(SCHEMA)
@@ -452,15 +452,6 @@ def _tables(dataDir: str) -> tuple[bool, list[int]]:
     return exists, versions
 
 
-def _twistd(dataDir: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [TWISTD, "-n", "--pidfile=", "morpheo-storage",
-         "--host", "127.0.0.1", "--port", "0", "--user", USER, "--password", PASSWORD,
-         "--data-dir", dataDir, *extra],
-        capture_output=True, text=True, timeout=120, cwd=dataDir,
-    )  # fmt: skip
-
-
 def test_twistdRollbackAndReapply(tmp_path: Path) -> None:
     """
     C{twistd morpheo-storage --db-rollback} on a server's data directory
@@ -476,7 +467,7 @@ def test_twistdRollbackAndReapply(tmp_path: Path) -> None:
         server.stop()
 
     for version, name in reversed(RECORDED):
-        result = _twistd(dataDir, "--db-rollback")
+        result = runTwistd(dataDir, "--db-rollback")
         output = result.stdout + result.stderr
         assert result.returncode == 0, output
         assert f"rolled back migration {version}_{name}" in output, output
@@ -487,7 +478,7 @@ def test_twistdRollbackAndReapply(tmp_path: Path) -> None:
     assert _tables(dataDir) == (False, [])
 
     # Nothing left to roll back: says so, still exits cleanly.
-    result = _twistd(dataDir, "--db-rollback")
+    result = runTwistd(dataDir, "--db-rollback")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "nothing" in result.stdout + result.stderr
 
