@@ -431,14 +431,21 @@ async def test_upload_backpressure(backend: Backend) -> None:
     await within(store.delete(key))
 
 
+async def startDownload(
+    backend: Backend, size: int
+) -> tuple[IBlobStore, str, bytes, Sink, Deferred[None]]:
+    """A stored blob of C{size} on its way to a sink that pauses at once."""
+    store = backend.make()
+    key, data = newKey(), blobOf(size)
+    await put(store, key, data, chunk=256 * KiB)
+    sink = Sink(pauseAt=1)
+    return store, key, data, sink, store.produce(key, sink)
+
+
 @pytest_twisted.ensureDeferred
 async def test_download_backpressure(backend: Backend) -> None:
     """A paused consumer stops the reading; resuming finishes the transfer."""
-    store = backend.make()
-    key, data = newKey(), blobOf(32 * MiB)
-    await put(store, key, data, chunk=256 * KiB)
-    sink = Sink(pauseAt=1)
-    done = store.produce(key, sink)
+    store, key, data, sink, done = await startDownload(backend, 32 * MiB)
     finished: list[object] = []
 
     def end(result: object) -> object:
@@ -464,11 +471,7 @@ async def test_download_backpressure(backend: Backend) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_cancel_download(backend: Backend) -> None:
-    store = backend.make()
-    key, data = newKey(), blobOf(16 * MiB)
-    await put(store, key, data, chunk=256 * KiB)
-    sink = Sink(pauseAt=1)
-    done = store.produce(key, sink)
+    store, key, data, sink, done = await startDownload(backend, 16 * MiB)
 
     async def flowing() -> None:
         assert sink.received > 0

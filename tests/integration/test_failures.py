@@ -1,7 +1,8 @@
 """
-Limits and failures of the parts behind the API, each on a server of its
-own: 413 from the headers or the size field, a database that goes away
-(503), a blob store that cannot write (500).  Nothing is left behind.
+Limits and failures of the parts behind the API, on servers of their own
+(one with a size limit, one broken part by part): 413 from the headers or
+the size field, a blob store that cannot write (500), a database that goes
+away (503).  Nothing is left behind.
 """
 
 from __future__ import annotations

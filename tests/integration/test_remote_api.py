@@ -366,13 +366,17 @@ def noRow(server: Server, uuid: str) -> None:
     assert server.sql("SELECT state FROM resource WHERE uuid = %s", (uuid,)) == []
 
 
-async def killMidUpload(http: HTTPClient, crash: Crash, uuid: str, sent: int, name: str) -> None:
+async def killMidUpload(
+    http: HTTPClient, crash: Crash, sent: int, name: str
+) -> tuple[SeaweedFS | FakeGCS, Server, str]:
     """
-    Kill the store once an upload of C{uuid} streams into it (its multipart
-    upload the only one, where the store lists them): the client gets a
-    502 (or 503) naming the store C{name}, and no row is kept.
+    Kill the store once an upload streams into it (its multipart upload
+    the only one, where the store lists them): the client gets a 502 (or
+    503) naming the store C{name}, and no row is kept.  The store, the
+    server and the upload's uuid.
     """
     server = crash.server
+    uuid = newUUID()
     response, _ = await startDoomedUpload(http, crash, uuid, sent)
     if crash.uploads is not None:
         assert crash.uploads("data/") == [blobKey(server, uuid)]
@@ -380,6 +384,7 @@ async def killMidUpload(http: HTTPClient, crash: Crash, uuid: str, sent: int, na
     r = await within(response, 60)
     await assertError(r, (502, 503), f"blob store ({name})")
     await eventually(lambda: noRow(server, uuid))
+    return crash.store, server, uuid
 
 
 @pytest_twisted.ensureDeferred
@@ -391,12 +396,8 @@ async def test_s3_killed_mid_upload_leaves_nothing(http: HTTPClient, doomedS3: C
     keeps multipart uploads until they are completed or aborted) until the
     server, which retries its clean-up, aborts it: no object, no upload.
     """
-    crash = doomedS3
-    store = crash.store
+    store, server, uuid = await killMidUpload(http, doomedS3, 40 * MiB, "s3")
     assert isinstance(store, SeaweedFS)
-    server = crash.server
-    uuid = newUUID()
-    await killMidUpload(http, crash, uuid, 40 * MiB, "s3")
     r = await http.get(f"{server.url}/ready")
     assert r.code == 503
     assert (await jsonOf(r))["blobstore"].startswith("failing: S3 HeadBucket")
@@ -463,12 +464,8 @@ async def test_gcs_killed_mid_upload_leaves_nothing(http: HTTPClient, doomedGCS:
     it: a 502 naming the store, no row; restarted on the same data, no
     object.
     """
-    crash = doomedGCS
-    store = crash.store
+    store, server, uuid = await killMidUpload(http, doomedGCS, 72 * MiB, "gcs")
     assert isinstance(store, FakeGCS)
-    server = crash.server
-    uuid = newUUID()
-    await killMidUpload(http, crash, uuid, 72 * MiB, "gcs")
 
     await deferToThread(store.start)
     assert store.objects("") == []
