@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_blobstore_contract -*-
+# -*- test-case-name: tests.integration.test_blobstore_contract -*-
 """
 Flow control shared by the blob writers: a byte count with high and low
 water marks that pauses and resumes the producer feeding the writer.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_blobstore_contract -*-
+# -*- test-case-name: tests.integration.test_blobstore_contract -*-
 """
 A push producer that reads a blob in a thread and writes it to a consumer,
 one block ahead, honouring the consumer's pauses.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_blobstore_contract -*-
+# -*- test-case-name: tests.integration.test_blobstore_contract -*-
 """
 What the HTTP blob stores (S3, Google Cloud Storage) share: a writer that
 streams the incoming bytes into a sequence of outgoing request bodies with

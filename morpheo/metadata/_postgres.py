@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_migrations -*-
+# -*- test-case-name: tests.integration.test_migrations -*-
 """
 Resource metadata in PostgreSQL, through a txpostgres connection pool.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_recovery -*-
+# -*- test-case-name: tests.integration.test_recovery -*-
 """
 What a crash leaves behind, and how it is swept.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_api -*-
+# -*- test-case-name: tests.integration.test_api -*-
 """
 The HTTP routes of the contract (see the README), on Klein.
 
