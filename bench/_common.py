@@ -1,11 +1,30 @@
 """
-What the benchmarks share: timed curl transfers, MB/s, a test blob.
+What the benchmarks share: their command line, timed curl transfers, MB/s,
+a test blob.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
+import tempfile
+
+
+def setUp(description: str, runs: int) -> tuple[argparse.Namespace, int, str, str]:
+    """
+    The command line (C{--size-mib}, C{--runs}), the blob's size, a work
+    directory (for the caller to remove) and a blob of that size in it.
+    """
+    parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--runs", type=int, default=runs)
+    args = parser.parse_args()
+    size = args.size_mib * 1024 * 1024
+    work = tempfile.mkdtemp(prefix="morpheo-bench-")
+    blob = os.path.join(work, "blob.bin")
+    makeBlob(blob, size)
+    return args, size, work, blob
 
 
 def curl(*args: str) -> float:

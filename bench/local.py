@@ -12,20 +12,17 @@ the ratio to nginx, and the service's peak resident memory (VmHWM).
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench._common import curl, makeBlob, mbps  # noqa: E402
-from tests._server import startServer  # noqa: E402
-from tests._servers import freePort  # noqa: E402
+from bench._common import curl, mbps, setUp  # noqa: E402
+from tests.integration.servers import freePort, startServer  # noqa: E402
 
 NGINX_CONF = """
 daemon off;
@@ -48,15 +45,8 @@ http {{
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--runs", type=int, default=5)
-    args = parser.parse_args()
-    size = args.size_mib * 1024 * 1024
-    work = tempfile.mkdtemp(prefix="morpheo-bench-")
+    args, size, work, blob = setUp(__doc__ or "", 5)
     try:
-        blob = os.path.join(work, "blob.bin")
-        makeBlob(blob, size)
         server = startServer(os.path.join(work, "server"))
         root = os.path.join(work, "nginx")
         for d in ("tmp", "www"):

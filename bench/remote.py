@@ -17,13 +17,11 @@ machine they share the cores, so the service's hop slows the others down.
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import shutil
 import statistics
 import sys
-import tempfile
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,9 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from botocore.config import Config  # noqa: E402
 from botocore.session import get_session  # noqa: E402
 
-from bench._common import curl, makeBlob, mbps  # noqa: E402
-from tests._server import startServer  # noqa: E402
-from tests._servers import SeaweedFS  # noqa: E402
+from bench._common import curl, mbps, setUp  # noqa: E402
+from tests.integration.servers import SeaweedFS, startServer  # noqa: E402
 
 
 def cpuSeconds(pid: int | None = None) -> float:
@@ -77,29 +74,14 @@ def presigner(store: SeaweedFS) -> object:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
-    size = args.size_mib * 1024 * 1024
-    work = tempfile.mkdtemp(prefix="morpheo-bench-")
+    args, size, work, blob = setUp(__doc__ or "", 3)
     try:
-        blob = os.path.join(work, "blob.bin")
-        makeBlob(blob, size)
         # Room for every blob of the run: a full volume makes the next write
         # wait for a new one, in the middle of a measure.
         with SeaweedFS(volumeSizeMB=max(1024, 4 * args.size_mib * args.runs)) as store:
-            env = {
-                "AWS_ACCESS_KEY_ID": store.accessKey,
-                "AWS_SECRET_ACCESS_KEY": store.secretKey,
-                "AWS_EC2_METADATA_DISABLED": "true",
-            }
             server = startServer(
-                os.path.join(work, "server"),
-                "--blobstore", "s3", "--s3-bucket", store.bucket, "--s3-region", store.region,
-                "--s3-endpoint", store.endpoint,
-                env=env,
-            )  # fmt: skip
+                os.path.join(work, "server"), *store.serverArgs(), env=store.serverEnv()
+            )
             s3 = presigner(store)
             auth = f"{server.user}:{server.password}"
             kinds = ("up", "down", "s3 up", "s3 down")

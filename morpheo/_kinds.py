@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_kinds -*-
+# -*- test-case-name: tests.unit.test_reading,tests.unit.test_lists -*-
 """
 The kinds of object the service stores, and the rules of each: the one
 table that the upload forms, the JSON, the SQL and the routes all read.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_observer -*-
+# -*- test-case-name: tests.unit.test_observer -*-
 """
 One result, any number of waiters.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_auth -*-
+# -*- test-case-name: tests.integration.test_auth -*-
 """
 C{python -m morpheo.passwd USER [--pbkdf2]}: a line for a password file
 (C{--auth file:PATH}), the password read without echo (or from stdin when

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.integration.test_tap -*-
 """
 The command line (C{twistd morpheo-storage ...}) and the service it builds.
 """

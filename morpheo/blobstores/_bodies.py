@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_blobstore_contract -*-
+# -*- test-case-name: tests.integration.test_blobstore_contract -*-
 """
 Request bodies sent to the remote stores: one fed piecewise by a writer as
 the transport allows, and one already in memory.

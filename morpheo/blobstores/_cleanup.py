@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_blobstore_contract -*-
+# -*- test-case-name: tests.integration.test_blobstore_contract -*-
 """
 Cleaning up after a failed upload in the background, again and again while
 the store cannot be reached: the client has its answer already, and what a

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_blobstore_contract -*-
+# -*- test-case-name: tests.integration.test_blobstore_contract -*-
 """
 Downloads from the remote stores: a response body pumped into the web
 layer's consumer with flow control, the consumer's pauses stopping the

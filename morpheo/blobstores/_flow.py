@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_blobstore_contract -*-
+# -*- test-case-name: tests.integration.test_blobstore_contract -*-
 """
 Flow control shared by the blob writers: a gate that keeps the producer
 feeding a writer paused while anything holds it, and byte counts with high

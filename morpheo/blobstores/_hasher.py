@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_blobstore_contract -*-
+# -*- test-case-name: tests.integration.test_blobstore_contract -*-
 """
 Digests of a blob as it streams by, computed in a thread pool: hashing a
 large blob on the reactor thread would stall every other request.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_blobstore_contract -*-
+# -*- test-case-name: tests.integration.test_blobstore_contract -*-
 """
 The HTTP client of the remote stores: persistent connections that read in
 large blocks, small response bodies read with a cap and an idle timeout,

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_blobstore_contract -*-
+# -*- test-case-name: tests.integration.test_blobstore_contract -*-
 """
 What the blob stores behind HTTP (S3, Google Cloud Storage) do the same way
 around each request: authorize it, send it, turn a status they did not

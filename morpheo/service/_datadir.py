@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_recovery -*-
+# -*- test-case-name: tests.integration.test_recovery -*-
 """
 A data directory's lock and name.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_graceful -*-
+# -*- test-case-name: tests.integration.test_graceful -*-
 """
 Graceful stop: once the service stops listening, in-flight transfers may
 finish up to a deadline; then the connections still open are cut, and the

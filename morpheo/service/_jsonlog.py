@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_accesslog -*-
+# -*- test-case-name: tests.integration.test_accesslog -*-
 """
 C{--log-format json}: the whole twistd log as one JSON object per line,
 for log shippers.

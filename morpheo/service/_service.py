@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_graceful,tests.test_recovery,tests.test_tap -*-
+# -*- test-case-name: tests.integration.test_graceful,tests.integration.test_recovery,tests.integration.test_tap -*-  # noqa: E501
 """
 The service wiring: from a L{StorageConfig} to a listening site, with the
 database, the migrations, the blob store and the embedded PostgreSQL started

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tls -*-
+# -*- test-case-name: tests.integration.test_tls -*-
 """
 TLS for the service itself (C{--cert}/C{--key}): PEM files read once at
 start-up into a pyOpenSSL context factory that speaks TLS 1.2 or newer.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_accesslog -*-
+# -*- test-case-name: tests.integration.test_accesslog -*-
 """
 The access log, through twisted.logger: one event per request, with
 structured fields (method, path, status, bytes in and out, duration, client

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_auth -*-
+# -*- test-case-name: tests.integration.test_auth -*-
 """
 HTTP Basic authentication for the data routes, through twisted.cred: the
 credentials go to a L{Portal} whose checkers (C{--user/--password}, any

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cors -*-
+# -*- test-case-name: tests.integration.test_cors -*-
 """
 CORS, as the original service did with rs/cors (allowed origins C{*} by
 default): a resource wrapper, so that every route, its errors and its 401s

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_objects -*-
+# -*- test-case-name: tests.integration.test_objects -*-
 """
 Serving a stored blob: the headers an object store's clients expect,
 conditional requests, byte ranges (one, or several as

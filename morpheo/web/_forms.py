@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_forms -*-
+# -*- test-case-name: tests.unit.test_forms -*-
 """
 What each kind's upload form holds, and the rules for its fields.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_http -*-
+# -*- test-case-name: tests.unit.test_http -*-
 """
 HTTP semantics of an object store, as pure functions: byte ranges
 (RFC 9110 section 14), conditional requests (section 13), digests

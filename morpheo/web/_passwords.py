@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_auth -*-
+# -*- test-case-name: tests.integration.test_auth -*-
 """
 twisted.cred checkers for the service's users: the one user of
 C{--user/--password}, and password files (C{--auth file:PATH}) whose lines

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_routes,tests.integration.test_api -*-
+# -*- test-case-name: tests.unit.test_reading,tests.unit.test_uploads,tests.integration.test_api -*-
 """
 The HTTP routes of the contract (see the README), on Klein: each decodes
 its request, calls the domain layer (L{morpheo.objects.Objects}) and

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_streaming -*-
+# -*- test-case-name: tests.unit.test_streaming_layer,tests.integration.test_streaming -*-
 """
 Streaming request bodies for twisted.web.
 

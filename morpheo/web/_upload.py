@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_api -*-
+# -*- test-case-name: tests.integration.test_api -*-
 """
 Upload bodies, read as streams: a multipart form whose text fields come
 first and whose C{blob} is streamed to a blob writer, or a raw body streamed

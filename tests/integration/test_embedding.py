@@ -25,7 +25,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
 from morpheo import StorageConfig, StorageService, StreamingSite
-from tests._client import FORM_HEADERS, form, jsonOf, newUUID, uploadFields
+from tests.integration.helpers import FORM_HEADERS, form, jsonOf, newUUID, uploadFields
 
 USER, PASSWORD = "alice", "secret"
 AUTH = (USER, PASSWORD)
@@ -105,6 +105,17 @@ async def get(http: HTTPClient, url: str, **kw):
     return await http.get(url, auth=AUTH, timeout=TIMEOUT, **kw)
 
 
+async def postUpload(http: HTTPClient, base: str, kind: str, data: bytes, uuid: str):
+    """A form upload of C{kind} to the storage under C{base}, whatever the answer."""
+    return await http.post(
+        f"{base}/{kind}",
+        data=form(*uploadFields(kind, data, uuid=uuid)),
+        headers=FORM_HEADERS,
+        auth=AUTH,
+        timeout=TIMEOUT,
+    )
+
+
 @pytest_twisted.ensureDeferred
 async def test_hostRoutesBesideTheStorage(http, embedded) -> None:
     """The host keeps its routes; the storage's open and data routes answer under /storage/."""
@@ -131,13 +142,7 @@ async def test_uploadAndDownloadThroughTheHost(http, embedded) -> None:
     base = f"{host.url}/storage"
     algoData = os.urandom(4 * 1024 * 1024 + 3)
     algo = newUUID()
-    r = await http.post(
-        f"{base}/algo",
-        data=form(*uploadFields("algo", algoData, uuid=algo)),
-        headers=FORM_HEADERS,
-        auth=AUTH,
-        timeout=TIMEOUT,
-    )
+    r = await postUpload(http, base, "algo", algoData, algo)
     assert r.code == 201, await treq.text_content(r)
     meta = await jsonOf(r)
     assert meta["uuid"] == algo and meta["size"] == len(algoData)
@@ -180,13 +185,7 @@ async def test_stockSiteServesReadsButRefusesUploads(http, embedded) -> None:
 
     data = os.urandom(300_000)
     uuid = newUUID()
-    r = await http.post(
-        f"{stock.url}/storage/data",
-        data=form(*uploadFields("data", data, uuid=uuid)),
-        headers=FORM_HEADERS,
-        auth=AUTH,
-        timeout=TIMEOUT,
-    )
+    r = await postUpload(http, f"{stock.url}/storage", "data", data, uuid)
     assert r.code == 500
     error = (await jsonOf(r))["error"]
     assert "morpheo.StreamingSite" in error
@@ -197,13 +196,7 @@ async def test_stockSiteServesReadsButRefusesUploads(http, embedded) -> None:
     assert await storage.api.objects.metadata.get("data", uuid) is None
 
     # Reads need no body: they work under the stock site.
-    r = await http.post(
-        f"{host.url}/storage/data",
-        data=form(*uploadFields("data", data, uuid=uuid)),
-        headers=FORM_HEADERS,
-        auth=AUTH,
-        timeout=TIMEOUT,
-    )
+    r = await postUpload(http, f"{host.url}/storage", "data", data, uuid)
     assert r.code == 201, await treq.text_content(r)
     r = await get(http, f"{stock.url}/storage/data/{uuid}/blob")
     assert r.code == 200 and await treq.content(r) == data

@@ -18,9 +18,16 @@ import treq
 from twisted.python.failure import Failure
 
 from morpheo.service._jsonlog import eventAsLine
-from tests._client import BOUNDARY, FORM_HEADERS, form, newUUID, uploadFields
-from tests._server import PASSWORD, USER, Server, startServer
-from tests.test_streaming import eventually, rawRequest
+from tests.integration.helpers import (
+    FORM_HEADERS,
+    eventually,
+    form,
+    newUUID,
+    openForm,
+    rawUpload,
+    uploadFields,
+)
+from tests.integration.servers import PASSWORD, USER, Server, startServer
 
 TIMEOUT = 30
 WRONG = "not-the-password-9c1f"
@@ -33,11 +40,10 @@ TEXT_LINE = re.compile(
 )
 
 
-@pytest.fixture(scope="module")
-def textServer(tmp_path_factory):
-    s = startServer(str(tmp_path_factory.mktemp("log-text")))
-    yield s
-    s.stop()
+@pytest.fixture
+def textServer(server: Server) -> Server:
+    """Text is the default: the session's server, whose log has every test's lines."""
+    return server
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +88,13 @@ async def exercise(http, server: Server) -> dict[str, object]:
     data = os.urandom(200_000)
     uuid = newUUID()
     body = form(*uploadFields("data", data, uuid=uuid))
+    # The uuid in the query (ignored) tells this upload's line from the others'.
     r = await http.post(
-        f"{server.url}/data", data=body, headers=FORM_HEADERS, auth=server.auth, timeout=TIMEOUT
+        f"{server.url}/data?{uuid}",
+        data=body,
+        headers=FORM_HEADERS,
+        auth=server.auth,
+        timeout=TIMEOUT,
     )
     assert r.code == 201
     uploaded = await treq.content(r)
@@ -113,7 +124,7 @@ async def test_oneLinePerRequest(http, request, fmt) -> None:
     done = await exercise(http, server)
     uuid = done["uuid"]
 
-    [upload] = [e for e in await logged(server, "/data", asJSON) if e["method"] == "POST"]
+    [upload] = [e for e in await logged(server, f"/data?{uuid}", asJSON) if e["method"] == "POST"]
     [download] = await logged(server, f"/data/{uuid}/blob", asJSON)
     [refused] = await logged(server, f"/data/{uuid}", asJSON)
     [wrong] = await logged(server, f"/data/{uuid}?wrong", asJSON)
@@ -136,7 +147,7 @@ async def test_oneLinePerRequest(http, request, fmt) -> None:
         assert line["aborted"] in (None, False)
     if asJSON:
         assert upload["namespace"] == "morpheo.access" and upload["level"] == "info"
-        assert f'{USER} "POST /data" 201' in upload["message"]
+        assert f'{USER} "POST /data?{uuid}" 201' in upload["message"]
         assert isinstance(upload["duration"], float) and isinstance(upload["status"], int)
     assertNoPassword(server)
 
@@ -151,14 +162,8 @@ async def test_abortedUpload(request, fmt) -> None:
     server = request.getfixturevalue(f"{fmt}Server")
     uuid = newUUID()
     size = 32 * 1024 * 1024
-    prefix = form(("uuid", uuid), ("size", str(size)), ("blob", b""), close=False)[:-2]
-    sent = prefix + os.urandom(1024 * 1024)
-    head = (
-        f"POST /data?{uuid} HTTP/1.1\nHost: x\n"
-        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\n"
-        f"Content-Length: {len(prefix) + size + 100}"
-    )
-    s = rawRequest(server, head, sent)
+    sent = len(openForm(uuid, size)) + 1024 * 1024
+    s = rawUpload(server, uuid, size, 1024 * 1024, path=f"/data?{uuid}")
     try:
 
         def writing() -> None:
@@ -179,7 +184,7 @@ async def test_abortedUpload(request, fmt) -> None:
     [line] = accessLines(server, f"/data?{uuid}", fmt == "json")
     assert line["status"] == "-"
     assert line["user"] == USER
-    assert int(line["bytesIn"]) == len(sent)
+    assert int(line["bytesIn"]) == sent
     assert line["aborted"] in (True, " (aborted)")
     # The handler cleaned up in full, though Klein cancelled it, and ended
     # quietly: the access line is the only news of a client going away.

@@ -17,13 +17,11 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-from tests._client import FORM_HEADERS, form, jsonOf, newUUID
-from tests._server import Server, startServer
-from tests.test_streaming import eventually, sleep
+from tests.integration.helpers import FORM_HEADERS, eventually, form, jsonOf, newUUID, sleep
+from tests.integration.servers import Server, startServer
 
 TIMEOUT = 30
 PIECE = 64 * 1024
@@ -109,7 +107,7 @@ def gatedUpload(server: Server, uuid: str, size: int, gateAt: int) -> tuple[Gate
     d = treq.post(
         f"{server.url}/data",
         data=body,
-        headers=Headers(FORM_HEADERS),
+        headers=FORM_HEADERS,
         auth=server.auth,
         timeout=TIMEOUT,
         persistent=False,

@@ -6,6 +6,8 @@ the private parts of twisted.web.http that the layer relies on.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
@@ -20,6 +22,9 @@ from morpheo.web._streaming import BodyAborted, IStreamingRequest, StreamingChan
 
 
 class Collector(Protocol):
+    #: What delivers the body: a push producer, to pause and resume.
+    transport: Any
+
     def __init__(self) -> None:
         self.data = b""
         self.ended: Failure | None = None
@@ -38,7 +43,8 @@ class Holder(Resource):
 
     def __init__(self) -> None:
         super().__init__()
-        self.requests: list[http.Request] = []
+        # Streaming requests: a body to deliver, no content.
+        self.requests: list[Any] = []
 
     def render(self, request: http.Request) -> object:
         self.requests.append(request)

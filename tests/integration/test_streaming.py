@@ -8,63 +8,30 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
-import subprocess
 import time
 
 import pytest_twisted
 import treq
-from twisted.internet import reactor
-from twisted.internet.defer import gatherResults
-from twisted.internet.task import deferLater
-from twisted.web.client import UNKNOWN_LENGTH
-from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
+from twisted.internet.defer import Deferred, gatherResults
 
-from tests._client import BOUNDARY, FORM_HEADERS, form, jsonOf, newUUID, uploadFields
-from tests._server import Server, bigRoundTrip
+from tests.integration.helpers import (
+    ChunkedBody,
+    bigRoundTrip,
+    curl,
+    eventually,
+    form,
+    formHead,
+    jsonOf,
+    newUUID,
+    post,
+    rawRequest,
+    rawUpload,
+    readResponseHead,
+    sendForm,
+    uploadFields,
+)
 
 GiB = 1024**3
-
-
-def sleep(seconds: float):
-    return deferLater(reactor, seconds, lambda: None)
-
-
-async def eventually(check, timeout: float = 15.0) -> None:
-    """Poll C{check} until it passes (the server cleans up asynchronously)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            check()
-            return
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-        await sleep(0.1)
-
-
-def rawRequest(server: Server, head: str, body: bytes = b"", auth: bool = True) -> socket.socket:
-    """Send a request head (and maybe part of a body) on a plain socket."""
-    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    lines = head.rstrip("\r\n").split("\n")
-    if auth:
-        import base64
-
-        token = base64.b64encode(f"{server.user}:{server.password}".encode()).decode()
-        lines.append(f"Authorization: Basic {token}")
-    s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-    return s
-
-
-def readResponseHead(s: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 @pytest_twisted.ensureDeferred
@@ -72,15 +39,7 @@ async def test_two_concurrent_uploads_of_one_uuid(http, server):
     uuid = newUUID()
     before = server.files()
     blobs = [os.urandom(8 * 1024 * 1024), os.urandom(8 * 1024 * 1024)]
-    requests = [
-        http.post(
-            f"{server.url}/data",
-            data=form(*uploadFields("data", b, uuid=uuid)),
-            headers=FORM_HEADERS,
-            auth=server.auth,
-        )
-        for b in blobs
-    ]
+    requests = [Deferred.fromCoroutine(post(http, server, "data", b, uuid=uuid)) for b in blobs]
     responses = await gatherResults(requests)
     assert sorted(r.code for r in responses) == [201, 409]
     winner = next(i for i, r in enumerate(responses) if r.code == 201)
@@ -97,13 +56,7 @@ async def test_client_disconnecting_mid_upload_leaves_nothing(http, server):
     uuid = newUUID()
     before = server.files()
     size = 64 * 1024 * 1024
-    prefix = form(("uuid", uuid), ("size", str(size)), ("blob", b""), close=False)[: -len(b"\r\n")]
-    head = (
-        "POST /data HTTP/1.1\nHost: x\n"
-        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\n"
-        f"Content-Length: {len(prefix) + size + 100}"
-    )
-    s = rawRequest(server, head, prefix + os.urandom(4 * 1024 * 1024))
+    s = rawUpload(server, uuid, size, 4 * 1024 * 1024)
 
     def claimedAndWriting():
         assert server.sql("SELECT state FROM resource WHERE uuid = %s", (uuid,)) == [("pending",)]
@@ -117,40 +70,8 @@ async def test_client_disconnecting_mid_upload_leaves_nothing(http, server):
         assert server.files() == before
 
     await eventually(nothingLeft)
-    r = await http.post(
-        f"{server.url}/data",
-        data=form(*uploadFields("data", b"again", uuid=uuid)),
-        headers=FORM_HEADERS,
-        auth=server.auth,
-    )
+    r = await post(http, server, "data", b"again", uuid=uuid)
     assert r.code == 201
-
-
-@implementer(IBodyProducer)
-class ChunkedBody:
-    """A body of unknown length, so treq sends it chunked, in pieces."""
-
-    length = UNKNOWN_LENGTH
-
-    def __init__(self, data: bytes, piece: int = 100_000) -> None:
-        self.data = data
-        self.piece = piece
-
-    def startProducing(self, consumer):
-        for i in range(0, len(self.data), self.piece):
-            consumer.write(self.data[i : i + self.piece])
-        from twisted.internet.defer import succeed
-
-        return succeed(None)
-
-    def pauseProducing(self):
-        pass
-
-    def resumeProducing(self):
-        pass
-
-    def stopProducing(self):
-        pass
 
 
 @pytest_twisted.ensureDeferred
@@ -158,9 +79,7 @@ async def test_chunked_multipart_upload(http, server):
     data = os.urandom(1_500_000)
     uuid = newUUID()
     body = ChunkedBody(form(*uploadFields("prediction", data, uuid=uuid)))
-    r = await http.post(
-        f"{server.url}/prediction", data=body, headers=FORM_HEADERS, auth=server.auth
-    )
+    r = await sendForm(http, server, "/prediction", body)
     assert r.code == 201, await treq.text_content(r)
     assert (await jsonOf(r))["sha256"] == hashlib.sha256(data).hexdigest()
     r = await http.get(f"{server.url}/prediction/{uuid}/blob", auth=server.auth)
@@ -176,10 +95,6 @@ async def test_411_chunked_model(http, server):
     assert r.code == 411
     assert "Content-Length" in (await jsonOf(r))["error"]
     assert server.files() == before
-
-
-def curl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["curl", "-sS", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_100_continue_rejection_is_sent_before_the_body(server, tmp_path):
@@ -207,10 +122,7 @@ def test_100_continue_rejection_is_sent_before_the_body(server, tmp_path):
 
 
 def test_100_continue_unauthorized_on_a_raw_socket(server):
-    head = (
-        "POST /data HTTP/1.1\nHost: x\nExpect: 100-continue\n"
-        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\nContent-Length: 1000000000"
-    )
+    head = formHead(1000000000, "Expect: 100-continue")
     s = rawRequest(server, head, auth=False)
     response = readResponseHead(s)
     s.close()
@@ -222,10 +134,7 @@ def test_100_continue_unauthorized_on_a_raw_socket(server):
 def test_100_continue_accepted_on_a_raw_socket(server):
     uuid = newUUID()
     body = form(*uploadFields("data", b"hello", uuid=uuid))
-    head = (
-        "POST /data HTTP/1.1\nHost: x\nExpect: 100-continue\n"
-        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\nContent-Length: {len(body)}"
-    )
+    head = formHead(len(body), "Expect: 100-continue")
     s = rawRequest(server, head)
     assert readResponseHead(s) == b"HTTP/1.1 100 Continue\r\n\r\n"
     s.sendall(body)
@@ -240,10 +149,7 @@ def test_409_answered_before_the_blob_and_connection_kept(server):
     the next request."""
     uuid = newUUID()
     body = form(*uploadFields("data", b"x" * 1000, uuid=uuid))
-    head = (
-        "POST /data HTTP/1.1\nHost: x\n"
-        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\nContent-Length: {len(body)}"
-    )
+    head = formHead(len(body))
     s = rawRequest(server, head, body)
     assert readResponseHead(s).startswith(b"HTTP/1.1 201 ")
     s.close()
@@ -269,16 +175,11 @@ async def test_early_answer_survives_a_client_still_sending(http, server):
     Twisted's client, among others, reports as a failed request).
     """
     uuid = newUUID()
-    r = await http.post(
-        f"{server.url}/data",
-        data=form(*uploadFields("data", b"first", uuid=uuid)),
-        headers=FORM_HEADERS,
-        auth=server.auth,
-    )
+    r = await post(http, server, "data", b"first", uuid=uuid)
     assert r.code == 201
     body = form(*uploadFields("data", os.urandom(24 * 1024 * 1024), uuid=uuid))
     for _ in range(4):
-        r = await http.post(f"{server.url}/data", data=body, headers=FORM_HEADERS, auth=server.auth)
+        r = await sendForm(http, server, "/data", body)
         assert r.code == 409
         assert "already exists" in (await jsonOf(r))["error"]
 
@@ -290,15 +191,10 @@ def test_lingering_close_after_an_early_answer(server):
     """
     uuid = newUUID()
     first = form(*uploadFields("data", b"first", uuid=uuid))
-    head = (
-        "POST /data HTTP/1.1\nHost: x\n"
-        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\nContent-Length: {{}}"
-    )
-    s = rawRequest(server, head.format(len(first)), first)
+    s = rawRequest(server, formHead(len(first)), first)
     assert readResponseHead(s).startswith(b"HTTP/1.1 201 ")
     s.close()
-    prefix = form(("uuid", uuid), ("size", str(1 << 30)), ("blob", b""), close=False)[:-2]
-    s = rawRequest(server, head.format(len(prefix) + (1 << 30) + 100), prefix)
+    s = rawUpload(server, uuid, 1 << 30, 0)
     response = readResponseHead(s)
     assert response.startswith(b"HTTP/1.1 409 "), response
     assert b"Connection: close" in response

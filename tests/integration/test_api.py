@@ -13,44 +13,28 @@ import pytest_twisted
 import treq
 from treq.client import HTTPClient
 
-from tests._client import BOUNDARY, FORM_HEADERS, form, jsonOf, newUUID, uploadFields
-from tests._server import Server
+from tests.integration.helpers import (
+    BOUNDARY,
+    FORM_HEADERS,
+    assertClean,
+    assertError,
+    assertRefused,
+    form,
+    jsonOf,
+    newAlgo,
+    newUUID,
+    post,
+    renameAndReplace,
+    sendForm,
+)
+from tests.integration.servers import Server
 
 KINDS = ["algo", "data", "prediction", "problem"]
-
-
-async def upload(http: HTTPClient, server: Server, kind: str, data: bytes, **kw: str):
-    fields = uploadFields(kind, data, **kw)
-    return await http.post(
-        f"{server.url}/{kind}", data=form(*fields), headers=FORM_HEADERS, auth=server.auth
-    )
 
 
 async def uploadModel(http: HTTPClient, server: Server, algo: str, data: bytes, uuid: str = ""):
     query = f"algo={algo}" + (f"&uuid={uuid}" if uuid else "")
     return await http.post(f"{server.url}/model?{query}", data=data, auth=server.auth)
-
-
-async def newAlgo(http: HTTPClient, server: Server) -> str:
-    r = await upload(http, server, "algo", b"#!/bin/sh\n")
-    assert r.code == 201
-    return (await jsonOf(r))["uuid"]
-
-
-def assertClean(server: Server, filesBefore: list[str]) -> None:
-    """A failed upload left nothing: no half row, no new or temporary file."""
-    assert server.sql("SELECT kind, uuid FROM resource WHERE state <> 'ready'") == []
-    assert server.files() == filesBefore
-
-
-async def assertError(response, code: int, *words: str) -> str:
-    assert response.code == code, await treq.text_content(response)
-    assert response.headers.getRawHeaders(b"content-type") == [b"application/json"]
-    body = await jsonOf(response)
-    assert set(body) == {"error"}
-    for word in words:
-        assert word in body["error"]
-    return body["error"]
 
 
 # Open routes
@@ -78,7 +62,7 @@ async def test_health_needs_no_credentials(http, server):
 async def test_multipart_upload_round_trip(http, server, kind):
     data = os.urandom(300_000)
     uuid = newUUID()
-    r = await upload(http, server, kind, data, uuid=uuid)
+    r = await post(http, server, kind, data, uuid=uuid)
     assert r.code == 201, await treq.text_content(r)
     created = await jsonOf(r)
     assert created["uuid"] == uuid
@@ -99,7 +83,7 @@ async def test_multipart_upload_round_trip(http, server, kind):
 
 @pytest_twisted.ensureDeferred
 async def test_upload_without_uuid_gets_one(http, server):
-    r = await upload(http, server, "data", b"x")
+    r = await post(http, server, "data", b"x")
     assert r.code == 201
     uuid = (await jsonOf(r))["uuid"]
     r = await http.get(f"{server.url}/data/{uuid}", auth=server.auth)
@@ -110,14 +94,14 @@ async def test_upload_without_uuid_gets_one(http, server):
 async def test_fields_in_any_order_before_blob(http, server):
     data = b"problem"
     body = form(("size", "7"), ("description", "d"), ("name", "n"), ("blob", data))
-    r = await http.post(f"{server.url}/problem", data=body, headers=FORM_HEADERS, auth=server.auth)
+    r = await sendForm(http, server, "/problem", body)
     assert r.code == 201
     assert (await jsonOf(r))["name"] == "n"
 
 
 @pytest_twisted.ensureDeferred
 async def test_empty_blob(http, server):
-    r = await upload(http, server, "data", b"")
+    r = await post(http, server, "data", b"")
     assert r.code == 201
     created = await jsonOf(r)
     assert created["size"] == 0
@@ -149,7 +133,7 @@ async def test_model_upload_round_trip(http, server):
 async def test_list_newest_first_with_pages(http, server):
     uuids = []
     for _ in range(3):
-        r = await upload(http, server, "prediction", os.urandom(10))
+        r = await post(http, server, "prediction", os.urandom(10))
         uuids.append((await jsonOf(r))["uuid"])
     r = await http.get(f"{server.url}/prediction?limit=2", auth=server.auth)
     page0 = await jsonOf(r)
@@ -166,7 +150,7 @@ async def test_list_newest_first_with_pages(http, server):
 
 
 async def newProblem(http, server, data=b"first blob"):
-    r = await upload(http, server, "problem", data, name="p", description="d")
+    r = await post(http, server, "problem", data, name="p", description="d")
     assert r.code == 201
     return await jsonOf(r)
 
@@ -174,11 +158,8 @@ async def newProblem(http, server, data=b"first blob"):
 @pytest_twisted.ensureDeferred
 async def test_patch_text_fields(http, server):
     p = await newProblem(http, server)
-    r = await http.patch(
-        f"{server.url}/problem/{p['uuid']}",
-        data=form(("description", "better")),
-        headers=FORM_HEADERS,
-        auth=server.auth,
+    r = await sendForm(
+        http, server, f"/problem/{p['uuid']}", form(("description", "better")), "PATCH"
     )
     assert r.code == 200
     assert await jsonOf(r) == {**p, "description": "better"}
@@ -188,12 +169,7 @@ async def test_patch_text_fields(http, server):
 async def test_patch_rename_moves_the_blob_with_it(http, server):
     p = await newProblem(http, server)
     new = newUUID()
-    r = await http.patch(
-        f"{server.url}/problem/{p['uuid']}",
-        data=form(("uuid", new)),
-        headers=FORM_HEADERS,
-        auth=server.auth,
-    )
+    r = await sendForm(http, server, f"/problem/{p['uuid']}", form(("uuid", new)), "PATCH")
     assert r.code == 200
     assert (await jsonOf(r))["uuid"] == new
     assert (await http.get(f"{server.url}/problem/{p['uuid']}", auth=server.auth)).code == 404
@@ -207,16 +183,8 @@ async def test_patch_replaces_blob_and_removes_the_old_one(http, server):
     before = server.files()
     data = os.urandom(50_000)
     new = newUUID()
-    r = await http.patch(
-        f"{server.url}/problem/{p['uuid']}",
-        data=form(("uuid", new), ("name", "renamed"), ("size", str(len(data))), ("blob", data)),
-        headers=FORM_HEADERS,
-        auth=server.auth,
-    )
-    assert r.code == 200, await treq.text_content(r)
-    patched = await jsonOf(r)
-    assert patched["uuid"] == new and patched["name"] == "renamed"
-    assert patched["sha256"] == hashlib.sha256(data).hexdigest() and patched["size"] == len(data)
+    patched = await renameAndReplace(http, server, p["uuid"], new, data)
+    assert patched["size"] == len(data)
     r = await http.get(f"{server.url}/problem/{new}/blob", auth=server.auth)
     assert await treq.content(r) == data
     after = server.files()
@@ -229,11 +197,12 @@ async def test_patch_to_a_taken_uuid_is_409_and_changes_nothing(http, server):
     a = await newProblem(http, server)
     b = await newProblem(http, server)
     before = server.files()
-    r = await http.patch(
-        f"{server.url}/problem/{a['uuid']}",
-        data=form(("uuid", b["uuid"]), ("size", "3"), ("blob", b"new")),
-        headers=FORM_HEADERS,
-        auth=server.auth,
+    r = await sendForm(
+        http,
+        server,
+        f"/problem/{a['uuid']}",
+        form(("uuid", b["uuid"]), ("size", "3"), ("blob", b"new")),
+        "PATCH",
     )
     await assertError(r, 409, b["uuid"])
     assertClean(server, before)
@@ -258,12 +227,7 @@ async def test_patch_with_a_bad_blob_changes_nothing(http, server):
 
 @pytest_twisted.ensureDeferred
 async def test_patch_unknown_problem_is_404(http, server):
-    r = await http.patch(
-        f"{server.url}/problem/{newUUID()}",
-        data=form(("name", "x")),
-        headers=FORM_HEADERS,
-        auth=server.auth,
-    )
+    r = await sendForm(http, server, f"/problem/{newUUID()}", form(("name", "x")), "PATCH")
     await assertError(r, 404, "no problem")
 
 
@@ -279,7 +243,7 @@ async def test_400_malformed_uuid_in_path(http, server):
 @pytest_twisted.ensureDeferred
 async def test_400_malformed_uuid_field(http, server):
     before = server.files()
-    r = await upload(http, server, "data", b"abc", uuid="1234")
+    r = await post(http, server, "data", b"abc", uuid="1234")
     await assertError(r, 400, "'1234' is not a valid uuid")
     assertClean(server, before)
 
@@ -292,21 +256,24 @@ async def test_400_malformed_uuid_for_model(http, server):
 
 @pytest_twisted.ensureDeferred
 async def test_400_unknown_field(http, server):
-    before = server.files()
-    body = form(("size", "1"), ("colour", "red"), ("blob", b"x"))
-    r = await http.post(f"{server.url}/data", data=body, headers=FORM_HEADERS, auth=server.auth)
-    await assertError(r, 400, "unknown field 'colour'")
-    assertClean(server, before)
+    await assertRefused(
+        http,
+        server,
+        "/data",
+        form(("size", "1"), ("colour", "red"), ("blob", b"x")),
+        400,
+        "unknown field 'colour'",
+    )
 
 
 @pytest_twisted.ensureDeferred
 async def test_400_missing_required_field(http, server):
     before = server.files()
     body = form(("description", "d"), ("size", "1"), ("blob", b"x"))
-    r = await http.post(f"{server.url}/problem", data=body, headers=FORM_HEADERS, auth=server.auth)
+    r = await sendForm(http, server, "/problem", body)
     await assertError(r, 400, "missing required field name")
     body = form(("name", "n"), ("size", "1"))
-    r = await http.post(f"{server.url}/algo", data=body, headers=FORM_HEADERS, auth=server.auth)
+    r = await sendForm(http, server, "/algo", body)
     await assertError(r, 400, "missing required field blob")
     assertClean(server, before)
 
@@ -314,9 +281,9 @@ async def test_400_missing_required_field(http, server):
 @pytest_twisted.ensureDeferred
 async def test_400_field_longer_than_255(http, server):
     before = server.files()
-    r = await upload(http, server, "algo", b"x", name="n" * 256)
+    r = await post(http, server, "algo", b"x", name="n" * 256)
     await assertError(r, 400, "'name' is longer than 255")
-    r = await upload(http, server, "algo", b"x", name="é" * 255)
+    r = await post(http, server, "algo", b"x", name="é" * 255)
     assert r.code == 201
     assert (await jsonOf(r))["name"] == "é" * 255
     await http.get(f"{server.url}/algo", auth=server.auth)
@@ -327,40 +294,52 @@ async def test_400_field_longer_than_255(http, server):
 @pytest.mark.parametrize("size", ["-1", "abc", "1.0", "", "1e3"])
 @pytest_twisted.ensureDeferred
 async def test_400_size_not_a_non_negative_integer(http, server, size):
-    before = server.files()
-    body = form(("size", size), ("blob", b"x"))
-    r = await http.post(f"{server.url}/data", data=body, headers=FORM_HEADERS, auth=server.auth)
-    await assertError(r, 400, "not a non-negative integer")
-    assertClean(server, before)
+    await assertRefused(
+        http,
+        server,
+        "/data",
+        form(("size", size), ("blob", b"x")),
+        400,
+        "not a non-negative integer",
+    )
 
 
 @pytest_twisted.ensureDeferred
 async def test_400_blob_before_a_required_field(http, server):
-    before = server.files()
-    body = form(("name", "n"), ("blob", b"x"), ("size", "1"))
-    r = await http.post(f"{server.url}/algo", data=body, headers=FORM_HEADERS, auth=server.auth)
-    await assertError(r, 400, "missing required field size before blob")
-    assertClean(server, before)
+    await assertRefused(
+        http,
+        server,
+        "/algo",
+        form(("name", "n"), ("blob", b"x"), ("size", "1")),
+        400,
+        "missing required field size before blob",
+    )
 
 
 @pytest_twisted.ensureDeferred
 async def test_400_blob_followed_by_another_field(http, server):
-    before = server.files()
     uuid = newUUID()
-    body = form(("uuid", uuid), ("size", "1"), ("blob", b"x"), ("extra", "y"))
-    r = await http.post(f"{server.url}/data", data=body, headers=FORM_HEADERS, auth=server.auth)
-    await assertError(r, 400, "blob must be the last field")
-    assertClean(server, before)
-    assert (await upload(http, server, "data", b"x", uuid=uuid)).code == 201
+    await assertRefused(
+        http,
+        server,
+        "/data",
+        form(("uuid", uuid), ("size", "1"), ("blob", b"x"), ("extra", "y")),
+        400,
+        "blob must be the last field",
+    )
+    assert (await post(http, server, "data", b"x", uuid=uuid)).code == 201
 
 
 @pytest_twisted.ensureDeferred
 async def test_400_blob_without_closing_boundary(http, server):
-    before = server.files()
-    body = form(("size", "1"), ("blob", b"x"), close=False)
-    r = await http.post(f"{server.url}/data", data=body, headers=FORM_HEADERS, auth=server.auth)
-    await assertError(r, 400, "closing boundary")
-    assertClean(server, before)
+    await assertRefused(
+        http,
+        server,
+        "/data",
+        form(("size", "1"), ("blob", b"x"), close=False),
+        400,
+        "closing boundary",
+    )
 
 
 @pytest.mark.parametrize(
@@ -368,13 +347,17 @@ async def test_400_blob_without_closing_boundary(http, server):
 )
 @pytest_twisted.ensureDeferred
 async def test_400_body_not_of_its_size(http, server, actual, declared, word):
-    before = server.files()
     uuid = newUUID()
-    body = form(("uuid", uuid), ("size", declared), ("blob", actual))
-    r = await http.post(f"{server.url}/data", data=body, headers=FORM_HEADERS, auth=server.auth)
-    await assertError(r, 400, word, declared)
-    assertClean(server, before)
-    assert (await upload(http, server, "data", b"fine", uuid=uuid)).code == 201
+    await assertRefused(
+        http,
+        server,
+        "/data",
+        form(("uuid", uuid), ("size", declared), ("blob", actual)),
+        400,
+        word,
+        declared,
+    )
+    assert (await post(http, server, "data", b"fine", uuid=uuid)).code == 201
 
 
 @pytest_twisted.ensureDeferred
@@ -405,7 +388,7 @@ async def test_400_not_multipart(http, server, ctype):
 async def test_400_malformed_multipart(http, server):
     before = server.files()
     body = f"--{BOUNDARY}\r\nContent-Disposition: form-data\r\n\nbroken".encode()
-    r = await http.post(f"{server.url}/data", data=body, headers=FORM_HEADERS, auth=server.auth)
+    r = await sendForm(http, server, "/data", body)
     await assertError(r, 400, "multipart")
     assertClean(server, before)
 
@@ -461,9 +444,9 @@ async def test_404_model_of_unknown_algo(http, server):
 @pytest_twisted.ensureDeferred
 async def test_409_uuid_taken(http, server):
     uuid = newUUID()
-    assert (await upload(http, server, "data", b"one", uuid=uuid)).code == 201
+    assert (await post(http, server, "data", b"one", uuid=uuid)).code == 201
     before = server.files()
-    r = await upload(http, server, "data", b"two", uuid=uuid)
+    r = await post(http, server, "data", b"two", uuid=uuid)
     await assertError(r, 409, uuid, "already exists")
     assertClean(server, before)
     r = await http.get(f"{server.url}/data/{uuid}/blob", auth=server.auth)

@@ -1,7 +1,8 @@
 """
-Limits and failures of the parts behind the API, each on a server of its
-own: 413 from the headers or the size field, a database that goes away
-(503), a blob store that cannot write (500).  Nothing is left behind.
+Limits and failures of the parts behind the API, on servers of their own
+(one with a size limit, one broken part by part): 413 from the headers or
+the size field, a blob store that cannot write (500), a database that goes
+away (503).  Nothing is left behind.
 """
 
 from __future__ import annotations
@@ -13,10 +14,17 @@ import pytest
 import pytest_twisted
 import treq
 
-from tests._client import BOUNDARY, FORM_HEADERS, form, jsonOf, newUUID, uploadFields
-from tests._server import startServer
-from tests.test_api import assertClean, assertError
-from tests.test_streaming import rawRequest, readResponseHead
+from tests.integration.helpers import (
+    assertClean,
+    assertError,
+    formHead,
+    jsonOf,
+    newUUID,
+    post,
+    rawRequest,
+    readResponseHead,
+)
+from tests.integration.servers import startServer
 
 LIMIT = 1000
 
@@ -32,20 +40,10 @@ def limited(tmp_path_factory):
 async def test_413_from_the_size_field(http, limited):
     before = limited.files()
     data = os.urandom(LIMIT + 1)
-    r = await http.post(
-        f"{limited.url}/data",
-        data=form(*uploadFields("data", data)),
-        headers=FORM_HEADERS,
-        auth=limited.auth,
-    )
+    r = await post(http, limited, "data", data)
     await assertError(r, 413, str(LIMIT))
     assertClean(limited, before)
-    r = await http.post(
-        f"{limited.url}/data",
-        data=form(*uploadFields("data", data[:LIMIT])),
-        headers=FORM_HEADERS,
-        auth=limited.auth,
-    )
+    r = await post(http, limited, "data", data[:LIMIT])
     assert r.code == 201
 
 
@@ -61,10 +59,7 @@ def test_413_from_the_headers_before_the_body(limited):
     s.close()
     assert response.startswith(b"HTTP/1.1 413 "), response
     assert b"100 Continue" not in response
-    head = (
-        "POST /data HTTP/1.1\nHost: x\nExpect: 100-continue\n"
-        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\nContent-Length: 5000000000"
-    )
+    head = formHead(5000000000, "Expect: 100-continue")
     s = rawRequest(limited, head)
     response = readResponseHead(s)
     s.close()
@@ -72,8 +67,14 @@ def test_413_from_the_headers_before_the_body(limited):
 
 
 @pytest_twisted.ensureDeferred
-async def test_500_when_the_blob_store_cannot_write(http, tmp_path):
-    server = startServer(str(tmp_path / "broken-store"))
+async def test_500_when_the_blob_store_cannot_write_then_503_when_the_database_is_gone(
+    http, tmp_path
+):
+    """
+    One server, broken part by part: first its blob store (for one kind),
+    then its database.  Each failure is answered, and leaves nothing.
+    """
+    server = startServer(str(tmp_path / "breaking"))
     try:
         # A file where the kind's directory should be: every write fails.
         os.makedirs(server.blobDir, exist_ok=True)
@@ -81,48 +82,22 @@ async def test_500_when_the_blob_store_cannot_write(http, tmp_path):
             f.write("in the way")
         before = server.files()
         uuid = newUUID()
-        r = await http.post(
-            f"{server.url}/prediction",
-            data=form(*uploadFields("prediction", b"p" * 5000, uuid=uuid)),
-            headers=FORM_HEADERS,
-            auth=server.auth,
-        )
+        r = await post(http, server, "prediction", b"p" * 5000, uuid=uuid)
         await assertError(r, 500, "blob store (local) failed")
         assertClean(server, before)
         assert server.sql("SELECT count(*) FROM resource") == [(0,)]
-        r = await http.post(
-            f"{server.url}/data",
-            data=form(*uploadFields("data", b"d", uuid=uuid)),
-            headers=FORM_HEADERS,
-            auth=server.auth,
-        )
+        r = await post(http, server, "data", b"d", uuid=uuid)
         assert r.code == 201
-    finally:
-        server.stop()
 
-
-@pytest_twisted.ensureDeferred
-async def test_503_when_the_database_is_gone(http, tmp_path):
-    server = startServer(str(tmp_path / "db-gone"))
-    try:
-        r = await http.post(
-            f"{server.url}/data",
-            data=form(*uploadFields("data", b"kept")),
-            headers=FORM_HEADERS,
-            auth=server.auth,
-        )
+        # The database goes: its postmaster is killed.
+        r = await post(http, server, "data", b"kept")
         assert r.code == 201
         before = server.files()
         with open(os.path.join(server.dataDir, "postgres", "postmaster.pid")) as f:
             os.kill(int(f.readline()), signal.SIGQUIT)
         r = await http.get(f"{server.url}/data", auth=server.auth)
         await assertError(r, 503, "metadata database")
-        r = await http.post(
-            f"{server.url}/data",
-            data=form(*uploadFields("data", b"lost")),
-            headers=FORM_HEADERS,
-            auth=server.auth,
-        )
+        r = await post(http, server, "data", b"lost")
         await assertError(r, 503, "metadata database")
         assert server.files() == before
         r = await http.get(f"{server.url}/health")

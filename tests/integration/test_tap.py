@@ -20,7 +20,8 @@ from twisted.python.usage import UsageError
 
 from morpheo import tap
 from morpheo.tap import Options
-from tests._server import TWISTD
+from tests.integration.helpers import ROOT
+from tests.integration.servers import TWISTD, runTwistd, startFails
 
 ENV_PASSWORD = "MORPHEO_STORAGE_PASSWORD"
 ENV_DB_PASS = "MORPHEO_STORAGE_DB_PASS"
@@ -302,6 +303,7 @@ def test_generatedPassword() -> None:
     second = parse().config()
     assert first.generatedPassword is True
     assert first.user == "morpheo"
+    assert first.password is not None and second.password is not None
     assert len(first.password) >= 16
     assert first.password.strip() == first.password
     assert first.password != second.password
@@ -339,7 +341,7 @@ def test_pluginFoundAfterAPlainInstall(tmp_path: Path) -> None:
     installed copy: the checkout is taken off the path, so nothing else
     could provide it.
     """
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = str(ROOT)
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps",
@@ -377,18 +379,14 @@ def test_twistdHelpListsTheOptions() -> None:
         "host", "port", "cert", "key", "user", "password", "password-file",
         "db-host", "db-port", "db-name", "db-user", "db-pass", "db-migrations-dir",
         "db-rollback", "blobstore", "data-dir", "s3-bucket", "s3-region", "gc-bucket",
-        "max-blob-size",
+        "max-blob-size", "s3-endpoint", "gc-endpoint",
     ]:  # fmt: skip
         assert f"--{option}" in result.stdout, option
 
 
 def test_usageErrorFromTwistd(tmp_path: Path) -> None:
     """A bad command line stops twistd with a non-zero status and the reason."""
-    result = subprocess.run(
-        [TWISTD, "-n", "--pidfile=", "morpheo-storage", "--blobstore", "ftp",
-         "--data-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
-    )  # fmt: skip
+    result = runTwistd(str(tmp_path), "--blobstore", "ftp")
     assert result.returncode != 0
     assert "--blobstore must be one of" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
@@ -401,20 +399,8 @@ def test_startupFailureIsOneClearLine(tmp_path: Path) -> None:
     stderr that says why, without a traceback: the person reading it has
     a configuration to fix, not a bug to report.
     """
-    result = subprocess.run(
-        [TWISTD, "-n", "--pidfile=", "morpheo-storage",
-         "--host", "127.0.0.1", "--port", "0", "--user", "u", "--password", "p",
-         "--db-host", "127.0.0.1", "--db-port", str(closedPort()),
-         "--data-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
-    )  # fmt: skip
-    output = result.stdout + result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("morpheo-storage: cannot start: "), lines[0]
-    assert "PostgreSQL" in lines[0] or "connect" in lines[0], lines[0]
-    assert "Traceback" not in output, output
-    assert result.returncode != 0, output
+    line = startFails(str(tmp_path), "--db-host", "127.0.0.1", "--db-port", str(closedPort()))
+    assert "PostgreSQL" in line or "connect" in line, line
 
 
 # Remote blob stores' endpoints
@@ -453,15 +439,3 @@ def test_endpointHelpSaysWhereCredentialsComeFrom() -> None:
     help = " ".join(str(Options()).split())  # however it is wrapped
     assert "AWS_ACCESS_KEY_ID" in help and "instance" in help
     assert "without" in help and "credentials" in help and "Application Default" in help
-
-
-def test_twistdHelpListsTheEndpoints() -> None:
-    result = subprocess.run(
-        [TWISTD, "morpheo-storage", "--help"], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    assert "--s3-endpoint" in result.stdout and "--gc-endpoint" in result.stdout
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(pytest.main([__file__]))

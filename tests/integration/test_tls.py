@@ -21,10 +21,8 @@ from twisted.internet.ssl import Certificate
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
 from morpheo.service._tls import TLSConfigError, loadCertificateOptions
-from tests._certs import TestPKI, makePKI
-from tests._client import FORM_HEADERS, form, jsonOf, uploadFields
-from tests._server import PASSWORD, TWISTD, USER
-from tests._twistd import startTwistd
+from tests.integration.helpers import FORM_HEADERS, TestPKI, form, jsonOf, makePKI, uploadFields
+from tests.integration.servers import PASSWORD, USER, startFails, startServer
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +32,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
 
 @pytest.fixture(scope="module")
 def tlsServer(tmp_path_factory: pytest.TempPathFactory, pki: TestPKI):
-    server, [address] = startTwistd(
+    server = startServer(
         str(tmp_path_factory.mktemp("tls")),
         "--host", "127.0.0.1", "--port", "0", "--cert", str(pki.cert), "--key", str(pki.key),
     )  # fmt: skip
+    [address] = server.addresses
     assert address.startswith("https://127.0.0.1:")
     yield server, address
     server.stop()
@@ -141,19 +140,9 @@ def test_badFilesStopStartUpWithOneLine(
     else:
         key = tmp_path / "junk-key.pem"
         key.write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
-    result = subprocess.run(
-        [TWISTD, "-n", "--pidfile=", "morpheo-storage", "--user", "u", "--password", "p",
-         "--host", "127.0.0.1", "--port", "0", "--cert", str(cert), "--key", str(key),
-         "--data-dir", str(tmp_path / "data")],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
-    )  # fmt: skip
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("morpheo-storage: cannot start: "), lines[0]
+    line = startFails(str(tmp_path / "data"), "--cert", str(cert), "--key", str(key))
     for word in words:
-        assert word in lines[0]
-    assert "Traceback" not in result.stdout + result.stderr
-    assert result.returncode == 1
+        assert word in line
 
 
 def test_loadErrorsAreOneSentence(tmp_path: Path, pki: TestPKI) -> None:

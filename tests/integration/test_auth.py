@@ -19,8 +19,8 @@ from twisted.python.usage import UsageError
 from morpheo import hashPassword
 from morpheo.tap import Options
 from morpheo.web._passwords import PasswordFileChecker, UsersChecker, verifyPassword
-from tests._client import jsonOf
-from tests._twistd import startTwistd
+from tests.integration.helpers import jsonOf
+from tests.integration.servers import startServer
 
 ALICE, BOB, CAROL = ("alice", "alice's secret"), ("bob", "b0b:with:colons"), ("carol", "plain text")
 
@@ -41,11 +41,10 @@ def usersFile(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def fileServer(tmp_path_factory: pytest.TempPathFactory, usersFile: Path):
-    server, [address] = startTwistd(
-        str(tmp_path_factory.mktemp("authserver")),
-        "--host", "127.0.0.1", "--port", "0", "--auth", f"file:{usersFile}",
-        credentials=False,
-    )  # fmt: skip
+    server = startServer(
+        str(tmp_path_factory.mktemp("authserver")), "--auth", f"file:{usersFile}", credentials=False
+    )
+    [address] = server.addresses
     yield server, address
     server.stop()
 

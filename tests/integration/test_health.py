@@ -10,13 +10,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import time
 
 import pytest_twisted
 
-from tests._client import jsonOf
-from tests._server import startServer
-from tests.test_streaming import sleep
+from tests.integration.helpers import eventually, jsonOf
+from tests.integration.servers import startServer
 
 TIMEOUT = 30
 
@@ -32,7 +30,7 @@ async def healthy(http, server) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_readiness(http, tmp_path) -> None:
+async def test_ready_is_503_naming_the_failing_part_while_health_stays_200(http, tmp_path) -> None:
     server = startServer(str(tmp_path / "data"))
     try:
         assert await ready(http, server) == (
@@ -64,20 +62,7 @@ async def test_readiness(http, tmp_path) -> None:
             assert report["database"].startswith("failing: ")
 
         # The kill takes effect at once; a retry covers a slow exit.
-        await eventuallyAsync(notReady)
+        await eventually(notReady)
         await healthy(http, server)
     finally:
         server.stop()
-
-
-async def eventuallyAsync(check, timeout: float = 15.0) -> None:
-    """L{eventually} for an asynchronous check."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            await check()
-            return
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-        await sleep(0.1)

@@ -7,24 +7,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import tempfile
 
 import pytest
 
 from morpheo.tap import Options
-from tests._certs import makePKI
-from tests._server import PASSWORD, USER
-from tests._twistd import startTwistd
-
-
-def curl(*args: str) -> str:
-    done = subprocess.run(
-        ["curl", "-sS", "--fail", "-u", f"{USER}:{PASSWORD}", *args],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+from tests.integration.helpers import curlOK, makePKI
+from tests.integration.servers import startServer
 
 
 def test_tcpTLSAndUnixAtOnce(tmp_path) -> None:
@@ -38,27 +27,28 @@ def test_tcpTLSAndUnixAtOnce(tmp_path) -> None:
     sockets = tempfile.mkdtemp(prefix="morpheo-", dir="/tmp")
     socket = f"{sockets}/storage.sock"
     try:
-        server, addresses = startTwistd(
+        server = startServer(
             str(tmp_path / "data"),
             "--listen", "tcp:0:interface=127.0.0.1",
             "--listen", f"ssl:0:interface=127.0.0.1:privateKey={pki.key}:certKey={pki.leaf}"
             f":extraCertChain={pki.intermediate}",
             "--listen", f"unix:{socket}:mode=600",
-            listeners=3,
         )  # fmt: skip
         try:
+            addresses = server.addresses
             plain = next(a for a in addresses if a.startswith("http://127.0.0.1:"))
             tls = next(a for a in addresses if a.startswith("https://127.0.0.1:"))
             assert f"unix:{socket}" in addresses
             viaSocket = ["--unix-socket", socket]
             viaTLS = ["--cacert", str(pki.ca)]
             for base, extra in [(plain, []), (tls, viaTLS), ("http://storage/", viaSocket)]:
-                assert '"items"' in curl(*extra, base + "algo")
-                assert json.loads(curl(*extra, base + "health")) == {"status": "ok"}
+                assert '"items"' in curlOK(server, *extra, base + "algo")
+                assert json.loads(curlOK(server, *extra, base + "health")) == {"status": "ok"}
             blob = tmp_path / "blob.bin"
             blob.write_bytes(b"through the socket")
             uploaded = json.loads(
-                curl(
+                curlOK(
+                    server,
                     *viaSocket,
                     "-F",
                     f"size={blob.stat().st_size}",
@@ -67,7 +57,10 @@ def test_tcpTLSAndUnixAtOnce(tmp_path) -> None:
                     "http://storage/data",
                 )
             )
-            assert curl(*viaTLS, f"{tls}data/{uploaded['uuid']}/blob") == "through the socket"
+            assert (
+                curlOK(server, *viaTLS, f"{tls}data/{uploaded['uuid']}/blob")
+                == "through the socket"
+            )
         finally:
             assert server.stop() == 0
     finally:

@@ -15,8 +15,6 @@ import hashlib
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,49 +29,39 @@ from attrs import define
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from treq.client import HTTPClient
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.web.client import FileBodyProducer
+from twisted.web.http_headers import Headers
 
-from tests._client import FORM_HEADERS, form, jsonOf, newUUID, uploadFields
-from tests._server import TWISTD, Server, bigRoundTrip, startServer
-from tests._servers import FakeGCS, SeaweedFS, fakeGCS, freePort, seaweedfs
-from tests.test_streaming import curl
-
-__all__ = ["fakeGCS", "seaweedfs"]  # session fixtures, used by name
+from tests.integration.helpers import (
+    FORM_HEADERS,
+    assertError,
+    bigRoundTrip,
+    curl,
+    download,
+    eventually,
+    form,
+    jsonOf,
+    newUUID,
+    renameAndReplace,
+    sendForm,
+    upload,
+    within,
+)
+from tests.integration.servers import (
+    FakeGCS,
+    SeaweedFS,
+    Server,
+    freePort,
+    startFails,
+    startServer,
+)
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 #: What the server may use at most, whatever the size of the blobs.
 MAX_RSS = 100 * MiB
-
-
-def s3Env(store: SeaweedFS, **extra: str) -> dict[str, str]:
-    """
-    The AWS chain's environment for a server on C{store}: its keys, and
-    nothing else to find (no files, no instance metadata endpoint).
-    """
-    return {
-        "AWS_ACCESS_KEY_ID": store.accessKey,
-        "AWS_SECRET_ACCESS_KEY": store.secretKey,
-        "AWS_CONFIG_FILE": os.devnull,
-        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-        "AWS_EC2_METADATA_DISABLED": "true",
-        **extra,
-    }
-
-
-def s3Args(store: SeaweedFS) -> list[str]:
-    return [
-        "--blobstore", "s3", "--s3-bucket", store.bucket, "--s3-region", store.region,
-        "--s3-endpoint", store.endpoint,
-    ]  # fmt: skip
-
-
-def gcArgs(store: FakeGCS) -> list[str]:
-    return ["--blobstore", "gc", "--gc-bucket", store.bucket, "--gc-endpoint", store.endpoint]
 
 
 @define
@@ -85,21 +73,6 @@ class Remote:
     objects: Callable[[str], list[str]]
 
 
-@pytest.fixture(scope="module")
-def s3Server(seaweedfs: SeaweedFS, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    dataDir = str(tmp_path_factory.mktemp("s3-server"))
-    server = startServer(dataDir, *s3Args(seaweedfs), env=s3Env(seaweedfs))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def gcServer(fakeGCS: FakeGCS, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = startServer(str(tmp_path_factory.mktemp("gc-server")), *gcArgs(fakeGCS))
-    yield server
-    server.stop()
-
-
 @pytest.fixture(params=["s3", "gc"])
 def remote(request: pytest.FixtureRequest) -> Remote:
     if request.param == "s3":
@@ -107,43 +80,6 @@ def remote(request: pytest.FixtureRequest) -> Remote:
         return Remote("s3", request.getfixturevalue("s3Server"), store.objects)
     gcs: FakeGCS = request.getfixturevalue("fakeGCS")
     return Remote("gcs", request.getfixturevalue("gcServer"), gcs.objects)
-
-
-def sleep(seconds: float) -> Deferred[None]:
-    return deferLater(reactor, seconds, lambda: None)
-
-
-async def within(d: Deferred[Any], seconds: float = 120) -> Any:
-    return await d.addTimeout(seconds, reactor)
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 30.0) -> None:
-    """Poll C{check} (run in a thread: it may block) until it passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            await deferToThread(check)
-            return
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-        await sleep(0.25)
-
-
-async def upload(http: HTTPClient, server: Server, kind: str, data: bytes, **kw: str) -> Any:
-    r = await http.post(
-        f"{server.url}/{kind}",
-        data=form(*uploadFields(kind, data, **kw)),
-        headers=FORM_HEADERS,
-        auth=server.auth,
-    )
-    assert r.code == 201, await treq.text_content(r)
-    return await jsonOf(r)
-
-
-async def download(http: HTTPClient, server: Server, path: str, **kw: Any) -> tuple[int, bytes]:
-    r = await http.get(f"{server.url}{path}", auth=server.auth, **kw)
-    return r.code, await treq.content(r)
 
 
 def blobKey(server: Server, uuid: str) -> str:
@@ -156,16 +92,6 @@ def blobKey(server: Server, uuid: str) -> str:
 async def inBucket(remote: Remote, key: str) -> bool:
     found = await deferToThread(remote.objects, key)
     return key in found
-
-
-async def assertError(response: Any, codes: tuple[int, ...], *words: str) -> str:
-    assert response.code in codes, await treq.text_content(response)
-    body = await jsonOf(response)
-    assert set(body) == {"error"}, body
-    for word in words:
-        assert word in body["error"], body
-    error: str = body["error"]
-    return error
 
 
 # End to end, on each store
@@ -223,12 +149,14 @@ async def test_blob_of_many_parts(http: HTTPClient, remote: Remote) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_ranges(http: HTTPClient, remote: Remote) -> None:
+async def test_ranges_byte_for_byte_from_the_store(http: HTTPClient, remote: Remote) -> None:
     server = remote.server
     data = os.urandom(200_000)
     uuid = (await upload(http, server, "data", data))["uuid"]
     path = f"/data/{uuid}/blob"
-    r = await http.get(server.url + path, auth=server.auth, headers={"Range": "bytes=1000-1999"})
+    r = await http.get(
+        server.url + path, auth=server.auth, headers=Headers({b"Range": [b"bytes=1000-1999"]})
+    )
     assert r.code == 206
     assert r.headers.getRawHeaders("content-range") == [f"bytes 1000-1999/{len(data)}"]
     assert await treq.content(r) == data[1000:2000]
@@ -236,7 +164,9 @@ async def test_ranges(http: HTTPClient, remote: Remote) -> None:
     assert code == 206 and body == data[-100:]
     code, body = await download(http, server, path, headers={"Range": "bytes=199990-"})
     assert code == 206 and body == data[199990:]
-    r = await http.get(server.url + path, auth=server.auth, headers={"Range": "bytes=0-9,-10"})
+    r = await http.get(
+        server.url + path, auth=server.auth, headers=Headers({b"Range": [b"bytes=0-9,-10"]})
+    )
     assert r.code == 206
     [ctype] = r.headers.getRawHeaders("content-type")
     assert ctype.startswith("multipart/byteranges; boundary=")
@@ -254,16 +184,7 @@ async def test_patch_renames_and_replaces_the_blob(http: HTTPClient, remote: Rem
 
     new = newUUID()
     data = os.urandom(80_000)
-    r = await http.patch(
-        f"{server.url}/problem/{old}",
-        data=form(("uuid", new), ("name", "renamed"), ("size", str(len(data))), ("blob", data)),
-        headers=FORM_HEADERS,
-        auth=server.auth,
-    )
-    assert r.code == 200, await treq.text_content(r)
-    patched = await jsonOf(r)
-    assert patched["uuid"] == new and patched["name"] == "renamed"
-    assert patched["sha256"] == hashlib.sha256(data).hexdigest()
+    await renameAndReplace(http, server, old, new, data)
 
     newKey = blobKey(server, new)
     assert newKey != oldKey
@@ -282,12 +203,7 @@ async def test_patch_rename_keeps_the_blob(http: HTTPClient, remote: Remote) -> 
     data = os.urandom(10_000)
     await upload(http, server, "problem", data, uuid=old)
     key = blobKey(server, old)
-    r = await http.patch(
-        f"{server.url}/problem/{old}",
-        data=form(("uuid", new)),
-        headers=FORM_HEADERS,
-        auth=server.auth,
-    )
+    r = await sendForm(http, server, f"/problem/{old}", form(("uuid", new)), "PATCH")
     assert r.code == 200, await treq.text_content(r)
     assert blobKey(server, new) == key and await inBucket(remote, key)
     code, body = await download(http, server, f"/problem/{new}/blob")
@@ -399,7 +315,7 @@ class Crash:
 @pytest.fixture
 def doomedS3(tmp_path: Any) -> Iterator[Crash]:
     store = SeaweedFS().start()
-    server = startServer(str(tmp_path / "server"), *s3Args(store), env=s3Env(store))
+    server = startServer(str(tmp_path / "server"), *store.serverArgs(), env=store.serverEnv())
     yield Crash(store, server, store.uploads)
     server.stop()
     store.stop()
@@ -408,7 +324,7 @@ def doomedS3(tmp_path: Any) -> Iterator[Crash]:
 @pytest.fixture
 def doomedGCS(tmp_path: Any) -> Iterator[Crash]:
     store = FakeGCS(persistent=True).start()
-    server = startServer(str(tmp_path / "server"), *gcArgs(store))
+    server = startServer(str(tmp_path / "server"), *store.serverArgs())
     # GCS has no list of resumable upload sessions: only objects are seen.
     yield Crash(store, server, None)
     server.stop()
@@ -423,7 +339,7 @@ async def startDoomedUpload(
     body = GeneratedForm(uuid, GiB)
     response = http.post(
         f"{crash.server.url}/data",
-        data=FileBodyProducer(body),  # type: ignore[arg-type]
+        data=FileBodyProducer(body),
         headers=FORM_HEADERS,
         auth=crash.server.auth,
     )
@@ -434,17 +350,41 @@ async def startDoomedUpload(
         return result
 
     response.addBoth(end)
-    deadline = time.monotonic() + 60
     uploads = crash.uploads
-    while body.position < sent or (uploads and not await deferToThread(uploads, "data/")):
-        assert not ended, f"the upload ended before the store was killed: {ended}"
-        assert time.monotonic() < deadline, f"only {body.position} bytes sent"
-        await sleep(0.05)
+
+    def streaming() -> None:
+        if ended:
+            raise RuntimeError(f"the upload ended before the store was killed: {ended}")
+        assert body.position >= sent, f"only {body.position} bytes sent"
+        assert uploads is None or uploads("data/"), "the store has not begun receiving"
+
+    await eventually(streaming, timeout=60)
     return response, body
 
 
 def noRow(server: Server, uuid: str) -> None:
     assert server.sql("SELECT state FROM resource WHERE uuid = %s", (uuid,)) == []
+
+
+async def killMidUpload(
+    http: HTTPClient, crash: Crash, sent: int, name: str
+) -> tuple[SeaweedFS | FakeGCS, Server, str]:
+    """
+    Kill the store once an upload streams into it (its multipart upload
+    the only one, where the store lists them): the client gets a 502 (or
+    503) naming the store C{name}, and no row is kept.  The store, the
+    server and the upload's uuid.
+    """
+    server = crash.server
+    uuid = newUUID()
+    response, _ = await startDoomedUpload(http, crash, uuid, sent)
+    if crash.uploads is not None:
+        assert crash.uploads("data/") == [blobKey(server, uuid)]
+    await deferToThread(crash.store.kill)
+    r = await within(response, 60)
+    await assertError(r, (502, 503), f"blob store ({name})")
+    await eventually(lambda: noRow(server, uuid))
+    return crash.store, server, uuid
 
 
 @pytest_twisted.ensureDeferred
@@ -456,18 +396,8 @@ async def test_s3_killed_mid_upload_leaves_nothing(http: HTTPClient, doomedS3: C
     keeps multipart uploads until they are completed or aborted) until the
     server, which retries its clean-up, aborts it: no object, no upload.
     """
-    crash = doomedS3
-    store = crash.store
+    store, server, uuid = await killMidUpload(http, doomedS3, 40 * MiB, "s3")
     assert isinstance(store, SeaweedFS)
-    server = crash.server
-    uuid = newUUID()
-    response, body = await startDoomedUpload(http, crash, uuid, 40 * MiB)
-    assert store.uploads("data/") == [blobKey(server, uuid)]
-    await deferToThread(store.kill)
-
-    r = await within(response, 60)
-    await assertError(r, (502, 503), "blob store (s3)")
-    await eventually(lambda: noRow(server, uuid))
     r = await http.get(f"{server.url}/ready")
     assert r.code == 503
     assert (await jsonOf(r))["blobstore"].startswith("failing: S3 HeadBucket")
@@ -534,17 +464,8 @@ async def test_gcs_killed_mid_upload_leaves_nothing(http: HTTPClient, doomedGCS:
     it: a 502 naming the store, no row; restarted on the same data, no
     object.
     """
-    crash = doomedGCS
-    store = crash.store
+    store, server, uuid = await killMidUpload(http, doomedGCS, 72 * MiB, "gcs")
     assert isinstance(store, FakeGCS)
-    server = crash.server
-    uuid = newUUID()
-    response, body = await startDoomedUpload(http, crash, uuid, 72 * MiB)
-    await deferToThread(store.kill)
-
-    r = await within(response, 60)
-    await assertError(r, (502, 503), "blob store (gcs)")
-    await eventually(lambda: noRow(server, uuid))
 
     await deferToThread(store.start)
     assert store.objects("") == []
@@ -555,52 +476,37 @@ async def test_gcs_killed_mid_upload_leaves_nothing(http: HTTPClient, doomedGCS:
 # Start-up with a store that cannot be used
 
 
-def startFails(tmp_path: Any, *args: str, env: dict[str, str] | None = None) -> str:
-    """Start a server that must not start; its one line of stderr."""
-    result = subprocess.run(
-        [TWISTD, "-n", "--pidfile=", "morpheo-storage", "--host", "127.0.0.1", "--port", "0",
-         "--user", "u", "--password", "p", "--data-dir", str(tmp_path), *args],
-        capture_output=True, text=True, timeout=90, cwd=tmp_path,
-        env={**os.environ, **(env or {})},
-    )  # fmt: skip
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output
-    assert "Traceback" not in output, output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("morpheo-storage: cannot start: "), lines[0]
-    return lines[0]
-
-
 def test_unreachable_s3_stops_startup(tmp_path: Any, seaweedfs: SeaweedFS) -> None:
     endpoint = f"http://127.0.0.1:{freePort()}"
     args = ["--blobstore", "s3", "--s3-bucket", "b", "--s3-region", "r", "--s3-endpoint", endpoint]
-    line = startFails(tmp_path, *args, env=s3Env(seaweedfs))
+    line = startFails(str(tmp_path), *args, env=seaweedfs.serverEnv())
     assert "S3" in line and endpoint in line and "connect" in line, line
 
 
 def test_unreachable_gcs_stops_startup(tmp_path: Any) -> None:
     endpoint = f"http://127.0.0.1:{freePort()}"
-    line = startFails(tmp_path, "--blobstore", "gc", "--gc-bucket", "b", "--gc-endpoint", endpoint)
+    line = startFails(
+        str(tmp_path), "--blobstore", "gc", "--gc-bucket", "b", "--gc-endpoint", endpoint
+    )
     assert "GCS" in line and "connect" in line, line
 
 
 def test_missing_s3_bucket_stops_startup(tmp_path: Any, seaweedfs: SeaweedFS) -> None:
-    args = s3Args(seaweedfs)
+    args = seaweedfs.serverArgs()
     args[args.index("--s3-bucket") + 1] = "no-such-bucket"
-    line = startFails(tmp_path, *args, env=s3Env(seaweedfs))
+    line = startFails(str(tmp_path), *args, env=seaweedfs.serverEnv())
     assert "no-such-bucket" in line and "no such bucket" in line, line
 
 
 def test_wrong_s3_credentials_stop_startup(tmp_path: Any, seaweedfs: SeaweedFS) -> None:
-    env = s3Env(seaweedfs, AWS_SECRET_ACCESS_KEY="not-the-secret")
-    line = startFails(tmp_path, *s3Args(seaweedfs), env=env)
+    env = seaweedfs.serverEnv(AWS_SECRET_ACCESS_KEY="not-the-secret")
+    line = startFails(str(tmp_path), *seaweedfs.serverArgs(), env=env)
     assert "access denied" in line, line
 
 
 def test_no_s3_credentials_stop_startup(tmp_path: Any, seaweedfs: SeaweedFS) -> None:
-    env = s3Env(seaweedfs, AWS_ACCESS_KEY_ID="", AWS_SECRET_ACCESS_KEY="", HOME=str(tmp_path))
-    line = startFails(tmp_path, *s3Args(seaweedfs), env=env)
+    env = seaweedfs.serverEnv(AWS_ACCESS_KEY_ID="", AWS_SECRET_ACCESS_KEY="", HOME=str(tmp_path))
+    line = startFails(str(tmp_path), *seaweedfs.serverArgs(), env=env)
     assert "no AWS credentials" in line, line
 
 
@@ -614,14 +520,13 @@ async def test_s3_credentials_from_a_profile(
         f"[morpheo]\naws_access_key_id = {seaweedfs.accessKey}\n"
         f"aws_secret_access_key = {seaweedfs.secretKey}\n"
     )
-    env = s3Env(
-        seaweedfs,
+    env = seaweedfs.serverEnv(
         AWS_ACCESS_KEY_ID="",
         AWS_SECRET_ACCESS_KEY="",
         AWS_SHARED_CREDENTIALS_FILE=str(credentials),
         AWS_PROFILE="morpheo",
     )
-    server = startServer(str(tmp_path / "server"), *s3Args(seaweedfs), env=env)
+    server = startServer(str(tmp_path / "server"), *seaweedfs.serverArgs(), env=env)
     try:
         made = await upload(http, server, "data", b"signed with a profile's keys")
         code, data = await download(http, server, f"/data/{made['uuid']}/blob")
@@ -689,7 +594,7 @@ async def test_gcs_application_default_credentials(
         )
     )
     env = {"GOOGLE_APPLICATION_CREDENTIALS": str(credentials), "NO_GCE_CHECK": "true"}
-    server = startServer(str(tmp_path / "server"), *gcArgs(fakeGCS), env=env)
+    server = startServer(str(tmp_path / "server"), *fakeGCS.serverArgs(), env=env)
     try:
         made = await upload(http, server, "data", b"uploaded with a token")
         assert await deferToThread(fakeGCS.objects, "data/") != []
@@ -701,7 +606,3 @@ async def test_gcs_application_default_credentials(
     assert requests, "no access token was asked for"
     assert requests[0]["grant_type"] == ["urn:ietf:params:oauth:grant-type:jwt-bearer"]
     assert requests[0]["assertion"][0].count(".") == 2  # a signed JWT
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(pytest.main([__file__]))

