@@ -41,6 +41,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
+from morpheo.blobstores._bodies import Unpausable
 from tests.integration.servers import Server
 
 #: The checkout: README.md, schema/, setup.py.
@@ -288,7 +289,7 @@ def readResponseHead(s: socket.socket) -> bytes:
 
 
 @implementer(IBodyProducer)
-class ChunkedBody:
+class ChunkedBody(Unpausable):
     """A body of unknown length, so treq sends it chunked, in pieces."""
 
     length = UNKNOWN_LENGTH
@@ -301,15 +302,6 @@ class ChunkedBody:
         for i in range(0, len(self.data), self.piece):
             consumer.write(self.data[i : i + self.piece])
         return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 def curl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

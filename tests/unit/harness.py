@@ -32,6 +32,7 @@ from zope.interface import implementer
 
 from morpheo._kinds import TABLE
 from morpheo.blobstores import MemoryBlobStore
+from morpheo.blobstores._bodies import BytesBody
 from morpheo.metadata import MemoryMetadataStore
 from morpheo.objects import Objects
 from morpheo.service._graceful import HandlerTracker, trackedResource
@@ -67,32 +68,6 @@ class ImmediatePool:
             onResult(False, Failure())
         else:
             onResult(True, result)
-
-
-@implementer(IBodyProducer)
-class _WholeBody:
-    """A request body written in one go (the tier's bodies are small)."""
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self.body)
-        return Deferred.fromCoroutine(_nothing())
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
-async def _nothing() -> None:
-    return None
 
 
 @implementer(IAgent)
@@ -277,7 +252,7 @@ class Service:
                 method,
                 f"http://storage.test{path}",
                 headers=Headers({k: [v] for k, v in (headers or {}).items()}),
-                data=_WholeBody(body) if body is not None else None,
+                data=BytesBody(body) if body is not None else None,
                 auth=auth,
             )
             content = await response.content()
