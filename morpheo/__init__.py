@@ -9,17 +9,10 @@ with a L{StreamingSite} (see the README, "Embedding").  The parts
 (L{StorageAPI}, the stores, L{BasicAuth}) are public too.
 """
 
+from ._errors import APIError, BlobNotFound, BlobStoreError, DatabaseError
 from ._interfaces import IBlobStore, IBlobWriter, IMetadataStore
 from ._kinds import KINDS
-from ._types import (
-    APIError,
-    BlobInfo,
-    BlobNotFound,
-    BlobStoreError,
-    DatabaseError,
-    Resource,
-    StoredObject,
-)
+from ._types import BlobInfo, Resource, StoredObject
 from .blobstores import LocalBlobStore, MemoryBlobStore
 from .metadata._postgres import Database, MetadataStore, PostgresMetadataStore
 from .objects import Objects

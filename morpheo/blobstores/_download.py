@@ -15,7 +15,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
-from .._types import BlobStoreError
+from .._errors import BlobStoreError
 from ._bodies import Unpausable
 from ._http import asStoreError
 from ._producer import BlobProducer

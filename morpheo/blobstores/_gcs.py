@@ -28,8 +28,8 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IAgent, IResponse
 from zope.interface import implementer
 
+from .._errors import BlobNotFound, BlobStoreError
 from .._interfaces import IBlobStore
-from .._types import BlobNotFound, BlobStoreError
 from ._bodies import StreamBody
 from ._httpstore import HTTPBlobStore
 from ._segmented import StreamingWriter

@@ -24,7 +24,7 @@ from twisted.web.client import (
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IAgent, IResponse
 
-from .._types import BlobStoreError, SizeMismatch
+from .._errors import BlobStoreError, SizeMismatch
 
 #: How much a connection to the store reads at once.  Twisted's 64 KiB
 #: makes a download cost the reactor thread almost twice the CPU time, in

@@ -18,7 +18,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 
-from .._types import BlobStoreError
+from .._errors import BlobStoreError
 from ._bodies import BytesBody
 from ._download import produceNothing, streamResponse
 from ._http import SMALL_BODY, asStoreError, makeAgent, readSmall

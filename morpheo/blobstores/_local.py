@@ -23,8 +23,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from .._errors import BlobNotFound, BlobStoreError
 from .._interfaces import ISweepableBlobStore
-from .._types import BlobNotFound, BlobStoreError
 from ._producer import ThreadedReadProducer
 from ._threaded import ThreadedBlobWriter
 

@@ -24,8 +24,9 @@ from twisted.internet.interfaces import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .._errors import BlobNotFound, BlobStoreError
 from .._interfaces import IBlobStore
-from .._types import BlobInfo, BlobNotFound, BlobStoreError
+from .._types import BlobInfo
 from ._producer import BlobProducer
 from ._writer import BlobWriter
 

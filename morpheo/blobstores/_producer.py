@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .._types import BlobStoreError
+from .._errors import BlobStoreError
 
 BLOCK = 1024 * 1024
 

@@ -29,8 +29,8 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
+from .._errors import BlobNotFound, BlobStoreError
 from .._interfaces import IAbandonableBlobStore
-from .._types import BlobNotFound, BlobStoreError
 from ._bodies import StreamBody
 from ._httpstore import HTTPBlobStore
 from ._segmented import StreamingWriter

@@ -16,7 +16,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from .._types import BlobInfo, BlobStoreError
+from .._errors import BlobStoreError
+from .._types import BlobInfo
 from ._hasher import Hasher
 from ._writer import BlobWriter
 

@@ -14,8 +14,9 @@ from twisted.internet.interfaces import IProducer, IPushProducer, IReactorFromTh
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from .._errors import DigestMismatch
 from .._interfaces import IBlobWriter
-from .._types import BlobInfo, DigestMismatch
+from .._types import BlobInfo
 from ._flow import ProducerGate
 from ._hasher import Hasher
 

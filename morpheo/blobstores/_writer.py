@@ -17,9 +17,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .._errors import SizeMismatch
 from .._interfaces import IBlobWriter
 from .._observer import OneShotObserverList
-from .._types import BlobInfo, SizeMismatch
+from .._types import BlobInfo
 from ._flow import HIGH_WATER, LOW_WATER, Backlog, ProducerGate
 
 log = Logger()

@@ -11,14 +11,7 @@ from __future__ import annotations
 
 from ._embedded import EmbeddedPostgres
 from ._memory import MemoryMetadataStore
-from ._migrations import (
-    Migration,
-    MigrationError,
-    defaultMigrationsDir,
-    loadMigrations,
-    migrate,
-    rollback,
-)
+from ._migrations import MigrationError
 from ._postgres import Database, MetadataStore, PostgresMetadataStore
 
 __all__ = [
@@ -26,11 +19,6 @@ __all__ = [
     "EmbeddedPostgres",
     "MemoryMetadataStore",
     "MetadataStore",
-    "Migration",
     "MigrationError",
     "PostgresMetadataStore",
-    "defaultMigrationsDir",
-    "loadMigrations",
-    "migrate",
-    "rollback",
 ]

@@ -25,23 +25,10 @@ from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
+from .._errors import ClaimLost, DatabaseError, InUse, NoSuchObject, NoSuchParent, Taken
 from .._interfaces import IMetadataStore
 from .._kinds import TABLE, TEXT_FIELDS, childrenOf
-from .._types import (
-    BlobInfo,
-    Change,
-    Changed,
-    Claim,
-    ClaimLost,
-    DatabaseError,
-    DeadClaim,
-    InUse,
-    Listing,
-    NoSuchObject,
-    NoSuchParent,
-    StoredObject,
-    Taken,
-)
+from .._types import BlobInfo, Change, Changed, Claim, DeadClaim, Listing, StoredObject
 
 #: What PostgreSQL checks of a row (schema/), checked here alike.
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -210,8 +197,8 @@ class MemoryMetadataStore:
             blobKey=claim.blobKey,
             text=text,
             parent=parent,
-            contentType=claim.contentType,
-            filename=claim.filename,
+            contentType=claim.label.contentType,
+            filename=claim.label.filename,
         )
 
     async def release(self, kind: str, uuid: str) -> None:
@@ -286,7 +273,7 @@ class MemoryMetadataStore:
         row.text.update(text)
         if blob is not None:
             row.size, row.sha256, row.blobKey = blob.info.size, blob.info.sha256, blob.key
-            row.contentType, row.filename = blob.contentType, blob.filename
+            row.contentType, row.filename = blob.label.contentType, blob.label.filename
         return Changed(row.stored(), oldKey if blob is not None else None)
 
     # Recovery

@@ -12,28 +12,16 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg2
+from attrs import astuple
 from twisted.internet.defer import Deferred, FirstError
 from twisted.internet.interfaces import IReactorCore
 from txpostgres import txpostgres
 from zope.interface import implementer
 
+from .._errors import ClaimLost, DatabaseError, InUse, NoSuchObject, NoSuchParent, Taken
 from .._interfaces import IMetadataStore
 from .._kinds import TABLE, TEXT_FIELDS, childrenOf
-from .._types import (
-    BlobInfo,
-    Change,
-    Changed,
-    Claim,
-    ClaimLost,
-    DatabaseError,
-    DeadClaim,
-    InUse,
-    Listing,
-    NoSuchObject,
-    NoSuchParent,
-    StoredObject,
-    Taken,
-)
+from .._types import BlobInfo, Change, Changed, Claim, DeadClaim, Listing, StoredObject
 
 T = TypeVar("T")
 
@@ -167,8 +155,8 @@ class PostgresMetadataStore:
             claim.kind,
             claim.uuid,
             claim.blobKey,
-            claim.contentType,
-            claim.filename,
+            claim.label.contentType,
+            claim.label.filename,
             self.owner,
         ]
         for name, value in claim.text.items():
@@ -296,9 +284,7 @@ class PostgresMetadataStore:
                 sets.append(
                     "size = %s, sha256 = %s, blob_key = %s, content_type = %s, filename = %s"
                 )
-                args.extend(
-                    (blob.info.size, blob.info.sha256, blob.key, blob.contentType, blob.filename)
-                )
+                args.extend((blob.info.size, blob.info.sha256, blob.key, *astuple(blob.label)))
             await cursor.execute(
                 f"UPDATE resource SET {', '.join(sets)} WHERE kind = %s AND uuid = %s"
                 f" RETURNING {_COLUMNS}",

@@ -3,7 +3,7 @@ The domain layer: the object lifecycle (put, replace, remove, get, list,
 sweep) over a metadata store and a blob store, knowing nothing of HTTP.
 """
 
-from .._types import TooLarge, Vanished
+from .._errors import TooLarge, Vanished
 from ._lifecycle import (
     IncomingBlob,
     NewObject,

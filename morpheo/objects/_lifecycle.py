@@ -26,20 +26,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from .._errors import DigestMismatch, NoSuchObject, SizeMismatch, TooLarge, Vanished
 from .._interfaces import IBlobSource, IBlobStore, IBlobWriter, IMetadataStore
-from .._types import (
-    BlobInfo,
-    Change,
-    Claim,
-    DigestMismatch,
-    Listing,
-    NewBlob,
-    NoSuchObject,
-    SizeMismatch,
-    StoredObject,
-    TooLarge,
-    Vanished,
-)
+from .._types import BlobInfo, Change, Claim, Label, Listing, NewBlob, StoredObject
 from ..blobstores._verify import verifying
 from ._sweep import Swept, sweep
 
@@ -55,8 +44,7 @@ class IncomingBlob:
 
     size: int
     expected: Mapping[str, bytes] = field(factory=dict)
-    contentType: str | None = None
-    filename: str | None = None
+    label: Label = field(factory=Label)
 
 
 @frozen
@@ -180,8 +168,7 @@ class Objects:
             blobKey=key,
             text=new.text,
             parent=new.parent,
-            contentType=blob.contentType,
-            filename=blob.filename,
+            label=blob.label,
         )
         try:
             await self._claim(claim)
@@ -224,7 +211,7 @@ class Objects:
             if change.blob is not None and key is not None:
                 info = await self._receive(key, change.blob, source)
                 written = key
-                newBlob = NewBlob(key, info, change.blob.contentType, change.blob.filename)
+                newBlob = NewBlob(key, info, change.blob.label)
             else:
                 await source.done()
             try:

@@ -29,8 +29,8 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import IResource
 
+from .._errors import BlobStoreError, DatabaseError
 from .._interfaces import IBlobStore
-from .._types import BlobStoreError, DatabaseError
 from ..metadata._embedded import EmbeddedPostgres
 from ..metadata._migrations import (
     MigrationError,

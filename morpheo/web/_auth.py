@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from zope.interface import Interface, implementer
 
-from .._types import APIError
+from .._errors import APIError
 from ._passwords import AnyOf, UsersChecker
 
 

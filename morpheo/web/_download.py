@@ -15,7 +15,8 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 
-from .._types import BlobStoreError, StoredObject
+from .._errors import BlobStoreError
+from .._types import StoredObject
 from ..objects import Objects
 from ._http import (
     ByteRange,

@@ -13,7 +13,7 @@ import uuid as _uuid
 
 from attrs import frozen
 
-from .._types import APIError
+from .._errors import APIError
 
 MAX_FIELD = 255
 BLOB = "blob"

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from attrs import frozen
 
-from .._types import APIError
+from .._errors import APIError
 
 
 @frozen

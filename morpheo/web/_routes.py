@@ -28,22 +28,21 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from .._kinds import KINDS, TABLE, Kind
-from .._types import (
+from .._errors import (
     APIError,
     BlobStoreError,
     DatabaseError,
     DigestMismatch,
     InUse,
-    Listing,
     NoSuchObject,
     NoSuchParent,
     SizeMismatch,
-    StoredObject,
     Taken,
     TooLarge,
     Vanished,
 )
+from .._kinds import KINDS, TABLE, Kind
+from .._types import Label, Listing, StoredObject
 from ..objects import IncomingBlob, NewObject, Objects, Replacement
 from ._auth import BasicAuth, Unauthorized
 from ._download import RangeNotSatisfiable, describe, preconditions, serveBlob
@@ -222,6 +221,12 @@ def _parseCursor(cursor: str) -> tuple[int, int]:
     return int(page), int(seq)
 
 
+def _formBlob(upload: FormUpload, size: int) -> IncomingBlob:
+    """A form's blob part: its announced size, its stated digests, its label."""
+    expected = _expectedDigests(upload.blobHeaders, upload.fields.get("sha256"))
+    return IncomingBlob(size, expected, Label(upload.blobContentType, upload.blobFilename))
+
+
 def _created(request: IRequest, stored: StoredObject, code: int = 201) -> bytes:
     request.setHeader(b"Repr-Digest", reprDigest(stored.sha256).encode())
     return _json(request, stored.asJSON(), code)
@@ -350,12 +355,7 @@ class StorageAPI:
                 kind=kind,
                 uuid=fields.get("uuid"),
                 text={name: fields[name] for name in rules.text},
-                blob=IncomingBlob(
-                    size,
-                    _expectedDigests(upload.blobHeaders, fields.get("sha256")),
-                    upload.blobContentType,
-                    upload.blobFilename,
-                ),
+                blob=_formBlob(upload, size),
             )
         except BaseException:
             upload.stop()
@@ -396,7 +396,7 @@ class StorageAPI:
             kind=rules.name,
             uuid=uuid,
             parent=parentUUID,
-            blob=IncomingBlob(body.length, expected, ctype),
+            blob=IncomingBlob(body.length, expected, Label(ctype)),
         )
         return _created(request, await self.objects.put(new, RawSource(body)))
 
@@ -446,12 +446,7 @@ class StorageAPI:
             if hasBlob:
                 size = parseSize(fields["size"])
                 self.objects.admit(size)
-                blob = IncomingBlob(
-                    size,
-                    _expectedDigests(upload.blobHeaders, fields.get("sha256")),
-                    upload.blobContentType,
-                    upload.blobFilename,
-                )
+                blob = _formBlob(upload, size)
             change = Replacement(
                 newUUID=fields.get("uuid"),
                 text={name: fields[name] for name in TABLE[kind].text if name in fields},

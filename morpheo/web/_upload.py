@@ -21,9 +21,9 @@ from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseDone
 from zope.interface import implementer
 
+from .._errors import APIError
 from .._interfaces import IBlobSource, IBlobWriter
 from .._observer import OneShotObserverList
-from .._types import APIError
 from ._forms import BLOB, FormSpec, checkBeforeBlob, checkFieldLength, checkFieldName
 
 

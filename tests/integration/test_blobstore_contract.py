@@ -23,8 +23,8 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from morpheo._errors import BlobNotFound, BlobStoreError, SizeMismatch
 from morpheo._interfaces import IAbandonableBlobStore, IBlobStore, IBlobWriter
-from morpheo._types import BlobNotFound, BlobStoreError, SizeMismatch
 from morpheo.blobstores._gcs import GCSBlobStore
 from morpheo.blobstores._local import TEMP_PREFIX, LocalBlobStore
 from morpheo.blobstores._memory import MemoryBlobStore

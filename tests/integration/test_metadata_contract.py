@@ -14,37 +14,27 @@ from uuid import uuid4
 
 import pytest
 import pytest_twisted
-from attrs import frozen
+from attrs import evolve, frozen
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock, deferLater
 from zope.interface.verify import verifyObject
 
+from morpheo._errors import ClaimLost, DatabaseError, InUse, NoSuchObject, NoSuchParent, Taken
 from morpheo._interfaces import IMetadataStore
 from morpheo._types import (
     BlobInfo,
     Change,
     Changed,
     Claim,
-    ClaimLost,
-    DatabaseError,
     DeadClaim,
-    InUse,
+    Label,
     Listing,
     NewBlob,
-    NoSuchObject,
-    NoSuchParent,
     StoredObject,
-    Taken,
 )
-from morpheo.metadata import (
-    Database,
-    MemoryMetadataStore,
-    PostgresMetadataStore,
-    defaultMigrationsDir,
-    loadMigrations,
-    migrate,
-)
+from morpheo.metadata import Database, MemoryMetadataStore, PostgresMetadataStore
+from morpheo.metadata._migrations import defaultMigrationsDir, loadMigrations, migrate
 
 SHA = "0" * 64
 #: Where the memory store's clock starts: a plausible time of now.
@@ -259,8 +249,7 @@ async def test_completeMakesVisible(backend: Backend) -> None:
             uid,
             blobKey="blob-key",
             text={"name": "funky", "description": "great"},
-            contentType="application/zip",
-            filename="p.zip",
+            label=Label("application/zip", "p.zip"),
         )
     )
     before = backend.now()
@@ -496,16 +485,7 @@ async def test_renameConsumesTheClaim(backend: Backend) -> None:
     await store.claim(Claim("problem", new, blobKey=None))
     changed = await store.change("problem", stored.uuid, Change(newUUID=new))
     assert changed == Changed(
-        StoredObject(
-            kind="problem",
-            uuid=new,
-            timestamp_upload=stored.timestamp_upload,
-            size=stored.size,
-            sha256=stored.sha256,
-            blob_key=stored.blob_key,
-            text=stored.text,
-            seq=stored.seq,
-        ),
+        evolve(stored, uuid=new),
         None,
     )
     assert await store.get("problem", new) == changed.object
@@ -532,7 +512,7 @@ async def test_changeText(store: IMetadataStore) -> None:
 async def test_changeBlob(store: IMetadataStore) -> None:
     """A new blob replaces the old, whose key is handed back to be deleted."""
     stored = await put(store, "problem", {"name": "p"})
-    blob = NewBlob("problem/new", BlobInfo(7, "cd" * 32), "text/plain", "p.txt")
+    blob = NewBlob("problem/new", BlobInfo(7, "cd" * 32), Label("text/plain", "p.txt"))
     changed = await store.change(
         "problem", stored.uuid, Change(text={"description": "d"}, blob=blob)
     )

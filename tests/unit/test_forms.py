@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from morpheo._types import APIError
+from morpheo._errors import APIError
 from morpheo.web._forms import (
     MAX_FIELD,
     PATCH_FORM,

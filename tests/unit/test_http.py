@@ -9,7 +9,7 @@ import hashlib
 
 import pytest
 
-from morpheo._types import APIError
+from morpheo._errors import APIError
 from morpheo.web._http import (
     ByteRange,
     Unsatisfiable,

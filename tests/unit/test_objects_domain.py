@@ -14,19 +14,9 @@ from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
 from morpheo import IBlobWriter, StoredObject
+from morpheo import _errors as errors
 from morpheo._interfaces import IBlobSource
-from morpheo._types import (
-    Claim,
-    DigestMismatch,
-    InUse,
-    Listing,
-    NoSuchObject,
-    NoSuchParent,
-    SizeMismatch,
-    Taken,
-    TooLarge,
-    Vanished,
-)
+from morpheo._types import Claim, Listing
 from morpheo.objects import STALE_CLAIM, IncomingBlob, NewObject, Replacement, sweep
 
 from .harness import Service, newUUID
@@ -65,7 +55,7 @@ def test_putThenGetGivesTheStoredObject(service: Service) -> None:
 
 
 def test_getOfNothingIsNoSuchObject(service: Service) -> None:
-    with pytest.raises(NoSuchObject):
+    with pytest.raises(errors.NoSuchObject):
         service.run(service.objects.get("data", newUUID()))
 
 
@@ -73,13 +63,13 @@ def test_aTakenUUIDIsTakenAndTheSourceStopped(service: Service) -> None:
     stored = put(service, "data", b"abc")
     source = Bytes(b"xyz")
     new = NewObject(kind="data", blob=IncomingBlob(3), uuid=stored.uuid)
-    with pytest.raises(Taken):
+    with pytest.raises(errors.Taken):
         service.run(service.objects.put(new, source))
     assert source.stopped
 
 
 def test_aModelOfNoAlgoIsNoSuchParent(service: Service) -> None:
-    with pytest.raises(NoSuchParent):
+    with pytest.raises(errors.NoSuchParent):
         put(service, "model", b"m", parent=newUUID())
     service.assertNothingLeft()
 
@@ -88,17 +78,17 @@ def test_aModelOfNoAlgoIsNoSuchParent(service: Service) -> None:
 def test_aBlobNotOfItsSizeIsSizeMismatchAndKeepsNothing(
     service: Service, data: bytes, size: int
 ) -> None:
-    with pytest.raises(SizeMismatch):
+    with pytest.raises(errors.SizeMismatch):
         put(service, "data", data, blob=IncomingBlob(size))
     service.assertNothingLeft()
 
 
 def test_aWrongDigestIsDigestMismatchAndKeepsNothing(service: Service) -> None:
     expected = {"sha256": hashlib.sha256(b"other").digest()}
-    with pytest.raises(DigestMismatch):
+    with pytest.raises(errors.DigestMismatch):
         put(service, "data", b"abc", blob=IncomingBlob(3, expected))
     expected = {"md5": hashlib.md5(b"other").digest()}
-    with pytest.raises(DigestMismatch):
+    with pytest.raises(errors.DigestMismatch):
         put(service, "data", b"abc", blob=IncomingBlob(3, expected))
     service.assertNothingLeft()
 
@@ -107,7 +97,7 @@ def test_admitRefusesWhatIsOverTheMaximum() -> None:
     service = Service(maxBlobSize=10)
     service.objects.admit(10)
     service.objects.admit(None)
-    with pytest.raises(TooLarge):
+    with pytest.raises(errors.TooLarge):
         service.objects.admit(11)
     service.objects.admit(1000, overhead=990)
 
@@ -115,7 +105,7 @@ def test_admitRefusesWhatIsOverTheMaximum() -> None:
 def test_removeOfAnAlgoWithModelsIsInUse(service: Service) -> None:
     algo = put(service, "algo", b"a", text={"name": "a"})
     model = put(service, "model", b"m", parent=algo.uuid)
-    with pytest.raises(InUse) as excinfo:
+    with pytest.raises(errors.InUse) as excinfo:
         service.run(service.objects.remove("algo", algo.uuid))
     assert excinfo.value.children == (model.uuid,)
     assert service.run(service.objects.remove("model", model.uuid)) == model
@@ -138,7 +128,7 @@ def test_replaceOfAnObjectGoneMeanwhileIsVanished(service: Service) -> None:
     current = put(service, "problem", b"old", text={"name": "n", "description": "d"})
     service.run(service.objects.remove("problem", current.uuid))
     change = Replacement(newUUID=newUUID(), blob=IncomingBlob(3))
-    with pytest.raises(Vanished):
+    with pytest.raises(errors.Vanished):
         service.run(service.objects.replace(current, change, Bytes(b"new")))
     service.assertNothingLeft()
 

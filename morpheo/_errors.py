@@ -1,0 +1,147 @@
+"""
+The typed outcomes a layer hands to the one above: the failures of the
+stores (the database, the blob store) and the refusals of the domain layer,
+each with the sentence a client is told; the web layer turns each into its
+status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from ._kinds import childrenOf
+
+
+class APIError(Exception):
+    """
+    An error meant for the client: an HTTP status and a sentence a person
+    can act on.  Raised anywhere below the routes, rendered by them.
+    """
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"APIError({self.code}, {self.message!r})"
+
+
+class BlobStoreError(Exception):
+    """The blob store failed (the disk, the network, the remote service)."""
+
+
+class BlobNotFound(BlobStoreError):
+    """There is no blob under that key."""
+
+
+class SizeMismatch(ValueError):
+    """A blob did not have the length that was announced for it."""
+
+    def __init__(self, expected: int, received: int) -> None:
+        super().__init__(expected, received)
+        self.expected = expected
+        self.received = received
+
+    def __str__(self) -> str:
+        longer = "longer" if self.received > self.expected else "shorter"
+        return f"the blob is {longer} than its announced size of {self.expected} bytes"
+
+
+class DatabaseError(Exception):
+    """The metadata database failed or cannot be reached."""
+
+
+class ClaimLost(DatabaseError):
+    """A claim was no longer there to complete (swept as dead meanwhile)."""
+
+    def __init__(self, kind: str, uuid: str) -> None:
+        super().__init__(f"the claim on {kind} {uuid} was lost before the upload ended")
+        self.kind = kind
+        self.uuid = uuid
+
+
+def _plural(kinds: Iterable[str]) -> str:
+    return " and ".join(f"{k}s" for k in kinds)
+
+
+class Refused(Exception):
+    """
+    An outcome the request itself caused (an unknown uuid, a taken one...):
+    the web layer answers it with a 4xx and this sentence, which says what
+    to fix.
+    """
+
+
+class _ObjectRefused(Refused):
+    """A refusal about one object, of C{kind} and C{uuid}."""
+
+    def __init__(self, kind: str, uuid: str) -> None:
+        super().__init__(kind, uuid)
+        self.kind = kind
+        self.uuid = uuid
+
+
+class NoSuchObject(_ObjectRefused):
+    """There is no (ready) object of that kind and uuid."""
+
+    def __str__(self) -> str:
+        return f"there is no {self.kind} {self.uuid}"
+
+
+class Vanished(NoSuchObject):
+    """The object a change was made for was deleted or renamed meanwhile."""
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.uuid} was deleted or renamed during this change"
+
+
+class NoSuchParent(_ObjectRefused):
+    """The object an upload names as its parent (a model's algo) does not exist."""
+
+    def __str__(self) -> str:
+        children = " or ".join(childrenOf(self.kind))
+        return f"there is no {self.kind} {self.uuid} to attach this {children} to"
+
+
+class Taken(_ObjectRefused):
+    """The uuid is already taken, or being uploaded right now."""
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.uuid} already exists (or is being uploaded)"
+
+
+class InUse(_ObjectRefused):
+    """An object still has children (an algo that models use): kept."""
+
+    def __init__(self, kind: str, uuid: str, children: Sequence[str]) -> None:
+        super().__init__(kind, uuid)
+        self.children = tuple(children)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.kind} {self.uuid} is used by {_plural(childrenOf(self.kind))}"
+            f" {', '.join(self.children)}: delete them first"
+        )
+
+
+class DigestMismatch(Refused):
+    """The blob's bytes do not match a digest its client stated (C{what})."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+    def __str__(self) -> str:
+        return f"the blob does not match its stated {self.what}: nothing was stored"
+
+
+class TooLarge(Refused):
+    """A blob (or a body that holds one) larger than the service takes."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return f"the blob is larger than the maximum of {self.limit} bytes"
