@@ -28,6 +28,7 @@ from twisted.test import iosim
 from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
+from twisted.web.server import Site
 from zope.interface import implementer
 
 from morpheo._kinds import TABLE
@@ -261,9 +262,13 @@ class Service:
 
         return self.run(exchange())
 
-    def raw(self, data: bytes) -> bytes:
-        """Exact bytes in, exact bytes out: for what no client would send."""
-        protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 31337))
+    def raw(self, data: bytes, site: Site | None = None) -> bytes:
+        """
+        Exact bytes in, exact bytes out: for what no client would send (to
+        C{site}, by default the service's own).
+        """
+        site = self.site if site is None else site
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 31337))
         transport = StringTransport()
         protocol.makeConnection(transport)
         protocol.dataReceived(data)
