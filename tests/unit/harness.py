@@ -10,9 +10,11 @@ request is small, and a deterministic order makes failures repeatable).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
+import re
 import uuid as _uuid
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
@@ -22,6 +24,7 @@ from treq.client import HTTPClient
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.test import iosim
@@ -110,6 +113,53 @@ class _MemoryAgent:
         return d
 
 
+class _Received(Protocol):
+    """The client side of a L{Connection}: every byte the server sent."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.closed = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.closed = True
+
+
+class Connection:
+    """
+    A connection to the site kept open: exact bytes sent as the test wants
+    them, in pieces, and what the server answered; for what the wire shows
+    (100 Continue, keep-alive after an early answer, a lingering close).
+    """
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+        self._client = _Received()
+        self._pump = service._connect(self._client)
+
+    def send(self, data: bytes) -> bytes:
+        """Send C{data}, run what it starts; what the server sent since."""
+        start = len(self._client.data)
+        self._pump.clientIO.write(data)
+        self._service.settle()
+        return self._client.data[start:]
+
+    @property
+    def received(self) -> bytes:
+        return self._client.data
+
+    @property
+    def closed(self) -> bool:
+        return self._client.closed
+
+    def close(self) -> None:
+        """The client goes away."""
+        self._pump.clientIO.loseConnection()
+        self._service.settle()
+
+
 @frozen
 class Reply:
     """An answer as the client got it."""
@@ -167,6 +217,49 @@ def form(fields: Mapping[str, str], blob: bytes | None = None, **part: str) -> b
 
 
 FORM_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
+END = f"--{BOUNDARY}--\r\n".encode()
+
+
+def basic(user: str = USER, password: str = PASSWORD) -> str:
+    """An C{Authorization} header's value."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def request(
+    method: str,
+    path: str,
+    headers: Mapping[str, str] | None = None,
+    body: bytes = b"",
+    length: int | None = None,
+) -> bytes:
+    """
+    A request as the wire carries it, with credentials and, unless the
+    headers frame it otherwise, a C{Content-Length} of C{length} (the
+    body's own by default, another to send it in pieces).
+    """
+    head = {"Host": "storage.test", "Authorization": basic(), **(headers or {})}
+    if "Transfer-Encoding" not in head and (body or length is not None):
+        head.setdefault("Content-Length", str(len(body) if length is None else length))
+    lines = "".join(f"{k}: {v}\r\n" for k, v in head.items())
+    return f"{method} {path} HTTP/1.1\r\n{lines}\r\n".encode() + body
+
+
+def status(raw: bytes) -> int:
+    """The status of the first response of C{raw} (100 Continue included)."""
+    return statuses(raw)[0]
+
+
+def statuses(raw: bytes) -> list[int]:
+    """The status of every response of C{raw}."""
+    found = [int(m) for m in re.findall(rb"HTTP/1\.[01] (\d{3}) ", raw)]
+    assert found, raw[:200]
+    return found
+
+
+def responseHeaders(raw: bytes) -> dict[str, str]:
+    """The headers of the first response of C{raw}, by lower-case name."""
+    head = raw.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")[1:]
+    return {k.lower(): v for k, _, v in (line.partition(": ") for line in head)}
 
 
 def newUUID() -> str:
@@ -261,6 +354,58 @@ class Service:
             return Reply(response.code, response.headers, content, length)
 
         return self.run(exchange())
+
+    def settle(self, limit: int = 10_000) -> None:
+        """Move bytes and run due timers until nothing is left to do now."""
+        for _ in range(limit):
+            moved = False
+            for pump in list(self._agent.pumps):
+                moved = pump.pump() or moved
+                if pump.clientIO.disconnected and pump.serverIO.disconnected:
+                    self._agent.pumps.remove(pump)
+            now = self.reactor.seconds()
+            if not moved and all(c.getTime() > now for c in self.reactor.getDelayedCalls()):
+                return
+            self.reactor.advance(0)
+        raise AssertionError("the service kept busy: something loops")
+
+    def advance(self, seconds: float) -> None:
+        """Let C{seconds} pass on the clock, and run what they make due."""
+        self.reactor.advance(seconds)
+        self.settle()
+
+    def _connect(self, client: Protocol) -> iosim.IOPump:
+        peer = IPv4Address("TCP", "127.0.0.1", 31337)
+        host = IPv4Address("TCP", "127.0.0.1", 80)
+        server = self.site.buildProtocol(peer)
+        pump: iosim.IOPump = iosim.connect(
+            server,
+            iosim.FakeTransport(server, True, host, peer),
+            client,
+            iosim.FakeTransport(client, False, peer, host),
+            greet=False,
+        )
+        self._agent.pumps.append(pump)
+        return pump
+
+    def connect(self) -> Connection:
+        """A connection kept open, for exact bytes sent in pieces."""
+        return Connection(self)
+
+    def startUpload(self, kind: str, uuid: str, blob: bytes = b"x" * 1000) -> Connection:
+        """
+        An upload of C{kind} cut short of its end, its connection left open:
+        its uuid is claimed and part of its blob written.
+        """
+        body = form(fieldsFor(kind, blob, uuid=uuid), blob)
+        connection = self.connect()
+        connection.send(
+            request("POST", f"/{kind}", {"Content-Type": FORM_TYPE}, body, length=len(body))[
+                : -len(END) - 100
+            ]
+        )
+        assert (kind, uuid, "pending") in self.rows()
+        return connection
 
     def raw(self, data: bytes, site: Site | None = None) -> bytes:
         """

@@ -12,10 +12,11 @@ import pytest
 from attrs import define, field
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from morpheo import IBlobWriter, StoredObject
 from morpheo import _errors as errors
-from morpheo._interfaces import IBlobSource
+from morpheo._interfaces import IBlobSource, IBlobStore, IMetadataStore
 from morpheo._types import Claim, Listing
 from morpheo.objects import STALE_CLAIM, IncomingBlob, NewObject, Replacement, sweep
 
@@ -171,3 +172,55 @@ def test_aFreshClaimOfAnotherProcessIsKept(service: Service) -> None:
     service.run(other.claim(Claim("data", uuid, None)))
     assert service.run(service.objects.sweep()).claims == 0
     assert service.rows() == [("data", uuid, "pending")]
+
+
+def test_theMemoryStoresAndTheSourceProvideTheirInterfaces(service: Service) -> None:
+    assert verifyObject(IMetadataStore, service.metadata)
+    assert verifyObject(IBlobStore, service.blobs)
+    assert verifyObject(IBlobSource, Bytes(b""))
+
+
+def problem(service: Service) -> StoredObject:
+    return put(service, "problem", b"old", text={"name": "p", "description": "d"})
+
+
+def test_replaceOntoATakenUUIDIsTakenStopsTheSourceAndChangesNothing(service: Service) -> None:
+    current, other = problem(service), problem(service)
+    before = service.snapshot()
+    source = Bytes(b"new")
+    change = Replacement(newUUID=other.uuid, blob=IncomingBlob(3))
+    with pytest.raises(errors.Taken):
+        service.run(service.objects.replace(current, change, source))
+    assert source.stopped
+    service.assertNothingLeft(before)
+
+
+def test_replaceWithABlobShortOfItsSizeLeavesTheObjectAsItWas(service: Service) -> None:
+    current = problem(service)
+    before = service.snapshot()
+    change = Replacement(newUUID=newUUID(), text={"name": "q"}, blob=IncomingBlob(10))
+    with pytest.raises(errors.SizeMismatch):
+        service.run(service.objects.replace(current, change, Bytes(b"new")))
+    service.assertNothingLeft(before)
+    assert service.run(service.objects.get("problem", current.uuid)) == current
+
+
+def test_putWhileAStoreIsDownFailsTypedAndLeavesNothing(service: Service) -> None:
+    service.metadata.goDown()
+    with pytest.raises(errors.DatabaseError):
+        put(service, "data", b"abc")
+    service.metadata.comeBack()
+    service.blobs.down = True
+    with pytest.raises(errors.BlobStoreError):
+        put(service, "data", b"abc")
+    service.assertNothingLeft()
+
+
+def test_readyReportsWhyEachStoreCannotBeUsed(service: Service) -> None:
+    assert service.run(service.objects.ready()) == {"database": None, "blobstore": None}
+    service.metadata.goDown("gone")
+    service.blobs.down = True
+    report = service.run(service.objects.ready())
+    assert isinstance(report["database"], errors.DatabaseError)
+    assert str(report["database"]) == "gone"
+    assert isinstance(report["blobstore"], errors.BlobStoreError)
