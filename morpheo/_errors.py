@@ -7,9 +7,9 @@ status.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
-from ._kinds import childrenOf
+from ._kinds import childrenOf, plural
 
 
 class APIError(Exception):
@@ -59,10 +59,6 @@ class ClaimLost(DatabaseError):
         super().__init__(f"the claim on {kind} {uuid} was lost before the upload ended")
         self.kind = kind
         self.uuid = uuid
-
-
-def _plural(kinds: Iterable[str]) -> str:
-    return " and ".join(f"{k}s" for k in kinds)
 
 
 class Refused(Exception):
@@ -120,7 +116,7 @@ class InUse(_ObjectRefused):
 
     def __str__(self) -> str:
         return (
-            f"{self.kind} {self.uuid} is used by {_plural(childrenOf(self.kind))}"
+            f"{self.kind} {self.uuid} is used by {plural(childrenOf(self.kind))}"
             f" {', '.join(self.children)}: delete them first"
         )
 

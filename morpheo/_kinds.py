@@ -10,6 +10,8 @@ store it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from attrs import frozen
 
 
@@ -55,6 +57,11 @@ KINDS: tuple[str, ...] = tuple(TABLE)
 
 #: Every text column any kind has (the metadata stores hold them all).
 TEXT_FIELDS: tuple[str, ...] = tuple(dict.fromkeys(f for k in TABLE.values() for f in k.text))
+
+
+def plural(kinds: Iterable[str]) -> str:
+    """C{"models"}, C{"algos and problems"}: kinds named in a sentence."""
+    return " and ".join(f"{k}s" for k in kinds)
 
 
 def childrenOf(kind: str) -> tuple[str, ...]:

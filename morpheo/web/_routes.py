@@ -41,7 +41,7 @@ from .._errors import (
     TooLarge,
     Vanished,
 )
-from .._kinds import KINDS, TABLE, Kind
+from .._kinds import KINDS, TABLE, Kind, plural
 from .._types import Label, Listing, StoredObject
 from ..objects import IncomingBlob, NewObject, Objects, Replacement
 from ._auth import BasicAuth, Unauthorized
@@ -90,10 +90,6 @@ def _json(request: IRequest, value: Any, code: int = 200) -> bytes:
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Content-Length", b"%d" % len(body))
     return body
-
-
-def _plural(kinds: Any) -> str:
-    return " and ".join(f"{k}s" for k in kinds)
 
 
 def _authorized(
@@ -301,13 +297,13 @@ class StorageAPI:
             if value is not None:
                 if rules.parent != parent:
                     children = [k.name for k in TABLE.values() if k.parent == parent]
-                    raise APIError(400, f"only {_plural(children)} can be listed by {parent}")
+                    raise APIError(400, f"only {plural(children)} can be listed by {parent}")
                 filters[parent] = parseUUID(value, parent)
         name = _strArg(request, "name")
         if name is not None:
             if not rules.nameFilter:
                 named = [k.name for k in TABLE.values() if k.nameFilter]
-                raise APIError(400, f"only {_plural(named)} have a name to filter on")
+                raise APIError(400, f"only {plural(named)} have a name to filter on")
             filters["name"] = name
         parentUUID = filters.get(rules.parent) if rules.parent is not None else None
         cursor = _strArg(request, "cursor")
