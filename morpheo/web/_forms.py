@@ -62,10 +62,37 @@ def parseUUID(value: str, what: str = "uuid") -> str:
     return str(_uuid.UUID(value))
 
 
+#: The largest count the database holds (a bigint): sizes, offsets, cursors.
+MAX_COUNT = 2**63 - 1
+
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+def asciiCount(value: str) -> int | None:
+    """
+    C{value} as a non-negative integer of at most 19 ASCII digits, or
+    L{None}: C{str.isdigit} would take "²" and other digits C{int} refuses
+    or reads differently, and a thousand digits would reach C{int}'s limit.
+    """
+    return int(value) if _DIGITS.fullmatch(value) else None
+
+
 def parseSize(value: str) -> int:
-    if not value.isascii() or not value.isdigit():
+    size = asciiCount(value)
+    if size is None or size > MAX_COUNT:
         raise APIError(400, f"size {value[:80]!r} is not a non-negative integer number of bytes")
-    return int(value)
+    return size
+
+
+def checkText(what: str, value: str) -> None:
+    """Refuse a control character (NUL, escapes...) in a text a client stores or sends."""
+    for character in value:
+        if ord(character) < 0x20 or 0x7F <= ord(character) < 0xA0:
+            raise APIError(
+                400,
+                f"{what} holds the control character U+{ord(character):04X}:"
+                " text must be printable",
+            )
 
 
 def checkFieldName(spec: FormSpec, name: str, seen: dict[str, str]) -> None:
@@ -102,6 +129,7 @@ def checkBeforeBlob(spec: FormSpec, fields: dict[str, str], hasBlob: bool) -> No
         raise APIError(400, "missing required field size before blob (text fields come first)")
     for name, value in fields.items():
         checkFieldLength(name, len(value))
+        checkText(f"field {name!r}", value)
     if "uuid" in fields:
         fields["uuid"] = parseUUID(fields["uuid"])
     if "size" in fields:

@@ -34,7 +34,8 @@ class Unsatisfiable(Exception):
     """No range of the request overlaps the representation: 416."""
 
 
-_RANGE_SPEC = re.compile(r"\s*(\d*)\s*-\s*(\d*)\s*")
+#: A byte range: ASCII digits only, at most 19 of them (a bigint's).
+_RANGE_SPEC = re.compile(r"\s*([0-9]{0,19})\s*-\s*([0-9]{0,19})\s*")
 
 
 def parseRange(header: str, size: int, maxRanges: int = 100) -> list[ByteRange] | None:

@@ -46,7 +46,15 @@ from .._types import Label, Listing, StoredObject
 from ..objects import IncomingBlob, NewObject, Objects, Replacement
 from ._auth import BasicAuth, Unauthorized
 from ._download import RangeNotSatisfiable, describe, preconditions, serveBlob
-from ._forms import PATCH_FORM, UPLOAD_FORMS, parseSize, parseUUID
+from ._forms import (
+    MAX_COUNT,
+    PATCH_FORM,
+    UPLOAD_FORMS,
+    asciiCount,
+    checkText,
+    parseSize,
+    parseUUID,
+)
 from ._http import parseContentMD5, parseReprDigest, parseSHA256Field, reprDigest
 from ._streaming import IStreamingRequest, RequestBody
 from ._upload import FormUpload, RawSource
@@ -60,6 +68,8 @@ FORM_OVERHEAD = 64 * 1024
 
 DEFAULT_LIMIT = 30
 MAX_LIMIT = 1000
+#: The last page whose items can be counted to in the database.
+MAX_PAGE = MAX_COUNT // MAX_LIMIT
 
 #: Content types that say nothing about a model's bytes (curl's default for
 #: --data-binary is a form encoding).
@@ -195,26 +205,34 @@ def _body(request: IRequest) -> RequestBody:
 
 def _strArg(request: IRequest, name: str) -> str | None:
     values = request.args.get(name.encode())
-    return values[0].decode("utf-8", "replace") if values else None
+    if not values:
+        return None
+    value: str = values[0].decode("utf-8", "replace")
+    checkText(f"parameter {name!r}", value)
+    return value
 
 
-def _intArg(request: IRequest, name: str, default: int) -> int:
+def _intArg(request: IRequest, name: str, default: int, maximum: int = MAX_COUNT) -> int:
     values = request.args.get(name.encode())
     if not values:
         return default
     value = values[0].decode("latin-1")
-    if not value.isdigit():
+    number = asciiCount(value)
+    if number is None:
         raise APIError(400, f"{name} must be a non-negative integer, not {value[:40]!r}")
-    return int(value)
+    if number > maximum:
+        raise APIError(400, f"{name} must be at most {maximum}")
+    return number
 
 
 def _parseCursor(cursor: str) -> tuple[int, int]:
     """A cursor is C{page.seq}: the page it opens, and the completion
     order it continues below."""
     page, _, seq = cursor.partition(".")
-    if not (page.isdigit() and seq.isdigit()):
+    pageNumber, before = asciiCount(page), asciiCount(seq)
+    if pageNumber is None or before is None or pageNumber > MAX_PAGE or before > MAX_COUNT:
         raise APIError(400, "cursor is not one this service gave; follow the list's next")
-    return int(page), int(seq)
+    return pageNumber, before
 
 
 def _formBlob(upload: FormUpload, size: int) -> IncomingBlob:
@@ -311,7 +329,7 @@ class StorageAPI:
             page, before = _parseCursor(cursor)
             listing = Listing(limit, before=before, parent=parentUUID, namePrefix=name)
         else:
-            page = _intArg(request, "page", 0)
+            page = _intArg(request, "page", 0, MAX_PAGE)
             listing = Listing(limit, page * limit, parent=parentUUID, namePrefix=name)
         found = await self.objects.list(kind, listing)
         nextPage = None

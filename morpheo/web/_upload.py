@@ -24,7 +24,14 @@ from zope.interface import implementer
 from .._errors import APIError
 from .._interfaces import IBlobSource, IBlobWriter
 from .._observer import OneShotObserverList
-from ._forms import BLOB, FormSpec, checkBeforeBlob, checkFieldLength, checkFieldName
+from ._forms import (
+    BLOB,
+    FormSpec,
+    checkBeforeBlob,
+    checkFieldLength,
+    checkFieldName,
+    checkText,
+)
 
 
 @implementer(IBlobSource)
@@ -162,6 +169,11 @@ class FormUpload(Protocol):
         checkFieldName(self.spec, segment.name, self.fields)
         if segment.name == BLOB:
             checkBeforeBlob(self.spec, self.fields, hasBlob=True)
+            for what, text in (
+                ("Content-Type", segment.content_type),
+                ("filename", segment.filename),
+            ):
+                checkText(f"the blob's {what}", text or "")
             self.blobContentType = segment.content_type
             self.blobFilename = segment.filename
             self.blobHeaders = {k.lower(): v for k, v in segment.headerlist}
