@@ -58,6 +58,9 @@ KINDS: tuple[str, ...] = tuple(TABLE)
 #: Every text column any kind has (the metadata stores hold them all).
 TEXT_FIELDS: tuple[str, ...] = tuple(dict.fromkeys(f for k in TABLE.values() for f in k.text))
 
+#: Every kind some kind has as its parent (its column holds the parent's uuid).
+PARENTS: tuple[str, ...] = tuple(dict.fromkeys(k.parent for k in TABLE.values() if k.parent))
+
 
 def plural(kinds: Iterable[str]) -> str:
     """C{"models"}, C{"algos and problems"}: kinds named in a sentence."""

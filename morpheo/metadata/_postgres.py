@@ -20,19 +20,17 @@ from zope.interface import implementer
 
 from .._errors import ClaimLost, DatabaseError, InUse, NoSuchObject, NoSuchParent, Taken
 from .._interfaces import IMetadataStore
-from .._kinds import TABLE, TEXT_FIELDS, childrenOf
+from .._kinds import PARENTS, TABLE, TEXT_FIELDS, childrenOf
 from .._types import BlobInfo, Change, Changed, Claim, DeadClaim, Listing, StoredObject
 
 T = TypeVar("T")
 
-#: The columns of the kinds' parents (a model's C{algo}).
-_PARENTS: tuple[str, ...] = tuple(dict.fromkeys(k.parent for k in TABLE.values() if k.parent))
 
 _COLUMNS = ", ".join(
     (
         "kind, uuid::text, timestamp_upload, size, sha256, blob_key",
         *TEXT_FIELDS,
-        *(f"{p}::text" for p in _PARENTS),
+        *(f"{p}::text" for p in PARENTS),
         "content_type, filename, seq",
     )
 )
@@ -42,8 +40,8 @@ def _stored(row: Sequence[Any]) -> StoredObject:
     kind, uuid, ts, size, sha, key = row[:6]
     text = dict(zip(TEXT_FIELDS, row[6 : 6 + len(TEXT_FIELDS)], strict=True))
     rest = row[6 + len(TEXT_FIELDS) :]
-    parents = dict(zip(_PARENTS, rest[: len(_PARENTS)], strict=True))
-    ctype, filename, seq = rest[len(_PARENTS) :]
+    parents = dict(zip(PARENTS, rest[: len(PARENTS)], strict=True))
+    ctype, filename, seq = rest[len(PARENTS) :]
     parentKind = TABLE[kind].parent
     return StoredObject(
         kind=kind,

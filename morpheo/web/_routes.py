@@ -41,7 +41,7 @@ from .._errors import (
     TooLarge,
     Vanished,
 )
-from .._kinds import KINDS, TABLE, Kind, plural
+from .._kinds import KINDS, PARENTS, TABLE, Kind, plural
 from .._types import Label, Listing, StoredObject
 from ..objects import IncomingBlob, NewObject, Objects, Replacement
 from ._auth import BasicAuth, Unauthorized
@@ -76,8 +76,7 @@ MAX_PAGE = MAX_COUNT // MAX_LIMIT
 _MEANINGLESS_TYPES = {"application/x-www-form-urlencoded", ""}
 
 #: The query parameters of lists: paging, and every kind's filters.
-_PARENTS = tuple(dict.fromkeys(k.parent for k in TABLE.values() if k.parent))
-_LIST_PARAMETERS = frozenset({"page", "limit", "cursor", "name", *_PARENTS})
+_LIST_PARAMETERS = frozenset({"page", "limit", "cursor", "name", *PARENTS})
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -310,7 +309,7 @@ class StorageAPI:
         if not 1 <= limit <= MAX_LIMIT:
             raise APIError(400, f"limit must be between 1 and {MAX_LIMIT}")
         filters: dict[str, str] = {}
-        for parent in _PARENTS:
+        for parent in PARENTS:
             value = _strArg(request, parent)
             if value is not None:
                 if rules.parent != parent:

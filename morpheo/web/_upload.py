@@ -42,7 +42,7 @@ class FormUpload(Protocol):
 
     The handler waits for L{fieldsReady} (all text fields in and checked,
     with whether a blob follows), decides (claims the uuid, opens a writer),
-    then calls L{streamBlobTo} and waits for L{done}.  Until then the body
+    then calls L{streamTo} and waits for L{done}.  Until then the body
     is paused, so no blob byte is read before the handler accepts it.
     """
 
@@ -79,7 +79,7 @@ class FormUpload(Protocol):
         written to the writer."""
         return self._done.whenFired()
 
-    def streamBlobTo(self, writer: IBlobWriter) -> None:
+    def streamTo(self, writer: IBlobWriter) -> None:
         if self._state == "failed":
             return  # done() tells why
         if self._state not in ("held", "after-held"):
@@ -96,9 +96,6 @@ class FormUpload(Protocol):
             self._fail(e)
             return
         self._maybeDone()
-
-    def streamTo(self, writer: IBlobWriter) -> None:
-        self.streamBlobTo(writer)
 
     def stop(self) -> None:
         """The handler gives up: read no more (the rest is discarded)."""
@@ -200,7 +197,7 @@ class FormUpload(Protocol):
 
     def _maybeDone(self) -> None:
         if self._state == "after-held":
-            return  # waiting for streamBlobTo
+            return  # waiting for streamTo
         if self._bodyComplete and self._state in ("after-blob", "complete") and not self._held:
             self._unregister()
             self._done.fireIfNotFired(None)
