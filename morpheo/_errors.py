@@ -53,10 +53,17 @@ class DatabaseError(Exception):
 
 
 class ClaimLost(DatabaseError):
-    """A claim was no longer there to complete (swept as dead meanwhile)."""
+    """
+    A claim was no longer held when its upload ended: its process stalled
+    for longer than the claim lease, and another node's sweep freed the
+    uuid meanwhile.  Nothing was stored; the uuid may be another upload's.
+    """
 
     def __init__(self, kind: str, uuid: str) -> None:
-        super().__init__(f"the claim on {kind} {uuid} was lost before the upload ended")
+        super().__init__(
+            f"the upload of {kind} {uuid} took longer than its claim's lease to reach the"
+            " database, and its uuid was freed meanwhile: nothing was stored; send it again"
+        )
         self.kind = kind
         self.uuid = uuid
 

@@ -168,8 +168,9 @@ class IMetadataStore(Interface):
     """
 
     owner = Attribute(
-        "This process's name in the claims it makes, so that its dead claims"
-        " can be told from a live process's."
+        "The name of the node in the claims it makes: kept across restarts by a"
+        " node with a data directory (its new run takes the claims of the run"
+        " before), new at each start for a stateless node."
     )
 
     async def ping() -> None:
@@ -183,14 +184,18 @@ class IMetadataStore(Interface):
         claim is made, so that it cannot be deleted meanwhile).
         """
 
-    async def release(kind: str, uuid: str) -> None:
-        """Give a claimed uuid back; a uuid not claimed is not an error."""
-
-    async def complete(kind: str, uuid: str, blob: BlobInfo) -> StoredObject:
+    async def release(kind: str, uuid: str, token: str) -> None:
         """
-        Make a claim a visible object now that its blob is committed; it
-        takes the next place in the completion order and the time of now.
-        Fails with L{ClaimLost} if the claim is gone.
+        Give back the claim C{token} holds on a uuid.  A claim not (or no
+        longer) held by C{token} is left alone, and is not an error.
+        """
+
+    async def complete(kind: str, uuid: str, token: str, blob: BlobInfo) -> StoredObject:
+        """
+        Make the claim C{token} holds a visible object now that its blob is
+        committed; it takes the next place in the completion order and the
+        time of now.  Fails with L{ClaimLost} if C{token} no longer holds it
+        (it was swept as dead, and maybe claimed again by another upload).
         """
 
     async def get(kind: str, uuid: str) -> StoredObject | None:
@@ -210,18 +215,25 @@ class IMetadataStore(Interface):
     async def change(kind: str, uuid: str, change: Change) -> Changed:
         """
         Apply C{change} in one transaction (a new uuid must have been
-        claimed first; its claim becomes the object).  Fails with
-        L{NoSuchObject} if the object is gone.
+        claimed first, by C{change.claimToken}; its claim becomes the
+        object).  Fails with L{NoSuchObject} if the object is gone, with
+        L{ClaimLost} if the new uuid's claim is.
         """
 
-    async def heartbeat() -> None:
-        """Say that this owner's claims are alive."""
-
-    async def deadClaims(staleAfter: float, mine: bool = False) -> Sequence[DeadClaim]:
+    async def heartbeat(tokens: Sequence[str]) -> set[str]:
         """
-        The claims nobody keeps alive: not refreshed for C{staleAfter}
+        Say that the claims held by C{tokens} are alive; fires with the
+        tokens that still held one (the others were swept).
+        """
+
+    async def takeDeadClaims(lease: float, mine: bool = False) -> Sequence[DeadClaim]:
+        """
+        Take over the claims nobody keeps alive: not refreshed for C{lease}
         seconds, and with C{mine} every claim of this owner (at start-up,
-        when they can only be a dead run's).
+        when they can only be a dead run's).  Each is given a new token at
+        once, in one statement, so that its first holder, were it only
+        stalled, can no longer complete, release or refresh it, and two
+        sweeping processes never both take one.
         """
 
     async def referencedKeys(keys: Sequence[str]) -> set[str]:

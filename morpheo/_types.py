@@ -94,11 +94,15 @@ class Claim:
     A uuid reserved for an upload in progress, with everything its row will
     hold but the blob's size and digest.  C{blobKey} records where its blob
     is being written, so that what a dead upload wrote can be found.
+    C{token} is this claim's alone: completing, releasing or refreshing the
+    claim must name it, so that a process whose claim was swept (it stalled
+    past its lease) cannot touch the claim or object that replaced it.
     """
 
     kind: str
     uuid: str
     blobKey: str | None
+    token: str
     text: Mapping[str, str] = field(factory=dict)
     parent: str | None = None
     label: Label = field(factory=lambda: Label())
@@ -117,10 +121,12 @@ class NewBlob:
 class Change:
     """
     A change to a stored object, applied at once: a new uuid (claimed
-    first), new text fields, a new blob.  What is L{None} or absent stays.
+    first, under C{claimToken}), new text fields, a new blob.  What is
+    L{None} or absent stays.
     """
 
     newUUID: str | None = None
+    claimToken: str | None = None
     text: Mapping[str, str] = field(factory=dict)
     blob: NewBlob | None = None
 
@@ -152,8 +158,13 @@ class Listing:
 
 @frozen
 class DeadClaim:
-    """A claim nobody keeps alive: its uuid, and where its blob was going."""
+    """
+    A claim nobody kept alive, taken over by the sweeping process: its
+    uuid, where its blob was going, and the new token that the sweep
+    releases it with once that blob is removed.
+    """
 
     kind: str
     uuid: str
     blobKey: str | None
+    token: str

@@ -65,14 +65,17 @@ def _endpoint(option: str) -> Callable[[str], str]:
     return lambda value: _checked(checkEndpoint, option, value)
 
 
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 0:
-        raise usage.UsageError(f"--shutdown-timeout must be a number of seconds, not {value!r}")
-    return seconds
+def _seconds(option: str) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not seconds >= 0:
+            raise usage.UsageError(f"--{option} must be a number of seconds, not {value!r}")
+        return seconds
+
+    return parse
 
 
 class Options(usage.Options, strcred.AuthOptionMixin):
@@ -155,13 +158,22 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "Refuse blobs larger than this with 413 (bytes, or e.g. 512M, 5G).",
             _size,
         ],
+        [
+            "claim-lease",
+            None,
+            60.0,
+            "How long an upload's claim on its uuid lives without a heartbeat (seconds): a node"
+            " killed or stalled mid-upload has its uuid freed, and what it wrote removed, by"
+            " another node within two leases.",
+            _seconds("claim-lease"),
+        ],
         ["log-format", None, "text", "Log lines as text or json (one JSON object per line)."],
         [
             "shutdown-timeout",
             None,
             30.0,
             "On SIGTERM, how long transfers in flight may take to finish (seconds).",
-            _seconds,
+            _seconds("shutdown-timeout"),
         ],
     ]
     optFlags = [
@@ -282,6 +294,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             gcBucket=self["gc-bucket"],
             gcEndpoint=self["gc-endpoint"],
             maxBlobSize=self["max-blob-size"],
+            claimLease=self["claim-lease"],
         )
 
 

@@ -33,6 +33,8 @@ from .._types import BlobInfo, Change, Changed, Claim, DeadClaim, Listing, Store
 #: What PostgreSQL checks of a row (schema/), checked here alike.
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TEXT_LIMIT = 255
+#: Numbers the tokens of the claims a sweep takes over.
+_takeovers = count(1)
 
 
 class _State(Enum):
@@ -72,6 +74,7 @@ class _Row:
     heartbeat: float
     claimedBy: str
     blobKey: str | None
+    token: str | None = None
     text: dict[str, str | None] = field(factory=dict)
     parent: str | None = None
     contentType: str | None = None
@@ -195,25 +198,31 @@ class MemoryMetadataStore:
             heartbeat=tables.now(),
             claimedBy=self.owner,
             blobKey=claim.blobKey,
+            token=claim.token,
             text=text,
             parent=parent,
             contentType=claim.label.contentType,
             filename=claim.label.filename,
         )
 
-    async def release(self, kind: str, uuid: str) -> None:
+    def _held(self, kind: str, uuid: str, token: str | None) -> tuple[_Tables, _Row | None]:
+        """The rows, and the pending row of that uuid if C{token} holds it."""
         tables = self._open()
         row = tables.find(kind, uuid, _State.PENDING)
+        return tables, row if row is not None and row.token == token else None
+
+    async def release(self, kind: str, uuid: str, token: str) -> None:
+        tables, row = self._held(kind, uuid, token)
         if row is not None:
             del tables.rows[(kind, row.uuid)]
 
-    async def complete(self, kind: str, uuid: str, blob: BlobInfo) -> StoredObject:
-        tables = self._open()
-        row = tables.find(kind, uuid, _State.PENDING)
+    async def complete(self, kind: str, uuid: str, token: str, blob: BlobInfo) -> StoredObject:
+        tables, row = self._held(kind, uuid, token)
         if row is None:
             raise ClaimLost(kind, uuid)
         _blobChecked(blob, row.blobKey)
         row.state = _State.READY
+        row.token = None
         row.size, row.sha256 = blob.size, blob.sha256
         row.seq = next(tables.sequence)
         row.timestamp = int(tables.now())
@@ -259,8 +268,13 @@ class MemoryMetadataStore:
         tables, row = self._object(kind, uuid)
         # Everything is checked before anything changes: one transaction.
         newUUID = _uuid(change.newUUID) if change.newUUID else row.uuid
-        if newUUID != row.uuid and tables.find(kind, newUUID) is not None:
-            raise DatabaseError(f"the metadata database failed: {kind} {newUUID} already exists")
+        if newUUID != row.uuid:
+            if tables.find(kind, newUUID) is not None:
+                raise DatabaseError(
+                    f"the metadata database failed: {kind} {newUUID} already exists"
+                )
+            if self._held(kind, newUUID, change.claimToken)[1] is None:
+                raise ClaimLost(kind, newUUID)
         text = _text(change.text)
         blob = change.blob
         if blob is not None:
@@ -278,22 +292,28 @@ class MemoryMetadataStore:
 
     # Recovery
 
-    async def heartbeat(self) -> None:
+    async def heartbeat(self, tokens: Sequence[str]) -> set[str]:
+        tables = self._open()
+        now, wanted = tables.now(), set(tokens)
+        held = set()
+        for row in tables.rows.values():
+            if row.state is _State.PENDING and row.token in wanted:
+                row.heartbeat = now
+                held.add(row.token)
+        return held
+
+    async def takeDeadClaims(self, lease: float, mine: bool = False) -> builtins.list[DeadClaim]:
         tables = self._open()
         now = tables.now()
+        taken = []
         for row in tables.rows.values():
-            if row.state is _State.PENDING and row.claimedBy == self.owner:
-                row.heartbeat = now
-
-    async def deadClaims(self, staleAfter: float, mine: bool = False) -> builtins.list[DeadClaim]:
-        tables = self._open()
-        limit = tables.now() - staleAfter
-        return [
-            DeadClaim(row.kind, row.uuid, row.blobKey)
-            for row in tables.rows.values()
-            if row.state is _State.PENDING
-            and (row.heartbeat < limit or (mine and row.claimedBy == self.owner))
-        ]
+            if row.state is _State.PENDING and (
+                row.heartbeat < now - lease or (mine and row.claimedBy == self.owner)
+            ):
+                row.token = f"swept.{next(_takeovers)}"
+                row.claimedBy, row.heartbeat = self.owner, now
+                taken.append(DeadClaim(row.kind, row.uuid, row.blobKey, row.token))
+        return taken
 
     async def referencedKeys(self, keys: Sequence[str]) -> set[str]:
         if not keys:

@@ -8,6 +8,7 @@ untyped driver.
 from __future__ import annotations
 
 import builtins
+import secrets
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -148,7 +149,15 @@ class PostgresMetadataStore:
 
     async def claim(self, claim: Claim) -> None:
         kind = TABLE[claim.kind]
-        columns = ["kind", "uuid", "blob_key", "content_type", "filename", "claimed_by"]
+        columns = [
+            "kind",
+            "uuid",
+            "blob_key",
+            "content_type",
+            "filename",
+            "claimed_by",
+            "claim_token",
+        ]
         values: list[object] = [
             claim.kind,
             claim.uuid,
@@ -156,6 +165,7 @@ class PostgresMetadataStore:
             claim.label.contentType,
             claim.label.filename,
             self.owner,
+            claim.token,
         ]
         for name, value in claim.text.items():
             columns.append(_textColumn(name))
@@ -186,20 +196,21 @@ class PostgresMetadataStore:
 
         await self.db.interaction(lambda c: Deferred.fromCoroutine(run(c)))
 
-    async def release(self, kind: str, uuid: str) -> None:
+    async def release(self, kind: str, uuid: str, token: str) -> None:
         await self.db.operation(
-            "DELETE FROM resource WHERE kind = %s AND uuid = %s AND state = 'pending'",
-            (kind, uuid),
+            "DELETE FROM resource WHERE kind = %s AND uuid = %s AND state = 'pending'"
+            " AND claim_token = %s",
+            (kind, uuid, token),
         )
 
-    async def complete(self, kind: str, uuid: str, blob: BlobInfo) -> StoredObject:
+    async def complete(self, kind: str, uuid: str, token: str, blob: BlobInfo) -> StoredObject:
         rows = await self.db.query(
-            "UPDATE resource SET state = 'ready', size = %s, sha256 = %s,"
+            "UPDATE resource SET state = 'ready', size = %s, sha256 = %s, claim_token = NULL,"
             " seq = nextval(pg_get_serial_sequence('resource', 'seq')),"
             " timestamp_upload = floor(EXTRACT(EPOCH FROM clock_timestamp()))::bigint"
-            " WHERE kind = %s AND uuid = %s AND state = 'pending'"
+            " WHERE kind = %s AND uuid = %s AND state = 'pending' AND claim_token = %s"
             f" RETURNING {_COLUMNS}",
-            (blob.size, blob.sha256, kind, uuid),
+            (blob.size, blob.sha256, kind, uuid, token),
         )
         if not rows:
             raise ClaimLost(kind, uuid)
@@ -269,9 +280,12 @@ class PostgresMetadataStore:
             newUUID = change.newUUID or uuid
             if newUUID != uuid:
                 await cursor.execute(
-                    "DELETE FROM resource WHERE kind = %s AND uuid = %s AND state = 'pending'",
-                    (kind, newUUID),
+                    "DELETE FROM resource WHERE kind = %s AND uuid = %s AND state = 'pending'"
+                    " AND claim_token = %s RETURNING 1",
+                    (kind, newUUID, change.claimToken),
                 )
+                if cursor.fetchone() is None:
+                    raise ClaimLost(kind, newUUID)
             sets: builtins.list[str] = ["uuid = %s"]
             args: builtins.list[Any] = [newUUID]
             for name, value in change.text.items():
@@ -294,19 +308,26 @@ class PostgresMetadataStore:
 
     # Recovery
 
-    async def heartbeat(self) -> None:
-        await self.db.operation(
-            "UPDATE resource SET heartbeat = now() WHERE claimed_by = %s AND state = 'pending'",
-            (self.owner,),
-        )
-
-    async def deadClaims(self, staleAfter: float, mine: bool = False) -> builtins.list[DeadClaim]:
+    async def heartbeat(self, tokens: Sequence[str]) -> set[str]:
+        if not tokens:
+            return set()
         rows = await self.db.query(
-            "SELECT kind, uuid::text, blob_key FROM resource WHERE state = 'pending'"
-            " AND (heartbeat < now() - make_interval(secs => %s) OR (%s AND claimed_by = %s))",
-            (staleAfter, mine, self.owner),
+            "UPDATE resource SET heartbeat = now() WHERE state = 'pending'"
+            " AND claim_token = ANY(%s) RETURNING claim_token",
+            (builtins.list(tokens),),
         )
-        return [DeadClaim(k, u, key) for k, u, key in rows]
+        return {r[0] for r in rows}
+
+    async def takeDeadClaims(self, lease: float, mine: bool = False) -> builtins.list[DeadClaim]:
+        # The new tokens are unique by the row's seq; the prefix, by process.
+        rows = await self.db.query(
+            "UPDATE resource SET claim_token = %s || seq::text, claimed_by = %s,"
+            " heartbeat = now() WHERE state = 'pending'"
+            " AND (heartbeat < now() - make_interval(secs => %s) OR (%s AND claimed_by = %s))"
+            " RETURNING kind, uuid::text, blob_key, claim_token",
+            (f"swept.{secrets.token_hex(8)}.", self.owner, lease, mine, self.owner),
+        )
+        return [DeadClaim(k, u, key, token) for k, u, key, token in rows]
 
     async def referencedKeys(self, keys: Sequence[str]) -> set[str]:
         if not keys:

@@ -12,11 +12,10 @@ from ._lifecycle import (
     Replacement,
     blobKey,
 )
-from ._sweep import STALE_CLAIM, SWEEP_INTERVAL, Sweeper, Swept, sweep
+from ._sweep import CLAIM_LEASE, Sweeper, Swept, sweep
 
 __all__ = [
-    "STALE_CLAIM",
-    "SWEEP_INTERVAL",
+    "CLAIM_LEASE",
     "IncomingBlob",
     "NewObject",
     "Objects",

@@ -26,11 +26,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from .._errors import DigestMismatch, NoSuchObject, SizeMismatch, TooLarge, Vanished
+from .._errors import ClaimLost, DigestMismatch, NoSuchObject, SizeMismatch, TooLarge, Vanished
 from .._interfaces import IBlobSource, IBlobStore, IBlobWriter, IMetadataStore
 from .._types import BlobInfo, Change, Claim, Label, Listing, NewBlob, StoredObject
 from ..blobstores._verify import verifying
-from ._sweep import Swept, sweep
+from ._sweep import CLAIM_LEASE, Swept, sweep
 
 T = TypeVar("T")
 
@@ -75,6 +75,11 @@ class Page:
     more: bool
 
 
+def _token() -> str:
+    """A claim's own token: 128 random bits."""
+    return secrets.token_hex(16)
+
+
 def blobKey(kind: str, uuid: str) -> str:
     """A fresh key: a replaced blob never overwrites the one in use."""
     return f"{kind}/{uuid}-{secrets.token_hex(6)}"
@@ -84,7 +89,16 @@ class Objects:
     """
     The stored objects of every kind.
 
+    Every claim it makes is fenced by a token of its own and kept alive by
+    L{keepAlive} while its upload runs; a claim not refreshed for
+    C{claimLease} seconds is any process's to sweep (L{sweep}).  A release
+    that fails (the database is down) is tried again at every sweep, and
+    its claim is no longer refreshed meanwhile, so it expires even if this
+    process never reaches the database again.
+
     @param maxBlobSize: the largest blob taken, in bytes (L{None}: any).
+    @param claimLease: how long a claim lives without a heartbeat, in
+        seconds.
     """
 
     _log = Logger()
@@ -97,12 +111,18 @@ class Objects:
         reactor: IReactorFromThreads,
         pool: ThreadPool,
         maxBlobSize: int | None = None,
+        claimLease: float = CLAIM_LEASE,
     ) -> None:
         self.metadata = metadata
         self.blobs = blobs
         self.maxBlobSize = maxBlobSize
+        self.claimLease = claimLease
         self._reactor = reactor
         self._pool = pool
+        #: The tokens of the claims this process's uploads hold now.
+        self._live: set[str] = set()
+        #: Claims whose release failed, by token: released at the next sweep.
+        self._unreleased: dict[str, tuple[str, str]] = {}
 
     # Reading
 
@@ -166,6 +186,7 @@ class Objects:
             kind=new.kind,
             uuid=uuid,
             blobKey=key,
+            token=_token(),
             text=new.text,
             parent=new.parent,
             label=blob.label,
@@ -177,14 +198,25 @@ class Objects:
             raise
         try:
             info = await self._receive(key, blob, source)
-            try:
-                return await self.metadata.complete(new.kind, uuid, info)
-            except BaseException:
-                await self._quietly(self.blobs.delete(key))
-                raise
         except BaseException:
-            await self._quietly(self.metadata.release(new.kind, uuid))
+            await self._release(claim)
             raise
+        try:
+            stored, _ = await _toTheEnd(
+                ensureDeferred(self.metadata.complete(new.kind, uuid, claim.token, info))
+            )
+        except ClaimLost:
+            # Swept while this process stalled: the uuid may be another
+            # upload's by now.  Only what this upload wrote goes (its key is
+            # its own).
+            await self._quietly(self.blobs.delete(key))
+            raise
+        finally:
+            self._live.discard(claim.token)
+        # Any other failure leaves the outcome unknown (the row may be
+        # complete): the claim, no longer refreshed, expires, and whichever
+        # sweep finds it still pending removes the blob with it.
+        return stored
 
     async def replace(
         self, current: StoredObject, change: Replacement, source: IBlobSource
@@ -199,9 +231,11 @@ class Objects:
         kind, uuid = current.kind, current.uuid
         renamed = change.newUUID if change.newUUID not in (None, uuid) else None
         key = blobKey(kind, change.newUUID or uuid) if change.blob is not None else None
+        claim = None
         if renamed is not None:
+            claim = Claim(kind=kind, uuid=renamed, blobKey=key, token=_token())
             try:
-                await self._claim(Claim(kind=kind, uuid=renamed, blobKey=key))
+                await self._claim(claim)
             except BaseException:
                 source.stop()
                 raise
@@ -214,18 +248,36 @@ class Objects:
                 newBlob = NewBlob(key, info, change.blob.label)
             else:
                 await source.done()
-            try:
-                changed = await self.metadata.change(
-                    kind, uuid, Change(newUUID=change.newUUID, text=change.text, blob=newBlob)
-                )
-            except NoSuchObject:
-                raise Vanished(kind, uuid) from None
         except BaseException:
-            if written is not None:
-                await self._quietly(self.blobs.delete(written))
-            if renamed is not None:
-                await self._quietly(self.metadata.release(kind, renamed))
+            await self._undo(claim, written)
             raise
+        try:
+            changed, _ = await _toTheEnd(
+                ensureDeferred(
+                    self.metadata.change(
+                        kind,
+                        uuid,
+                        Change(
+                            newUUID=change.newUUID,
+                            claimToken=claim.token if claim is not None else None,
+                            text=change.text,
+                            blob=newBlob,
+                        ),
+                    )
+                )
+            )
+        except NoSuchObject:
+            await self._undo(claim, written)
+            raise Vanished(kind, uuid) from None
+        except ClaimLost:
+            await self._undo(claim, written)
+            raise
+        finally:
+            if claim is not None:
+                self._live.discard(claim.token)
+        # Any other failure leaves the outcome unknown: the new blob stays
+        # for the sweep (removed once old enough if no row points to it),
+        # the new uuid's claim expires.
         if changed.oldBlobKey is not None:
             await self._quietly(self.blobs.delete(changed.oldBlobKey))
         return changed.object
@@ -241,17 +293,72 @@ class Objects:
         await self._quietly(self.blobs.delete(removed.blob_key))
         return removed
 
+    async def _undo(self, claim: Claim | None, written: str | None) -> None:
+        """A change known not to be made: remove what it wrote, release its claim."""
+        if written is not None:
+            await self._quietly(self.blobs.delete(written))
+        if claim is not None:
+            await self._release(claim)
+
+    # Keeping claims alive, and sweeping what dead ones left
+
+    async def keepAlive(self) -> None:
+        """
+        Refresh the claims of this process's uploads in progress.  One that
+        is no longer held was swept while this process stalled: its upload
+        will fail when it tries to complete.
+        """
+        live = sorted(self._live)
+        held = await self.metadata.heartbeat(live)
+        lost = [token for token in live if token not in held and token in self._live]
+        if lost:
+            self._log.warn(
+                "{n} claim(s) of uploads in progress were swept as dead (this process"
+                " stalled for longer than the claim lease): those uploads will fail",
+                n=len(lost),
+            )
+
     async def sweep(self, *, atStart: bool = False) -> Swept:
-        """Sweep what dead uploads left (see L{morpheo.objects._sweep})."""
-        return await sweep(self.metadata, self.blobs, atStart=atStart)
+        """
+        Release the claims whose release failed, then sweep what dead
+        uploads left (see L{morpheo.objects._sweep}).
+        """
+        for token, (kind, uuid) in list(self._unreleased.items()):
+            await self.metadata.release(kind, uuid, token)
+            del self._unreleased[token]
+        return await sweep(self.metadata, self.blobs, self.claimLease, atStart=atStart)
 
     # The transaction's steps
 
     async def _claim(self, claim: Claim) -> None:
-        _, cancelled = await _toTheEnd(ensureDeferred(self.metadata.claim(claim)))
+        # Alive from before the claim reaches the database to its end.
+        self._live.add(claim.token)
+        try:
+            _, cancelled = await _toTheEnd(ensureDeferred(self.metadata.claim(claim)))
+        except BaseException:
+            self._live.discard(claim.token)
+            raise
         if cancelled:
-            await self._quietly(self.metadata.release(claim.kind, claim.uuid))
+            await self._release(claim)
             raise CancelledError()
+
+    async def _release(self, claim: Claim) -> None:
+        """
+        Give C{claim} back; if the database cannot be told now, the next
+        sweeps try again, and the claim, no longer refreshed, expires anyway.
+        """
+        self._live.discard(claim.token)
+        try:
+            await _toTheEnd(
+                ensureDeferred(self.metadata.release(claim.kind, claim.uuid, claim.token))
+            )
+        except Exception:
+            self._log.failure(
+                "releasing the claim on {kind} {uuid} failed; trying again at the next sweep",
+                kind=claim.kind,
+                uuid=claim.uuid,
+            )
+            self._unreleased[claim.token] = (claim.kind, claim.uuid)
 
     def _writer(self, key: str, blob: IncomingBlob) -> IBlobWriter:
         return verifying(

@@ -9,9 +9,19 @@ row), but all of it is swept: at start, everything the previous run of
 this data directory left; then periodically, what any dead process left
 (claims whose heartbeat stopped, old temporary files and unreferenced
 blobs).
+
+A claim is a lease: its process refreshes it every third of
+L{CLAIM_LEASE}, and any live process's sweep takes over one not refreshed
+for a whole lease, so a killed node's uuid is free within two leases.  The
+takeover gives the claim a new token first, so a process that was only
+stalled (SIGSTOP, a frozen database link) finds its claim gone when it
+wakes: it cannot complete, release or refresh it, and removes only the blob
+it wrote itself.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from attrs import frozen
 from twisted.application.service import Service
@@ -22,10 +32,11 @@ from twisted.logger import Logger
 
 from .._interfaces import IAbandonableBlobStore, IBlobStore, IMetadataStore, ISweepableBlobStore
 
-#: A claim not refreshed for this long belongs to a dead process.
-STALE_CLAIM = 300.0
-#: How often claims are refreshed and leftovers swept.
-SWEEP_INTERVAL = 60.0
+if TYPE_CHECKING:
+    from ._lifecycle import Objects
+
+#: A claim not refreshed for this long (seconds) belongs to a dead process.
+CLAIM_LEASE = 60.0
 #: Leftovers younger than this may belong to a live upload: kept.
 LEFTOVER_AGE = 3600.0
 
@@ -44,12 +55,18 @@ class Swept:
         return bool(self.claims or self.temporary or self.orphans)
 
 
-async def sweep(metadata: IMetadataStore, store: IBlobStore, *, atStart: bool = False) -> Swept:
+async def sweep(
+    metadata: IMetadataStore,
+    store: IBlobStore,
+    lease: float = CLAIM_LEASE,
+    *,
+    atStart: bool = False,
+) -> Swept:
     """
     Sweep once.  At start, every claim of this owner and every leftover are
-    its dead predecessor's; later only stale ones are swept.
+    its dead predecessor's; later only those older than C{lease}.
     """
-    claims = await metadata.deadClaims(STALE_CLAIM, mine=atStart)
+    claims = await metadata.takeDeadClaims(lease, mine=atStart)
     for dead in claims:
         # What the dead upload wrote goes first: were the claim released
         # first, a failure here would leave it with nothing to find it by.
@@ -58,7 +75,7 @@ async def sweep(metadata: IMetadataStore, store: IBlobStore, *, atStart: bool = 
                 await store.abandon(dead.blobKey)
             else:
                 await store.delete(dead.blobKey)
-        await metadata.release(dead.kind, dead.uuid)
+        await metadata.release(dead.kind, dead.uuid, dead.token)
     temporary: list[str] = []
     orphans: list[str] = []
     if ISweepableBlobStore.providedBy(store):
@@ -86,26 +103,19 @@ async def sweep(metadata: IMetadataStore, store: IBlobStore, *, atStart: bool = 
 
 class Sweeper(Service):
     """
-    Every C{interval} seconds: refresh this process's claims, and sweep
-    what dead processes left.
+    Every third of the claim lease: refresh the claims of this process's
+    uploads, and sweep what dead processes left.
     """
 
-    def __init__(
-        self,
-        metadata: IMetadataStore,
-        store: IBlobStore,
-        clock: IReactorTime,
-        interval: float = SWEEP_INTERVAL,
-    ) -> None:
-        self._metadata = metadata
-        self._store = store
+    def __init__(self, objects: Objects, clock: IReactorTime) -> None:
+        self._objects = objects
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
-        self._interval = interval
+        self.interval = objects.claimLease / 3
 
     def startService(self) -> None:
         super().startService()
-        self._loop.start(self._interval, now=False).addErrback(
+        self._loop.start(self.interval, now=False).addErrback(
             lambda f: _log.failure("the sweeper stopped", f)
         )
 
@@ -115,8 +125,8 @@ class Sweeper(Service):
             self._loop.stop()
 
     async def _run(self) -> None:
-        await self._metadata.heartbeat()
-        await sweep(self._metadata, self._store)
+        await self._objects.keepAlive()
+        await self._objects.sweep()
 
     def _tick(self) -> Deferred[None]:
         d = Deferred.fromCoroutine(self._run())

@@ -85,6 +85,7 @@ class StorageConfig:
     gcBucket: str | None = None
     gcEndpoint: str | None = None
     maxBlobSize: int | None = None
+    claimLease: float = 60.0
     threads: int = 8
 
     def __attrs_post_init__(self) -> None:
@@ -127,8 +128,19 @@ class StorageConfig:
             )
         if self.maxBlobSize is not None and self.maxBlobSize < 0:
             raise ConfigError(f"--max-blob-size must not be negative, not {self.maxBlobSize}")
+        if not self.claimLease >= 1:
+            raise ConfigError(f"--claim-lease must be at least 1 second, not {self.claimLease!r}")
         if self.threads < 1:
             raise ConfigError(f"threads must be at least 1, not {self.threads}")
+
+    @property
+    def stateless(self) -> bool:
+        """
+        Whether the node keeps nothing of its own on disk: its database and
+        its blobs are elsewhere, so it needs no persistent data directory
+        and is a new node at each start (a fresh container is a fresh node).
+        """
+        return self.dbHost is not None and self.blobstore in ("s3", "gc", "mock")
 
     def blobStore(self, reactor: Any, pool: ThreadPool) -> IBlobStore:
         """

@@ -15,7 +15,9 @@ from __future__ import annotations
 import atexit
 import os
 import signal
+import socket
 import sys
+import uuid
 from typing import IO, Any
 
 from attrs import define, field
@@ -65,7 +67,7 @@ class StartupError(Exception):
 @define
 class _Running:
     pool: ThreadPool
-    lock: DataDirLock
+    lock: DataDirLock | None
     embedded: EmbeddedPostgres | None = None
     db: Database | None = None
     store: IBlobStore | None = None
@@ -187,11 +189,17 @@ class StorageService(service.Service):
         listeners = self._listeners() if self._listen and not config.rollback else []
         # The start-up sweep takes everything unfinished under the data
         # directory for a dead predecessor's: no other process may use it.
-        lock = DataDirLock(config.dataDir)
-        try:
-            lock.acquire()
-        except DataDirInUse as e:
-            raise StartupError(str(e)) from None
+        # A stateless node has nothing there, and is a new node at each start.
+        lock = None
+        if config.stateless:
+            owner = f"{socket.gethostname()}/{uuid.uuid4()}"
+        else:
+            lock = DataDirLock(config.dataDir)
+            try:
+                lock.acquire()
+            except DataDirInUse as e:
+                raise StartupError(str(e)) from None
+            owner = instanceName(config.dataDir)
         pool = ThreadPool(minthreads=0, maxthreads=config.threads, name="morpheo-io")
         pool.start()
         running = self._running = _Running(pool=pool, lock=lock)
@@ -226,16 +234,17 @@ class StorageService(service.Service):
             self._log.info("applied migrations {applied}", applied=applied)
         running.store = config.blobStore(self._reactor, pool)
         await running.store.check()
-        metadata = PostgresMetadataStore(running.db, owner=instanceName(config.dataDir))
+        metadata = PostgresMetadataStore(running.db, owner=owner)
         objects = Objects(
             metadata,
             running.store,
             reactor=self._reactor,
             pool=pool,
             maxBlobSize=config.maxBlobSize,
+            claimLease=config.claimLease,
         )
-        await objects.sweep(atStart=True)
-        running.sweeper = Sweeper(metadata, running.store, self._reactor)
+        await objects.sweep(atStart=lock is not None)
+        running.sweeper = Sweeper(objects, self._reactor)
         running.sweeper.startService()
         users = {config.user: config.password} if config.user and config.password else None
         for checker in config.checkers:
@@ -271,6 +280,7 @@ class StorageService(service.Service):
         Without users, the service does not run open: the password made up
         for the run goes to a file only its owner can read, never to the log.
         """
+        os.makedirs(self.config.dataDir, exist_ok=True)
         path = os.path.join(self.config.dataDir, "generated-password")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -312,7 +322,8 @@ class StorageService(service.Service):
         if running.embedded is not None:
             await running.embedded.stop()
         running.pool.stop()
-        running.lock.release()
+        if running.lock is not None:
+            running.lock.release()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

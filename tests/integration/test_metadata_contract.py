@@ -27,7 +27,6 @@ from morpheo._types import (
     Change,
     Changed,
     Claim,
-    DeadClaim,
     Label,
     Listing,
     NewBlob,
@@ -120,10 +119,17 @@ def newUUID() -> str:
     return str(uuid4())
 
 
+def tok(uuid: str) -> str:
+    """The token the tests' claims of C{uuid} carry."""
+    return f"token-{uuid}"
+
+
 def claimOf(
     kind: str, uuid: str, text: dict[str, str] | None = None, parent: str | None = None
 ) -> Claim:
-    return Claim(kind, uuid, blobKey=f"{kind}/{uuid}", text=text or {}, parent=parent)
+    return Claim(
+        kind, uuid, blobKey=f"{kind}/{uuid}", token=tok(uuid), text=text or {}, parent=parent
+    )
 
 
 async def put(
@@ -136,7 +142,7 @@ async def put(
     """Claim and complete an object: what an upload does to the store."""
     uuid = uuid or newUUID()
     await store.claim(claimOf(kind, uuid, text, parent))
-    return await store.complete(kind, uuid, BlobInfo(3, SHA))
+    return await store.complete(kind, uuid, tok(uuid), BlobInfo(3, SHA))
 
 
 async def uuids(
@@ -183,7 +189,7 @@ async def test_concurrentClaims(store: IMetadataStore) -> None:
     for _ in range(5):
         results = await gatherResults([Deferred.fromCoroutine(attempt()) for _ in range(2)])
         assert sorted(results) == ["claimed", "taken"]
-        await store.release("data", uid)
+        await store.release("data", uid, tok(uid))
 
 
 @pytest_twisted.ensureDeferred
@@ -203,14 +209,26 @@ async def test_releaseFreesTheUUID(store: IMetadataStore) -> None:
     await store.claim(claimOf("data", uid))
     with pytest.raises(Taken):
         await store.claim(claimOf("data", uid))
-    await store.release("data", uid)
+    await store.release("data", uid, tok(uid))
     await store.claim(claimOf("data", uid))
 
 
 @pytest_twisted.ensureDeferred
 async def test_releaseOfNothing(store: IMetadataStore) -> None:
     """Releasing a uuid nobody claimed is not an error."""
-    await store.release("data", newUUID())
+    await store.release("data", newUUID(), "no one's")
+
+
+@pytest_twisted.ensureDeferred
+async def test_releaseNeedsTheClaimsToken(store: IMetadataStore) -> None:
+    """A release under another token (a lost claim's) leaves the claim alone."""
+    uid = newUUID()
+    await store.claim(claimOf("data", uid))
+    await store.release("data", uid, "another claim's")
+    with pytest.raises(Taken):
+        await store.claim(claimOf("data", uid))
+    await store.release("data", uid, tok(uid))
+    await store.claim(claimOf("data", uid))
 
 
 @pytest_twisted.ensureDeferred
@@ -218,8 +236,8 @@ async def test_releaseKeepsCompleted(store: IMetadataStore) -> None:
     """Release only frees a pending claim: it never deletes a stored object."""
     uid = newUUID()
     await store.claim(claimOf("data", uid))
-    await store.complete("data", uid, BlobInfo(3, SHA))
-    await store.release("data", uid)
+    await store.complete("data", uid, tok(uid), BlobInfo(3, SHA))
+    await store.release("data", uid, tok(uid))
     assert await store.get("data", uid) is not None
     with pytest.raises(Taken):
         await store.claim(claimOf("data", uid))
@@ -248,12 +266,13 @@ async def test_completeMakesVisible(backend: Backend) -> None:
             "problem",
             uid,
             blobKey="blob-key",
+            token=tok(uid),
             text={"name": "funky", "description": "great"},
             label=Label("application/zip", "p.zip"),
         )
     )
     before = backend.now()
-    stored = await store.complete("problem", uid, BlobInfo(666, sha))
+    stored = await store.complete("problem", uid, tok(uid), BlobInfo(666, sha))
     after = backend.now()
     assert (stored.kind, stored.uuid, stored.size, stored.sha256) == ("problem", uid, 666, sha)
     assert (stored.name, stored.description) == ("funky", "great")
@@ -284,7 +303,7 @@ async def test_completeWithoutClaim(store: IMetadataStore) -> None:
     """A completion whose claim is gone is an error (a database one), not a silent no-op."""
     uid = newUUID()
     with pytest.raises(ClaimLost, match="claim") as caught:
-        await store.complete("data", uid, BlobInfo(1, SHA))
+        await store.complete("data", uid, tok(uid), BlobInfo(1, SHA))
     assert isinstance(caught.value, DatabaseError)
     assert (caught.value.kind, caught.value.uuid) == ("data", uid)
 
@@ -294,7 +313,7 @@ async def test_completeTwice(store: IMetadataStore) -> None:
     """A claim completes once: the second completion finds no claim."""
     stored = await put(store, "data")
     with pytest.raises(ClaimLost):
-        await store.complete("data", stored.uuid, BlobInfo(1, SHA))
+        await store.complete("data", stored.uuid, tok(stored.uuid), BlobInfo(1, SHA))
     assert await store.get("data", stored.uuid) == stored
 
 
@@ -326,7 +345,7 @@ async def test_modelNeedsItsAlgo(store: IMetadataStore) -> None:
     await store.claim(claimOf("algo", algo, {"name": "a"}))
     with pytest.raises(NoSuchParent):
         await store.claim(claimOf("model", model, parent=algo))
-    await store.complete("algo", algo, BlobInfo(3, SHA))
+    await store.complete("algo", algo, tok(algo), BlobInfo(3, SHA))
 
     stored = await put(store, "model", parent=algo, uuid=model)
     assert (stored.parent, stored.algo) == (algo, algo)
@@ -360,7 +379,7 @@ async def test_listNewestFirst(store: IMetadataStore) -> None:
     for uid in uids:
         await store.claim(claimOf("data", uid))
     for uid in [uids[1], uids[0], uids[2], uids[3]]:
-        await store.complete("data", uid, BlobInfo(1, SHA))
+        await store.complete("data", uid, tok(uid), BlobInfo(1, SHA))
     listed = await store.list("data", Listing(10, 0))
     assert [r.uuid for r in listed] == [uids[3], uids[2], uids[0], uids[1]]
     assert [r.seq for r in listed] == sorted((r.seq for r in listed), reverse=True)
@@ -464,7 +483,7 @@ async def test_algoInUse(store: IMetadataStore) -> None:
     with pytest.raises(InUse) as caught:
         await store.delete("algo", algo.uuid)
     assert caught.value.children == (uploading,)
-    await store.release("model", uploading)
+    await store.release("model", uploading, tok(uploading))
 
     assert await store.delete("algo", algo.uuid) == algo
     assert await store.get("algo", algo.uuid) is None
@@ -482,15 +501,15 @@ async def test_renameConsumesTheClaim(backend: Backend) -> None:
     store = backend.store
     stored = await put(store, "problem", {"name": "p", "description": "d"})
     new = newUUID()
-    await store.claim(Claim("problem", new, blobKey=None))
-    changed = await store.change("problem", stored.uuid, Change(newUUID=new))
+    await store.claim(Claim("problem", new, blobKey=None, token=tok(new)))
+    changed = await store.change("problem", stored.uuid, Change(newUUID=new, claimToken=tok(new)))
     assert changed == Changed(
         evolve(stored, uuid=new),
         None,
     )
     assert await store.get("problem", new) == changed.object
     assert await store.get("problem", stored.uuid) is None
-    assert await store.deadClaims(0.0, mine=True) == []
+    assert await store.takeDeadClaims(0.0, mine=True) == []
     with pytest.raises(Taken):
         await store.claim(claimOf("problem", new))
     await store.claim(claimOf("problem", stored.uuid))
@@ -531,10 +550,12 @@ async def test_changeAllAtOnce(store: IMetadataStore) -> None:
     """A rename, text and a blob in one change."""
     stored = await put(store, "problem", {"name": "p"})
     new = newUUID()
-    await store.claim(Claim("problem", new, blobKey=None))
+    await store.claim(Claim("problem", new, blobKey=None, token=tok(new)))
     blob = NewBlob("problem/b", BlobInfo(1, SHA))
     changed = await store.change(
-        "problem", stored.uuid, Change(newUUID=new, text={"name": "n"}, blob=blob)
+        "problem",
+        stored.uuid,
+        Change(newUUID=new, claimToken=tok(new), text={"name": "n"}, blob=blob),
     )
     assert changed.oldBlobKey == stored.blob_key
     assert (changed.object.uuid, changed.object.name, changed.object.blob_key) == (
@@ -555,7 +576,7 @@ async def test_changeOfNothing(store: IMetadataStore) -> None:
     await store.claim(claimOf("problem", uid, {"name": "p"}))
     with pytest.raises(NoSuchObject):
         await store.change("problem", uid, Change(text={"name": "n"}))
-    stored = await store.complete("problem", uid, BlobInfo(3, SHA))
+    stored = await store.complete("problem", uid, tok(uid), BlobInfo(3, SHA))
     assert stored.name == "p"
 
 
@@ -584,50 +605,102 @@ async def test_schemaChecks(store: IMetadataStore) -> None:
     uid = newUUID()
     await store.claim(claimOf("data", uid))
     with pytest.raises(DatabaseError):
-        await store.complete("data", uid, BlobInfo(3, "not a digest"))
+        await store.complete("data", uid, tok(uid), BlobInfo(3, "not a digest"))
     with pytest.raises(DatabaseError):
-        await store.complete("data", uid, BlobInfo(-1, SHA))
-    assert (await store.complete("data", uid, BlobInfo(3, SHA))).uuid == uid
+        await store.complete("data", uid, tok(uid), BlobInfo(-1, SHA))
+    assert (await store.complete("data", uid, tok(uid), BlobInfo(3, SHA))).uuid == uid
     keyless = newUUID()
-    await store.claim(Claim("data", keyless, blobKey=None))
+    await store.claim(Claim("data", keyless, blobKey=None, token=tok(keyless)))
     with pytest.raises(DatabaseError):
-        await store.complete("data", keyless, BlobInfo(3, SHA))
-    assert await store.deadClaims(0.0, mine=True) == [DeadClaim("data", keyless, None)]
+        await store.complete("data", keyless, tok(keyless), BlobInfo(3, SHA))
+    taken = await store.takeDeadClaims(0.0, mine=True)
+    assert [(d.kind, d.uuid, d.blobKey) for d in taken] == [("data", keyless, None)]
 
 
 # Sweeps
 
 
 @pytest_twisted.ensureDeferred
-async def test_deadClaims(backend: Backend) -> None:
+async def test_takeDeadClaims(backend: Backend) -> None:
     """
-    A claim is dead once nobody has refreshed it for C{staleAfter} seconds,
-    whoever made it; with C{mine}, every claim of this owner is.  A
-    heartbeat refreshes only the owner's claims, and a completed upload is
-    no claim.
+    A claim is dead once nobody has refreshed it for a lease, whoever made
+    it; a heartbeat refreshes the claims its tokens hold, and a completed
+    upload is no claim.  A dead claim is taken over under a new token, so
+    that a second sweep does not take it too.
     """
     store, other = backend.store, backend.sibling("there")
     mine, theirs, done = newUUID(), newUUID(), newUUID()
     await store.claim(claimOf("data", mine))
-    await other.claim(Claim("algo", theirs, blobKey=None, text={"name": "t"}))
+    await other.claim(Claim("algo", theirs, blobKey=None, token=tok(theirs), text={"name": "t"}))
     await put(store, "data", uuid=done)
 
-    assert await store.deadClaims(60.0) == []
-    assert await store.deadClaims(60.0, mine=True) == [DeadClaim("data", mine, f"data/{mine}")]
-    assert await other.deadClaims(60.0, mine=True) == [DeadClaim("algo", theirs, None)]
-
+    assert await store.takeDeadClaims(60.0) == []
     await backend.elapse(STALE * 1.5)
-    assert set(await store.deadClaims(STALE)) == {
-        DeadClaim("data", mine, f"data/{mine}"),
-        DeadClaim("algo", theirs, None),
-    }
-    await store.heartbeat()
-    assert await store.deadClaims(STALE) == [DeadClaim("algo", theirs, None)]
-    await other.heartbeat()
-    assert await store.deadClaims(STALE) == []
+    assert await other.heartbeat([tok(theirs), tok(done), "nobody's"]) == {tok(theirs)}
+    taken = await store.takeDeadClaims(STALE)
+    assert [(d.kind, d.uuid, d.blobKey) for d in taken] == [("data", mine, f"data/{mine}")]
+    assert taken[0].token != tok(mine)
+    assert await store.takeDeadClaims(STALE) == []
+    assert await other.takeDeadClaims(STALE) == []
 
-    await store.release("data", mine)
-    assert await other.deadClaims(0.0, mine=True) == [DeadClaim("algo", theirs, None)]
+    await store.release("data", mine, taken[0].token)
+    await store.claim(claimOf("data", mine))
+
+
+@pytest_twisted.ensureDeferred
+async def test_takenClaimsAreFenced(backend: Backend) -> None:
+    """
+    Once a claim is taken over, its first holder (a process that only
+    stalled) can neither complete, release nor refresh it: the row is
+    the sweep's, and whatever claims the uuid next.
+    """
+    store, stalled = backend.store, backend.sibling("stalled")
+    uid, renamed = newUUID(), newUUID()
+    await stalled.claim(claimOf("data", uid))
+    target = await put(stalled, "problem", {"name": "p"})
+    await stalled.claim(Claim("problem", renamed, blobKey=None, token=tok(renamed)))
+    await backend.elapse(STALE * 1.5)
+    taken = {d.uuid: d for d in await store.takeDeadClaims(STALE)}
+    assert set(taken) == {uid, renamed}
+
+    assert await stalled.heartbeat([tok(uid), tok(renamed)]) == set()
+    with pytest.raises(ClaimLost) as caught:
+        await stalled.complete("data", uid, tok(uid), BlobInfo(3, SHA))
+    assert (caught.value.kind, caught.value.uuid) == ("data", uid)
+    with pytest.raises(ClaimLost):
+        await stalled.change(
+            "problem", target.uuid, Change(newUUID=renamed, claimToken=tok(renamed))
+        )
+    assert await store.get("problem", target.uuid) == target
+    await stalled.release("data", uid, tok(uid))
+    with pytest.raises(Taken):
+        await store.claim(claimOf("data", uid))
+
+    # The sweep frees the uuid; the next upload's claim cannot be touched
+    # by the stalled one either.
+    await store.release("data", uid, taken[uid].token)
+    await claimAgain(store, uid)
+    with pytest.raises(ClaimLost):
+        await stalled.complete("data", uid, tok(uid), BlobInfo(3, SHA))
+    stored = await store.complete("data", uid, "next", BlobInfo(3, SHA))
+    assert stored.uuid == uid
+
+
+async def claimAgain(store: IMetadataStore, uid: str) -> None:
+    """Claim C{uid} again, under the token C{"next"}: another upload."""
+    await store.claim(Claim("data", uid, blobKey=f"data/{uid}-next", token="next"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_takeMineAtStart(backend: Backend) -> None:
+    """At start-up every claim of this owner is a dead run's, fresh or not; no other's."""
+    store, other = backend.store, backend.sibling("there")
+    mine, theirs = newUUID(), newUUID()
+    await store.claim(claimOf("data", mine))
+    await other.claim(claimOf("data", theirs))
+    taken = await store.takeDeadClaims(60.0, mine=True)
+    assert [(d.kind, d.uuid, d.blobKey) for d in taken] == [("data", mine, f"data/{mine}")]
+    assert await other.heartbeat([tok(theirs)]) == {tok(theirs)}
 
 
 @pytest_twisted.ensureDeferred
@@ -640,7 +713,7 @@ async def test_referencedKeys(store: IMetadataStore) -> None:
     assert await store.referencedKeys(keys) == {ready.blob_key, f"data/{pending}"}
     assert await store.referencedKeys([]) == set()
     await store.delete("data", ready.uuid)
-    await store.release("data", pending)
+    await store.release("data", pending, tok(pending))
     assert await store.referencedKeys(keys) == set()
 
 
@@ -662,14 +735,14 @@ async def test_down(backend: Backend) -> None:
     calls: list[Callable[[], Awaitable[object]]] = [
         store.ping,
         lambda: store.claim(claimOf("data", newUUID())),
-        lambda: store.release("problem", uid),
-        lambda: store.complete("problem", uid, BlobInfo(1, SHA)),
+        lambda: store.release("problem", uid, tok(uid)),
+        lambda: store.complete("problem", uid, tok(uid), BlobInfo(1, SHA)),
         lambda: store.get("problem", uid),
         lambda: store.list("problem", Listing(10)),
         lambda: store.delete("problem", uid),
         lambda: store.change("problem", uid, Change(text={"name": "n"})),
-        store.heartbeat,
-        lambda: store.deadClaims(0.0),
+        lambda: store.heartbeat([tok(uid)]),
+        lambda: store.takeDeadClaims(0.0),
         lambda: store.referencedKeys([stored.blob_key]),
     ]
     for call in calls:

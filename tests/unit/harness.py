@@ -38,7 +38,7 @@ from morpheo._kinds import TABLE
 from morpheo.blobstores import MemoryBlobStore
 from morpheo.blobstores._bodies import BytesBody
 from morpheo.metadata import MemoryMetadataStore
-from morpheo.objects import Objects
+from morpheo.objects import CLAIM_LEASE, Objects
 from morpheo.service._graceful import HandlerTracker, trackedResource
 from morpheo.web import BasicAuth, CORSResource, StorageAPI, StreamingSite
 from morpheo.web._root import StorageRoot
@@ -283,6 +283,7 @@ class Service:
 
     reactor: FakeReactor = field(factory=FakeReactor)
     maxBlobSize: int | None = None
+    claimLease: float = CLAIM_LEASE
     corsOrigins: tuple[str, ...] = ("*",)
     metadata: MemoryMetadataStore = field(init=False)
     blobs: MemoryBlobStore = field(init=False)
@@ -300,6 +301,7 @@ class Service:
             reactor=self.reactor,
             pool=ImmediatePool(),  # type: ignore[arg-type]
             maxBlobSize=self.maxBlobSize,
+            claimLease=self.claimLease,
         )
         api = StorageAPI(self.objects, BasicAuth({USER: PASSWORD}))
         root = StorageRoot(self.corsOrigins)

@@ -139,5 +139,5 @@ def test_onlyAlgosAndProblemsHaveNames(service: Service) -> None:
 def test_uploadsInProgressAreNotListed(service: Service) -> None:
     service.stored("data", b"x")
     # A claim that never completes, as a stalled upload leaves it.
-    service.run(service.metadata.claim(Claim("data", newUUID(), "data/key")))
+    service.run(service.metadata.claim(Claim("data", newUUID(), "data/key", token="t")))
     assert listed(service, "/data")["length"] == 1

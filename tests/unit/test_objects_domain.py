@@ -18,7 +18,7 @@ from morpheo import IBlobWriter, StoredObject
 from morpheo import _errors as errors
 from morpheo._interfaces import IBlobSource, IBlobStore, IMetadataStore
 from morpheo._types import Claim, Listing
-from morpheo.objects import STALE_CLAIM, IncomingBlob, NewObject, Replacement, sweep
+from morpheo.objects import CLAIM_LEASE, IncomingBlob, NewObject, Replacement, sweep
 
 from .harness import Service, newUUID
 
@@ -146,14 +146,14 @@ def test_theSweepFreesDeadClaimsAndWhatTheyWrote(service: Service) -> None:
     """A claim whose heartbeat stopped is a dead upload's: released, its blob removed."""
     dead = service.metadata.sibling("a dead process")
     uuid = newUUID()
-    service.run(dead.claim(Claim("data", uuid, "data/dead-key")))
+    service.run(dead.claim(Claim("data", uuid, "data/dead-key", token="dead")))
     writer = service.blobs.writer("data/dead-key", 1)
     writer.write(b"x")
     service.run(writer.finish())
     live = newUUID()
-    service.run(service.metadata.claim(Claim("data", live, "data/live-key")))
-    service.reactor.advance(STALE_CLAIM + 1)
-    service.run(service.metadata.heartbeat())
+    service.run(service.metadata.claim(Claim("data", live, "data/live-key", token="live")))
+    service.reactor.advance(CLAIM_LEASE + 1)
+    service.run(service.metadata.heartbeat(["live"]))
     swept = service.run(sweep(service.metadata, service.blobs))
     assert swept.claims == 1
     assert "data/dead-key" not in service.blobKeys()
@@ -161,7 +161,7 @@ def test_theSweepFreesDeadClaimsAndWhatTheyWrote(service: Service) -> None:
 
 
 def test_theSweepAtStartTakesEveryClaimOfThisOwner(service: Service) -> None:
-    service.run(service.metadata.claim(Claim("data", newUUID(), "data/k")))
+    service.run(service.metadata.claim(Claim("data", newUUID(), "data/k", token="t")))
     assert service.run(service.objects.sweep(atStart=True)).claims == 1
     service.assertNothingLeft()
 
@@ -169,7 +169,7 @@ def test_theSweepAtStartTakesEveryClaimOfThisOwner(service: Service) -> None:
 def test_aFreshClaimOfAnotherProcessIsKept(service: Service) -> None:
     other = service.metadata.sibling("a live process")
     uuid = newUUID()
-    service.run(other.claim(Claim("data", uuid, None)))
+    service.run(other.claim(Claim("data", uuid, None, token="t")))
     assert service.run(service.objects.sweep()).claims == 0
     assert service.rows() == [("data", uuid, "pending")]
 

@@ -1,25 +1,34 @@
 """
-The L{Sweeper} on the memory stores and the clock: it keeps this process's
-claims alive while it runs, sweeps what dead processes left once their
-claims are stale, and tries again after the database failed.
+Claims as leases, on the memory stores and the clock: the L{Sweeper} keeps
+the claims of this process's uploads alive while they run, and takes over
+and sweeps the claims nobody refreshed for a lease (what they wrote goes
+with them).  A process that only stalled finds its claim gone when it wakes:
+its upload fails with 503 and removes only what it wrote itself.  A release
+that failed is tried again until it succeeds.
 """
 
 from __future__ import annotations
 
+import json
+
+import pytest
+from twisted.internet.defer import Deferred, ensureDeferred
+from zope.interface import implementer
+
+from morpheo._errors import ClaimLost
+from morpheo._interfaces import IBlobSource, IBlobWriter
 from morpheo._types import BlobInfo, Claim
 from morpheo.metadata import MemoryMetadataStore
-from morpheo.objects import STALE_CLAIM, SWEEP_INTERVAL, Sweeper, blobKey, sweep
+from morpheo.objects import CLAIM_LEASE, IncomingBlob, NewObject, Objects, Sweeper, blobKey, sweep
 
-from .harness import Service, newUUID
-
-#: Enough sweeps for any claim left alone to go stale.
-STALE_SWEEPS = int(STALE_CLAIM / SWEEP_INTERVAL) + 2
+from .harness import Connection, ImmediatePool, Service, newUUID
+from .test_interrupted import finish
 
 
 def claimWithBlob(service: Service, metadata: MemoryMetadataStore) -> Claim:
     """A claim of C{metadata}'s process whose blob it had committed."""
     uuid = newUUID()
-    claim = Claim("data", uuid, blobKey("data", uuid))
+    claim = Claim("data", uuid, blobKey("data", uuid), token=f"token-{uuid}")
     service.run(metadata.claim(claim))
     assert claim.blobKey is not None
     writer = service.blobs.writer(claim.blobKey, 4)
@@ -28,43 +37,177 @@ def claimWithBlob(service: Service, metadata: MemoryMetadataStore) -> Claim:
     return claim
 
 
-def running(service: Service) -> Sweeper:
-    sweeper = Sweeper(service.metadata, service.blobs, service.reactor)
+def running(service: Service, objects: Objects | None = None) -> Sweeper:
+    sweeper = Sweeper(objects or service.objects, service.reactor)
     sweeper.startService()
     return sweeper
 
 
-def test_theSweeperKeepsItsOwnClaimsAliveAndSweepsTheDead(service: Service) -> None:
-    mine = claimWithBlob(service, service.metadata)
-    claimWithBlob(service, service.metadata.sibling("dead"))
+def leasesPass(service: Service, leases: float) -> None:
+    """Let C{leases} claim leases pass, a sweeper's tick at a time."""
+    step = service.objects.claimLease / 3
+    for _ in range(int(leases * 3)):
+        service.advance(step)
+
+
+def test_theSweeperKeepsItsUploadsAliveAndSweepsTheDeadWithinTwoLeases() -> None:
+    # A lease shorter than the connections' idle timeout.
+    service = Service(claimLease=9.0)
+    uploading = newUUID()
+    connection = service.startUpload("data", uploading)
+    dead = claimWithBlob(service, service.metadata.sibling("dead"))
     sweeper = running(service)
-    for _ in range(STALE_SWEEPS):
-        service.advance(SWEEP_INTERVAL)
+    leasesPass(service, 2)
+    assert service.rows() == [("data", uploading, "pending")]
+    assert dead.blobKey not in service.blobKeys()
+    assert finish(connection, "data", uploading) == 201
     sweeper.stopService()
-    assert service.rows() == [("data", mine.uuid, "pending")]
-    assert service.blobKeys() == [mine.blobKey]
+    assert service.rows() == [("data", uploading, "ready")]
 
 
 def test_aClaimIsKeptWhileItsProcessHeartbeats(service: Service) -> None:
     live = service.metadata.sibling("live")
     kept = claimWithBlob(service, live)
-    for _ in range(STALE_SWEEPS):
-        service.advance(SWEEP_INTERVAL)
-        service.run(live.heartbeat())
+    for _ in range(6):
+        service.advance(CLAIM_LEASE / 2)
+        assert service.run(live.heartbeat([kept.token])) == {kept.token}
     assert not service.run(sweep(service.metadata, service.blobs))
     assert service.rows() == [("data", kept.uuid, "pending")]
 
 
-def test_theSweeperTriesAgainAfterTheDatabaseFailed(service: Service) -> None:
-    claimWithBlob(service, service.metadata.sibling("dead"))
-    service.advance(STALE_CLAIM + 1)
-    service.metadata.goDown()
-    sweeper = running(service)
-    service.advance(SWEEP_INTERVAL)
-    assert len(service.rows()) == 1
-    service.metadata.comeBack()
-    service.advance(SWEEP_INTERVAL)
+def test_aClaimThatIsNotRefreshedIsSweptAfterOneLease(service: Service) -> None:
+    claimWithBlob(service, service.metadata.sibling("gone"))
+    service.advance(CLAIM_LEASE - 1)
+    assert not service.run(service.objects.sweep())
+    service.advance(2)
+    assert service.run(service.objects.sweep()).claims == 1
+    service.assertNothingLeft()
+
+
+def test_theLeaseIsTheObjectsOwn(service: Service) -> None:
+    objects = Objects(
+        service.metadata,
+        service.blobs,
+        reactor=service.reactor,
+        pool=ImmediatePool(),  # type: ignore[arg-type]
+        claimLease=5.0,
+    )
+    claimWithBlob(service, service.metadata.sibling("gone"))
+    sweeper = running(service, objects)
+    assert sweeper.interval == pytest.approx(5.0 / 3)
+    for _ in range(7):
+        service.advance(sweeper.interval)
     sweeper.stopService()
+    service.assertNothingLeft()
+
+
+def stalledPeer(service: Service) -> tuple[Objects, MemoryMetadataStore]:
+    """Another node on the same rows and blobs, whose sweeper never runs."""
+    metadata = service.metadata.sibling("stalled")
+    objects = Objects(
+        metadata,
+        service.blobs,
+        reactor=service.reactor,
+        pool=ImmediatePool(),  # type: ignore[arg-type]
+    )
+    return objects, metadata
+
+
+@implementer(IBlobSource)
+class Trickle:
+    """An upload's body that arrives when the test says: a stalled node's client."""
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+        self.writer: IBlobWriter | None = None
+        self._done: Deferred[None] = Deferred()
+
+    def streamTo(self, writer: IBlobWriter) -> None:
+        self.writer = writer
+
+    def arrive(self) -> None:
+        assert self.writer is not None
+        self.writer.write(self.blob)
+        self._done.callback(None)
+
+    def done(self) -> Deferred[None]:
+        return self._done
+
+    def stop(self) -> None:
+        pass
+
+
+def test_aNodeStalledPastItsLeaseCannotTouchTheUploadThatReplacedIt(service: Service) -> None:
+    """
+    A node stalls mid-upload past its lease; another node's sweep frees the
+    uuid and the client sends it again there; the stalled node wakes, its
+    upload fails with L{ClaimLost}, and the second upload stays intact.
+    """
+    stalled, _ = stalledPeer(service)
+    uuid = newUUID()
+    body = Trickle(b"stale")
+    first = ensureDeferred(stalled.put(NewObject("data", IncomingBlob(5), uuid=uuid), body))
+    service.settle()
+    assert not first.called
+    service.advance(CLAIM_LEASE + 1)
+    assert service.run(service.objects.sweep()).claims == 1
+    assert service.blobKeys() == []
+
+    again = service.upload("data", b"fresh", uuid=uuid)
+    assert again.code == 201
+    body.arrive()
+    with pytest.raises(ClaimLost):
+        service.run(first)
+    stored = json.loads(service.request("GET", f"/data/{uuid}").body)
+    assert stored["sha256"] == json.loads(again.body)["sha256"]
+    assert service.request("GET", f"/data/{uuid}/blob").body == b"fresh"
+    assert len(service.blobKeys()) == 1
+
+
+def test_aStalledUploadsClientIsTold503() -> None:
+    """The documented answer to an upload that outlived its claim."""
+    service = Service(claimLease=9.0)
+    uuid = newUUID()
+    connection: Connection = service.startUpload("data", uuid)
+    # Nothing refreshes the claim (no sweeper runs here): the process
+    # "stalled", and another node's sweep takes the claim over.
+    service.advance(10)
+    other = service.metadata.sibling("another node")
+    swept = service.run(sweep(other, service.blobs, 9.0))
+    assert swept.claims == 1
+    assert finish(connection, "data", uuid) == 503
+    reply = connection.received.split(b"\r\n\r\n", 1)[1]
+    assert b"took longer than its claim's lease" in reply
+    service.assertNothingLeft()
+
+
+def failedRelease(service: Service) -> str:
+    """An upload whose store and database fail at once: its claim cannot be given back."""
+    uuid = newUUID()
+    connection = service.startUpload("data", uuid)
+    service.blobs.down = True
+    service.metadata.goDown()
+    assert finish(connection, "data", uuid) == 500
+    service.blobs.down = False
+    service.metadata.comeBack()
+    assert service.rows() == [("data", uuid, "pending")]
+    return uuid
+
+
+def test_aFailedReleaseIsTriedAgainAtTheNextSweep(service: Service) -> None:
+    failedRelease(service)
+    sweeper = running(service)
+    service.advance(sweeper.interval)
+    sweeper.stopService()
+    service.assertNothingLeft()
+
+
+def test_theClaimOfAFailedReleaseIsNoLongerKeptAlive(service: Service) -> None:
+    """Even if this process never reached the database again, the claim would expire."""
+    failedRelease(service)
+    service.run(service.objects.keepAlive())
+    service.advance(CLAIM_LEASE + 1)
+    assert service.run(sweep(service.metadata.sibling("another node"), service.blobs)).claims == 1
     service.assertNothingLeft()
 
 
@@ -77,8 +220,21 @@ def test_aStoppedSweeperLeavesNoTimer(service: Service) -> None:
 
 def test_aReadyObjectIsNeverSwept(service: Service) -> None:
     claim = claimWithBlob(service, service.metadata)
-    service.run(service.metadata.complete("data", claim.uuid, BlobInfo(4, "0" * 64)))
-    service.advance(STALE_CLAIM * 10)
+    service.run(service.metadata.complete("data", claim.uuid, claim.token, BlobInfo(4, "0" * 64)))
+    service.advance(CLAIM_LEASE * 10)
     assert not service.run(service.objects.sweep(atStart=True))
     assert service.rows() == [("data", claim.uuid, "ready")]
     assert service.blobKeys() == [claim.blobKey]
+
+
+def test_theSweeperTriesAgainAfterTheDatabaseFailed(service: Service) -> None:
+    claimWithBlob(service, service.metadata.sibling("dead"))
+    service.advance(CLAIM_LEASE + 1)
+    service.metadata.goDown()
+    sweeper = running(service)
+    service.advance(sweeper.interval)
+    assert len(service.rows()) == 1
+    service.metadata.comeBack()
+    service.advance(sweeper.interval)
+    sweeper.stopService()
+    service.assertNothingLeft()

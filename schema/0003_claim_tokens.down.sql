@@ -1,0 +1,2 @@
+DROP INDEX resource_claim_token;
+ALTER TABLE resource DROP COLUMN claim_token;
