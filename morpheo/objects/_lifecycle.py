@@ -311,6 +311,8 @@ class Objects:
         live = sorted(self._live)
         held = await self.metadata.heartbeat(live)
         lost = [token for token in live if token not in held and token in self._live]
+        # Lost for good: not refreshed again, nor warned about.
+        self._live.difference_update(lost)
         if lost:
             self._log.warn(
                 "{n} claim(s) of uploads in progress were swept as dead (this process"
