@@ -288,7 +288,8 @@ def test_aNodeStoppedPastItsLeaseCannotTouchTheUploadThatTookItsUUID(
     assert status == 503
     assert "took longer than its claim's lease" in error["error"]
     assertSecondUploadIntact(b, uuid, data, seaweedfs)
-    assert a.log().count("swept as dead") == 1
+    # Warned at most once (the upload may end before the next heartbeat).
+    assert a.log().count("swept as dead") <= 1
 
 
 # A node cut from its database
