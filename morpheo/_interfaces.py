@@ -214,10 +214,10 @@ class IMetadataStore(Interface):
 
     async def change(kind: str, uuid: str, change: Change) -> Changed:
         """
-        Apply C{change} in one transaction (a new uuid must have been
-        claimed first, by C{change.claimToken}; its claim becomes the
-        object).  Fails with L{NoSuchObject} if the object is gone, with
-        L{ClaimLost} if the new uuid's claim is.
+        Apply C{change} in one transaction, consuming the claim
+        C{change.claimed} (a new uuid must have been claimed first; its
+        claim becomes the object).  Fails with L{NoSuchObject} if the object
+        is gone, with L{ClaimLost} if the claim is.
         """
 
     async def heartbeat(tokens: Sequence[str]) -> set[str]:

@@ -120,13 +120,15 @@ class NewBlob:
 @frozen
 class Change:
     """
-    A change to a stored object, applied at once: a new uuid (claimed
-    first, under C{claimToken}), new text fields, a new blob.  What is
-    L{None} or absent stays.
+    A change to a stored object, applied at once: a new uuid, new text
+    fields, a new blob.  What is L{None} or absent stays.  C{claimed} is
+    the claim (uuid, token) the change consumes in its transaction: the new
+    uuid's, or one that held the new blob's key while it was written (so
+    that no sweep took that blob for an orphan meanwhile).
     """
 
     newUUID: str | None = None
-    claimToken: str | None = None
+    claimed: tuple[str, str] | None = None
     text: Mapping[str, str] = field(factory=dict)
     blob: NewBlob | None = None
 

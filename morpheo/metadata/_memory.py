@@ -268,18 +268,20 @@ class MemoryMetadataStore:
         tables, row = self._object(kind, uuid)
         # Everything is checked before anything changes: one transaction.
         newUUID = _uuid(change.newUUID) if change.newUUID else row.uuid
-        if newUUID != row.uuid:
-            if tables.find(kind, newUUID) is not None:
-                raise DatabaseError(
-                    f"the metadata database failed: {kind} {newUUID} already exists"
-                )
-            if self._held(kind, newUUID, change.claimToken)[1] is None:
+        if newUUID != row.uuid and tables.find(kind, newUUID) is not None:
+            raise DatabaseError(f"the metadata database failed: {kind} {newUUID} already exists")
+        held = None
+        if change.claimed is not None:
+            held = self._held(kind, *change.claimed)[1]
+            if held is None:
                 raise ClaimLost(kind, newUUID)
         text = _text(change.text)
         blob = change.blob
         if blob is not None:
             _blobChecked(blob.info, blob.key)
         oldKey = row.blobKey
+        if held is not None:
+            del tables.rows[(kind, held.uuid)]
         if newUUID != row.uuid:
             del tables.rows[(kind, row.uuid)]
             row.uuid = newUUID

@@ -278,11 +278,11 @@ class PostgresMetadataStore:
             if row is None:
                 raise NoSuchObject(kind, uuid)
             newUUID = change.newUUID or uuid
-            if newUUID != uuid:
+            if change.claimed is not None:
                 await cursor.execute(
                     "DELETE FROM resource WHERE kind = %s AND uuid = %s AND state = 'pending'"
                     " AND claim_token = %s RETURNING 1",
-                    (kind, newUUID, change.claimToken),
+                    (kind, *change.claimed),
                 )
                 if cursor.fetchone() is None:
                     raise ClaimLost(kind, newUUID)

@@ -225,15 +225,22 @@ class Objects:
         Apply C{change} to C{current} at once: a new uuid is claimed first
         (L{Taken}), a new blob committed under a fresh key, then the row
         changed in one transaction (L{Vanished} if the object went away
-        meanwhile) and the old blob deleted.  C{source} is the rest of the
+        meanwhile, L{ClaimLost} if the claim was swept) and the old blob
+        deleted.  C{source} is the rest of the
         request body, read to its end.
         """
         kind, uuid = current.kind, current.uuid
         renamed = change.newUUID if change.newUUID not in (None, uuid) else None
         key = blobKey(kind, change.newUUID or uuid) if change.blob is not None else None
+        # The new uuid is claimed; a new blob is written under a claim too
+        # (of a uuid of its own, never visible), which the change consumes:
+        # until then no row would point to the blob, and a sweep could take
+        # it for an orphan, or miss it if this process died.
         claim = None
-        if renamed is not None:
-            claim = Claim(kind=kind, uuid=renamed, blobKey=key, token=_token())
+        if renamed is not None or key is not None:
+            claim = Claim(
+                kind=kind, uuid=renamed or str(_uuid.uuid4()), blobKey=key, token=_token()
+            )
             try:
                 await self._claim(claim)
             except BaseException:
@@ -259,7 +266,7 @@ class Objects:
                         uuid,
                         Change(
                             newUUID=change.newUUID,
-                            claimToken=claim.token if claim is not None else None,
+                            claimed=(claim.uuid, claim.token) if claim is not None else None,
                             text=change.text,
                             blob=newBlob,
                         ),

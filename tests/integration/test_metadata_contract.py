@@ -502,7 +502,9 @@ async def test_renameConsumesTheClaim(backend: Backend) -> None:
     stored = await put(store, "problem", {"name": "p", "description": "d"})
     new = newUUID()
     await store.claim(Claim("problem", new, blobKey=None, token=tok(new)))
-    changed = await store.change("problem", stored.uuid, Change(newUUID=new, claimToken=tok(new)))
+    changed = await store.change(
+        "problem", stored.uuid, Change(newUUID=new, claimed=(new, tok(new)))
+    )
     assert changed == Changed(
         evolve(stored, uuid=new),
         None,
@@ -555,7 +557,7 @@ async def test_changeAllAtOnce(store: IMetadataStore) -> None:
     changed = await store.change(
         "problem",
         stored.uuid,
-        Change(newUUID=new, claimToken=tok(new), text={"name": "n"}, blob=blob),
+        Change(newUUID=new, claimed=(new, tok(new)), text={"name": "n"}, blob=blob),
     )
     assert changed.oldBlobKey == stored.blob_key
     assert (changed.object.uuid, changed.object.name, changed.object.blob_key) == (
@@ -564,6 +566,34 @@ async def test_changeAllAtOnce(store: IMetadataStore) -> None:
         "problem/b",
     )
     assert await store.list("problem", Listing(10)) == [changed.object]
+
+
+@pytest_twisted.ensureDeferred
+async def test_aNewBlobIsHeldByAClaimTheChangeConsumes(store: IMetadataStore) -> None:
+    """
+    While a new blob is written for an object, a claim of a uuid of its own
+    points to it (a sweep sees the key referenced); the change that puts the
+    blob in place consumes that claim, and fails if it was lost.
+    """
+    stored = await put(store, "problem", {"name": "p"})
+    holder = newUUID()
+    await store.claim(Claim("problem", holder, blobKey="problem/new", token=tok(holder)))
+    assert await store.referencedKeys(["problem/new"]) == {"problem/new"}
+    with pytest.raises(ClaimLost):
+        await store.change(
+            "problem",
+            stored.uuid,
+            Change(blob=NewBlob("problem/new", BlobInfo(1, SHA)), claimed=(holder, "another's")),
+        )
+    assert await store.get("problem", stored.uuid) == stored
+    changed = await store.change(
+        "problem",
+        stored.uuid,
+        Change(blob=NewBlob("problem/new", BlobInfo(1, SHA)), claimed=(holder, tok(holder))),
+    )
+    assert (changed.object.uuid, changed.object.blob_key) == (stored.uuid, "problem/new")
+    assert await store.takeDeadClaims(0.0, mine=True) == []
+    assert await store.referencedKeys(["problem/new"]) == {"problem/new"}
 
 
 @pytest_twisted.ensureDeferred
@@ -669,7 +699,7 @@ async def test_takenClaimsAreFenced(backend: Backend) -> None:
     assert (caught.value.kind, caught.value.uuid) == ("data", uid)
     with pytest.raises(ClaimLost):
         await stalled.change(
-            "problem", target.uuid, Change(newUUID=renamed, claimToken=tok(renamed))
+            "problem", target.uuid, Change(newUUID=renamed, claimed=(renamed, tok(renamed)))
         )
     assert await store.get("problem", target.uuid) == target
     await stalled.release("data", uid, tok(uid))

@@ -19,10 +19,20 @@ from morpheo._errors import ClaimLost
 from morpheo._interfaces import IBlobSource, IBlobWriter
 from morpheo._types import BlobInfo, Claim
 from morpheo.metadata import MemoryMetadataStore
-from morpheo.objects import CLAIM_LEASE, IncomingBlob, NewObject, Objects, Sweeper, blobKey, sweep
+from morpheo.objects import (
+    CLAIM_LEASE,
+    IncomingBlob,
+    NewObject,
+    Objects,
+    Replacement,
+    Sweeper,
+    blobKey,
+    sweep,
+)
 
 from .harness import Connection, ImmediatePool, Service, newUUID
 from .test_interrupted import finish
+from .test_objects_domain import Bytes
 
 
 def claimWithBlob(service: Service, metadata: MemoryMetadataStore) -> Claim:
@@ -162,6 +172,33 @@ def test_aNodeStalledPastItsLeaseCannotTouchTheUploadThatReplacedIt(service: Ser
     assert stored["sha256"] == json.loads(again.body)["sha256"]
     assert service.request("GET", f"/data/{uuid}/blob").body == b"fresh"
     assert len(service.blobKeys()) == 1
+
+
+def test_aReplacementStalledPastItsLeaseChangesNothing(service: Service) -> None:
+    """
+    The new blob of a change is held by a claim while it is written: a
+    process that stalls past its lease has it swept with its blob, and its
+    change then fails, leaving the object as it was.
+    """
+    stalled, _ = stalledPeer(service)
+    current = service.run(
+        service.objects.put(
+            NewObject("problem", IncomingBlob(3), text={"name": "p"}), Bytes(b"old")
+        )
+    )
+    body = Trickle(b"new")
+    change = ensureDeferred(stalled.replace(current, Replacement(blob=IncomingBlob(3)), body))
+    service.settle()
+    # The object, and the claim that holds its new blob.
+    assert sorted(state for _, _, state in service.rows()) == ["pending", "ready"]
+    service.advance(CLAIM_LEASE + 1)
+    assert service.run(service.objects.sweep()).claims == 1
+    body.arrive()
+    with pytest.raises(ClaimLost):
+        service.run(change)
+    assert service.run(service.objects.get("problem", current.uuid)) == current
+    assert service.blobKeys() == [current.blob_key]
+    assert service.rows() == [("problem", current.uuid, "ready")]
 
 
 def test_aStalledUploadsClientIsTold503() -> None:
