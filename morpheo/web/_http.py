@@ -37,13 +37,20 @@ class Unsatisfiable(Exception):
 #: A byte range: ASCII digits only, at most 19 of them (a bigint's).
 _RANGE_SPEC = re.compile(r"\s*([0-9]{0,19})\s*-\s*([0-9]{0,19})\s*")
 
+#: The most ranges one response serves, once overlapping ones are merged.
+MAX_RANGES = 16
 
-def parseRange(header: str, size: int, maxRanges: int = 100) -> list[ByteRange] | None:
+
+def parseRange(header: str, size: int, maxRanges: int = MAX_RANGES) -> list[ByteRange] | None:
     """
-    The ranges a C{Range} header asks for, in order, clipped to C{size}.
+    The ranges a C{Range} header asks for, clipped to C{size}: in the
+    order asked, unless some overlap or touch, when they are merged and
+    given in ascending order (RFC 9110 lets a server coalesce them), so that
+    no byte is sent twice.
 
-    @return: L{None} when the header is to be ignored (not bytes, or
-        malformed: RFC 9110 says serve the whole representation then).
+    @return: L{None} when the header is to be ignored, for the whole
+        representation to be served: not bytes, malformed (RFC 9110), or
+        more than C{maxRanges} ranges even once merged.
     @raise Unsatisfiable: when no range overlaps the representation.
     """
     unit, _, specs = header.partition("=")
@@ -70,11 +77,26 @@ def parseRange(header: str, size: int, maxRanges: int = 100) -> list[ByteRange] 
                 continue
         if end >= start:
             ranges.append(ByteRange(start, end - start + 1))
-    if len(ranges) > maxRanges:
-        return None
     if not ranges:
         raise Unsatisfiable()
+    ranges = _coalesced(ranges)
+    if len(ranges) > maxRanges:
+        return None
     return ranges
+
+
+def _coalesced(ranges: list[ByteRange]) -> list[ByteRange]:
+    """C{ranges} as asked if none overlap or touch; else merged, ascending."""
+    ordered = sorted(ranges, key=lambda r: r.start)
+    merged: list[ByteRange] = []
+    for r in ordered:
+        if merged and r.start <= merged[-1].start + merged[-1].length:
+            last = merged[-1]
+            end = max(last.start + last.length, r.start + r.length)
+            merged[-1] = ByteRange(last.start, end - last.start)
+        else:
+            merged.append(r)
+    return ranges if len(merged) == len(ranges) else merged
 
 
 def etagOf(sha256: str) -> str:

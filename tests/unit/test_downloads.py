@@ -92,6 +92,47 @@ def test_severalRangesAreMultipartByteranges(service: Service, stored: str) -> N
     assert reply.length == len(reply.body)
 
 
+def test_aHundredOverlappingRangesSendTheBlobOnce(service: Service, stored: str) -> None:
+    """C{bytes=0-,0-,...}: 305 bytes of header once made 100 copies of the blob."""
+    spec = ",".join(["0-"] * 100)
+    reply = service.request("GET", f"{stored}/blob", headers={"Range": f"bytes={spec}"})
+    assert reply.code == 206
+    assert reply.header("content-range") == f"bytes 0-{len(BLOB) - 1}/{len(BLOB)}"
+    assert reply.body == BLOB
+
+
+def test_manyRangesGiveTheWholeBlob(service: Service, stored: str) -> None:
+    spec = ",".join(f"{i * 100}-{i * 100}" for i in range(17))
+    reply = service.request("GET", f"{stored}/blob", headers={"Range": f"bytes={spec}"})
+    assert (reply.code, reply.body) == (200, BLOB)
+    assert reply.header("content-range") is None
+
+
+def test_rangesWhosePartsWouldOutweighTheBlobGiveTheWholeBlob(service: Service) -> None:
+    """Sixteen one-byte ranges of a small blob: the parts' headers alone are larger."""
+    blob = os.urandom(1000)
+    uuid = service.upload("data", blob).json()["uuid"]
+    spec = ",".join(f"{i * 50}-{i * 50}" for i in range(16))
+    reply = service.request("GET", f"/data/{uuid}/blob", headers={"Range": f"bytes={spec}"})
+    assert (reply.code, reply.body, reply.length) == (200, blob, len(blob))
+    head = service.request("HEAD", f"/data/{uuid}/blob", headers={"Range": f"bytes={spec}"})
+    assert (head.code, head.header("content-length")) == (200, "1000")
+
+
+def test_noMoreBytesThanAboutTwiceTheBlob(service: Service, stored: str) -> None:
+    """Whatever the ranges asked, the answer stays within about twice the blob."""
+    specs = [
+        ",".join(["0-"] * 300),
+        ",".join(f"-{n}" for n in range(1, 300)),
+        ",".join(f"{i}-{i + 5000}" for i in range(0, 5000, 10)),
+        ",".join(f"{i * 600}-{i * 600 + 1}" for i in range(16)),
+    ]
+    for spec in specs:
+        reply = service.request("GET", f"{stored}/blob", headers={"Range": f"bytes={spec}"})
+        assert reply.code in (200, 206)
+        assert len(reply.body) <= 2 * len(BLOB), spec
+
+
 @pytest.mark.parametrize("spec", ["10000-", "20000-30000"])
 def test_noRangeWithinTheBlobIs416(service: Service, stored: str, spec: str) -> None:
     reply = service.request("GET", f"{stored}/blob", headers={"Range": f"bytes={spec}"})

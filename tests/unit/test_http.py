@@ -11,6 +11,7 @@ import pytest
 
 from morpheo._errors import APIError
 from morpheo.web._http import (
+    MAX_RANGES,
     ByteRange,
     Unsatisfiable,
     contentDisposition,
@@ -65,8 +66,27 @@ def test_parseRangeOfEmptyBlob():
         parseRange("bytes=0-", 0)
 
 
-def test_tooManyRangesIgnored():
-    assert parseRange("bytes=" + ",".join(f"{i}-{i}" for i in range(101)), 1000) is None
+def test_upToSixteenRangesAreServed():
+    """More than sixteen (once merged): the header is ignored, the whole blob served."""
+    sixteen = [ByteRange(2 * i, 1) for i in range(MAX_RANGES)]
+    assert MAX_RANGES == 16
+    assert parseRange("bytes=" + ",".join(f"{2 * i}-{2 * i}" for i in range(16)), 1000) == sixteen
+    assert parseRange("bytes=" + ",".join(f"{2 * i}-{2 * i}" for i in range(17)), 1000) is None
+
+
+@pytest.mark.parametrize(
+    "header,expected",
+    [
+        ("bytes=" + ",".join(["0-"] * 100), [ByteRange(0, 100)]),
+        ("bytes=50-59,0-9,5-14", [ByteRange(0, 15), ByteRange(50, 10)]),
+        ("bytes=5-9,0-4", [ByteRange(0, 10)]),
+        ("bytes=-10,80-", [ByteRange(80, 20)]),
+        ("bytes=" + ",".join(f"{i}-{i}" for i in range(100)), [ByteRange(0, 100)]),
+    ],
+)
+def test_overlappingOrTouchingRangesAreMerged(header, expected):
+    """No byte is sent twice: overlapping or touching ranges become one, in order."""
+    assert parseRange(header, 100) == expected
 
 
 def test_contentRange():
