@@ -17,7 +17,14 @@ from twisted.cred import strcred
 from twisted.cred.credentials import IUsernamePassword
 from twisted.python import usage
 
-from .service._config import BLOBSTORES, ConfigError, StorageConfig, checkEndpoint, checkPort
+from .service._config import (
+    BLOBSTORES,
+    DEFAULT_REDIRECT_LIFETIME,
+    ConfigError,
+    StorageConfig,
+    checkEndpoint,
+    checkPort,
+)
 from .service._jsonlog import jsonObserverFactory
 from .service._listen import refuseWeakTLS
 from .service._service import StorageService
@@ -73,6 +80,15 @@ def _seconds(value: str) -> float:
     if not seconds >= 0:
         raise usage.UsageError(f"--shutdown-timeout must be a number of seconds, not {value!r}")
     return seconds
+
+
+def _lifetime(value: str) -> int:
+    """Whole seconds: a presigned URL's lifetime has no fractions."""
+    if not re.fullmatch(r"[0-9]{1,9}", value.strip()):
+        raise usage.UsageError(
+            f"--redirect-lifetime must be a whole number of seconds, not {value!r}"
+        )
+    return int(value)
 
 
 class Options(usage.Options, strcred.AuthOptionMixin):
@@ -155,6 +171,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "Refuse blobs larger than this with 413 (bytes, or e.g. 512M, 5G).",
             _size,
         ],
+        [
+            "redirect-lifetime",
+            None,
+            None,
+            "With --redirect-downloads, how long a download's URL stays valid (seconds;"
+            f" default {DEFAULT_REDIRECT_LIFETIME}, at most 604800, 7 days).",
+            _lifetime,
+        ],
         ["log-format", None, "text", "Log lines as text or json (one JSON object per line)."],
         [
             "shutdown-timeout",
@@ -166,6 +190,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     ]
     optFlags = [
         ["db-rollback", None, "Roll back the last schema migration and exit."],
+        [
+            "redirect-downloads",
+            None,
+            "Answer a blob's GET with a redirect (307) to a short-lived presigned URL of the"
+            " blob store (s3 or gc), so that the bytes skip this service.",
+        ],
     ]
 
     compData = usage.Completions(
@@ -282,6 +312,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             gcBucket=self["gc-bucket"],
             gcEndpoint=self["gc-endpoint"],
             maxBlobSize=self["max-blob-size"],
+            redirectDownloads=bool(self["redirect-downloads"]),
+            redirectLifetime=self["redirect-lifetime"],
         )
 
 
