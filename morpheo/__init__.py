@@ -10,7 +10,7 @@ with a L{StreamingSite} (see the README, "Embedding").  The parts
 """
 
 from ._errors import APIError, BlobNotFound, BlobStoreError, DatabaseError
-from ._interfaces import IBlobStore, IBlobWriter, IMetadataStore
+from ._interfaces import IBlobStore, IBlobWriter, IMetadataStore, IRedirectableBlobStore
 from ._kinds import KINDS
 from ._types import BlobInfo, Resource, StoredObject
 from .blobstores import LocalBlobStore, MemoryBlobStore
@@ -48,6 +48,7 @@ __all__ = [
     "DatabaseError",
     "IBlobStore",
     "IBlobWriter",
+    "IRedirectableBlobStore",
     "IStreamingRequest",
     "LocalBlobStore",
     "MetadataStore",

@@ -6,7 +6,8 @@ The domain layer (L{morpheo.objects}) drives a metadata store
 (L{IMetadataStore}: PostgreSQL, or in memory) and a blob store
 (L{IBlobStore}: local disk, S3, Google Cloud Storage, in memory), and reads
 uploads from an L{IBlobSource} the web layer hands it; it never knows which
-implementation it talks to.
+implementation it talks to.  The remote stores can also hand a download to
+the client (L{IRedirectableBlobStore}).
 """
 
 from __future__ import annotations
@@ -108,6 +109,31 @@ class IAbandonableBlobStore(IBlobStore):
         Remove everything a write under C{key} may have left: the blob if it
         was committed, any unfinished upload to it.  Removing nothing is not
         an error.
+        """
+
+
+class IRedirectableBlobStore(IBlobStore):
+    """
+    A blob store that serves a blob itself to whoever holds a URL it made
+    (an S3 presigned URL, a Google Cloud Storage signed URL), so that a
+    download can skip the service: its client is redirected there.
+    """
+
+    maxRedirectLifetime = Attribute(
+        "The longest lifetime, in seconds, the store accepts for such a URL."
+    )
+
+    def presignedURL(key: str, lifetime: int, contentType: str, disposition: str) -> Deferred[str]:
+        """
+        A URL at which a plain GET, without credentials, gets the blob under
+        C{key} for C{lifetime} seconds (at most L{maxRedirectLifetime}),
+        ranges included, answered with C{Content-Type: contentType} and
+        C{Content-Disposition: disposition} (those are part of what is
+        signed, so the client cannot change them).
+
+        @return: fires with the URL, or fails with L{BlobStoreError} when
+            the store's credentials cannot make one.  Nothing is asked of
+            the store: a missing blob shows when the URL is used.
         """
 
 

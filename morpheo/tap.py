@@ -17,7 +17,14 @@ from twisted.cred import strcred
 from twisted.cred.credentials import IUsernamePassword
 from twisted.python import usage
 
-from .service._config import BLOBSTORES, ConfigError, StorageConfig, checkEndpoint, checkPort
+from .service._config import (
+    BLOBSTORES,
+    DEFAULT_REDIRECT_LIFETIME,
+    ConfigError,
+    StorageConfig,
+    checkEndpoint,
+    checkPort,
+)
 from .service._jsonlog import jsonObserverFactory
 from .service._listen import refuseWeakTLS
 from .service._service import StorageService
@@ -76,6 +83,15 @@ def _seconds(option: str) -> Callable[[str], float]:
         return seconds
 
     return parse
+
+
+def _lifetime(value: str) -> int:
+    """Whole seconds: a presigned URL's lifetime has no fractions."""
+    if not re.fullmatch(r"[0-9]{1,9}", value.strip()):
+        raise usage.UsageError(
+            f"--redirect-lifetime must be a whole number of seconds, not {value!r}"
+        )
+    return int(value)
 
 
 class Options(usage.Options, strcred.AuthOptionMixin):
@@ -167,6 +183,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             " another node within two leases.",
             _seconds("claim-lease"),
         ],
+        [
+            "redirect-lifetime",
+            None,
+            None,
+            "With --redirect-downloads, how long a download's URL stays valid (seconds;"
+            f" default {DEFAULT_REDIRECT_LIFETIME}, at most 604800, 7 days).",
+            _lifetime,
+        ],
         ["log-format", None, "text", "Log lines as text or json (one JSON object per line)."],
         [
             "shutdown-timeout",
@@ -178,6 +202,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     ]
     optFlags = [
         ["db-rollback", None, "Roll back the last schema migration and exit."],
+        [
+            "redirect-downloads",
+            None,
+            "Answer a blob's GET with a redirect (307) to a short-lived presigned URL of the"
+            " blob store (s3 or gc), so that the bytes skip this service.",
+        ],
     ]
 
     compData = usage.Completions(
@@ -295,6 +325,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             gcEndpoint=self["gc-endpoint"],
             maxBlobSize=self["max-blob-size"],
             claimLease=self["claim-lease"],
+            redirectDownloads=bool(self["redirect-downloads"]),
+            redirectLifetime=self["redirect-lifetime"],
         )
 
 

@@ -12,25 +12,36 @@ Credentials come from google-auth's Application Default Credentials,
 looked up and refreshed in the thread pool (both may block on files or the
 network); with another endpoint (an emulator) requests are anonymous unless
 C{GOOGLE_APPLICATION_CREDENTIALS} names a credentials file.
+
+Downloads can be handed to the client as V4 signed URLs of the XML API
+(L{signedURL}), signed in the thread pool by credentials that can sign (a
+service account's key signs locally; impersonated credentials ask IAM).
+An emulator spoken to anonymously checks no signature: its clients get the
+object's plain media URL, which never expires.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IAgent, IResponse
 from zope.interface import implementer
 
 from .._errors import BlobNotFound, BlobStoreError
-from .._interfaces import IBlobStore
+from .._interfaces import IRedirectableBlobStore
 from ._bodies import StreamBody
+from ._http import asStoreError
 from ._httpstore import HTTPBlobStore
 from ._segmented import StreamingWriter
 
@@ -38,6 +49,52 @@ MiB = 1024 * 1024
 CHUNK_UNIT = 256 * 1024
 SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
 GOOGLE = "https://storage.googleapis.com"
+#: The longest a V4 signed URL may live: 7 days.
+MAX_SIGNED = 7 * 24 * 3600
+
+_log = Logger()
+
+
+def _encode(text: str) -> str:
+    """Percent-encoding of everything but RFC 3986's unreserved characters."""
+    return quote(text, safe="")
+
+
+def signedURL(
+    sign: Callable[[bytes], bytes],
+    email: str,
+    base: str,
+    path: str,
+    query: Mapping[str, str],
+    lifetime: int,
+    now: float,
+) -> str:
+    """
+    A V4 signed URL (C{GOOG4-RSA-SHA256}) for a GET of C{path} at C{base}
+    (C{https://storage.googleapis.com}), carrying C{query} too, valid
+    C{lifetime} seconds from C{now}: the host is the one signed header and
+    the payload is unsigned, as the XML API wants for a download.  C{sign}
+    makes the RSA-SHA256 signature of C{email}'s key.
+    """
+    host = urlsplit(base).netloc
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    scope = f"{stamp[:8]}/auto/storage/goog4_request"
+    params = {
+        **query,
+        "X-Goog-Algorithm": "GOOG4-RSA-SHA256",
+        "X-Goog-Credential": f"{email}/{scope}",
+        "X-Goog-Date": stamp,
+        "X-Goog-Expires": str(lifetime),
+        "X-Goog-SignedHeaders": "host",
+    }
+    canonicalQuery = "&".join(f"{_encode(k)}={_encode(v)}" for k, v in sorted(params.items()))
+    canonical = "\n".join(
+        ["GET", path, canonicalQuery, f"host:{host}", "", "host", "UNSIGNED-PAYLOAD"]
+    )
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    toSign = f"GOOG4-RSA-SHA256\n{stamp}\n{scope}\n{digest}"
+    signature = sign(toSign.encode()).hex()
+    return f"{base.rstrip('/')}{path}?{canonicalQuery}&X-Goog-Signature={signature}"
 
 
 class _GCSWriter(StreamingWriter[None]):
@@ -112,7 +169,7 @@ class _GCSWriter(StreamingWriter[None]):
         return d.addCallback(self._store._drained)
 
 
-@implementer(IBlobStore)
+@implementer(IRedirectableBlobStore)
 class GCSBlobStore(HTTPBlobStore):
     """
     Blobs in Google Cloud Storage bucket C{bucket}; C{endpoint} (for example
@@ -125,6 +182,7 @@ class GCSBlobStore(HTTPBlobStore):
 
     name = "gcs"
     remote = True
+    maxRedirectLifetime = MAX_SIGNED
 
     def __init__(
         self,
@@ -145,28 +203,58 @@ class GCSBlobStore(HTTPBlobStore):
         self._base = (endpoint or GOOGLE).rstrip("/")
         self._bucketPath = quote(bucket, safe="")
         explicit = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
-        if credentials is None and endpoint is not None and not explicit:
+        #: Spoken to without credentials: an emulator, checking nothing.
+        self.anonymous = credentials is None and endpoint is not None and not explicit
+        if self.anonymous:
             from google.auth.credentials import AnonymousCredentials
 
             credentials = AnonymousCredentials()
         self._credentials = credentials
+        self._warned = False
 
     def _objectURL(self, key: str) -> str:
         name = quote(key, safe="")
         return f"{self._base}/storage/v1/b/{self._bucketPath}/o/{name}"
 
-    def _authorizeInThread(self, headers: dict[str, str]) -> dict[str, str]:
+    def _credentialsInThread(self) -> Any:
+        """The credentials, found the first time (files, the metadata server)."""
         import google.auth
-        import google.auth.transport.urllib3
-        import urllib3
 
         if self._credentials is None:
             self._credentials, _ = google.auth.default(scopes=[SCOPE])
-        if not self._credentials.valid:
+        return self._credentials
+
+    def _authorizeInThread(self, headers: dict[str, str]) -> dict[str, str]:
+        import google.auth.transport.urllib3
+        import urllib3
+
+        credentials = self._credentialsInThread()
+        if not credentials.valid:
             http = google.auth.transport.urllib3.Request(urllib3.PoolManager())
-            self._credentials.refresh(http)
-        self._credentials.apply(headers)
+            credentials.refresh(http)
+        credentials.apply(headers)
         return headers
+
+    def _signInThread(
+        self, key: str, lifetime: int, contentType: str, disposition: str, now: float
+    ) -> str:
+        from google.auth.credentials import Signing
+
+        credentials = self._credentialsInThread()
+        if not isinstance(credentials, Signing):
+            raise BlobStoreError(
+                f"these Google credentials ({type(credentials).__module__}) cannot sign URLs:"
+                " use a service account's key (GOOGLE_APPLICATION_CREDENTIALS) or credentials"
+                " impersonating a service account"
+                " (gcloud auth application-default login --impersonate-service-account)"
+            )
+        # The response-* parameters are signed: a client cannot make the
+        # store answer with another type or file name.
+        query = {"response-content-type": contentType, "response-content-disposition": disposition}
+        path = f"/{self._bucketPath}/{quote(key, safe='/~')}"
+        return signedURL(
+            credentials.sign_bytes, credentials.signer_email, self._base, path, query, lifetime, now
+        )
 
     def _authorize(
         self, method: str, url: str, headers: dict[str, str], data: bytes | None
@@ -202,6 +290,43 @@ class GCSBlobStore(HTTPBlobStore):
             return self._call("GET", url, what, key=key)
 
         return self._download(key, consumer, offset, length, url + "?alt=media", what, probe)
+
+    # IRedirectableBlobStore
+
+    def presignedURL(
+        self, key: str, lifetime: int, contentType: str, disposition: str
+    ) -> Deferred[str]:
+        """
+        A V4 signed URL; from an emulator spoken to anonymously, which
+        checks no signature, the object's plain media URL instead (it never
+        expires, and the emulator answers with the object's stored type).
+        """
+        if not 0 < lifetime <= MAX_SIGNED:
+            raise ValueError(f"GCS signed URLs live 1 to {MAX_SIGNED} seconds, not {lifetime}")
+        if self.anonymous:
+            if not self._warned:
+                self._warned = True
+                _log.warn(
+                    "downloads are redirected to {base} unsigned, as an emulator checks no"
+                    " signature: whoever holds such a URL can read the blob, and it never expires",
+                    base=self._base,
+                )
+            name = quote(key, safe="")
+            return succeed(
+                f"{self._base}/download/storage/v1/b/{self._bucketPath}/o/{name}?alt=media"
+            )
+        now = self._clock.seconds()
+        d: Deferred[str] = deferToThreadPool(
+            self._reactor,
+            self._pool,
+            self._signInThread,
+            key,
+            lifetime,
+            contentType,
+            disposition,
+            now,
+        )
+        return d.addErrback(lambda reason: asStoreError(f"GCS signing a URL for {key}", reason))
 
     def delete(self, key: str) -> Deferred[None]:
         what = f"GCS deleting {key}"

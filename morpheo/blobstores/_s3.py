@@ -8,6 +8,9 @@ credentials, and sent with a Twisted L{IAgent}, bodies streamed straight
 from the writer.  Up to C{partThreshold} bytes a blob is one PUT; above, a
 multipart upload whose parts are streamed in order, the next part starting
 as soon as the previous one's body is written.
+
+Downloads can also be handed to the client as presigned URLs (botocore's
+query-string signer, in the thread pool too).
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ from typing import Any
 from urllib.parse import quote
 from xml.etree import ElementTree
 
-from botocore.auth import S3SigV4Auth
+from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
-from botocore.credentials import Credentials
+from botocore.credentials import Credentials, ReadOnlyCredentials
 from botocore.session import get_session
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IConsumer
@@ -30,8 +33,9 @@ from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from .._errors import BlobNotFound, BlobStoreError
-from .._interfaces import IAbandonableBlobStore
+from .._interfaces import IAbandonableBlobStore, IRedirectableBlobStore
 from ._bodies import StreamBody
+from ._http import asStoreError
 from ._httpstore import HTTPBlobStore
 from ._segmented import StreamingWriter
 
@@ -39,6 +43,8 @@ MiB = 1024 * 1024
 MIN_PART = 5 * MiB
 MAX_PARTS = 10_000
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+#: The longest a presigned URL may live: SigV4's own limit, 7 days.
+MAX_PRESIGN = 7 * 24 * 3600
 
 # Streamed bodies cannot be hashed before they are sent: botocore's own
 # switch for S3 then signs them as UNSIGNED-PAYLOAD.
@@ -155,7 +161,7 @@ def _xmlEscape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-@implementer(IAbandonableBlobStore)
+@implementer(IAbandonableBlobStore, IRedirectableBlobStore)
 class S3BlobStore(HTTPBlobStore):
     """
     Blobs in S3 bucket C{bucket} of C{region}; C{endpoint} (for example
@@ -166,6 +172,7 @@ class S3BlobStore(HTTPBlobStore):
 
     name = "s3"
     remote = True
+    maxRedirectLifetime = MAX_PRESIGN
 
     def __init__(
         self,
@@ -202,9 +209,9 @@ class S3BlobStore(HTTPBlobStore):
         url = self._base + ("/" if key is None else "/" + quote(key, safe="/~"))
         return url if query is None else f"{url}?{query}"
 
-    def _signInThread(
-        self, method: str, url: str, headers: dict[str, str], data: bytes | None
-    ) -> dict[str, str]:
+    def _frozenCredentials(self) -> ReadOnlyCredentials:
+        """The credentials to sign with now, found (and refreshed) by
+        botocore: in a thread, it may read files or ask the network."""
         if self._credentials is None:
             self._credentials = get_session().get_credentials()
             if self._credentials is None:
@@ -212,12 +219,27 @@ class S3BlobStore(HTTPBlobStore):
                     "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY,"
                     " or AWS_PROFILE, or write ~/.aws/credentials, or run with an instance role"
                 )
-        frozen = self._credentials.get_frozen_credentials()
+        frozen: ReadOnlyCredentials = self._credentials.get_frozen_credentials()
+        return frozen
+
+    def _signInThread(
+        self, method: str, url: str, headers: dict[str, str], data: bytes | None
+    ) -> dict[str, str]:
+        frozen = self._frozenCredentials()
         request = AWSRequest(method=method, url=url, headers=headers, data=data or b"")
         if data is None:
             request.context["client_config"] = _UNSIGNED
         S3SigV4Auth(frozen, "s3", self.region).add_auth(request)
         return dict(request.headers.items())
+
+    def _presignInThread(self, key: str, lifetime: int, contentType: str, disposition: str) -> str:
+        # The response-* parameters are part of the signed query: a client
+        # cannot make the store answer with another type or file name.
+        params = {"response-content-type": contentType, "response-content-disposition": disposition}
+        request = AWSRequest(method="GET", url=self._url(key, None), params=params)
+        S3SigV4QueryAuth(self._frozenCredentials(), "s3", self.region, lifetime).add_auth(request)
+        url: str = request.url
+        return url
 
     def _authorize(
         self, method: str, url: str, headers: dict[str, str], data: bytes | None
@@ -276,6 +298,27 @@ class S3BlobStore(HTTPBlobStore):
     def delete(self, key: str) -> Deferred[None]:
         d = self._request("DELETE", key, f"S3 DeleteObject of {key}", ok=(200, 204, 404))
         return d.addCallback(self._drained)
+
+    # IRedirectableBlobStore
+
+    def presignedURL(
+        self, key: str, lifetime: int, contentType: str, disposition: str
+    ) -> Deferred[str]:
+        """A SigV4 presigned GetObject URL: no request is made to sign it."""
+        if not 0 < lifetime <= MAX_PRESIGN:
+            raise ValueError(f"S3 presigned URLs live 1 to {MAX_PRESIGN} seconds, not {lifetime}")
+        d: Deferred[str] = deferToThreadPool(
+            self._reactor,
+            self._pool,
+            self._presignInThread,
+            key,
+            lifetime,
+            contentType,
+            disposition,
+        )
+        return d.addErrback(
+            lambda reason: asStoreError(f"S3 presigning a GetObject of {key}", reason)
+        )
 
     def check(self) -> Deferred[None]:
         what = f"S3 HeadBucket of {self.bucket} at {self._base.rsplit('/', 1)[0]}"

@@ -27,7 +27,13 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from .._errors import ClaimLost, DigestMismatch, NoSuchObject, SizeMismatch, TooLarge, Vanished
-from .._interfaces import IBlobSource, IBlobStore, IBlobWriter, IMetadataStore
+from .._interfaces import (
+    IBlobSource,
+    IBlobStore,
+    IBlobWriter,
+    IMetadataStore,
+    IRedirectableBlobStore,
+)
 from .._types import BlobInfo, Change, Claim, Label, Listing, NewBlob, StoredObject
 from ..blobstores._verify import verifying
 from ._sweep import CLAIM_LEASE, Swept, sweep
@@ -147,6 +153,21 @@ class Objects:
     ) -> Deferred[None]:
         """Stream C{length} bytes of C{stored}'s blob from C{offset} into C{consumer}."""
         return self.blobs.produce(stored.blob_key, consumer, offset, length)
+
+    @property
+    def redirectable(self) -> bool:
+        """Whether the blob store can serve a download itself (L{downloadURL})."""
+        return IRedirectableBlobStore.providedBy(self.blobs)
+
+    def downloadURL(
+        self, stored: StoredObject, lifetime: int, contentType: str, disposition: str
+    ) -> Deferred[str]:
+        """
+        A URL of the blob store's that serves C{stored}'s blob to anyone,
+        with that type and disposition, for C{lifetime} seconds.
+        """
+        store = IRedirectableBlobStore(self.blobs)
+        return store.presignedURL(stored.blob_key, lifetime, contentType, disposition)
 
     async def ready(self) -> dict[str, BaseException | None]:
         """Whether each store can be used now: L{None}, or why not."""

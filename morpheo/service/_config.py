@@ -22,6 +22,10 @@ from twisted.python.threadpool import ThreadPool
 from .._interfaces import IBlobStore
 
 BLOBSTORES = ("local", "s3", "gc", "mock")
+#: The stores that can serve a download themselves (--redirect-downloads).
+REDIRECTING = ("s3", "gc")
+#: Seconds a redirected download's URL stays valid, unless told otherwise.
+DEFAULT_REDIRECT_LIFETIME = 300
 
 
 class ConfigError(ValueError):
@@ -54,7 +58,9 @@ class StorageConfig:
     Users: C{user} with C{password}, and/or twisted.cred C{checkers} (for
     L{IUsernamePassword}); at least one of them.  Listening: the endpoint
     descriptions of C{listen}, or else C{host}/C{port} (TLS with C{cert}
-    and C{key}).
+    and C{key}).  Downloads: C{redirectDownloads} answers a blob's GET
+    with a redirect to a URL of the store's, valid C{redirectLifetime}
+    seconds (L{DEFAULT_REDIRECT_LIFETIME} if None).
 
     @raise ConfigError: when made with settings that cannot work.
     """
@@ -86,6 +92,8 @@ class StorageConfig:
     gcEndpoint: str | None = None
     maxBlobSize: int | None = None
     claimLease: float = 60.0
+    redirectDownloads: bool = False
+    redirectLifetime: int | None = None
     threads: int = 8
 
     def __attrs_post_init__(self) -> None:
@@ -132,6 +140,31 @@ class StorageConfig:
             raise ConfigError(f"--claim-lease must be at least 1 second, not {self.claimLease!r}")
         if self.threads < 1:
             raise ConfigError(f"threads must be at least 1, not {self.threads}")
+        self._checkRedirects()
+
+    def _checkRedirects(self) -> None:
+        if self.redirectLifetime is not None and not self.redirectDownloads:
+            raise ConfigError("--redirect-lifetime goes with --redirect-downloads")
+        if not self.redirectDownloads:
+            return
+        if self.blobstore not in REDIRECTING:
+            raise ConfigError(
+                "--redirect-downloads needs a store that serves downloads itself,"
+                f" --blobstore s3 or gc; {self.blobstore} blobs are served by this service only"
+            )
+        longest = _longestRedirect(self.blobstore)
+        if not 1 <= self.downloadLifetime <= longest:
+            raise ConfigError(
+                f"--redirect-lifetime must be 1 to {longest} seconds (the most the store"
+                f" allows), not {self.downloadLifetime}"
+            )
+
+    @property
+    def downloadLifetime(self) -> int:
+        """Seconds a redirected download's URL stays valid."""
+        if self.redirectLifetime is None:
+            return DEFAULT_REDIRECT_LIFETIME
+        return self.redirectLifetime
 
     @property
     def stateless(self) -> bool:
@@ -168,3 +201,15 @@ class StorageConfig:
         from ..blobstores._local import LocalBlobStore
 
         return LocalBlobStore(os.path.join(self.dataDir, "blobs"), reactor, pool)
+
+
+def _longestRedirect(blobstore: str) -> int:
+    """The longest lifetime the store gives its URLs, as its class says
+    (imported only now: botocore takes time to import)."""
+    if blobstore == "s3":
+        from ..blobstores._s3 import S3BlobStore
+
+        return S3BlobStore.maxRedirectLifetime
+    from ..blobstores._gcs import GCSBlobStore
+
+    return GCSBlobStore.maxRedirectLifetime

@@ -32,7 +32,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import IResource
 
 from .._errors import BlobStoreError, DatabaseError
-from .._interfaces import IBlobStore
+from .._interfaces import IBlobStore, IRedirectableBlobStore
 from ..metadata._embedded import EmbeddedPostgres
 from ..metadata._migrations import (
     MigrationError,
@@ -46,6 +46,7 @@ from ..objects import Objects, Sweeper
 from ..web._accesslog import AccessLogSite
 from ..web._auth import BasicAuth
 from ..web._cors import CORSResource
+from ..web._download import DEFAULT_TYPE
 from ..web._passwords import PasswordFileChecker
 from ..web._root import StorageRoot
 from ..web._routes import StorageAPI
@@ -234,6 +235,10 @@ class StorageService(service.Service):
             self._log.info("applied migrations {applied}", applied=applied)
         running.store = config.blobStore(self._reactor, pool)
         await running.store.check()
+        redirectLifetime = None
+        if config.redirectDownloads:
+            redirectLifetime = config.downloadLifetime
+            await self._checkRedirects(running.store, redirectLifetime)
         metadata = PostgresMetadataStore(running.db, owner=owner)
         objects = Objects(
             metadata,
@@ -250,13 +255,31 @@ class StorageService(service.Service):
         for checker in config.checkers:
             if isinstance(checker, PasswordFileChecker):
                 checker.useThreadPool(self._reactor, pool)
-        self.api = StorageAPI(objects, BasicAuth(users, checkers=config.checkers))
+        self.api = StorageAPI(
+            objects, BasicAuth(users, checkers=config.checkers), redirectLifetime=redirectLifetime
+        )
         routes = trackedResource(self.api.app, self._tracker)
         self._root.setInner(CORSResource(routes, config.corsOrigins))
         if listeners:
             await self._listenOn(running, listeners)
         if config.generatedPassword:
             self._announceGeneratedPassword()
+
+    async def _checkRedirects(self, store: IBlobStore, lifetime: int) -> None:
+        """
+        Sign a URL now, for nothing: credentials that cannot sign one stop
+        the start here, rather than every download later.
+        """
+        try:
+            await IRedirectableBlobStore(store).presignedURL(
+                "morpheo-start-check", lifetime, DEFAULT_TYPE, "attachment"
+            )
+        except BlobStoreError as e:
+            raise StartupError(f"--redirect-downloads: {e}") from None
+        self._log.info(
+            "downloads are redirected to the blob store, with URLs valid {lifetime} s",
+            lifetime=lifetime,
+        )
 
     async def _listenOn(self, running: _Running, listeners: list[Listener]) -> None:
         running.site = _Site(self._root, reactor=self._reactor)

@@ -2,11 +2,14 @@
 """
 Serving a stored blob: the headers an object store's clients expect,
 conditional requests, byte ranges (one, or several as
-C{multipart/byteranges}), HEAD; the bytes streamed from the blob store.
+C{multipart/byteranges}), HEAD; the bytes streamed from the blob store, or,
+with redirects on, a GET sent to the store itself (307 to a presigned URL)
+once the conditions are decided here.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Any
 
@@ -36,6 +39,9 @@ _log = Logger()
 
 DEFAULT_TYPE = "application/octet-stream"
 
+#: A Range header the stores read exactly as this service does: one range.
+_ONE_RANGE = re.compile(r"bytes=(?:[0-9]+-[0-9]*|-[0-9]+)")
+
 
 def describe(request: IRequest, resource: StoredObject) -> None:
     """The validators and digest every response about C{resource} carries."""
@@ -51,8 +57,14 @@ def preconditions(request: IRequest, resource: StoredObject) -> int | None:
     """
     etag = etagOf(resource.sha256)
     ifMatch = _header(request, b"if-match")
-    if ifMatch is not None and not match(ifMatch, etag):
-        return 412
+    if ifMatch is not None:
+        if not match(ifMatch, etag):
+            return 412
+    else:
+        unmodified = _header(request, b"if-unmodified-since")
+        date = parseHTTPDate(unmodified) if unmodified else None
+        if date is not None and resource.timestamp_upload > date:
+            return 412
     ifNoneMatch = _header(request, b"if-none-match")
     if ifNoneMatch is not None:
         if not noneMatch(ifNoneMatch, etag):
@@ -70,12 +82,52 @@ def _header(request: IRequest, name: bytes) -> str | None:
     return None if value is None else value.decode("latin-1")
 
 
-async def serveBlob(request: IRequest, resource: StoredObject, objects: Objects) -> Any:
-    """Answer a GET or HEAD of C{resource}'s blob."""
+def _redirectable(request: IRequest, ranges: list[ByteRange] | None) -> bool:
+    """
+    Whether the store, sent this GET again by the client (headers and all),
+    answers as this service would; if not, the service serves it.
+
+    The store judges ETags by its own, not by the blob's sha256: given
+    C{If-Match} (other than C{*}) it would refuse, given C{If-Range} send
+    the whole blob.  It judges dates by its copy's time, which is not the
+    object's C{Last-Modified} (a PATCH that replaces the blob keeps the
+    object's time).  An C{If-None-Match} that let the GET through here
+    matches no ETag of the store's either, and the date conditions it
+    overrides are ignored there too.  Of ranges, the store reads one, as
+    written (S3 serves no more), and none that this service ignored.
+    """
+    if request.method != b"GET" or _header(request, b"if-range") is not None:
+        return False
+    ifMatch = _header(request, b"if-match")
+    if ifMatch is None:
+        if _header(request, b"if-unmodified-since") is not None:
+            return False
+    elif ifMatch.strip() != "*":
+        return False
+    if _header(request, b"if-none-match") is None:
+        if _header(request, b"if-modified-since") is not None:
+            return False
+    header = _header(request, b"range")
+    return header is None or (
+        ranges is not None and len(ranges) == 1 and _ONE_RANGE.fullmatch(header.strip()) is not None
+    )
+
+
+async def serveBlob(
+    request: IRequest,
+    resource: StoredObject,
+    objects: Objects,
+    redirectLifetime: int | None = None,
+) -> Any:
+    """
+    Answer a GET or HEAD of C{resource}'s blob; with C{redirectLifetime},
+    a GET the store can answer is redirected to it, with a URL valid that
+    many seconds.
+    """
     describe(request, resource)
     request.setHeader(b"Accept-Ranges", b"bytes")
-    filename = resource.filename or resource.uuid
-    request.setHeader(b"Content-Disposition", contentDisposition(filename).encode())
+    disposition = contentDisposition(resource.filename or resource.uuid)
+    request.setHeader(b"Content-Disposition", disposition.encode())
     status = preconditions(request, resource)
     if status is not None:
         request.setResponseCode(status)
@@ -83,6 +135,14 @@ async def serveBlob(request: IRequest, resource: StoredObject, objects: Objects)
     contentType = resource.content_type or DEFAULT_TYPE
     size = resource.size
     ranges = _ranges(request, resource)
+    if redirectLifetime is not None and _redirectable(request, ranges):
+        url = await objects.downloadURL(resource, redirectLifetime, contentType, disposition)
+        # Temporary, and a credential for a while: never cached, never reused.
+        request.setResponseCode(307)
+        request.setHeader(b"Location", url.encode("ascii"))
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"Content-Length", b"0")
+        return b""
     parts: list[tuple[bytes, ByteRange]]
     closing = b""
     if ranges is not None and len(ranges) > 1:

@@ -250,14 +250,26 @@ class StorageAPI:
     The storage service's web layer: give it the domain layer's
     L{Objects} and an authenticator, serve L{resource} with a
     L{StreamingSite}.
+
+    @param redirectLifetime: redirect the GETs of blobs to the blob store
+        (which must be an L{IRedirectableBlobStore}) with URLs valid that
+        many seconds; L{None} serves every download here.
     """
 
     app = Klein()
     _log = Logger()
 
-    def __init__(self, objects: Objects, auth: BasicAuth) -> None:
+    def __init__(
+        self, objects: Objects, auth: BasicAuth, redirectLifetime: int | None = None
+    ) -> None:
+        if redirectLifetime is not None and not objects.redirectable:
+            raise ValueError(
+                f"downloads can be redirected only to a store that serves them itself,"
+                f" not {objects.blobs.name}"
+            )
         self.objects = objects
         self.auth = auth
+        self.redirectLifetime = redirectLifetime
 
     def resource(self) -> IResource:
         return self.app.resource()
@@ -435,9 +447,12 @@ class StorageAPI:
 
     @_authorized(app, "/<kind>/<uuid>/blob", ["GET", "HEAD"])
     async def blob(self, request: IRequest, kind: str, uuid: str) -> Any:
-        """An object's blob, whole or in ranges, with conditional requests."""
+        """
+        An object's blob, whole or in ranges, with conditional requests;
+        with redirects on, a GET the store can answer is sent there (307).
+        """
         stored = await self.objects.get(kind, parseUUID(uuid))
-        return await serveBlob(request, stored, self.objects)
+        return await serveBlob(request, stored, self.objects, self.redirectLifetime)
 
     async def patch(self, request: IRequest, kind: str, uuid: str) -> bytes:
         """

@@ -1,8 +1,8 @@
 """
 The integration tier's fixtures: each emulator (SeaweedFS, fake-gcs-server)
 started once per session, a shared server per session on each blob store
-(local, S3, GCS) for every test that needs no configuration of its own, and
-a treq client per test.
+(local, S3, GCS) for every test that needs no configuration of its own, a
+treq client per test, and an OAuth token endpoint for the tests that ask.
 
 Tests on a shared server share its data: each makes its own uuids and
 never assumes a table or a bucket is empty.  Tests of the database layer
@@ -24,7 +24,7 @@ from twisted.internet import reactor
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from tests.integration.helpers import socketDSN
-from tests.integration.servers import FakeGCS, SeaweedFS, Server, startServer
+from tests.integration.servers import FakeGCS, SeaweedFS, Server, TokenServer, startServer
 
 
 @pytest.fixture(scope="session")
@@ -73,6 +73,13 @@ def http() -> Iterator[HTTPClient]:
     """A treq client on a non-persistent pool: nothing left open after a test."""
     pool = HTTPConnectionPool(reactor, persistent=False)
     yield HTTPClient(Agent(reactor, pool=pool))
+
+
+@pytest.fixture
+def tokenServer() -> Iterator[TokenServer]:
+    """An OAuth token endpoint of the test's own: what it was asked is the test's."""
+    with TokenServer() as tokens:
+        yield tokens
 
 
 @pytest.fixture(scope="session")

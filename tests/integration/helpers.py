@@ -2,8 +2,8 @@
 The helpers of the integration tier, one name per contract: requests
 (multipart bodies built byte for byte, so that tests can also build wrong
 ones; raw sockets; curl), what a response must be (L{assertError}), waiting
-for what is observable (L{eventually}), and a throwaway certificate
-authority for TLS.  The processes themselves are started in
+for what is observable (L{eventually}), a throwaway certificate
+authority for TLS and a made-up Google service account.  The processes themselves are started in
 L{tests.integration.servers}.
 """
 
@@ -28,7 +28,7 @@ import treq
 from attrs import frozen
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from treq.client import HTTPClient
 from twisted.internet import reactor
@@ -445,3 +445,31 @@ def socketDSN(pgdata: str, dbname: str) -> str:
     with open(os.path.join(pgdata, "postmaster.pid")) as f:
         lines = f.read().splitlines()
     return f"host={lines[4]} port={lines[3]} user=postgres dbname={dbname}"
+
+
+def serviceAccountFile(path: Path, tokenURL: str) -> Path:
+    """
+    A Google service account's key file, a key made now, whose token
+    endpoint is C{tokenURL} (a L{tests.integration.servers.TokenServer}):
+    what GOOGLE_APPLICATION_CREDENTIALS names on a real deployment.
+    """
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    path.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": "morpheo-test",
+                "private_key_id": "key-1",
+                "private_key": pem.decode(),
+                "client_email": "storage@morpheo-test.iam.gserviceaccount.com",
+                "client_id": "1",
+                "token_uri": tokenURL,
+            }
+        )
+    )
+    return path

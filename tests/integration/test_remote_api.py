@@ -12,22 +12,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs
 
 import pytest
 import pytest_twisted
 import treq
 from attrs import define
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
@@ -46,6 +40,7 @@ from tests.integration.helpers import (
     newUUID,
     renameAndReplace,
     sendForm,
+    serviceAccountFile,
     upload,
     within,
 )
@@ -53,6 +48,7 @@ from tests.integration.servers import (
     FakeGCS,
     SeaweedFS,
     Server,
+    TokenServer,
     freePort,
     startFails,
     startServer,
@@ -535,37 +531,9 @@ async def test_s3_credentials_from_a_profile(
         server.stop()
 
 
-class _TokenHandler(BaseHTTPRequestHandler):
-    """An OAuth token endpoint: any refresh token gets an access token."""
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"] or 0))
-        self.server.requests.append(parse_qs(body.decode()))  # type: ignore[attr-defined]
-        answer = json.dumps({"access_token": "token-from-adc", "expires_in": 3600}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def tokenServer() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _TokenHandler)
-    server.requests = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
 @pytest_twisted.ensureDeferred
 async def test_gcs_application_default_credentials(
-    http: HTTPClient, tmp_path: Any, fakeGCS: FakeGCS, tokenServer: ThreadingHTTPServer
+    http: HTTPClient, tmp_path: Any, fakeGCS: FakeGCS, tokenServer: TokenServer
 ) -> None:
     """
     GOOGLE_APPLICATION_CREDENTIALS names a service account's key file: the
@@ -573,26 +541,7 @@ async def test_gcs_application_default_credentials(
     key for an access token at the file's token endpoint (a local one
     here), also with --gc-endpoint.
     """
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    credentials = tmp_path / "service-account.json"
-    credentials.write_text(
-        json.dumps(
-            {
-                "type": "service_account",
-                "project_id": "morpheo-test",
-                "private_key_id": "key-1",
-                "private_key": pem.decode(),
-                "client_email": "storage@morpheo-test.iam.gserviceaccount.com",
-                "client_id": "1",
-                "token_uri": f"http://127.0.0.1:{tokenServer.server_address[1]}/token",
-            }
-        )
-    )
+    credentials = serviceAccountFile(tmp_path / "service-account.json", tokenServer.url)
     env = {"GOOGLE_APPLICATION_CREDENTIALS": str(credentials), "NO_GCE_CHECK": "true"}
     server = startServer(str(tmp_path / "server"), *fakeGCS.serverArgs(), env=env)
     try:
@@ -602,7 +551,7 @@ async def test_gcs_application_default_credentials(
         assert code == 200 and data == b"uploaded with a token"
     finally:
         server.stop()
-    requests = tokenServer.requests  # type: ignore[attr-defined]
+    requests = tokenServer.requests
     assert requests, "no access token was asked for"
     assert requests[0]["grant_type"] == ["urn:ietf:params:oauth:grant-type:jwt-bearer"]
     assert requests[0]["assertion"][0].count(".") == 2  # a signed JWT

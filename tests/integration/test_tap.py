@@ -130,6 +130,36 @@ def test_s3Options() -> None:
     assert (config.blobstore, config.s3Bucket, config.s3Region) == ("s3", "b", "eu-west-1")
 
 
+def test_redirectOptions() -> None:
+    """--redirect-downloads and --redirect-lifetime reach the config; off by default."""
+    s3 = ("--blobstore", "s3", "--s3-bucket", "b", "--s3-region", "eu-west-1")
+    config = parse(*AUTH, *s3).config()
+    assert (config.redirectDownloads, config.redirectLifetime) == (False, None)
+    config = parse(*AUTH, *s3, "--redirect-downloads").config()
+    assert (config.redirectDownloads, config.downloadLifetime) == (True, 300)
+    config = parse(*AUTH, *s3, "--redirect-downloads", "--redirect-lifetime", "3600").config()
+    assert config.downloadLifetime == 3600
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("--redirect-downloads",), "--redirect-downloads needs a store that serves downloads"),
+        (("--blobstore", "mock", "--redirect-downloads"), "mock blobs are served by this service"),
+        (("--redirect-lifetime", "60"), "--redirect-lifetime goes with --redirect-downloads"),
+        (("--redirect-lifetime", "1.5"), "--redirect-lifetime must be a whole number of seconds"),
+        (("--redirect-lifetime", "soon"), "--redirect-lifetime must be a whole number of seconds"),
+        (
+            ("--blobstore", "gc", "--gc-bucket", "g", "--redirect-downloads",
+             "--redirect-lifetime", "700000"),
+            "--redirect-lifetime must be 1 to 604800 seconds",
+        ),
+    ],
+)  # fmt: skip
+def test_redirectOptionsThatCannotWork(args: tuple[str, ...], words: str) -> None:
+    assert words in refused(*AUTH, *args)
+
+
 def test_gcOptions() -> None:
     """--blobstore gc with its bucket parses, and the bucket reaches the config."""
     config = parse(*AUTH, "--blobstore", "gc", "--gc-bucket", "g").config()
@@ -379,7 +409,7 @@ def test_twistdHelpListsTheOptions() -> None:
         "host", "port", "cert", "key", "user", "password", "password-file",
         "db-host", "db-port", "db-name", "db-user", "db-pass", "db-migrations-dir",
         "db-rollback", "blobstore", "data-dir", "s3-bucket", "s3-region", "gc-bucket",
-        "max-blob-size", "s3-endpoint", "gc-endpoint",
+        "max-blob-size", "s3-endpoint", "gc-endpoint", "redirect-downloads", "redirect-lifetime",
     ]:  # fmt: skip
         assert f"--{option}" in result.stdout, option
 

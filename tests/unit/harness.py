@@ -18,11 +18,12 @@ import re
 import uuid as _uuid
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 from attrs import define, field, frozen
 from treq.client import HTTPClient
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -34,6 +35,8 @@ from twisted.web.iweb import IAgent, IBodyProducer
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from morpheo._errors import BlobStoreError
+from morpheo._interfaces import IRedirectableBlobStore
 from morpheo._kinds import TABLE
 from morpheo.blobstores import MemoryBlobStore
 from morpheo.blobstores._bodies import BytesBody
@@ -274,6 +277,29 @@ def fieldsFor(kind: str, blob: bytes, **overrides: str) -> dict[str, str]:
     return fields
 
 
+#: Where the redirecting store's URLs point.
+STORE = "http://store.test"
+
+
+@implementer(IRedirectableBlobStore)
+class RedirectingBlobStore(MemoryBlobStore):
+    """
+    The in-memory store as a remote one that serves downloads itself: its
+    URLs say what they were made for, as query parameters, for tests to
+    read back.  With C{down}, it cannot make them either.
+    """
+
+    maxRedirectLifetime = 3600
+
+    def presignedURL(
+        self, key: str, lifetime: int, contentType: str, disposition: str
+    ) -> Deferred[str]:
+        if self.down:
+            return fail(BlobStoreError("the mock blob store cannot sign"))
+        query = urlencode({"lifetime": lifetime, "type": contentType, "disposition": disposition})
+        return succeed(f"{STORE}/{key}?{query}")
+
+
 @define
 class Service:
     """
@@ -285,6 +311,8 @@ class Service:
     maxBlobSize: int | None = None
     claimLease: float = CLAIM_LEASE
     corsOrigins: tuple[str, ...] = ("*",)
+    #: Redirect downloads to a L{RedirectingBlobStore}, with URLs of this lifetime.
+    redirectLifetime: int | None = None
     metadata: MemoryMetadataStore = field(init=False)
     blobs: MemoryBlobStore = field(init=False)
     objects: Objects = field(init=False)
@@ -294,7 +322,8 @@ class Service:
 
     def __attrs_post_init__(self) -> None:
         self.metadata = MemoryMetadataStore(self.reactor, owner="unit")
-        self.blobs = MemoryBlobStore(self.reactor)
+        redirecting = self.redirectLifetime is not None
+        self.blobs = (RedirectingBlobStore if redirecting else MemoryBlobStore)(self.reactor)
         self.objects = Objects(
             self.metadata,
             self.blobs,
@@ -303,7 +332,7 @@ class Service:
             maxBlobSize=self.maxBlobSize,
             claimLease=self.claimLease,
         )
-        api = StorageAPI(self.objects, BasicAuth({USER: PASSWORD}))
+        api = StorageAPI(self.objects, BasicAuth({USER: PASSWORD}), self.redirectLifetime)
         root = StorageRoot(self.corsOrigins)
         root.setInner(CORSResource(trackedResource(api.app, HandlerTracker()), self.corsOrigins))
         self.site = StreamingSite(root, reactor=self.reactor)
@@ -350,6 +379,7 @@ class Service:
                 headers=Headers({k: [v] for k, v in (headers or {}).items()}),
                 data=BytesBody(body) if body is not None else None,
                 auth=auth,
+                allow_redirects=False,
             )
             content = await response.content()
             length = response.length if isinstance(response.length, int) else None

@@ -73,3 +73,40 @@ def test_theConfigBuildsTheBlobStoreItNames(name: str, cls: type, tmp_path: Path
     store = StorageConfig(**USERS, blobstore=name, dataDir=str(tmp_path)).blobStore(Clock(), pool)
     assert isinstance(store, cls)
     assert verifyObject(IBlobStore, store)
+
+
+S3: dict[str, Any] = {"blobstore": "s3", "s3Bucket": "b", "s3Region": "eu-west-3"}
+GC: dict[str, Any] = {"blobstore": "gc", "gcBucket": "g"}
+
+
+@pytest.mark.parametrize("store", ["local", "mock"])
+def test_redirectsNeedAStoreThatServesDownloads(store: str) -> None:
+    """The local disk and memory have no URL of their own to send a client to."""
+    words = refusal(blobstore=store, redirectDownloads=True)
+    assert words == (
+        "--redirect-downloads needs a store that serves downloads itself, --blobstore s3 or gc;"
+        f" {store} blobs are served by this service only"
+    )
+
+
+@pytest.mark.parametrize("store", [S3, GC])
+def test_redirectsLastFiveMinutesUnlessTold(store: dict[str, Any]) -> None:
+    config = StorageConfig(**USERS, **store, redirectDownloads=True)
+    assert (config.redirectDownloads, config.downloadLifetime) == (True, 300)
+    told = StorageConfig(**USERS, **store, redirectDownloads=True, redirectLifetime=604800)
+    assert told.downloadLifetime == 604800
+
+
+@pytest.mark.parametrize("store", [S3, GC])
+@pytest.mark.parametrize("lifetime", [0, -5, 604801])
+def test_aLifetimeBeyondTheStoresIsRefused(store: dict[str, Any], lifetime: int) -> None:
+    words = refusal(**store, redirectDownloads=True, redirectLifetime=lifetime)
+    assert words == (
+        "--redirect-lifetime must be 1 to 604800 seconds (the most the store allows),"
+        f" not {lifetime}"
+    )
+
+
+def test_aLifetimeWithoutRedirectsIsRefused() -> None:
+    words = refusal(**S3, redirectLifetime=60)
+    assert words == "--redirect-lifetime goes with --redirect-downloads"

@@ -195,6 +195,32 @@ def test_ifModifiedSinceTheUploadIs304(service: Service, stored: str) -> None:
     assert reply.code == 200
 
 
+@pytest.mark.parametrize("suffix", ["", "/blob"])
+def test_ifUnmodifiedSinceBeforeTheUploadIs412(service: Service, suffix: str) -> None:
+    service.reactor.advance(3600)
+    stored = f"/data/{service.stored('data', BLOB)['uuid']}"
+    timestamp = service.request("GET", stored).json()["timestamp_upload"]
+    earlier = formatdate(timestamp - 60, usegmt=True)
+    reply = service.request("GET", stored + suffix, headers={"If-Unmodified-Since": earlier})
+    assert (reply.code, reply.body) == (412, b"")
+    for date in (formatdate(timestamp, usegmt=True), "not a date"):
+        ok = service.request("GET", stored + suffix, headers={"If-Unmodified-Since": date})
+        assert ok.code == 200, date
+    # If-Match decides alone when both are given (RFC 9110 13.2.2).
+    both = {"If-Unmodified-Since": earlier, "If-Match": f'"{sha256(BLOB)}"'}
+    assert service.request("GET", stored + suffix, headers=both).code == 200
+
+
+def test_ifUnmodifiedSinceGuardsADeletion(service: Service) -> None:
+    service.reactor.advance(3600)
+    uuid = service.stored("data", BLOB)["uuid"]
+    reply = service.request(
+        "DELETE", f"/data/{uuid}", headers={"If-Unmodified-Since": formatdate(0, usegmt=True)}
+    )
+    assert reply.code == 412
+    assert service.request("GET", f"/data/{uuid}").code == 200
+
+
 def test_aBlobWithoutFileNameIsNamedByItsUUID(service: Service) -> None:
     algo = service.algo()
     reply = service.request("POST", f"/model?algo={algo}", BLOB)

@@ -16,6 +16,8 @@ PUBLIC = {
     # The layers' parts, since the domain layer and the metadata interface.
     "ConfigError", "IMetadataStore", "MemoryBlobStore", "Objects", "PostgresMetadataStore",
     "StoredObject",
+    # Stores that serve downloads themselves (redirects).
+    "IRedirectableBlobStore",
 }  # fmt: skip
 
 
