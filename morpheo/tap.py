@@ -17,6 +17,7 @@ from twisted.cred import strcred
 from twisted.cred.credentials import IUsernamePassword
 from twisted.python import usage
 
+from .objects import LEFTOVER_AGE
 from .service._config import BLOBSTORES, ConfigError, StorageConfig, checkEndpoint, checkPort
 from .service._jsonlog import jsonObserverFactory
 from .service._listen import refuseWeakTLS
@@ -65,14 +66,19 @@ def _endpoint(option: str) -> Callable[[str], str]:
     return lambda value: _checked(checkEndpoint, option, value)
 
 
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 0:
-        raise usage.UsageError(f"--shutdown-timeout must be a number of seconds, not {value!r}")
-    return seconds
+def _seconds(option: str) -> Callable[[str], float]:
+    """The coercion of a number of seconds, naming C{option}."""
+
+    def coerce(value: str) -> float:
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds < float("inf"):
+            raise usage.UsageError(f"--{option} must be a number of seconds, not {value!r}")
+        return seconds
+
+    return coerce
 
 
 class Options(usage.Options, strcred.AuthOptionMixin):
@@ -161,7 +167,15 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             None,
             30.0,
             "On SIGTERM, how long transfers in flight may take to finish (seconds).",
-            _seconds,
+            _seconds("shutdown-timeout"),
+        ],
+        [
+            "orphan-grace",
+            None,
+            LEFTOVER_AGE,
+            "How old (seconds) a blob no object points to, or an unfinished write, must be"
+            " before the sweep removes it; the sweep runs every half of it (1 s to 30 min).",
+            _seconds("orphan-grace"),
         ],
     ]
     optFlags = [
@@ -282,6 +296,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             gcBucket=self["gc-bucket"],
             gcEndpoint=self["gc-endpoint"],
             maxBlobSize=self["max-blob-size"],
+            orphanGrace=self["orphan-grace"],
         )
 
 

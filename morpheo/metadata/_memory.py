@@ -266,6 +266,11 @@ class MemoryMetadataStore:
         if blob is not None:
             _blobChecked(blob.info, blob.key)
         oldKey = row.blobKey
+        if blob is not None:
+            # The claim that held the new blob's key while it was written.
+            for held, other in builtins.list(tables.rows.items()):
+                if other.state is _State.PENDING and other.blobKey == blob.key:
+                    del tables.rows[held]
         if newUUID != row.uuid:
             del tables.rows[(kind, row.uuid)]
             row.uuid = newUUID

@@ -272,6 +272,12 @@ class PostgresMetadataStore:
                     "DELETE FROM resource WHERE kind = %s AND uuid = %s AND state = 'pending'",
                     (kind, newUUID),
                 )
+            if change.blob is not None:
+                # The claim that held the new blob's key while it was written.
+                await cursor.execute(
+                    "DELETE FROM resource WHERE blob_key = %s AND state = 'pending'",
+                    (change.blob.key,),
+                )
             sets: builtins.list[str] = ["uuid = %s"]
             args: builtins.list[Any] = [newUUID]
             for name, value in change.text.items():

@@ -12,9 +12,19 @@ from ._lifecycle import (
     Replacement,
     blobKey,
 )
-from ._sweep import STALE_CLAIM, SWEEP_INTERVAL, Sweeper, Swept, sweep
+from ._sweep import (
+    LEFTOVER_AGE,
+    STALE_CLAIM,
+    SWEEP_INTERVAL,
+    Sweeper,
+    Swept,
+    leftoverInterval,
+    sweep,
+    sweepLeftovers,
+)
 
 __all__ = [
+    "LEFTOVER_AGE",
     "STALE_CLAIM",
     "SWEEP_INTERVAL",
     "IncomingBlob",
@@ -27,5 +37,7 @@ __all__ = [
     "TooLarge",
     "Vanished",
     "blobKey",
+    "leftoverInterval",
     "sweep",
+    "sweepLeftovers",
 ]

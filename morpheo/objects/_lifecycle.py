@@ -30,7 +30,7 @@ from .._errors import DigestMismatch, NoSuchObject, SizeMismatch, TooLarge, Vani
 from .._interfaces import IBlobSource, IBlobStore, IBlobWriter, IMetadataStore
 from .._types import BlobInfo, Change, Claim, Label, Listing, NewBlob, StoredObject
 from ..blobstores._verify import verifying
-from ._sweep import Swept, sweep
+from ._sweep import LEFTOVER_AGE, Swept, sweep
 
 T = TypeVar("T")
 
@@ -76,7 +76,11 @@ class Page:
 
 
 def blobKey(kind: str, uuid: str) -> str:
-    """A fresh key: a replaced blob never overwrites the one in use."""
+    """
+    A fresh key, of the shape L{morpheo._kinds.BLOB_KEY}: a replaced blob
+    never overwrites the one in use, and the sweep can tell that a key
+    nothing points to will never be pointed to again.
+    """
     return f"{kind}/{uuid}-{secrets.token_hex(6)}"
 
 
@@ -84,7 +88,14 @@ class Objects:
     """
     The stored objects of every kind.
 
+    Every blob's key is claimed (a pending row points to it) before a byte
+    of the blob is written, and stays pointed to until its row is deleted
+    or its claim released: what the sweep of unreferenced blobs relies on
+    (see L{morpheo.objects._sweep.sweepLeftovers}).
+
     @param maxBlobSize: the largest blob taken, in bytes (L{None}: any).
+    @param orphanGrace: how old, in seconds, a leftover (an unreferenced
+        blob, an unfinished write) must be for the sweep to remove it.
     """
 
     _log = Logger()
@@ -97,10 +108,12 @@ class Objects:
         reactor: IReactorFromThreads,
         pool: ThreadPool,
         maxBlobSize: int | None = None,
+        orphanGrace: float = LEFTOVER_AGE,
     ) -> None:
         self.metadata = metadata
         self.blobs = blobs
         self.maxBlobSize = maxBlobSize
+        self.orphanGrace = orphanGrace
         self._reactor = reactor
         self._pool = pool
 
@@ -191,17 +204,23 @@ class Objects:
     ) -> StoredObject:
         """
         Apply C{change} to C{current} at once: a new uuid is claimed first
-        (L{Taken}), a new blob committed under a fresh key, then the row
-        changed in one transaction (L{Vanished} if the object went away
-        meanwhile) and the old blob deleted.  C{source} is the rest of the
-        request body, read to its end.
+        (L{Taken}), a new blob committed under a fresh key (claimed first
+        too), then the row changed in one transaction (L{Vanished} if the
+        object went away meanwhile) and the old blob deleted.  C{source} is
+        the rest of the request body, read to its end.
         """
         kind, uuid = current.kind, current.uuid
         renamed = change.newUUID if change.newUUID not in (None, uuid) else None
         key = blobKey(kind, change.newUUID or uuid) if change.blob is not None else None
-        if renamed is not None:
+        # The new blob's key is claimed before it is written, as an
+        # upload's: by the new uuid's claim, or without a rename by a claim
+        # of its own (of a uuid nobody sees), which the change consumes.
+        holder = renamed
+        if holder is None and key is not None:
+            holder = str(_uuid.uuid4())
+        if holder is not None:
             try:
-                await self._claim(Claim(kind=kind, uuid=renamed, blobKey=key))
+                await self._claim(Claim(kind=kind, uuid=holder, blobKey=key))
             except BaseException:
                 source.stop()
                 raise
@@ -223,8 +242,8 @@ class Objects:
         except BaseException:
             if written is not None:
                 await self._quietly(self.blobs.delete(written))
-            if renamed is not None:
-                await self._quietly(self.metadata.release(kind, renamed))
+            if holder is not None:
+                await self._quietly(self.metadata.release(kind, holder))
             raise
         if changed.oldBlobKey is not None:
             await self._quietly(self.blobs.delete(changed.oldBlobKey))
@@ -243,7 +262,7 @@ class Objects:
 
     async def sweep(self, *, atStart: bool = False) -> Swept:
         """Sweep what dead uploads left (see L{morpheo.objects._sweep})."""
-        return await sweep(self.metadata, self.blobs, atStart=atStart)
+        return await sweep(self.metadata, self.blobs, atStart=atStart, grace=self.orphanGrace)
 
     # The transaction's steps
 

@@ -10,6 +10,7 @@ names.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from typing import Any
@@ -20,6 +21,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.python.threadpool import ThreadPool
 
 from .._interfaces import IBlobStore
+from ..objects import LEFTOVER_AGE
 
 BLOBSTORES = ("local", "s3", "gc", "mock")
 
@@ -54,7 +56,8 @@ class StorageConfig:
     Users: C{user} with C{password}, and/or twisted.cred C{checkers} (for
     L{IUsernamePassword}); at least one of them.  Listening: the endpoint
     descriptions of C{listen}, or else C{host}/C{port} (TLS with C{cert}
-    and C{key}).
+    and C{key}).  C{orphanGrace}: how old, in seconds, a blob nothing
+    points to (or an unfinished write) must be before the sweep removes it.
 
     @raise ConfigError: when made with settings that cannot work.
     """
@@ -85,6 +88,7 @@ class StorageConfig:
     gcBucket: str | None = None
     gcEndpoint: str | None = None
     maxBlobSize: int | None = None
+    orphanGrace: float = LEFTOVER_AGE
     threads: int = 8
 
     def __attrs_post_init__(self) -> None:
@@ -127,6 +131,10 @@ class StorageConfig:
             )
         if self.maxBlobSize is not None and self.maxBlobSize < 0:
             raise ConfigError(f"--max-blob-size must not be negative, not {self.maxBlobSize}")
+        if not (isinstance(self.orphanGrace, int | float) and 0 <= self.orphanGrace < math.inf):
+            raise ConfigError(
+                f"--orphan-grace must be a number of seconds, not {self.orphanGrace!r}"
+            )
         if self.threads < 1:
             raise ConfigError(f"threads must be at least 1, not {self.threads}")
 

@@ -233,9 +233,10 @@ class StorageService(service.Service):
             reactor=self._reactor,
             pool=pool,
             maxBlobSize=config.maxBlobSize,
+            orphanGrace=config.orphanGrace,
         )
         await objects.sweep(atStart=True)
-        running.sweeper = Sweeper(metadata, running.store, self._reactor)
+        running.sweeper = Sweeper(metadata, running.store, self._reactor, grace=objects.orphanGrace)
         running.sweeper.startService()
         users = {config.user: config.password} if config.user and config.password else None
         for checker in config.checkers:

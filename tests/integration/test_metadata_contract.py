@@ -527,6 +527,27 @@ async def test_changeBlob(store: IMetadataStore) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_changeConsumesTheClaimOfItsBlob(backend: Backend) -> None:
+    """
+    A new blob's key, claimed by a uuid of its own while it was written,
+    passes from that claim to the row in the change: pointed to throughout,
+    and no claim left to sweep.
+    """
+    store = backend.store
+    stored = await put(store, "problem", {"name": "p"})
+    holder, key = newUUID(), f"problem/{stored.uuid}-held"
+    await store.claim(Claim("problem", holder, blobKey=key))
+    assert await store.referencedKeys([key]) == {key}
+    changed = await store.change(
+        "problem", stored.uuid, Change(blob=NewBlob(key, BlobInfo(1, SHA)))
+    )
+    assert changed.object.blob_key == key
+    assert await store.referencedKeys([key, stored.blob_key]) == {key}
+    assert await store.deadClaims(0.0, mine=True) == []
+    await store.claim(claimOf("problem", holder))  # the holder's uuid is free again
+
+
+@pytest_twisted.ensureDeferred
 async def test_changeAllAtOnce(store: IMetadataStore) -> None:
     """A rename, text and a blob in one change."""
     stored = await put(store, "problem", {"name": "p"})
