@@ -17,8 +17,12 @@ from typing import TYPE_CHECKING
 from twisted.internet.interfaces import IConsumer
 from zope.interface import Attribute, Interface
 
+#: How many keys a page of L{ISweepableBlobStore.listKeys} holds at most,
+#: unless told otherwise: what S3 and Google Cloud Storage list at once.
+KEY_PAGE = 1000
+
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncGenerator, Sequence
 
     from twisted.internet.defer import Deferred
 
@@ -140,7 +144,7 @@ class IRedirectableBlobStore(IBlobStore):
 class ISweepableBlobStore(IBlobStore):
     """
     A blob store that can list what it holds, so that what a crash left
-    behind (temporary files, blobs no row points to) can be swept.
+    behind (unfinished writes, blobs no row points to) can be swept.
     """
 
     def sweepTemporary(olderThan: float = 0.0) -> Deferred[list[str]]:
@@ -149,10 +153,21 @@ class ISweepableBlobStore(IBlobStore):
         seconds ago; fires with what was removed.
         """
 
-    def listKeys(olderThan: float = 0.0) -> Deferred[list[str]]:
+    def listKeys(
+        olderThan: float = 0.0, pageSize: int = KEY_PAGE
+    ) -> AsyncGenerator[list[str], None]:
         """
-        The keys of committed blobs last modified more than C{olderThan}
-        seconds ago.
+        The keys of the service's committed blobs last modified more than
+        C{olderThan} seconds ago, in pages of at most C{pageSize} keys:
+        never every key at once, and each page fetched only when the
+        previous one has been dealt with (its keys may be deleted first).
+
+        Only keys of the service's shape are listed
+        (L{morpheo._kinds.isBlobKey}): whatever else shares the bucket or
+        the directory is not the service's.  A blob committed or removed
+        while the listing runs may or may not be in it.  Fails with
+        L{BlobStoreError} when the store cannot be listed; close it
+        (C{aclose}) when not read to its end.
         """
 
 
@@ -242,8 +257,12 @@ class IMetadataStore(Interface):
         """
         Apply C{change} in one transaction, consuming the claim
         C{change.claimed} (a new uuid must have been claimed first; its
-        claim becomes the object).  Fails with L{NoSuchObject} if the object
-        is gone, with L{ClaimLost} if the claim is.
+        claim becomes the object).  A new blob's key was claimed before it
+        was written, by the new uuid's claim or by a claim of its own: that
+        claim goes in the same transaction, so that the key is always
+        pointed to, by the claim and then by the row.  Fails with
+        L{NoSuchObject} if the object is gone, with L{ClaimLost} if the
+        claim is.
         """
 
     async def heartbeat(tokens: Sequence[str]) -> set[str]:

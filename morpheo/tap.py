@@ -17,6 +17,7 @@ from twisted.cred import strcred
 from twisted.cred.credentials import IUsernamePassword
 from twisted.python import usage
 
+from .objects import LEFTOVER_AGE
 from .service._config import (
     BLOBSTORES,
     DEFAULT_REDIRECT_LIFETIME,
@@ -73,16 +74,18 @@ def _endpoint(option: str) -> Callable[[str], str]:
 
 
 def _seconds(option: str) -> Callable[[str], float]:
-    def parse(value: str) -> float:
+    """The coercion of a number of seconds, naming C{option}."""
+
+    def coerce(value: str) -> float:
         try:
             seconds = float(value)
         except ValueError:
             seconds = -1.0
-        if not seconds >= 0:
+        if not 0 <= seconds < float("inf"):
             raise usage.UsageError(f"--{option} must be a number of seconds, not {value!r}")
         return seconds
 
-    return parse
+    return coerce
 
 
 def _lifetime(value: str) -> int:
@@ -198,6 +201,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             30.0,
             "On SIGTERM, how long transfers in flight may take to finish (seconds).",
             _seconds("shutdown-timeout"),
+        ],
+        [
+            "orphan-grace",
+            None,
+            LEFTOVER_AGE,
+            "How old (seconds) a blob no object points to, or an unfinished write, must be"
+            " before the sweep removes it; the sweep runs every half of it (1 s to 30 min).",
+            _seconds("orphan-grace"),
         ],
     ]
     optFlags = [
@@ -327,6 +338,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             claimLease=self["claim-lease"],
             redirectDownloads=bool(self["redirect-downloads"]),
             redirectLifetime=self["redirect-lifetime"],
+            orphanGrace=self["orphan-grace"],
         )
 
 

@@ -18,6 +18,8 @@ Downloads can be handed to the client as V4 signed URLs of the XML API
 service account's key signs locally; impersonated credentials ask IAM).
 An emulator spoken to anonymously checks no signature: its clients get the
 object's plain media URL, which never expires.
+The sweep lists the service's objects a page (C{objects.list}) at a time,
+kind by kind.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -39,10 +41,11 @@ from twisted.web.iweb import IAgent, IResponse
 from zope.interface import implementer
 
 from .._errors import BlobNotFound, BlobStoreError
-from .._interfaces import IRedirectableBlobStore
+from .._interfaces import KEY_PAGE, IRedirectableBlobStore, ISweepableBlobStore
+from .._kinds import KINDS, isBlobKey
 from ._bodies import StreamBody
 from ._http import asStoreError
-from ._httpstore import HTTPBlobStore
+from ._httpstore import HTTPBlobStore, parseTime
 from ._segmented import StreamingWriter
 
 MiB = 1024 * 1024
@@ -169,7 +172,25 @@ class _GCSWriter(StreamingWriter[None]):
         return d.addCallback(self._store._drained)
 
 
-@implementer(IRedirectableBlobStore)
+def parseListing(body: bytes, limit: float) -> tuple[list[str], str | None]:
+    """
+    The service's keys in one page of C{objects.list} modified by C{limit}
+    (the time), and the token of the next page, if any.
+    """
+    document = json.loads(body)
+    keys = []
+    for item in document.get("items") or ():
+        name = item.get("name") or ""
+        times = [parseTime(item.get(field)) for field in ("updated", "timeCreated")]
+        known = [t for t in times if t is not None]
+        # The later of the two: when in doubt, younger.
+        if isBlobKey(name) and known and max(known) <= limit:
+            keys.append(name)
+    token = document.get("nextPageToken")
+    return keys, token if isinstance(token, str) and token else None
+
+
+@implementer(IRedirectableBlobStore, ISweepableBlobStore)
 class GCSBlobStore(HTTPBlobStore):
     """
     Blobs in Google Cloud Storage bucket C{bucket}; C{endpoint} (for example
@@ -337,3 +358,39 @@ class GCSBlobStore(HTTPBlobStore):
         what = f"GCS reading bucket {self.bucket}"
         url = f"{self._base}/storage/v1/b/{self._bucketPath}"
         return self._call("GET", url, what).addCallback(self._drained)
+
+    # ISweepableBlobStore
+
+    def sweepTemporary(self, olderThan: float = 0.0) -> Deferred[list[str]]:
+        """
+        Nothing: an unfinished resumable upload is no object, and Google
+        forgets it after a week.
+        """
+        return succeed([])
+
+    async def listKeys(
+        self, olderThan: float = 0.0, pageSize: int = KEY_PAGE
+    ) -> AsyncGenerator[list[str], None]:
+        """The objects under each kind's prefix, C{pageSize} a request, by page token."""
+        limit = self._clock.seconds() - olderThan
+        url = f"{self._base}/storage/v1/b/{self._bucketPath}/o"
+        for kind in KINDS:
+            token: str | None = None
+            while True:
+                query = (
+                    f"prefix={quote(kind + '/', safe='')}&maxResults={pageSize}"
+                    "&fields=" + quote("nextPageToken,items(name,updated,timeCreated)", safe="")
+                )
+                if token is not None:
+                    query += f"&pageToken={quote(token, safe='')}"
+                what = f"GCS listing {self.bucket}/{kind}/"
+                response = await self._call("GET", f"{url}?{query}", what)
+                body = await self._read(response, 16 * MiB)
+                try:
+                    page, token = parseListing(body, limit)
+                except (ValueError, AttributeError, TypeError) as e:
+                    raise BlobStoreError(f"{what} gave no listing: {e}") from None
+                if page:
+                    yield page
+                if token is None:
+                    break

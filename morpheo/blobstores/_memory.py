@@ -5,7 +5,8 @@ Blobs in memory, for development and tests.
 It behaves like the real stores where the web layer can tell: writes are
 drained one reactor turn later, so a fast producer is paused and resumed
 as with a remote store; nothing is visible before L{_MockWriter.finish};
-reads go out in blocks and stop while the consumer is paused.  Setting
+reads go out in blocks and stop while the consumer is paused; keys are
+listed in pages, by the clock's time of their commit.  Setting
 L{MemoryBlobStore.down} makes every operation fail as an unreachable backend
 would.
 """
@@ -13,6 +14,8 @@ would.
 from __future__ import annotations
 
 import hashlib
+import heapq
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -25,7 +28,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .._errors import BlobNotFound, BlobStoreError
-from .._interfaces import IBlobStore
+from .._interfaces import KEY_PAGE, ISweepableBlobStore
+from .._kinds import isBlobKey
 from .._types import BlobInfo
 from ._producer import BlobProducer
 from ._writer import BlobWriter
@@ -72,6 +76,7 @@ class _MockWriter(BlobWriter):
             self._drain.cancel()
         self._drained()
         self._store._blobs[self.key] = b"".join(self._chunks)
+        self._store._committed[self.key] = self._store._clock.seconds()
         self._chunks = []
         return succeed(BlobInfo(size=self.size, sha256=self._hash.hexdigest()))
 
@@ -112,7 +117,7 @@ class _MockReader(BlobProducer):
         self._go()
 
 
-@implementer(IBlobStore)
+@implementer(ISweepableBlobStore)
 class MemoryBlobStore:
     """
     Blobs in a dict, keyed like the real stores.  Time goes through
@@ -126,6 +131,8 @@ class MemoryBlobStore:
     def __init__(self, clock: IReactorTime, highWater: int = 4 * 1024 * 1024) -> None:
         self._clock = clock
         self._blobs: dict[str, bytes] = {}
+        #: When each blob was committed, by the clock.
+        self._committed: dict[str, float] = {}
         self.highWater = highWater
         self.down = False
 
@@ -157,9 +164,41 @@ class MemoryBlobStore:
         if self.down:
             return self._unavailable()
         self._blobs.pop(key, None)
+        self._committed.pop(key, None)
         return succeed(None)
 
     def check(self) -> Deferred[None]:
         if self.down:
             return self._unavailable()
         return succeed(None)
+
+    def sweepTemporary(self, olderThan: float = 0.0) -> Deferred[list[str]]:
+        """Nothing to remove: an unfinished write is gone with its writer."""
+        if self.down:
+            return self._unavailable()
+        return succeed([])
+
+    async def listKeys(
+        self, olderThan: float = 0.0, pageSize: int = KEY_PAGE
+    ) -> AsyncGenerator[list[str], None]:
+        """
+        The keys in order, each page the next C{pageSize} after the last
+        key of the one before: blobs deleted meanwhile change nothing.
+        """
+        after = ""
+        while True:
+            if self.down:
+                raise BlobStoreError("the mock blob store is down")
+            limit = self._clock.seconds() - olderThan
+            page = heapq.nsmallest(
+                pageSize,
+                (
+                    key
+                    for key, committed in self._committed.items()
+                    if key > after and committed <= limit and isBlobKey(key)
+                ),
+            )
+            if not page:
+                return
+            yield page
+            after = page[-1]

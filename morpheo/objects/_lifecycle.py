@@ -36,7 +36,7 @@ from .._interfaces import (
 )
 from .._types import BlobInfo, Change, Claim, Label, Listing, NewBlob, StoredObject
 from ..blobstores._verify import verifying
-from ._sweep import CLAIM_LEASE, Swept, sweep
+from ._sweep import CLAIM_LEASE, LEFTOVER_AGE, Swept, sweep
 
 T = TypeVar("T")
 
@@ -87,7 +87,11 @@ def _token() -> str:
 
 
 def blobKey(kind: str, uuid: str) -> str:
-    """A fresh key: a replaced blob never overwrites the one in use."""
+    """
+    A fresh key, of the shape L{morpheo._kinds.BLOB_KEY}: a replaced blob
+    never overwrites the one in use, and the sweep can tell that a key
+    nothing points to will never be pointed to again.
+    """
     return f"{kind}/{uuid}-{secrets.token_hex(6)}"
 
 
@@ -102,9 +106,16 @@ class Objects:
     its claim is no longer refreshed meanwhile, so it expires even if this
     process never reaches the database again.
 
+    Every blob's key is claimed (a pending row points to it) before a byte
+    of the blob is written, and stays pointed to until its row is deleted
+    or its claim released: what the sweep of unreferenced blobs relies on
+    (see L{morpheo.objects._sweep.sweepLeftovers}).
+
     @param maxBlobSize: the largest blob taken, in bytes (L{None}: any).
     @param claimLease: how long a claim lives without a heartbeat, in
         seconds.
+    @param orphanGrace: how old, in seconds, a leftover (an unreferenced
+        blob, an unfinished write) must be for the sweep to remove it.
     """
 
     _log = Logger()
@@ -118,11 +129,13 @@ class Objects:
         pool: ThreadPool,
         maxBlobSize: int | None = None,
         claimLease: float = CLAIM_LEASE,
+        orphanGrace: float = LEFTOVER_AGE,
     ) -> None:
         self.metadata = metadata
         self.blobs = blobs
         self.maxBlobSize = maxBlobSize
         self.claimLease = claimLease
+        self.orphanGrace = orphanGrace
         self._reactor = reactor
         self._pool = pool
         #: The tokens of the claims this process's uploads hold now.
@@ -244,11 +257,11 @@ class Objects:
     ) -> StoredObject:
         """
         Apply C{change} to C{current} at once: a new uuid is claimed first
-        (L{Taken}), a new blob committed under a fresh key, then the row
-        changed in one transaction (L{Vanished} if the object went away
-        meanwhile, L{ClaimLost} if the claim was swept) and the old blob
-        deleted.  C{source} is the rest of the
-        request body, read to its end.
+        (L{Taken}), a new blob committed under a fresh key (claimed first
+        too), then the row changed in one transaction (L{Vanished} if the
+        object went away meanwhile, L{ClaimLost} if the claim was swept) and
+        the old blob deleted.  C{source} is the rest of the request body,
+        read to its end.
         """
         kind, uuid = current.kind, current.uuid
         renamed = change.newUUID if change.newUUID not in (None, uuid) else None
@@ -348,15 +361,23 @@ class Objects:
                 n=len(lost),
             )
 
-    async def sweep(self, *, atStart: bool = False) -> Swept:
+    async def sweep(self, *, atStart: bool = False, leftovers: bool = True) -> Swept:
         """
         Release the claims whose release failed, then sweep what dead
-        uploads left (see L{morpheo.objects._sweep}).
+        uploads left (see L{morpheo.objects._sweep}); with C{leftovers},
+        the leftovers older than the grace period too.
         """
         for token, (kind, uuid) in list(self._unreleased.items()):
             await self.metadata.release(kind, uuid, token)
             del self._unreleased[token]
-        return await sweep(self.metadata, self.blobs, self.claimLease, atStart=atStart)
+        return await sweep(
+            self.metadata,
+            self.blobs,
+            self.claimLease,
+            atStart=atStart,
+            grace=self.orphanGrace,
+            leftovers=leftovers,
+        )
 
     # The transaction's steps
 

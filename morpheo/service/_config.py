@@ -10,6 +10,7 @@ names.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from typing import Any
@@ -20,6 +21,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.python.threadpool import ThreadPool
 
 from .._interfaces import IBlobStore
+from ..objects import LEFTOVER_AGE
 
 BLOBSTORES = ("local", "s3", "gc", "mock")
 #: The stores that can serve a download themselves (--redirect-downloads).
@@ -61,6 +63,8 @@ class StorageConfig:
     and C{key}).  Downloads: C{redirectDownloads} answers a blob's GET
     with a redirect to a URL of the store's, valid C{redirectLifetime}
     seconds (L{DEFAULT_REDIRECT_LIFETIME} if None).
+    and C{key}).  C{orphanGrace}: how old, in seconds, a blob nothing
+    points to (or an unfinished write) must be before the sweep removes it.
 
     @raise ConfigError: when made with settings that cannot work.
     """
@@ -94,6 +98,7 @@ class StorageConfig:
     claimLease: float = 60.0
     redirectDownloads: bool = False
     redirectLifetime: int | None = None
+    orphanGrace: float = LEFTOVER_AGE
     threads: int = 8
 
     def __attrs_post_init__(self) -> None:
@@ -138,6 +143,10 @@ class StorageConfig:
             raise ConfigError(f"--max-blob-size must not be negative, not {self.maxBlobSize}")
         if not self.claimLease >= 1:
             raise ConfigError(f"--claim-lease must be at least 1 second, not {self.claimLease!r}")
+        if not (isinstance(self.orphanGrace, int | float) and 0 <= self.orphanGrace < math.inf):
+            raise ConfigError(
+                f"--orphan-grace must be a number of seconds, not {self.orphanGrace!r}"
+            )
         if self.threads < 1:
             raise ConfigError(f"threads must be at least 1, not {self.threads}")
         self._checkRedirects()

@@ -247,6 +247,7 @@ class StorageService(service.Service):
             pool=pool,
             maxBlobSize=config.maxBlobSize,
             claimLease=config.claimLease,
+            orphanGrace=config.orphanGrace,
         )
         await objects.sweep(atStart=lock is not None)
         running.sweeper = Sweeper(objects, self._reactor)

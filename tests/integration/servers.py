@@ -364,10 +364,10 @@ class SeaweedFS(_Process):
     def credentials(self) -> Credentials:
         return Credentials(self.accessKey, self.secretKey)
 
-    def serverArgs(self) -> list[str]:
-        """The command line of a server keeping its blobs here."""
+    def serverArgs(self, bucket: str | None = None) -> list[str]:
+        """The command line of a server keeping its blobs here (in C{bucket})."""
         return [
-            "--blobstore", "s3", "--s3-bucket", self.bucket, "--s3-region", self.region,
+            "--blobstore", "s3", "--s3-bucket", bucket or self.bucket, "--s3-region", self.region,
             "--s3-endpoint", self.endpoint,
         ]  # fmt: skip
 
@@ -435,23 +435,34 @@ class SeaweedFS(_Process):
             return e.code, e.read()
 
     def _createBucket(self) -> None:
-        code, body = self.signedRequest("PUT", f"/{self.bucket}")
+        self.createBucket(self.bucket)
+
+    def createBucket(self, bucket: str) -> None:
+        """Make C{bucket} (there already is fine), blocking."""
+        code, body = self.signedRequest("PUT", f"/{bucket}")
         if code not in (200, 409):
             raise RuntimeError(f"creating bucket: HTTP {code} {body[:200]!r}")
-        code, body = self.signedRequest("HEAD", f"/{self.bucket}")
+        code, body = self.signedRequest("HEAD", f"/{bucket}")
         if code != 200:
             raise RuntimeError(f"bucket not there yet: HTTP {code}")
 
-    def objects(self, prefix: str = "") -> list[str]:
+    def putObject(self, key: str, data: bytes, bucket: str | None = None) -> None:
+        """Write an object straight into the bucket, as another program would."""
+        code, body = self.signedRequest("PUT", f"/{bucket or self.bucket}/{quote(key)}", data)
+        if code != 200:
+            raise RuntimeError(f"putting {key}: HTTP {code} {body[:200]!r}")
+
+    def objects(self, prefix: str = "", bucket: str | None = None) -> list[str]:
         """The keys of the objects under C{prefix} (ListObjectsV2), blocking."""
-        return self._listed(f"list-type=2&prefix={quote(prefix, safe='')}", "Contents", "Key")
+        query = f"list-type=2&prefix={quote(prefix, safe='')}"
+        return self._listed(query, "Contents", "Key", bucket)
 
     def uploads(self, prefix: str = "") -> list[str]:
         """The keys of the multipart uploads in progress (ListMultipartUploads)."""
         return self._listed(f"prefix={quote(prefix, safe='')}&uploads=", "Upload", "Key")
 
-    def _listed(self, query: str, element: str, field: str) -> list[str]:
-        code, body = self.signedRequest("GET", f"/{self.bucket}?{query}")
+    def _listed(self, query: str, element: str, field: str, bucket: str | None = None) -> list[str]:
+        code, body = self.signedRequest("GET", f"/{bucket or self.bucket}?{query}")
         if code != 200:
             raise RuntimeError(f"listing {query}: HTTP {code} {body[:200]!r}")
         found = []
@@ -510,16 +521,21 @@ class FakeGCS(_Process):
         self.waitFor(self._createBucket, timeout, "the JSON API")
         return self
 
-    def serverArgs(self) -> list[str]:
-        """The command line of a server keeping its blobs here."""
-        return ["--blobstore", "gc", "--gc-bucket", self.bucket, "--gc-endpoint", self.endpoint]
+    def serverArgs(self, bucket: str | None = None) -> list[str]:
+        """The command line of a server keeping its blobs here (in C{bucket})."""
+        bucket = bucket or self.bucket
+        return ["--blobstore", "gc", "--gc-bucket", bucket, "--gc-endpoint", self.endpoint]
 
     def serverEnv(self, **extra: str) -> dict[str, str]:
         """Nothing to add: the emulator wants no credentials."""
         return dict(extra)
 
     def _createBucket(self) -> None:
-        body = json.dumps({"name": self.bucket}).encode()
+        self.createBucket(self.bucket)
+
+    def createBucket(self, bucket: str) -> None:
+        """Make C{bucket} (there already is fine), blocking."""
+        body = json.dumps({"name": bucket}).encode()
         request = urllib.request.Request(
             f"{self.endpoint}/storage/v1/b",
             data=body,
@@ -532,9 +548,20 @@ class FakeGCS(_Process):
             if e.code != 409:
                 raise RuntimeError(f"creating bucket: HTTP {e.code}") from e
 
-    def objects(self, prefix: str = "") -> list[str]:
+    def putObject(self, key: str, data: bytes, bucket: str | None = None) -> None:
+        """Write an object straight into the bucket, as another program would."""
+        query = f"uploadType=media&name={quote(key, safe='')}"
+        request = urllib.request.Request(
+            f"{self.endpoint}/upload/storage/v1/b/{bucket or self.bucket}/o?{query}",
+            data=data,
+            method="POST",
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        urllib.request.urlopen(request, timeout=10).close()
+
+    def objects(self, prefix: str = "", bucket: str | None = None) -> list[str]:
         """The names of the objects under C{prefix}, blocking."""
-        url = f"{self.endpoint}/storage/v1/b/{self.bucket}/o?prefix={prefix}"
+        url = f"{self.endpoint}/storage/v1/b/{bucket or self.bucket}/o?prefix={prefix}"
         with urllib.request.urlopen(url, timeout=10) as response:
             return [item["name"] for item in json.load(response).get("items", [])]
 

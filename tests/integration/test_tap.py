@@ -81,6 +81,7 @@ def test_defaults() -> None:
     assert config.migrationsDir is None
     assert config.rollback is False
     assert config.maxBlobSize is None
+    assert config.orphanGrace == 3600.0
     assert config.dataDir == os.path.abspath(tap.defaultDataDir())
     assert not config.generatedPassword
 
@@ -102,6 +103,8 @@ def test_everyOptionReachesTheConfig(tmp_path: Path) -> None:
         "--blobstore", "mock",
         "--data-dir", str(tmp_path / "data"),
         "--max-blob-size", "1024",
+        "--orphan-grace", "2.5",
+        "--shutdown-timeout", "7",
     ).config()  # fmt: skip
     assert (config.host, config.port) == ("127.0.0.1", 8123)
     assert (config.user, config.password, config.generatedPassword) == ("alice", "secret", False)
@@ -112,6 +115,14 @@ def test_everyOptionReachesTheConfig(tmp_path: Path) -> None:
     assert config.blobstore == "mock"
     assert config.dataDir == str(tmp_path / "data")
     assert config.maxBlobSize == 1024
+    assert (config.orphanGrace, config.shutdownTimeout) == (2.5, 7.0)
+
+
+@pytest.mark.parametrize("option", ["orphan-grace", "shutdown-timeout"])
+@pytest.mark.parametrize("value", ["-1", "soon", "inf", "nan", ""])
+def test_secondsMustBeANumberOfSeconds(option: str, value: str) -> None:
+    message = refused(*AUTH, f"--{option}", value)
+    assert f"--{option} must be a number of seconds" in message and repr(value) in message
 
 
 def test_dataDirIsMadeAbsolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -410,6 +421,7 @@ def test_twistdHelpListsTheOptions() -> None:
         "db-host", "db-port", "db-name", "db-user", "db-pass", "db-migrations-dir",
         "db-rollback", "blobstore", "data-dir", "s3-bucket", "s3-region", "gc-bucket",
         "max-blob-size", "s3-endpoint", "gc-endpoint", "redirect-downloads", "redirect-lifetime",
+        "orphan-grace", "shutdown-timeout",
     ]:  # fmt: skip
         assert f"--{option}" in result.stdout, option
 

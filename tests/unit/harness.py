@@ -36,12 +36,13 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from morpheo._errors import BlobStoreError
-from morpheo._interfaces import IRedirectableBlobStore
+from morpheo._interfaces import IBlobSource, IBlobWriter, IRedirectableBlobStore
 from morpheo._kinds import TABLE
+from morpheo._types import StoredObject
 from morpheo.blobstores import MemoryBlobStore
 from morpheo.blobstores._bodies import BytesBody
 from morpheo.metadata import MemoryMetadataStore
-from morpheo.objects import CLAIM_LEASE, Objects
+from morpheo.objects import CLAIM_LEASE, IncomingBlob, NewObject, Objects
 from morpheo.service._graceful import HandlerTracker, trackedResource
 from morpheo.web import BasicAuth, CORSResource, StorageAPI, StreamingSite
 from morpheo.web._root import StorageRoot
@@ -494,6 +495,31 @@ class Service:
 
     def snapshot(self) -> tuple[list[Any], list[str]]:
         return self.rows(), self.blobKeys()
+
+
+@implementer(IBlobSource)
+@define
+class Bytes:
+    """A blob source that writes its bytes as soon as it is streamed."""
+
+    data: bytes
+    stopped: bool = False
+    _done: Deferred[None] | None = field(default=None)
+
+    def streamTo(self, writer: IBlobWriter) -> None:
+        writer.write(self.data)
+        self._done = succeed(None)
+
+    def done(self) -> Deferred[None]:
+        return self._done if self._done is not None else succeed(None)
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def put(service: Service, kind: str, data: bytes, **new: Any) -> StoredObject:
+    blob = new.pop("blob", IncomingBlob(len(data)))
+    return service.run(service.objects.put(NewObject(kind=kind, blob=blob, **new), Bytes(data)))
 
 
 def sha256(data: bytes) -> str:

@@ -4,7 +4,8 @@ the claims of this process's uploads alive while they run, and takes over
 and sweeps the claims nobody refreshed for a lease (what they wrote goes
 with them).  A process that only stalled finds its claim gone when it wakes:
 its upload fails with 503 and removes only what it wrote itself.  A release
-that failed is tried again until it succeeds.
+that failed is tried again until it succeeds. Leftovers older than the grace
+period are swept on a timer of their own.
 """
 
 from __future__ import annotations
@@ -21,16 +22,18 @@ from morpheo._types import BlobInfo, Claim
 from morpheo.metadata import MemoryMetadataStore
 from morpheo.objects import (
     CLAIM_LEASE,
+    LEFTOVER_AGE,
     IncomingBlob,
     NewObject,
     Objects,
     Replacement,
     Sweeper,
     blobKey,
+    leftoverInterval,
     sweep,
 )
 
-from .harness import Connection, ImmediatePool, Service, newUUID
+from .harness import Connection, ImmediatePool, Service, newUUID, put
 from .test_interrupted import finish
 from .test_objects_domain import Bytes
 
@@ -275,3 +278,70 @@ def test_theSweeperTriesAgainAfterTheDatabaseFailed(service: Service) -> None:
     service.advance(sweeper.interval)
     sweeper.stopService()
     service.assertNothingLeft()
+
+
+# Leftovers: their own timer, by the grace period
+
+
+def sweeperWithGrace(service: Service, grace: float) -> Sweeper:
+    objects = Objects(
+        service.metadata,
+        service.blobs,
+        reactor=service.reactor,
+        pool=ImmediatePool(),  # type: ignore[arg-type]
+        orphanGrace=grace,
+    )
+    return running(service, objects)
+
+
+def orphan(service: Service) -> str:
+    """A committed blob of the service's shape that nothing points to."""
+    key = blobKey("data", newUUID())
+    writer = service.blobs.writer(key, 6)
+    writer.write(b"orphan")
+    service.run(writer.finish())
+    return key
+
+
+@pytest.mark.parametrize(
+    ("grace", "interval"),
+    [(0.0, 1.0), (0.5, 1.0), (2.0, 1.0), (120.0, 60.0), (3600.0, 1800.0), (86400.0, 1800.0)],
+)
+def test_leftoversAreSweptEveryHalfGraceFromASecondToHalfAnHour(
+    grace: float, interval: float
+) -> None:
+    assert leftoverInterval(grace) == interval
+
+
+def test_leftoversGoOnTheirOwnTimerOnceOlderThanTheGrace(service: Service) -> None:
+    kept = put(service, "data", b"kept")
+    young = orphan(service)
+    sweeper = sweeperWithGrace(service, 10.0)
+    service.advance(5)
+    assert service.blobKeys() == sorted([kept.blob_key, young])
+    service.advance(5)  # long before the claims' first tick
+    sweeper.stopService()
+    assert service.blobKeys() == [kept.blob_key]
+
+
+def test_theClaimsTickLeavesLeftoversToTheirTimer(service: Service) -> None:
+    old = orphan(service)
+    service.advance(LEFTOVER_AGE * 2)
+    sweeper = sweeperWithGrace(service, LEFTOVER_AGE)
+    service.advance(sweeper.interval)
+    assert service.blobKeys() == [old]
+    service.advance(leftoverInterval(LEFTOVER_AGE) - sweeper.interval)
+    sweeper.stopService()
+    assert service.blobKeys() == []
+
+
+def test_theLeftoversAreTriedAgainAfterTheDatabaseFailed(service: Service) -> None:
+    key = orphan(service)
+    sweeper = sweeperWithGrace(service, 2.0)
+    service.metadata.goDown()
+    service.advance(3)
+    assert service.blobKeys() == [key]
+    service.metadata.comeBack()
+    service.advance(1)
+    sweeper.stopService()
+    assert service.blobKeys() == []
