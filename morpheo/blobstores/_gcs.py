@@ -8,6 +8,13 @@ known, so every chunk's length and C{Content-Range} are known before its
 first byte and nothing is buffered.  The object exists only once the last
 chunk is accepted, and its last byte waits for C{finish()}.
 
+A session is known by its URL alone: the writer gives it as its handle
+(L{IBlobWriter.started}), the domain layer records it in the upload's
+claim, and the process that sweeps the claim of a killed one cancels the
+session with L{GCSBlobStore.abandon}, which calls only URLs of this
+store's own bucket and endpoint.  A session whose URL was never recorded
+(its process died first) expires by itself after a week.
+
 Credentials come from google-auth's Application Default Credentials,
 looked up and refreshed in the thread pool (both may block on files or the
 network); with another endpoint (an emulator) requests are anonymous unless
@@ -19,17 +26,18 @@ from __future__ import annotations
 import json
 import os
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IAgent, IResponse
 from zope.interface import implementer
 
 from .._errors import BlobNotFound, BlobStoreError
-from .._interfaces import IBlobStore
+from .._interfaces import IAbandonableBlobStore
 from ._bodies import StreamBody
 from ._httpstore import HTTPBlobStore
 from ._segmented import StreamingWriter
@@ -38,10 +46,16 @@ MiB = 1024 * 1024
 CHUNK_UNIT = 256 * 1024
 SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
 GOOGLE = "https://storage.googleapis.com"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+log = Logger()
 
 
 class _GCSWriter(StreamingWriter[None]):
-    """A resumable upload session, its chunks sent one after the other."""
+    """
+    A resumable upload session, its chunks sent one after the other; its
+    handle is the session's URL.
+    """
 
     def __init__(self, store: GCSBlobStore, key: str, size: int) -> None:
         self._store = store
@@ -69,6 +83,9 @@ class _GCSWriter(StreamingWriter[None]):
 
         d = self._store._call("POST", f"{url}?{query}", what, headers=headers, data=b"")
         return d.addCallback(started)
+
+    def _handle(self) -> str | None:
+        return self._session
 
     def _sendSegment(
         self, index: int, offset: int, length: int, body: StreamBody
@@ -106,13 +123,10 @@ class _GCSWriter(StreamingWriter[None]):
             return self._store.delete(self.key)
         if self._session is None:
             return succeed(None)
-        # Cancelling a session answers 499; a session already gone, 404/410.
-        what = f"GCS cancelling the upload of {self.key}"
-        d = self._store._call("DELETE", self._session, what, ok=(200, 204, 404, 410, 499))
-        return d.addCallback(self._store._drained)
+        return self._store._cancelSession(self.key, self._session)
 
 
-@implementer(IBlobStore)
+@implementer(IAbandonableBlobStore)
 class GCSBlobStore(HTTPBlobStore):
     """
     Blobs in Google Cloud Storage bucket C{bucket}; C{endpoint} (for example
@@ -154,6 +168,40 @@ class GCSBlobStore(HTTPBlobStore):
     def _objectURL(self, key: str) -> str:
         name = quote(key, safe="")
         return f"{self._base}/storage/v1/b/{self._bucketPath}/o/{name}"
+
+    def _cancelSession(self, key: str, session: str) -> Deferred[None]:
+        # Cancelling a session answers 499; a session already gone, 404/410.
+        what = f"GCS cancelling the upload of {key}"
+        d = self._call("DELETE", session, what, ok=(200, 204, 404, 410, 499))
+        return d.addCallback(self._drained)
+
+    def ownSession(self, key: str, url: str) -> bool:
+        """
+        Whether C{url} is a resumable session of this store's bucket, on its
+        own endpoint, for C{key}: the only URLs read back from the database
+        that it sends a request (and its credentials) to.
+        """
+        if not url.isascii() or any(c <= " " or c == "\x7f" for c in url):
+            return False
+        try:
+            own, given = urlsplit(self._base), urlsplit(url)
+            ownPort, givenPort = own.port, given.port
+        except ValueError:
+            return False
+        scheme = own.scheme.lower()
+        query = parse_qs(given.query)
+        return (
+            given.scheme.lower() == scheme
+            and given.username is None
+            and given.password is None
+            and given.hostname is not None
+            and given.hostname == own.hostname
+            and (givenPort or _DEFAULT_PORTS.get(scheme)) == (ownPort or _DEFAULT_PORTS.get(scheme))
+            and given.path == f"{own.path}/upload/storage/v1/b/{self._bucketPath}/o"
+            and not given.fragment
+            and len(query.get("upload_id", [])) == 1
+            and query.get("name", [key]) == [key]
+        )
 
     def _authorizeInThread(self, headers: dict[str, str]) -> dict[str, str]:
         import google.auth
@@ -207,6 +255,32 @@ class GCSBlobStore(HTTPBlobStore):
         what = f"GCS deleting {key}"
         d = self._call("DELETE", self._objectURL(key), what, ok=(200, 204, 404))
         return d.addCallback(self._drained)
+
+    def abandon(self, key: str, handle: str | None = None) -> Deferred[None]:
+        """
+        The resumable session C{handle} names, cancelled (a process killed
+        mid-upload cannot cancel its own, and nothing but its URL finds
+        it), then the object under C{key} if it was committed.  A handle
+        that is not a session of this store's (L{ownSession}) is not called:
+        it is data from the database.
+        """
+
+        async def run() -> None:
+            if handle is not None:
+                if self.ownSession(key, handle):
+                    await self._cancelSession(key, handle)
+                else:
+                    log.warn(
+                        "not cancelling the upload session recorded for {key}: it is not"
+                        " one of bucket {bucket} at {endpoint} (the session expires by"
+                        " itself within a week)",
+                        key=key,
+                        bucket=self.bucket,
+                        endpoint=self._base,
+                    )
+            await self.delete(key)
+
+        return Deferred.fromCoroutine(run())
 
     def check(self) -> Deferred[None]:
         what = f"GCS reading bucket {self.bucket}"

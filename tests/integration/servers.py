@@ -477,10 +477,15 @@ class SeaweedFS(_Process):
         self.stop()
 
 
+#: One line of fake-gcs-server's request log: method, target, status.
+_GCS_REQUEST = re.compile(r'\\"([A-Z]+) (\S+) HTTP/[\d.]+\\" (\d{3}) ')
+
+
 class FakeGCS(_Process):
     """
     fake-gcs-server over plain HTTP with C{bucket} created; in memory, or
     on disk with C{persistent} (then a restart finds the objects again).
+    It logs every request it answers (L{requests}).
     """
 
     def __init__(self, bucket: str = "morpheo", persistent: bool = False) -> None:
@@ -497,7 +502,7 @@ class FakeGCS(_Process):
             [
                 _fakeGCSBinary(), "-scheme", "http", "-backend", *backend,
                 "-host", "127.0.0.1", "-port", str(self.port),
-                "-external-url", self.endpoint, "-log-level", "warn",
+                "-external-url", self.endpoint, "-log-level", "info",
             ]
         )  # fmt: skip
         self.waitFor(self._createBucket, timeout, "the JSON API")
@@ -527,9 +532,18 @@ class FakeGCS(_Process):
 
     def objects(self, prefix: str = "") -> list[str]:
         """The names of the objects under C{prefix}, blocking."""
-        url = f"{self.endpoint}/storage/v1/b/{self.bucket}/o?prefix={prefix}"
+        url = f"{self.endpoint}/storage/v1/b/{self.bucket}/o?prefix={quote(prefix, safe='')}"
         with urllib.request.urlopen(url, timeout=10) as response:
             return [item["name"] for item in json.load(response).get("items", [])]
+
+    def requests(self) -> list[tuple[str, str, int]]:
+        """
+        Every request it has answered so far, from its log: method, target
+        (the path and query, as sent) and status.
+        """
+        with open(os.path.join(self.dir, "log.txt"), "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+        return [(m, target, int(code)) for m, target, code in _GCS_REQUEST.findall(text)]
 
     def __enter__(self) -> FakeGCS:
         return self.start()

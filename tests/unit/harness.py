@@ -285,6 +285,8 @@ class Service:
     maxBlobSize: int | None = None
     claimLease: float = CLAIM_LEASE
     corsOrigins: tuple[str, ...] = ("*",)
+    #: Whether the blob store's writes open sessions (see L{MemoryBlobStore}).
+    sessions: bool = False
     metadata: MemoryMetadataStore = field(init=False)
     blobs: MemoryBlobStore = field(init=False)
     objects: Objects = field(init=False)
@@ -294,7 +296,7 @@ class Service:
 
     def __attrs_post_init__(self) -> None:
         self.metadata = MemoryMetadataStore(self.reactor, owner="unit")
-        self.blobs = MemoryBlobStore(self.reactor)
+        self.blobs = MemoryBlobStore(self.reactor, sessions=self.sessions)
         self.objects = Objects(
             self.metadata,
             self.blobs,
