@@ -42,6 +42,20 @@ class IBlobWriter(IConsumer):
 
     key = Attribute("The key the blob is committed under.")
 
+    def started() -> Deferred[str | None]:
+        """
+        Fires once the store holds something of this write that would
+        outlive this process and that only a handle finds (a Google Cloud
+        Storage resumable session, known by its URL alone), with that
+        handle: an opaque string, for L{IAbandonableBlobStore.abandon} to
+        remove what a killed process left.  Fires with L{None} when there
+        is nothing to record: a write that needs no handle (a local
+        temporary file is swept by its name, an S3 multipart upload is
+        listed by its key, memory goes with the process), or one that ended
+        before it began.  Never fails, and fires at the latest when
+        L{finish} or L{abort} does; each call gives a L{Deferred} of its own.
+        """
+
     def finish() -> Deferred[BlobInfo]:
         """
         Flush, check that exactly the announced size arrived, and commit the
@@ -104,15 +118,18 @@ class IBlobStore(Interface):
 class IAbandonableBlobStore(IBlobStore):
     """
     A blob store where an unfinished write leaves more than L{IBlobStore.delete}
-    removes (an S3 multipart upload): what a dead process left under a key
-    is removed with L{abandon}.
+    removes (an S3 multipart upload, a GCS resumable session): what a dead
+    process left under a key is removed with L{abandon}.
     """
 
-    def abandon(key: str) -> Deferred[None]:
+    def abandon(key: str, handle: str | None = None) -> Deferred[None]:
         """
         Remove everything a write under C{key} may have left: the blob if it
-        was committed, any unfinished upload to it.  Removing nothing is not
-        an error.
+        was committed, any unfinished upload to it.  C{handle} is what the
+        write's L{IBlobWriter.started} gave, if it was recorded: read back
+        from the database, it is data, and a store acts on it only if it is
+        one of its own (a session URL on its own endpoint).  Removing
+        nothing is not an error.
         """
 
 
@@ -265,6 +282,15 @@ class IMetadataStore(Interface):
         claim is.
         """
 
+    async def noteUpload(kind: str, uuid: str, token: str, handle: str) -> None:
+        """
+        Record in the claim C{token} holds the handle of the store's write
+        in progress (L{IBlobWriter.started}), so that whichever process
+        sweeps the claim, were this one killed, can remove what the write
+        left (L{DeadClaim.handle}).  Fails with L{ClaimLost} if C{token} no
+        longer holds the claim.
+        """
+
     async def heartbeat(tokens: Sequence[str]) -> set[str]:
         """
         Say that the claims held by C{tokens} are alive; fires with the
@@ -278,7 +304,8 @@ class IMetadataStore(Interface):
         when they can only be a dead run's).  Each is given a new token at
         once, in one statement, so that its first holder, were it only
         stalled, can no longer complete, release or refresh it, and two
-        sweeping processes never both take one.
+        sweeping processes never both take one.  Each comes with the
+        handle L{noteUpload} recorded, if any.
         """
 
     async def referencedKeys(keys: Sequence[str]) -> set[str]:

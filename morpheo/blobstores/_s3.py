@@ -86,7 +86,11 @@ def _findText(root: ElementTree.Element, name: str) -> str | None:
 
 
 class _S3Writer(StreamingWriter[str]):
-    """One PUT, or a multipart upload when the blob is over the threshold."""
+    """
+    One PUT, or a multipart upload when the blob is over the threshold.  It
+    gives no handle (L{StreamingWriter._handle}): what a killed process left
+    is found by listing the multipart uploads to its key.
+    """
 
     def __init__(self, store: S3BlobStore, key: str, size: int) -> None:
         self._store = store
@@ -353,11 +357,12 @@ class S3BlobStore(HTTPBlobStore):
             what = f"S3 HeadBucket of {self.bucket} in {self.region}"
         return self._request("HEAD", None, what).addCallback(self._drained)
 
-    def abandon(self, key: str) -> Deferred[None]:
+    def abandon(self, key: str, handle: str | None = None) -> Deferred[None]:
         """
         The object under C{key} and every multipart upload to it: a process
         killed mid-upload cannot abort its own, and S3 keeps its parts (and
-        bills them) until someone does.
+        bills them) until someone does.  They are listed by their key, so
+        writers give no handle (C{handle} is not used).
         """
 
         async def run() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -80,6 +80,14 @@ class BlobWriter:
         self._accept(data)
 
     # IBlobWriter
+
+    def started(self) -> Deferred[str | None]:
+        """
+        No handle: what this writer leaves is found without one (a
+        temporary file by its name) or goes with the process (memory).
+        Writers whose store keeps an upload only a handle finds say so.
+        """
+        return succeed(None)
 
     def finish(self) -> Deferred[BlobInfo]:
         if self._use is not Use.OPEN:

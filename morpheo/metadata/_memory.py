@@ -75,6 +75,8 @@ class _Row:
     claimedBy: str
     blobKey: str | None
     token: str | None = None
+    #: The store's handle of the claim's write in progress, once noted.
+    handle: str | None = None
     text: dict[str, str | None] = field(factory=dict)
     parent: str | None = None
     contentType: str | None = None
@@ -163,6 +165,12 @@ class MemoryMetadataStore:
         """Every row, ready or claimed, as C{(kind, uuid, state)}: for tests."""
         return sorted((r.kind, r.uuid, r.state.value) for r in self._tables.rows.values())
 
+    def uploadHandles(self) -> dict[tuple[str, str], str]:
+        """The handle each row holds, by C{(kind, uuid)}: for tests."""
+        return {
+            (r.kind, r.uuid): r.handle for r in self._tables.rows.values() if r.handle is not None
+        }
+
     def _open(self) -> _Tables:
         """The rows, if the database can be reached."""
         self._tables.reachable()
@@ -222,7 +230,7 @@ class MemoryMetadataStore:
             raise ClaimLost(kind, uuid)
         _blobChecked(blob, row.blobKey)
         row.state = _State.READY
-        row.token = None
+        row.token = row.handle = None
         row.size, row.sha256 = blob.size, blob.sha256
         row.seq = next(tables.sequence)
         row.timestamp = int(tables.now())
@@ -294,6 +302,12 @@ class MemoryMetadataStore:
 
     # Recovery
 
+    async def noteUpload(self, kind: str, uuid: str, token: str, handle: str) -> None:
+        _, row = self._held(kind, uuid, token)
+        if row is None:
+            raise ClaimLost(kind, uuid)
+        row.handle = handle
+
     async def heartbeat(self, tokens: Sequence[str]) -> set[str]:
         tables = self._open()
         now, wanted = tables.now(), set(tokens)
@@ -314,7 +328,7 @@ class MemoryMetadataStore:
             ):
                 row.token = f"swept.{next(_takeovers)}"
                 row.claimedBy, row.heartbeat = self.owner, now
-                taken.append(DeadClaim(row.kind, row.uuid, row.blobKey, row.token))
+                taken.append(DeadClaim(row.kind, row.uuid, row.blobKey, row.token, row.handle))
         return taken
 
     async def referencedKeys(self, keys: Sequence[str]) -> set[str]:

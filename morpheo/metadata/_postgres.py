@@ -206,6 +206,7 @@ class PostgresMetadataStore:
     async def complete(self, kind: str, uuid: str, token: str, blob: BlobInfo) -> StoredObject:
         rows = await self.db.query(
             "UPDATE resource SET state = 'ready', size = %s, sha256 = %s, claim_token = NULL,"
+            " upload_handle = NULL,"
             " seq = nextval(pg_get_serial_sequence('resource', 'seq')),"
             " timestamp_upload = floor(EXTRACT(EPOCH FROM clock_timestamp()))::bigint"
             " WHERE kind = %s AND uuid = %s AND state = 'pending' AND claim_token = %s"
@@ -308,6 +309,15 @@ class PostgresMetadataStore:
 
     # Recovery
 
+    async def noteUpload(self, kind: str, uuid: str, token: str, handle: str) -> None:
+        rows = await self.db.query(
+            "UPDATE resource SET upload_handle = %s WHERE kind = %s AND uuid = %s"
+            " AND state = 'pending' AND claim_token = %s RETURNING 1",
+            (handle, kind, uuid, token),
+        )
+        if not rows:
+            raise ClaimLost(kind, uuid)
+
     async def heartbeat(self, tokens: Sequence[str]) -> set[str]:
         if not tokens:
             return set()
@@ -324,10 +334,10 @@ class PostgresMetadataStore:
             "UPDATE resource SET claim_token = %s || seq::text, claimed_by = %s,"
             " heartbeat = now() WHERE state = 'pending'"
             " AND (heartbeat < now() - make_interval(secs => %s) OR (%s AND claimed_by = %s))"
-            " RETURNING kind, uuid::text, blob_key, claim_token",
+            " RETURNING kind, uuid::text, blob_key, claim_token, upload_handle",
             (f"swept.{secrets.token_hex(8)}.", self.owner, lease, mine, self.owner),
         )
-        return [DeadClaim(k, u, key, token) for k, u, key, token in rows]
+        return [DeadClaim(k, u, key, token, handle) for k, u, key, token, handle in rows]
 
     async def referencedKeys(self, keys: Sequence[str]) -> set[str]:
         if not keys:

@@ -7,9 +7,11 @@ and turns its results and typed errors into answers.
 
 An upload is a transaction over two stores that cannot share one: the uuid
 is claimed (a row nobody sees), the blob streamed and committed, then the
-row completed.  Every failure undoes what was done, in reverse, and a
-claim or a clean-up is waited for to its end even when the request that
-started it is cancelled (see L{_toTheEnd}).
+row completed.  Meanwhile the store's handle of the write, if it gives one
+(a GCS session's URL), is recorded in the claim, for whichever process
+sweeps the claim should this one be killed.  Every failure undoes what was
+done, in reverse, and a claim, a record or a clean-up is waited for to its
+end even when the request that started it is cancelled (see L{_toTheEnd}).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
 from attrs import evolve, field, frozen
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IConsumer, IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -231,7 +233,7 @@ class Objects:
             source.stop()
             raise
         try:
-            info = await self._receive(key, blob, source)
+            info = await self._receive(claim, key, blob, source)
         except BaseException:
             await self._release(claim)
             raise
@@ -284,7 +286,7 @@ class Objects:
         try:
             newBlob = None
             if change.blob is not None and key is not None:
-                info = await self._receive(key, change.blob, source)
+                info = await self._receive(claim, key, change.blob, source)
                 written = key
                 newBlob = NewBlob(key, info, change.blob.label)
             else:
@@ -416,29 +418,72 @@ class Objects:
             self.blobs.writer(key, blob.size), dict(blob.expected), self._reactor, self._pool
         )
 
-    async def _receive(self, key: str, blob: IncomingBlob, source: IBlobSource) -> BlobInfo:
+    async def _receive(
+        self, claim: Claim | None, key: str, blob: IncomingBlob, source: IBlobSource
+    ) -> BlobInfo:
         """
         Stream the blob from C{source} and commit it, checked against the
-        digests its client stated; abort or delete it on failure.
+        digests its client stated; abort or delete it on failure.  The
+        write's handle is recorded in C{claim} meanwhile (L{_note}), and
+        that is over before the claim is completed or released.
         """
         writer = self._writer(key, blob)
+        noted = self._note(claim, writer)
         source.streamTo(writer)
         try:
             await source.done()
             info = await writer.finish()
         except SizeMismatch:
             await self._quietly(writer.abort())
+            await _toTheEnd(noted)
             raise
         except BaseException:
             source.stop()
             await self._quietly(writer.abort())
+            await _toTheEnd(noted)
             raise
+        await _toTheEnd(noted)
         expected = blob.expected.get("sha256")
         if expected is not None and bytes.fromhex(info.sha256) != expected:
             # The store computes sha256 as it commits; no row points here yet.
             await self._quietly(self.blobs.delete(key))
             raise DigestMismatch("sha256")
         return info
+
+    def _note(self, claim: Claim | None, writer: IBlobWriter) -> Deferred[None]:
+        """
+        Record in C{claim} the handle of C{writer}'s write as soon as the
+        store has one (L{IBlobWriter.started}): were this process killed,
+        the process that sweeps the claim removes what the write left (a
+        GCS session nothing else finds).  A write without a handle costs no
+        call.  A failure is logged, not raised: the upload goes on, and its
+        claim expires all the same.  No cancellation reaches it (the
+        request's does not: it is awaited through L{_toTheEnd}).
+        """
+        if claim is None:
+            return succeed(None)
+
+        async def note() -> None:
+            handle = await writer.started()
+            if handle is None:
+                return
+            try:
+                await self.metadata.noteUpload(claim.kind, claim.uuid, claim.token, handle)
+            except ClaimLost:
+                self._log.warn(
+                    "the claim on {kind} {uuid} was swept before its upload was recorded",
+                    kind=claim.kind,
+                    uuid=claim.uuid,
+                )
+            except Exception:
+                self._log.failure(
+                    "recording the upload of {kind} {uuid} in its claim failed: were this"
+                    " process killed, what the upload left would stay until it expires",
+                    kind=claim.kind,
+                    uuid=claim.uuid,
+                )
+
+        return Deferred.fromCoroutine(note())
 
     async def _quietly(self, d: Deferred[Any] | Coroutine[Any, Any, Any]) -> None:
         """Clean-up that must not hide the error being handled, nor be cut

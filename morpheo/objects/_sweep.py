@@ -3,11 +3,14 @@
 What a crash leaves behind, and how it is swept.
 
 A process killed mid-upload leaves a claim (the uuid looks taken), maybe
-a temporary file, maybe a committed blob no row points to.  None of it is
-ever visible (rows are read only once complete, blobs only through their
-row), but all of it is swept: at start, everything the previous run of
-this data directory left; then periodically, what any dead process left
-(claims whose heartbeat stopped, old temporary files and unreferenced
+a temporary file, an unfinished upload in a remote store (an S3 multipart
+upload, found by its key; a GCS resumable session, found only by the
+handle its upload recorded in the claim), maybe a committed blob no row
+points to.  None of it is ever visible (rows are read only once complete,
+blobs only through their row), but all of it is swept: at start,
+everything the previous run of this data directory left; then
+periodically, what any dead process left (claims whose heartbeat stopped,
+with what their uploads wrote; old temporary files and unreferenced
 blobs, on a timer of their own).
 
 A claim is a lease: its process refreshes it every third of
@@ -85,7 +88,7 @@ async def sweep(
         # first, a failure here would leave it with nothing to find it by.
         if dead.blobKey is not None:
             if IAbandonableBlobStore.providedBy(store):
-                await store.abandon(dead.blobKey)
+                await store.abandon(dead.blobKey, dead.handle)
             else:
                 await store.delete(dead.blobKey)
         await metadata.release(dead.kind, dead.uuid, dead.token)

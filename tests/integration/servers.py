@@ -492,12 +492,17 @@ class SeaweedFS(_Process):
         self.stop()
 
 
+#: One line of fake-gcs-server's request log: method, target, status.
+_GCS_REQUEST = re.compile(r'\\"([A-Z]+) (\S+) HTTP/[\d.]+\\" (\d{3}) ')
+
+
 class FakeGCS(_Process):
     """
     fake-gcs-server over plain HTTP with C{bucket} created; in memory, or
     on disk with C{persistent} (then a restart finds the objects again).
     Its public host is its own address, so that it serves path-style XML
     URLs (C{/bucket/object}, as signed URLs are) to requests made to it.
+    It logs every request it answers (L{requests}).
     """
 
     def __init__(self, bucket: str = "morpheo", persistent: bool = False) -> None:
@@ -515,7 +520,7 @@ class FakeGCS(_Process):
                 _fakeGCSBinary(), "-scheme", "http", "-backend", *backend,
                 "-host", "127.0.0.1", "-port", str(self.port),
                 "-external-url", self.endpoint, "-public-host", f"127.0.0.1:{self.port}",
-                "-log-level", "warn",
+                "-log-level", "info",
             ]
         )  # fmt: skip
         self.waitFor(self._createBucket, timeout, "the JSON API")
@@ -561,9 +566,19 @@ class FakeGCS(_Process):
 
     def objects(self, prefix: str = "", bucket: str | None = None) -> list[str]:
         """The names of the objects under C{prefix}, blocking."""
-        url = f"{self.endpoint}/storage/v1/b/{bucket or self.bucket}/o?prefix={prefix}"
+        bucketPath = f"{self.endpoint}/storage/v1/b/{bucket or self.bucket}"
+        url = f"{bucketPath}/o?prefix={quote(prefix, safe='')}"
         with urllib.request.urlopen(url, timeout=10) as response:
             return [item["name"] for item in json.load(response).get("items", [])]
+
+    def requests(self) -> list[tuple[str, str, int]]:
+        """
+        Every request it has answered so far, from its log: method, target
+        (the path and query, as sent) and status.
+        """
+        with open(os.path.join(self.dir, "log.txt"), "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+        return [(m, target, int(code)) for m, target, code in _GCS_REQUEST.findall(text)]
 
     def __enter__(self) -> FakeGCS:
         return self.start()

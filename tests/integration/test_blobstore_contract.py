@@ -13,15 +13,18 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, cast
+from urllib.parse import quote, urlsplit
 
 import pytest
 import pytest_twisted
 from attrs import define, field
-from twisted.internet import reactor
+from twisted.internet import endpoints, reactor
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer, IReactorFromThreads
 from twisted.internet.task import deferLater
 from twisted.python.threadpool import ThreadPool
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -318,6 +321,12 @@ async def assertGone(backend: Backend, store: IBlobStore, key: str) -> None:
 async def test_provides_interfaces(backend: Backend) -> None:
     store = backend.make()
     verifyObject(IBlobStore, store)
+    # What an unfinished write leaves is removed by abandon, but on local
+    # disk, where a temporary file is swept by its name.
+    if backend.name == "local":
+        assert not IAbandonableBlobStore.providedBy(store)
+    else:
+        verifyObject(IAbandonableBlobStore, store)
     writer = store.writer(newKey(), 1)
     verifyObject(IBlobWriter, writer)
     await within(writer.abort())
@@ -567,6 +576,44 @@ async def test_backend_down_upload(backend: Backend) -> None:
         await within(writer.finish())
     assert str(caught.value)
     await within(writer.abort())
+    # Never begun at the store: nothing for anyone to find.
+    assert await within(writer.started()) is None
+
+
+@pytest.mark.parametrize("tuned", [False, True], ids=["default", "small-parts"])
+@pytest_twisted.ensureDeferred
+async def test_started_gives_a_handle_only_where_one_is_needed(
+    backend: Backend, tuned: bool
+) -> None:
+    """
+    A write's handle comes once the store has begun it, before it is
+    finished: on GCS its session's URL, which nothing else finds; elsewhere
+    none (a temporary file is swept by its name, an S3 multipart upload is
+    listed by its key, memory goes with the process).
+    """
+    store = backend.make(**(backend.tuned if tuned else {}))
+    key, data = newKey(), blobOf(6 * MiB)
+    writer = store.writer(key, len(data) + 1)
+    started = writer.started()
+    await within(Source(writer, data).start())
+    handle = await within(started)
+    if backend.name == "gcs":
+        assert isinstance(store, GCSBlobStore)
+        assert isinstance(handle, str) and store.ownSession(key, handle)
+    else:
+        assert handle is None
+    assert await within(writer.started()) == handle
+    await within(writer.abort())
+    await assertGone(backend, store, key)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_ended_before_it_began_has_no_handle(backend: Backend) -> None:
+    store = backend.make()
+    writer = store.writer(newKey(), 10)
+    started = writer.started()
+    await within(writer.abort())
+    assert await within(started) is None
 
 
 @pytest.mark.parametrize("backend", ["s3"], indirect=True)
@@ -710,3 +757,103 @@ async def test_listing_an_unusable_backend_is_a_blob_store_error(backend: Backen
     with pytest.raises(BlobStoreError) as caught:
         await listing(store)
     assert str(caught.value)
+
+
+def sessionTarget(session: str) -> str:
+    """A session URL's path and query: what fake-gcs-server logs of a request to it."""
+    parts = urlsplit(session)
+    return f"{parts.path}?{parts.query}"
+
+
+@pytest.mark.parametrize("backend", ["gcs"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_abandon_cancels_the_session_of_a_dead_writer(
+    backend: Backend, fakeGCS: FakeGCS
+) -> None:
+    """
+    A writer whose process died never cancels its resumable session: given
+    the session's URL that the writer's handle was, L{abandon} does (a
+    DELETE of it, answered 499), and removes the object if the upload was
+    committed.  This fake-gcs-server answers the DELETE but keeps taking
+    chunks on the session, so its request log is what tells.
+    """
+    store = backend.make(**backend.tuned)
+    assert isinstance(store, GCSBlobStore)
+    assert verifyObject(IAbandonableBlobStore, store)
+    key, data = newKey(), blobOf(3 * MiB)
+    writer = store.writer(key, 2 * len(data))
+    await within(Source(writer, data).start())
+    session = await within(writer.started())
+    assert session is not None
+    cancel = ("DELETE", sessionTarget(session), 499)
+    # Left as a dead process leaves it: chunks sent, never cancelled.
+    assert [r for r in fakeGCS.requests() if r[:2] == cancel[:2]] == []
+    await within(store.abandon(key, session))
+    assert fakeGCS.requests().count(cancel) == 1
+    assert await leftovers(backend, store, key) == []
+
+    committed = newKey()
+    writer = store.writer(committed, 1000)
+    await within(Source(writer, blobOf(1000)).start())
+    await within(writer.finish())
+    handle = await within(writer.started())
+    assert handle is not None
+    await within(store.abandon(committed, handle))
+    assert ("DELETE", sessionTarget(handle), 499) in fakeGCS.requests()
+    await assertGone(backend, store, committed)
+    await within(store.abandon(newKey(), None))  # nothing there: not an error
+
+
+class Recorder(Resource):
+    """Answers every request as a session cancelled would, and keeps them."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[tuple[bytes, bytes]] = []
+
+    def render(self, request: Request) -> bytes:
+        self.requests.append((request.method, request.uri))
+        request.setResponseCode(499)
+        return b"{}"
+
+
+@pytest.mark.parametrize("backend", ["gcs"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_abandon_calls_no_url_but_a_session_of_its_own(
+    backend: Backend, fakeGCS: FakeGCS
+) -> None:
+    """
+    A handle is read back from the database: one that is not a session of
+    this store's bucket on its own endpoint, for that key, is never called
+    (no request, no credentials, to another host; no DELETE of another
+    object on its own), and the object under the key goes all the same.
+    """
+    store = backend.make()
+    assert isinstance(store, GCSBlobStore)
+    recorder = Recorder()
+    endpoint = endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1")
+    port = await endpoint.listen(Site(recorder))
+    try:
+        key, other = newKey(), newKey()
+        await put(store, other, b"another object")
+        base = fakeGCS.endpoint
+        elsewhere = f"http://127.0.0.1:{port.getHost().port}"
+        path = f"/upload/storage/v1/b/{quote(store.bucket, safe='')}/o"
+        query = f"uploadType=resumable&name={quote(key, safe='')}&upload_id=x"
+        for handle in [
+            f"{elsewhere}{path}?{query}",
+            f"{base}/storage/v1/b/{store.bucket}/o/{quote(other, safe='')}",
+            f"{base}{path}?uploadType=resumable&name={quote(other, safe='')}&upload_id=x",
+        ]:
+            await put(store, key, b"committed")
+            await within(store.abandon(key, handle))
+            await assertGone(backend, store, key)
+        assert recorder.requests == []
+        assert await get(store, other) == b"another object"
+        await within(store.delete(other))
+    finally:
+        stopped = port.stopListening()
+        if stopped is not None:
+            await stopped

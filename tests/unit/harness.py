@@ -314,6 +314,8 @@ class Service:
     corsOrigins: tuple[str, ...] = ("*",)
     #: Redirect downloads to a L{RedirectingBlobStore}, with URLs of this lifetime.
     redirectLifetime: int | None = None
+    #: Whether the blob store's writes open sessions (see L{MemoryBlobStore}).
+    sessions: bool = False
     metadata: MemoryMetadataStore = field(init=False)
     blobs: MemoryBlobStore = field(init=False)
     objects: Objects = field(init=False)
@@ -324,7 +326,8 @@ class Service:
     def __attrs_post_init__(self) -> None:
         self.metadata = MemoryMetadataStore(self.reactor, owner="unit")
         redirecting = self.redirectLifetime is not None
-        self.blobs = (RedirectingBlobStore if redirecting else MemoryBlobStore)(self.reactor)
+        store = RedirectingBlobStore if redirecting else MemoryBlobStore
+        self.blobs = store(self.reactor, sessions=self.sessions)
         self.objects = Objects(
             self.metadata,
             self.blobs,

@@ -256,6 +256,9 @@ class TurnedWriter:
     def write(self, data: bytes) -> None:
         self.inner.write(data)
 
+    def started(self) -> Deferred[str | None]:
+        return self.inner.started()
+
     def finish(self) -> Deferred[BlobInfo]:
         return self._turns.wait().addCallback(lambda _: self.inner.finish())
 
