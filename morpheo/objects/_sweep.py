@@ -19,7 +19,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from .._errors import DatabaseError
 from .._interfaces import IAbandonableBlobStore, IBlobStore, IMetadataStore, ISweepableBlobStore
 
 #: A claim not refreshed for this long belongs to a dead process.
@@ -119,7 +121,13 @@ class Sweeper(Service):
         await sweep(self._metadata, self._store)
 
     def _tick(self) -> Deferred[None]:
-        d = Deferred.fromCoroutine(self._run())
-        # A failed sweep (the database is down) is logged and tried again.
-        d.addErrback(lambda f: _log.failure("sweeping failed; trying again later", f))
-        return d
+        # A failed sweep is logged and tried again.
+        return Deferred.fromCoroutine(self._run()).addErrback(_sweepFailed)
+
+
+def _sweepFailed(f: Failure) -> None:
+    if f.check(DatabaseError):
+        # The database is down: said where it failed, one line here.
+        _log.warn("sweeping failed; trying again later: {e}", e=str(f.value))
+    else:
+        _log.failure("sweeping failed; trying again later", f)
