@@ -24,7 +24,9 @@ from .service._config import (
     ConfigError,
     StorageConfig,
     checkEndpoint,
+    checkPoolSize,
     checkPort,
+    checkTimeout,
 )
 from .service._jsonlog import jsonObserverFactory
 from .service._listen import refuseWeakTLS
@@ -59,6 +61,24 @@ def _port(value: str) -> int:
     except ValueError:
         raise usage.UsageError(f"--port must be a port number, not {value!r}") from None
     return _checked(checkPort, "port", port)
+
+
+def _poolSize(value: str) -> int:
+    try:
+        size = int(value)
+    except ValueError:
+        raise usage.UsageError(f"--db-pool-size must be a number, not {value!r}") from None
+    return _checked(checkPoolSize, "db-pool-size", size)
+
+
+def _dbTimeout(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise usage.UsageError(
+            f"--db-timeout must be a positive number of seconds, not {value!r}"
+        ) from None
+    return _checked(checkTimeout, "db-timeout", seconds)
 
 
 def _checked(check: Callable[[str, T], T], option: str, value: T) -> T:
@@ -134,6 +154,15 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["db-name", None, "morpheo_storage", "Database name."],
         ["db-user", None, "storage", "Database user."],
         ["db-pass", None, None, "Database password (or MORPHEO_STORAGE_DB_PASS)."],
+        ["db-pool-size", None, 4, "How many connections to the database to keep.", _poolSize],
+        [
+            "db-timeout",
+            None,
+            5.0,
+            "Seconds a database query may take before the request gets a 503 and its"
+            " connection is replaced.",
+            _dbTimeout,
+        ],
         [
             "db-migrations-dir",
             None,
@@ -325,6 +354,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             dbName=self["db-name"],
             dbUser=self["db-user"],
             dbPass=self["db-pass"],
+            dbPoolSize=self["db-pool-size"],
+            dbTimeout=self["db-timeout"],
             migrationsDir=self["db-migrations-dir"],
             rollback=bool(self["db-rollback"]),
             blobstore=self["blobstore"],

@@ -25,7 +25,15 @@ from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from .._errors import ClaimLost, DatabaseError, InUse, NoSuchObject, NoSuchParent, Taken
+from .._errors import (
+    DATABASE_UNAVAILABLE,
+    ClaimLost,
+    DatabaseError,
+    InUse,
+    NoSuchObject,
+    NoSuchParent,
+    Taken,
+)
 from .._interfaces import IMetadataStore
 from .._kinds import TABLE, TEXT_FIELDS, childrenOf
 from .._types import BlobInfo, Change, Changed, Claim, DeadClaim, Listing, StoredObject
@@ -123,10 +131,12 @@ class _Tables:
         self.sequence = count(1)
         #: Why the database cannot be reached, while it cannot.
         self.outage: str | None = None
+        #: What a driver would have said about it (for the log only).
+        self.outageDetail: str | None = None
 
     def reachable(self) -> None:
         if self.outage is not None:
-            raise DatabaseError(self.outage)
+            raise DatabaseError(self.outage, detail=self.outageDetail)
 
     def now(self) -> float:
         return self.clock.seconds()
@@ -153,9 +163,14 @@ class MemoryMetadataStore:
         other._tables = self._tables
         return other
 
-    def goDown(self, reason: str = "the metadata database is not connected") -> None:
-        """From now on every call fails with L{DatabaseError}, as if the database were gone."""
+    def goDown(self, reason: str = DATABASE_UNAVAILABLE, detail: str | None = None) -> None:
+        """
+        From now on every call fails with L{DatabaseError}, as if the
+        database were gone: C{reason} is its sentence, C{detail} what the
+        driver said.
+        """
         self._tables.outage = reason
+        self._tables.outageDetail = detail
 
     def comeBack(self) -> None:
         """The database can be reached again, its rows as they were."""

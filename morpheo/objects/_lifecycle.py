@@ -28,7 +28,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from .._errors import ClaimLost, DigestMismatch, NoSuchObject, SizeMismatch, TooLarge, Vanished
+from .._errors import (
+    ClaimLost,
+    DatabaseError,
+    DigestMismatch,
+    NoSuchObject,
+    SizeMismatch,
+    TooLarge,
+    Vanished,
+)
 from .._interfaces import (
     IBlobSource,
     IBlobStore,
@@ -490,6 +498,9 @@ class Objects:
         short by a cancellation (see L{_toTheEnd})."""
         try:
             await _toTheEnd(ensureDeferred(d))
+        except DatabaseError as e:
+            # Said once where it failed; what is left is the sweep's.
+            self._log.warn("clean-up after a failed request is left to the sweep: {e}", e=str(e))
         except Exception:
             self._log.failure("clean-up after a failed request failed")
 

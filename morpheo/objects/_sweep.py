@@ -33,7 +33,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from .._errors import DatabaseError
 from .._interfaces import (
     KEY_PAGE,
     IAbandonableBlobStore,
@@ -186,10 +188,8 @@ class Sweeper(Service):
         await self._objects.sweep(leftovers=False)
 
     def _tick(self) -> Deferred[None]:
-        d = Deferred.fromCoroutine(self._run())
-        # A failed sweep (the database is down) is logged and tried again.
-        d.addErrback(lambda f: _log.failure("sweeping failed; trying again later", f))
-        return d
+        # A failed sweep is logged and tried again.
+        return Deferred.fromCoroutine(self._run()).addErrback(_sweepFailed)
 
     # Leftovers (unfinished writes, unreferenced blobs): a timer of their
     # own, set by the grace period alone, whatever the claims' tick does.
@@ -213,6 +213,12 @@ class Sweeper(Service):
                     orphans=swept.orphans,
                 )
 
-        d = Deferred.fromCoroutine(run())
-        d.addErrback(lambda f: _log.failure("sweeping leftovers failed; trying again later", f))
-        return d
+        return Deferred.fromCoroutine(run()).addErrback(_sweepFailed)
+
+
+def _sweepFailed(f: Failure) -> None:
+    if f.check(DatabaseError):
+        # The database is down: said where it failed, one line here.
+        _log.warn("sweeping failed; trying again later: {e}", e=str(f.value))
+    else:
+        _log.failure("sweeping failed; trying again later", f)

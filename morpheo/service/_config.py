@@ -52,6 +52,18 @@ def checkPort(option: str, port: int) -> int:
     return port
 
 
+def checkPoolSize(option: str, size: int) -> int:
+    if not size >= 1:
+        raise ConfigError(f"--{option} must be at least 1, not {size}")
+    return size
+
+
+def checkTimeout(option: str, seconds: float) -> float:
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"--{option} must be a positive number of seconds, not {seconds!r}")
+    return seconds
+
+
 @frozen
 class StorageConfig:
     """
@@ -85,6 +97,8 @@ class StorageConfig:
     dbName: str = "morpheo_storage"
     dbUser: str = "storage"
     dbPass: str | None = field(default=None, repr=False)
+    dbPoolSize: int = 4
+    dbTimeout: float = 5.0
     migrationsDir: str | None = None
     rollback: bool = False
     blobstore: str = "local"
@@ -118,6 +132,8 @@ class StorageConfig:
                 raise ConfigError(f"cannot read the TLS {what} --{option} {path}")
         checkPort("port", self.port)
         checkPort("db-port", self.dbPort)
+        checkPoolSize("db-pool-size", self.dbPoolSize)
+        checkTimeout("db-timeout", self.dbTimeout)
         if self.blobstore == "s3" and not (self.s3Bucket and self.s3Region):
             raise ConfigError("--blobstore s3 needs --s3-bucket and --s3-region")
         if self.blobstore == "gc" and not self.gcBucket:

