@@ -527,3 +527,34 @@ def put(service: Service, kind: str, data: bytes, **new: Any) -> StoredObject:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@implementer(IBlobSource)
+class Trickle:
+    """
+    An upload's body: C{first} written as soon as it is streamed, the rest
+    when the test says (never, for the client of a node that is killed).
+    """
+
+    def __init__(self, first: bytes, rest: bytes = b"") -> None:
+        self.first = first
+        self.rest = rest
+        self.writer: IBlobWriter | None = None
+        self._done: Deferred[None] = Deferred()
+
+    def streamTo(self, writer: IBlobWriter) -> None:
+        self.writer = writer
+        writer.write(self.first)
+        if not self.rest:
+            self._done.callback(None)
+
+    def arrive(self) -> None:
+        assert self.writer is not None
+        self.writer.write(self.rest)
+        self._done.callback(None)
+
+    def done(self) -> Deferred[None]:
+        return self._done
+
+    def stop(self) -> None:
+        pass

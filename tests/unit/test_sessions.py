@@ -13,11 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import ensureDeferred
 from twisted.logger import capturedLogs
-from zope.interface import implementer
 
-from morpheo._interfaces import IBlobSource, IBlobWriter
 from morpheo.blobstores import MemoryBlobStore
 from morpheo.blobstores._gcs import GCSBlobStore
 from morpheo.metadata import MemoryMetadataStore
@@ -29,6 +27,7 @@ from .harness import (
     FakeReactor,
     ImmediatePool,
     Service,
+    Trickle,
     fieldsFor,
     form,
     newUUID,
@@ -36,37 +35,6 @@ from .harness import (
 )
 
 BLOB = b"x" * 1000
-
-
-@implementer(IBlobSource)
-class Body:
-    """
-    An upload's body: C{first} written as soon as it is streamed, the rest
-    when the test says (never, for the client of a node that is killed).
-    """
-
-    def __init__(self, first: bytes, rest: bytes = b"") -> None:
-        self.first = first
-        self.rest = rest
-        self.writer: IBlobWriter | None = None
-        self._done: Deferred[None] = Deferred()
-
-    def streamTo(self, writer: IBlobWriter) -> None:
-        self.writer = writer
-        writer.write(self.first)
-        if not self.rest:
-            self._done.callback(None)
-
-    def arrive(self) -> None:
-        assert self.writer is not None
-        self.writer.write(self.rest)
-        self._done.callback(None)
-
-    def done(self) -> Deferred[None]:
-        return self._done
-
-    def stop(self) -> None:
-        pass
 
 
 class CountingNotes(MemoryMetadataStore):
@@ -114,7 +82,7 @@ def test_aWriteWithoutAHandleCostsNoCall(service: Service, sessions: bool) -> No
     metadata = CountingNotes(service.reactor, owner="counting")
     blobs = MemoryBlobStore(service.reactor, sessions=sessions)
     objects = node(service, metadata, blobs)
-    stored = service.run(objects.put(NewObject("data", IncomingBlob(3)), Body(b"abc")))
+    stored = service.run(objects.put(NewObject("data", IncomingBlob(3)), Trickle(b"abc")))
     assert stored.size == 3
     assert metadata.notes == (["mock-session:1"] if sessions else [])
 
@@ -125,7 +93,7 @@ def test_aKilledNodesSessionIsCancelledBySweepOfAnotherWithinTwoLeases() -> None
     uuid = newUUID()
     # Part of its blob sent, then the node is gone: nothing of it runs again.
     new = NewObject("data", IncomingBlob(len(BLOB)), uuid=uuid)
-    ensureDeferred(killed.put(new, Body(BLOB[:10], rest=BLOB[10:])))
+    ensureDeferred(killed.put(new, Trickle(BLOB[:10], rest=BLOB[10:])))
     service.settle()
     [(handle, key)] = service.blobs.openSessions().items()
     assert service.metadata.uploadHandles() == {("data", uuid): handle}

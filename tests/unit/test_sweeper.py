@@ -13,11 +13,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from twisted.internet.defer import Deferred, ensureDeferred
-from zope.interface import implementer
+from twisted.internet.defer import ensureDeferred
 
 from morpheo._errors import ClaimLost
-from morpheo._interfaces import IBlobSource, IBlobWriter
 from morpheo._types import BlobInfo, Claim
 from morpheo.metadata import MemoryMetadataStore
 from morpheo.objects import (
@@ -33,7 +31,7 @@ from morpheo.objects import (
     sweep,
 )
 
-from .harness import Connection, ImmediatePool, Service, newUUID, put
+from .harness import Connection, ImmediatePool, Service, Trickle, newUUID, put
 from .test_interrupted import finish
 from .test_objects_domain import Bytes
 
@@ -126,30 +124,6 @@ def stalledPeer(service: Service) -> tuple[Objects, MemoryMetadataStore]:
     return objects, metadata
 
 
-@implementer(IBlobSource)
-class Trickle:
-    """An upload's body that arrives when the test says: a stalled node's client."""
-
-    def __init__(self, blob: bytes) -> None:
-        self.blob = blob
-        self.writer: IBlobWriter | None = None
-        self._done: Deferred[None] = Deferred()
-
-    def streamTo(self, writer: IBlobWriter) -> None:
-        self.writer = writer
-
-    def arrive(self) -> None:
-        assert self.writer is not None
-        self.writer.write(self.blob)
-        self._done.callback(None)
-
-    def done(self) -> Deferred[None]:
-        return self._done
-
-    def stop(self) -> None:
-        pass
-
-
 def test_aNodeStalledPastItsLeaseCannotTouchTheUploadThatReplacedIt(service: Service) -> None:
     """
     A node stalls mid-upload past its lease; another node's sweep frees the
@@ -158,7 +132,7 @@ def test_aNodeStalledPastItsLeaseCannotTouchTheUploadThatReplacedIt(service: Ser
     """
     stalled, _ = stalledPeer(service)
     uuid = newUUID()
-    body = Trickle(b"stale")
+    body = Trickle(b"", b"stale")
     first = ensureDeferred(stalled.put(NewObject("data", IncomingBlob(5), uuid=uuid), body))
     service.settle()
     assert not first.called
@@ -189,7 +163,7 @@ def test_aReplacementStalledPastItsLeaseChangesNothing(service: Service) -> None
             NewObject("problem", IncomingBlob(3), text={"name": "p"}), Bytes(b"old")
         )
     )
-    body = Trickle(b"new")
+    body = Trickle(b"", b"new")
     change = ensureDeferred(stalled.replace(current, Replacement(blob=IncomingBlob(3)), body))
     service.settle()
     # The object, and the claim that holds its new blob.
