@@ -78,6 +78,15 @@ def _seconds(option: str) -> Callable[[str], float]:
     return parse
 
 
+def _count(option: str) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        if not value.strip().isdigit():
+            raise usage.UsageError(f"--{option} must be a whole number, not {value!r}")
+        return int(value)
+
+    return parse
+
+
 class Options(usage.Options, strcred.AuthOptionMixin):
     """The original service's options, with the same names and defaults
     where a default makes sense for a Python service, plus the twistd
@@ -166,6 +175,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             " killed or stalled mid-upload has its uuid freed, and what it wrote removed, by"
             " another node within two leases.",
             _seconds("claim-lease"),
+        ],
+        [
+            "login-throttle",
+            None,
+            10,
+            "Failed logins allowed per minute from one client address, after which it is"
+            " answered 429 until it has waited (0: no limit).",
+            _count("login-throttle"),
         ],
         ["log-format", None, "text", "Log lines as text or json (one JSON object per line)."],
         [
@@ -295,6 +312,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             gcEndpoint=self["gc-endpoint"],
             maxBlobSize=self["max-blob-size"],
             claimLease=self["claim-lease"],
+            loginThrottle=self["login-throttle"],
         )
 
 

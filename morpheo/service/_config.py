@@ -86,6 +86,8 @@ class StorageConfig:
     gcEndpoint: str | None = None
     maxBlobSize: int | None = None
     claimLease: float = 60.0
+    #: Failed logins allowed per minute from one client address (0: no limit).
+    loginThrottle: int = 10
     threads: int = 8
 
     def __attrs_post_init__(self) -> None:
@@ -130,6 +132,11 @@ class StorageConfig:
             raise ConfigError(f"--max-blob-size must not be negative, not {self.maxBlobSize}")
         if not self.claimLease >= 1:
             raise ConfigError(f"--claim-lease must be at least 1 second, not {self.claimLease!r}")
+        if self.loginThrottle < 0:
+            raise ConfigError(
+                f"--login-throttle must be a number of failed logins per minute (0: no limit),"
+                f" not {self.loginThrottle}"
+            )
         if self.threads < 1:
             raise ConfigError(f"threads must be at least 1, not {self.threads}")
 

@@ -81,6 +81,7 @@ def test_defaults() -> None:
     assert config.migrationsDir is None
     assert config.rollback is False
     assert config.maxBlobSize is None
+    assert config.loginThrottle == 10
     assert config.dataDir == os.path.abspath(tap.defaultDataDir())
     assert not config.generatedPassword
 
@@ -102,6 +103,7 @@ def test_everyOptionReachesTheConfig(tmp_path: Path) -> None:
         "--blobstore", "mock",
         "--data-dir", str(tmp_path / "data"),
         "--max-blob-size", "1024",
+        "--login-throttle", "0",
     ).config()  # fmt: skip
     assert (config.host, config.port) == ("127.0.0.1", 8123)
     assert (config.user, config.password, config.generatedPassword) == ("alice", "secret", False)
@@ -112,6 +114,7 @@ def test_everyOptionReachesTheConfig(tmp_path: Path) -> None:
     assert config.blobstore == "mock"
     assert config.dataDir == str(tmp_path / "data")
     assert config.maxBlobSize == 1024
+    assert config.loginThrottle == 0
 
 
 def test_dataDirIsMadeAbsolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -173,6 +176,13 @@ def test_portMustBeAnInteger() -> None:
     message = refused(*AUTH, "--port", "http")
     assert "port" in message
     assert "'http'" in message
+
+
+@pytest.mark.parametrize("value", ["often", "-3", "2.5"])
+def test_loginThrottleIsAWholeNumber(value: str) -> None:
+    message = refused(*AUTH, "--login-throttle", value)
+    assert "--login-throttle must be a whole number" in message
+    assert repr(value) in message
 
 
 # UsageErrors
@@ -379,7 +389,7 @@ def test_twistdHelpListsTheOptions() -> None:
         "host", "port", "cert", "key", "user", "password", "password-file",
         "db-host", "db-port", "db-name", "db-user", "db-pass", "db-migrations-dir",
         "db-rollback", "blobstore", "data-dir", "s3-bucket", "s3-region", "gc-bucket",
-        "max-blob-size", "s3-endpoint", "gc-endpoint",
+        "max-blob-size", "s3-endpoint", "gc-endpoint", "login-throttle",
     ]:  # fmt: skip
         assert f"--{option}" in result.stdout, option
 

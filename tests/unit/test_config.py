@@ -39,6 +39,7 @@ def refusal(**settings: Any) -> str:
         ({"shutdownTimeout": -1.0}, "--shutdown-timeout must be a number of seconds"),
         ({"maxBlobSize": -5}, "--max-blob-size must not be negative"),
         ({"threads": 0}, "threads must be at least 1"),
+        ({"loginThrottle": -1}, "--login-throttle must be a number of failed logins per minute"),
         ({"listen": ("tcp:8000",), "cert": "c.pem", "key": "k.pem"}, "with --listen"),
     ],
 )
