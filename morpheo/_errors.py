@@ -15,13 +15,16 @@ from ._kinds import childrenOf, plural
 class APIError(Exception):
     """
     An error meant for the client: an HTTP status and a sentence a person
-    can act on.  Raised anywhere below the routes, rendered by them.
+    can act on (and, for a refusal that time will lift, the seconds to wait
+    before trying again: C{Retry-After}).  Raised anywhere below the
+    routes, rendered by them.
     """
 
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, retryAfter: int | None = None) -> None:
         super().__init__(code, message)
         self.code = code
         self.message = message
+        self.retryAfter = retryAfter
 
     def __repr__(self) -> str:
         return f"APIError({self.code}, {self.message!r})"

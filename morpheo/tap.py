@@ -117,6 +117,15 @@ def _lifetime(value: str) -> int:
     return int(value)
 
 
+def _count(option: str) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        if not value.strip().isdigit():
+            raise usage.UsageError(f"--{option} must be a whole number, not {value!r}")
+        return int(value)
+
+    return parse
+
+
 class Options(usage.Options, strcred.AuthOptionMixin):
     """The original service's options, with the same names and defaults
     where a default makes sense for a Python service, plus the twistd
@@ -222,6 +231,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "With --redirect-downloads, how long a download's URL stays valid (seconds;"
             f" default {DEFAULT_REDIRECT_LIFETIME}, at most 604800, 7 days).",
             _lifetime,
+        ],
+        [
+            "login-throttle",
+            None,
+            10,
+            "Failed logins allowed per minute from one client address, after which it is"
+            " answered 429 until it has waited (0: no limit).",
+            _count("login-throttle"),
         ],
         ["log-format", None, "text", "Log lines as text or json (one JSON object per line)."],
         [
@@ -370,6 +387,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             redirectDownloads=bool(self["redirect-downloads"]),
             redirectLifetime=self["redirect-lifetime"],
             orphanGrace=self["orphan-grace"],
+            loginThrottle=self["login-throttle"],
         )
 
 

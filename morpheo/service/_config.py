@@ -113,6 +113,8 @@ class StorageConfig:
     redirectDownloads: bool = False
     redirectLifetime: int | None = None
     orphanGrace: float = LEFTOVER_AGE
+    #: Failed logins allowed per minute from one client address (0: no limit).
+    loginThrottle: int = 10
     threads: int = 8
 
     def __attrs_post_init__(self) -> None:
@@ -162,6 +164,11 @@ class StorageConfig:
         if not (isinstance(self.orphanGrace, int | float) and 0 <= self.orphanGrace < math.inf):
             raise ConfigError(
                 f"--orphan-grace must be a number of seconds, not {self.orphanGrace!r}"
+            )
+        if self.loginThrottle < 0:
+            raise ConfigError(
+                f"--login-throttle must be a number of failed logins per minute (0: no limit),"
+                f" not {self.loginThrottle}"
             )
         if self.threads < 1:
             raise ConfigError(f"threads must be at least 1, not {self.threads}")

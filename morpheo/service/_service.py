@@ -47,9 +47,10 @@ from ..web._accesslog import AccessLogSite
 from ..web._auth import BasicAuth
 from ..web._cors import CORSResource
 from ..web._download import DEFAULT_TYPE
-from ..web._passwords import PasswordFileChecker
+from ..web._passwords import HashingPool, PasswordFileChecker
 from ..web._root import StorageRoot
 from ..web._routes import StorageAPI
+from ..web._throttle import LoginThrottle
 from ._config import StorageConfig
 from ._datadir import DataDirInUse, DataDirLock, instanceName
 from ._graceful import DrainingSite, HandlerTracker, _within, trackedResource
@@ -257,13 +258,7 @@ class StorageService(service.Service):
         await objects.sweep(atStart=lock is not None)
         running.sweeper = Sweeper(objects, self._reactor)
         running.sweeper.startService()
-        users = {config.user: config.password} if config.user and config.password else None
-        for checker in config.checkers:
-            if isinstance(checker, PasswordFileChecker):
-                checker.useThreadPool(self._reactor, pool)
-        self.api = StorageAPI(
-            objects, BasicAuth(users, checkers=config.checkers), redirectLifetime=redirectLifetime
-        )
+        self.api = StorageAPI(objects, self._auth(pool), redirectLifetime=redirectLifetime)
         routes = trackedResource(self.api.app, self._tracker)
         self._root.setInner(CORSResource(routes, config.corsOrigins))
         if listeners:
@@ -286,6 +281,26 @@ class StorageService(service.Service):
             "downloads are redirected to the blob store, with URLs valid {lifetime} s",
             lifetime=lifetime,
         )
+
+    def _auth(self, pool: ThreadPool) -> BasicAuth:
+        """The users, their password files' hashes computed a few at a time in C{pool}."""
+        config = self.config
+        users = {config.user: config.password} if config.user and config.password else None
+        hashing = HashingPool(self._reactor, pool)
+        for checker in config.checkers:
+            if isinstance(checker, PasswordFileChecker):
+                checker.useHashing(hashing)
+                if checker.clearTextUsers:
+                    self._log.warn(
+                        "the password file {path} holds clear-text passwords (users {users}):"
+                        " clear text is for development; hash them with python -m morpheo.passwd",
+                        path=checker.path,
+                        users=", ".join(checker.clearTextUsers),
+                    )
+        throttle = None
+        if config.loginThrottle:
+            throttle = LoginThrottle(self._reactor, config.loginThrottle)
+        return BasicAuth(users, checkers=config.checkers, clock=self._reactor, throttle=throttle)
 
     async def _listenOn(self, running: _Running, listeners: list[Listener]) -> None:
         running.site = _Site(self._root, reactor=self._reactor)

@@ -507,6 +507,8 @@ class StorageAPI:
             request.setHeader(
                 b"WWW-Authenticate", f'Basic realm="{error.realm}", charset="UTF-8"'.encode()
             )
+        if error.retryAfter is not None:
+            request.setHeader(b"Retry-After", b"%d" % error.retryAfter)
         return _json(request, {"error": error.message}, error.code)
 
     @app.handle_errors(*_REFUSALS)

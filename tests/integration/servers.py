@@ -139,6 +139,13 @@ class Server:
                     return int(line.split()[1]) * 1024
         raise RuntimeError("no VmHWM")
 
+    def cpuSeconds(self) -> float:
+        """The CPU time the server process has used so far (all its threads)."""
+        with open(f"/proc/{self.process.pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        # utime and stime, the 14th and 15th fields, counting from the pid.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def log(self) -> str:
         with open(self.logPath, encoding="utf-8", errors="replace") as f:
             return f.read()

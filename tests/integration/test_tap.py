@@ -83,6 +83,7 @@ def test_defaults() -> None:
     assert config.rollback is False
     assert config.maxBlobSize is None
     assert config.orphanGrace == 3600.0
+    assert config.loginThrottle == 10
     assert config.dataDir == os.path.abspath(tap.defaultDataDir())
     assert not config.generatedPassword
 
@@ -108,6 +109,7 @@ def test_everyOptionReachesTheConfig(tmp_path: Path) -> None:
         "--max-blob-size", "1024",
         "--orphan-grace", "2.5",
         "--shutdown-timeout", "7",
+        "--login-throttle", "0",
     ).config()  # fmt: skip
     assert (config.host, config.port) == ("127.0.0.1", 8123)
     assert (config.user, config.password, config.generatedPassword) == ("alice", "secret", False)
@@ -120,6 +122,7 @@ def test_everyOptionReachesTheConfig(tmp_path: Path) -> None:
     assert config.dataDir == str(tmp_path / "data")
     assert config.maxBlobSize == 1024
     assert (config.orphanGrace, config.shutdownTimeout) == (2.5, 7.0)
+    assert config.loginThrottle == 0
 
 
 @pytest.mark.parametrize("option", ["orphan-grace", "shutdown-timeout"])
@@ -233,6 +236,13 @@ def test_portMustBeAnInteger() -> None:
 )
 def test_poolSizeAndTimeoutAreChecked(option: str, value: str, words: str) -> None:
     assert words in refused(*AUTH, option, value)
+
+
+@pytest.mark.parametrize("value", ["often", "-3", "2.5"])
+def test_loginThrottleIsAWholeNumber(value: str) -> None:
+    message = refused(*AUTH, "--login-throttle", value)
+    assert "--login-throttle must be a whole number" in message
+    assert repr(value) in message
 
 
 # UsageErrors
@@ -441,6 +451,7 @@ def test_twistdHelpListsTheOptions() -> None:
         "db-rollback", "blobstore", "data-dir", "s3-bucket", "s3-region", "gc-bucket",
         "max-blob-size", "s3-endpoint", "gc-endpoint", "redirect-downloads", "redirect-lifetime",
         "orphan-grace", "shutdown-timeout",
+        "login-throttle",
     ]:  # fmt: skip
         assert f"--{option}" in result.stdout, option
 

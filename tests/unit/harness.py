@@ -22,6 +22,7 @@ from urllib.parse import urlencode
 
 from attrs import define, field, frozen
 from treq.client import HTTPClient
+from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads
@@ -46,6 +47,7 @@ from morpheo.objects import CLAIM_LEASE, IncomingBlob, NewObject, Objects
 from morpheo.service._graceful import HandlerTracker, trackedResource
 from morpheo.web import BasicAuth, CORSResource, StorageAPI, StreamingSite
 from morpheo.web._root import StorageRoot
+from morpheo.web._throttle import LoginThrottle
 
 T = TypeVar("T")
 
@@ -91,6 +93,8 @@ class _MemoryAgent:
         self._site = site
         self._agent = Agent(reactor)
         self.pumps: list[iosim.IOPump] = []
+        #: The address the next connections come from.
+        self.peer = "127.0.0.1"
 
     def request(
         self,
@@ -102,7 +106,7 @@ class _MemoryAgent:
         d = self._agent.request(method, uri, headers, bodyProducer)
         host, port, factory, _, _ = self._reactor.tcpClients.pop()
         server = IPv4Address("TCP", "127.0.0.1", port)
-        client = IPv4Address("TCP", "127.0.0.1", 31337)
+        client = IPv4Address("TCP", self.peer, 31337)
         serverProtocol = self._site.buildProtocol(client)
         clientProtocol = factory.buildProtocol(None)
         self.pumps.append(
@@ -316,9 +320,14 @@ class Service:
     redirectLifetime: int | None = None
     #: Whether the blob store's writes open sessions (see L{MemoryBlobStore}).
     sessions: bool = False
+    #: More users than the tests' own (password files), and the failed
+    #: logins allowed per minute from one address (0: no limit).
+    checkers: tuple[ICredentialsChecker, ...] = ()
+    loginThrottle: int = 0
     metadata: MemoryMetadataStore = field(init=False)
     blobs: MemoryBlobStore = field(init=False)
     objects: Objects = field(init=False)
+    auth: BasicAuth = field(init=False)
     site: StreamingSite = field(init=False)
     client: HTTPClient = field(init=False)
     _agent: _MemoryAgent = field(init=False)
@@ -336,7 +345,11 @@ class Service:
             maxBlobSize=self.maxBlobSize,
             claimLease=self.claimLease,
         )
-        api = StorageAPI(self.objects, BasicAuth({USER: PASSWORD}), self.redirectLifetime)
+        throttle = LoginThrottle(self.reactor, self.loginThrottle) if self.loginThrottle else None
+        self.auth = BasicAuth(
+            {USER: PASSWORD}, checkers=self.checkers, clock=self.reactor, throttle=throttle
+        )
+        api = StorageAPI(self.objects, self.auth, self.redirectLifetime)
         root = StorageRoot(self.corsOrigins)
         root.setInner(CORSResource(trackedResource(api.app, HandlerTracker()), self.corsOrigins))
         self.site = StreamingSite(root, reactor=self.reactor)
@@ -373,8 +386,22 @@ class Service:
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         auth: tuple[str, str] | None = (USER, PASSWORD),
+        peer: str = "127.0.0.1",
     ) -> Reply:
-        """One request, answered in full."""
+        """One request (from C{peer}'s address), answered in full."""
+        return self.run(self.send(method, path, body, headers, auth, peer))
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        auth: tuple[str, str] | None = (USER, PASSWORD),
+        peer: str = "127.0.0.1",
+    ) -> Deferred[Reply]:
+        """One request sent, its answer to come (see L{run} and L{flush})."""
+        self._agent.peer = peer
 
         async def exchange() -> Reply:
             response = await self.client.request(
@@ -389,7 +416,7 @@ class Service:
             length = response.length if isinstance(response.length, int) else None
             return Reply(response.code, response.headers, content, length)
 
-        return self.run(exchange())
+        return ensureDeferred(exchange())
 
     def settle(self, limit: int = 10_000) -> None:
         """Move bytes and run due timers until nothing is left to do now."""

@@ -46,6 +46,7 @@ def refusal(**settings: Any) -> str:
         ({"dbPoolSize": 0}, "--db-pool-size must be at least 1, not 0"),
         ({"dbTimeout": 0.0}, "--db-timeout must be a positive number of seconds"),
         ({"dbTimeout": float("nan")}, "--db-timeout must be a positive number of seconds"),
+        ({"loginThrottle": -1}, "--login-throttle must be a number of failed logins per minute"),
         ({"listen": ("tcp:8000",), "cert": "c.pem", "key": "k.pem"}, "with --listen"),
     ],
 )
