@@ -30,6 +30,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from .._errors import (
     APIError,
+    BlobMissing,
     BlobStoreError,
     ClaimLost,
     DatabaseError,
@@ -532,9 +533,16 @@ class StorageAPI:
 
     @app.handle_errors(BlobStoreError)
     def _storeError(self, request: IRequest, failure: Failure) -> bytes:
-        self._log.failure("blob store failure", failure)
         store = self.objects.blobs
-        message = f"the blob store ({store.name}) failed: {failure.value}"
+        error = failure.value
+        if isinstance(error, BlobMissing):
+            # A row without its blob: lost, or in another node's local
+            # store.  The key stays in the log.
+            self._log.error("the {store} blob store has {error}", store=store.name, error=error)
+            message = f"the blob store ({store.name}) has no blob for {error.kind} {error.uuid}"
+        else:
+            self._log.failure("blob store failure", failure)
+            message = f"the blob store ({store.name}) failed: {error}"
         return _json(request, {"error": message}, 502 if store.remote else 500)
 
     @app.handle_errors(NotFound)
