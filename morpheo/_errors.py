@@ -38,6 +38,22 @@ class BlobNotFound(BlobStoreError):
     """There is no blob under that key."""
 
 
+class BlobMissing(BlobStoreError):
+    """
+    An object's row is there but the blob store has no blob under its key
+    (C{key}, for the log): lost, or kept in another node's local store.
+    """
+
+    def __init__(self, kind: str, uuid: str, key: str) -> None:
+        super().__init__(kind, uuid, key)
+        self.kind = kind
+        self.uuid = uuid
+        self.key = key
+
+    def __str__(self) -> str:
+        return f"no blob {self.key} for {self.kind} {self.uuid}"
+
+
 class SizeMismatch(ValueError):
     """A blob did not have the length that was announced for it."""
 

@@ -83,6 +83,10 @@ class IBlobStore(Interface):
         "Whether the store is another service (S3, GCS): its failures are a bad"
         " gateway (502), those of a local disk or memory an internal error (500)."
     )
+    shared = Attribute(
+        "Whether other live processes may write to the store too (a bucket; a directory"
+        " every node mounts): then what is young in it may be theirs, even at start-up."
+    )
 
     def writer(key: str, size: int) -> IBlobWriter:
         """
@@ -101,6 +105,15 @@ class IBlobStore(Interface):
             (the producer is then unregistered); fails with
             L{BlobNotFound} if there is no such blob.  Cancelling it stops
             the transfer.
+        """
+
+    def stat(key: str) -> Deferred[int]:
+        """
+        Find out, without reading it, that the blob under C{key} is there
+        and readable now: fires with its size in bytes, fails with
+        L{BlobNotFound} if there is no such blob, with L{BlobStoreError} if
+        the store cannot tell.  A HEAD asks, so that it never promises a
+        blob a GET could not serve.
         """
 
     def delete(key: str) -> Deferred[None]:

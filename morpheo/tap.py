@@ -185,6 +185,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             defaultDataDir(),
             "Directory for local blobs and the embedded database.",
         ],
+        [
+            "blob-dir",
+            None,
+            None,
+            "Where the local blob store keeps its blobs (default: blobs/ under --data-dir).",
+        ],
         ["s3-bucket", None, None, "S3 bucket (with --blobstore s3)."],
         ["s3-region", None, None, "S3 region (with --blobstore s3)."],
         [
@@ -265,6 +271,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "Answer a blob's GET with a redirect (307) to a short-lived presigned URL of the"
             " blob store (s3 or gc), so that the bytes skip this service.",
         ],
+        [
+            "shared-blob-dir",
+            None,
+            "--blob-dir is mounted by every node on this database (NFS...), which all"
+            " serve its blobs.",
+        ],
     ]
 
     compData = usage.Completions(
@@ -273,6 +285,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "key": usage.CompleteFiles("*.pem"),
             "password-file": usage.CompleteFiles(),
             "data-dir": usage.CompleteDirs(),
+            "blob-dir": usage.CompleteDirs(),
             "db-migrations-dir": usage.CompleteDirs(),
             "blobstore": usage.CompleteList(BLOBSTORES),
             "log-format": usage.CompleteList(LOG_FORMATS),
@@ -377,6 +390,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             rollback=bool(self["db-rollback"]),
             blobstore=self["blobstore"],
             dataDir=os.path.abspath(self["data-dir"]),
+            blobDir=os.path.abspath(self["blob-dir"]) if self["blob-dir"] else None,
+            sharedBlobDir=bool(self["shared-blob-dir"]),
             s3Bucket=self["s3-bucket"],
             s3Region=self["s3-region"],
             s3Endpoint=self["s3-endpoint"],

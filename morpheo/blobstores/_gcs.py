@@ -363,6 +363,26 @@ class GCSBlobStore(HTTPBlobStore):
 
         return self._download(key, consumer, offset, length, url + "?alt=media", what, probe)
 
+    def stat(self, key: str) -> Deferred[int]:
+        """
+        The object's metadata, though the bucket is every node's: a HEAD is
+        asked because a GET may follow, and a GET fails when the object is
+        gone behind the service's back (a lifecycle rule, a hand), when
+        this node was given another bucket or endpoint than the one its
+        rows were written through, or when the store is down.  One small
+        request, as the GET's own first one.
+        """
+        url, what = self._objectURL(key), f"GCS reading the metadata of {key}"
+
+        def size(body: bytes) -> int:
+            try:
+                return int(json.loads(body)["size"])
+            except (ValueError, KeyError, TypeError):
+                raise BlobStoreError(f"{what}: no size in the answer") from None
+
+        d = self._call("GET", url, what, key=key)
+        return d.addCallback(self._read).addCallback(size)
+
     # IRedirectableBlobStore
 
     def presignedURL(

@@ -63,6 +63,8 @@ class HTTPBlobStore:
 
     #: Its failures are a backend's (502, bad gateway), not this service's.
     remote = True
+    #: Other processes may write to the bucket too.
+    shared = True
 
     def __init__(
         self, reactor: Any, pool: ThreadPool, agent: IAgent | None, highWater: int | None

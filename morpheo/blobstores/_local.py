@@ -7,8 +7,12 @@ and renamed into place only once its size and sha256 are final, so no
 reader ever sees a partial blob.  Temporary files start with C{.tmp-} so
 that a crash leaves something recognisable to sweep; the store knows the
 ones its writers have open, which are never swept, however long their
-upload stalls (one process per directory: the service holds the data
-directory's lock).
+upload stalls (one process per directory, unless it is shared: then the
+other nodes' are swept by age alone).
+
+The directory knows which store it is: an id file at its top (see
+L{LocalBlobStore.identify}), which moves with the blobs when the directory
+is moved or mounted elsewhere.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ import re
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import AsyncGenerator, Iterator
 from typing import IO, Any
 
+from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
@@ -35,6 +41,8 @@ from ._producer import ThreadedReadProducer
 from ._threaded import ThreadedBlobWriter
 
 TEMP_PREFIX = ".tmp-"
+#: The store's identity (a uuid), at the top of its directory.
+ID_FILE = ".morpheo-store-id"
 
 #: Every this many bytes written, the kernel is asked to start writing them
 #: to disk: the disk works while the upload goes on, and the fsync at the
@@ -158,18 +166,34 @@ def _readPage(
     return page, False
 
 
+@frozen
+class LocalIdentity:
+    """Which store a directory is (C{storeId}, from its id file), and whether
+    that id was made just now (C{new})."""
+
+    storeId: str
+    new: bool
+
+
 @implementer(ISweepableBlobStore)
 class LocalBlobStore:
     """
     Blobs as files under C{root}, all file work in C{pool}.
+
+    @param shared: other nodes use C{root} at the same time (a directory
+        every node mounts): young temporary files and blobs in it may be
+        theirs, even at start-up.
     """
 
     name = "local"
     #: Its failures are this service's own (500), not a backend's (502).
     remote = False
 
-    def __init__(self, root: str, reactor: IReactorFromThreads, pool: ThreadPool) -> None:
+    def __init__(
+        self, root: str, reactor: IReactorFromThreads, pool: ThreadPool, shared: bool = False
+    ) -> None:
         self.root = os.path.abspath(root)
+        self.shared = shared
         self._reactor = reactor
         self._pool = pool
         #: The temporary files of the writes in progress (their paths):
@@ -207,6 +231,25 @@ class LocalBlobStore:
             return producer.beginProducing()
 
         return self._inThread(openFile).addCallback(start)
+
+    def stat(self, key: str) -> Deferred[int]:
+        """
+        Open the file and close it again: an open, unlike a stat, needs
+        read permission and, on NFS, asks the server (close-to-open), where
+        a stat may answer from the client's cache for a file removed since.
+        """
+        path = keyPath(self.root, key)
+
+        def size() -> int:
+            try:
+                with open(path, "rb", buffering=0) as f:
+                    return os.fstat(f.fileno()).st_size
+            except FileNotFoundError:
+                raise BlobNotFound(key) from None
+            except OSError as e:
+                raise BlobStoreError(f"cannot open blob {key}: {e.strerror}") from e
+
+        return self._inThread(size)
 
     def delete(self, key: str) -> Deferred[None]:
         path = keyPath(self.root, key)
@@ -257,6 +300,25 @@ class LocalBlobStore:
             finally:
                 await self._inThread(entries.close)
 
+    def identify(self) -> Deferred[LocalIdentity]:
+        """
+        Which store this directory is: the uuid of its id file, made now if
+        it has none.  Nodes starting together on a new shared directory
+        agree: the file is written aside and linked into place, and the
+        one whose link fails reads the winner's.
+        """
+
+        def identify() -> LocalIdentity:
+            path = os.path.join(self.root, ID_FILE)
+            new = False
+            try:
+                storeId = _readIdentity(path)
+            except FileNotFoundError:
+                storeId, new = _makeIdentity(self.root, path)
+            return LocalIdentity(storeId, new)
+
+        return self._inThread(identify)
+
     def sweepTemporary(self, olderThan: float = 0.0) -> Deferred[list[str]]:
         """
         Remove temporary files left by a crash, older than C{olderThan}
@@ -284,3 +346,50 @@ class LocalBlobStore:
             return removed
 
         return self._inThread(sweep)
+
+
+def _readIdentity(path: str) -> str:
+    """The uuid of the id file at C{path}; a file that holds none is
+    refused, never replaced: the database knows the store by it."""
+    try:
+        with open(path, encoding="ascii") as f:
+            text = f.read().strip()
+        return str(uuid.UUID(text))
+    except ValueError:  # not a uuid, or not ASCII
+        raise BlobStoreError(
+            f"{path} is not a local blob store's id file (one uuid): restore it from"
+            " a backup of this directory"
+        ) from None
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise BlobStoreError(f"cannot read {path}: {e.strerror}") from e
+
+
+def _makeIdentity(root: str, path: str) -> tuple[str, bool]:
+    """A new identity linked into place at C{path}, or the one another
+    process linked first; and whether it is ours."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=root)
+    except OSError as e:
+        raise BlobStoreError(f"cannot write in {root}: {e.strerror}") from e
+    try:
+        storeId = str(uuid.uuid4())
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(storeId + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o444)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return _readIdentity(path), False
+        _fsyncDirectory(root)
+        return storeId, True
+    except OSError as e:
+        raise BlobStoreError(f"cannot make the id file {path}: {e.strerror}") from e
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass

@@ -157,6 +157,8 @@ class MemoryBlobStore:
     name = "mock"
     #: Its failures are this service's own (500), not a backend's (502).
     remote = False
+    #: This process's own.
+    shared = False
 
     def __init__(
         self, clock: IReactorTime, highWater: int = 4 * 1024 * 1024, sessions: bool = False
@@ -204,6 +206,13 @@ class MemoryBlobStore:
         if offset > len(data) or end > len(data):
             return fail(BlobStoreError(f"{key} has no bytes {offset}-{end - 1}"))
         return _MockReader(data[offset:end], consumer, self._clock).beginProducing()
+
+    def stat(self, key: str) -> Deferred[int]:
+        if self.down:
+            return self._unavailable()
+        if key not in self._blobs:
+            return fail(BlobNotFound(key))
+        return succeed(len(self._blobs[key]))
 
     def delete(self, key: str) -> Deferred[None]:
         if self.down:

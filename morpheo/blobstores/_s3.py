@@ -326,6 +326,26 @@ class S3BlobStore(HTTPBlobStore):
 
         return self._download(key, consumer, offset, length, url, what, probe)
 
+    def stat(self, key: str) -> Deferred[int]:
+        """
+        A HeadObject, though the bucket is every node's: a HEAD is asked
+        because a GET may follow, and a GET fails when the object is gone
+        behind the service's back (a lifecycle rule, a hand), when this
+        node was given another bucket or endpoint than the one its rows
+        were written through, or when the store is down.  One small
+        request, as the GET's own first one.
+        """
+
+        def size(response: IResponse) -> Deferred[int]:
+            # A HEAD's Content-Length stays among the headers (no body follows).
+            values = response.headers.getRawHeaders(b"content-length") or [b""]
+            length = values[0].strip()
+            if not length.isdigit():
+                raise BlobStoreError(f"S3 HeadObject of {key} gave no Content-Length")
+            return self._drained(response, int(length))
+
+        return self._request("HEAD", key, f"S3 HeadObject of {key}").addCallback(size)
+
     def delete(self, key: str) -> Deferred[None]:
         d = self._request("DELETE", key, f"S3 DeleteObject of {key}", ok=(200, 204, 404))
         return d.addCallback(self._drained)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import secrets
 import uuid as _uuid
 from collections.abc import Coroutine, Mapping
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from attrs import evolve, field, frozen
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
@@ -29,6 +29,9 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from .._errors import (
+    BlobMissing,
+    BlobNotFound,
+    BlobStoreError,
     ClaimLost,
     DatabaseError,
     DigestMismatch,
@@ -174,8 +177,32 @@ class Objects:
     def produce(
         self, stored: StoredObject, consumer: IConsumer, offset: int, length: int
     ) -> Deferred[None]:
-        """Stream C{length} bytes of C{stored}'s blob from C{offset} into C{consumer}."""
-        return self.blobs.produce(stored.blob_key, consumer, offset, length)
+        """
+        Stream C{length} bytes of C{stored}'s blob from C{offset} into
+        C{consumer}; L{BlobMissing} if the store has no such blob.
+        """
+        d = self.blobs.produce(stored.blob_key, consumer, offset, length)
+        return d.addErrback(self._missing, stored)
+
+    async def readable(self, stored: StoredObject) -> None:
+        """
+        Fail as a read of C{stored}'s blob would, without reading it:
+        L{BlobMissing}, L{BlobStoreError} (a blob of another size than its
+        row says cannot be served either).
+        """
+        try:
+            size = await self.blobs.stat(stored.blob_key)
+        except BlobNotFound:
+            raise BlobMissing(stored.kind, stored.uuid, stored.blob_key) from None
+        if size != stored.size:
+            raise BlobStoreError(
+                f"the blob of {stored.kind} {stored.uuid} has {size} bytes, not {stored.size}"
+            )
+
+    def _missing(self, failure: Failure, stored: StoredObject) -> NoReturn:
+        """A blob the store says is not there is a L{BlobMissing}, named by its object."""
+        failure.trap(BlobNotFound)
+        raise BlobMissing(stored.kind, stored.uuid, stored.blob_key)
 
     @property
     def redirectable(self) -> bool:

@@ -82,7 +82,7 @@ async def sweep(
     Sweep once.  At start, every claim of this owner and every leftover are
     its dead predecessor's; later only claims older than C{lease}.
     Leftovers (with C{leftovers}) are those older than C{grace} seconds, at
-    start too on a remote store: other processes may share its bucket.
+    start too on a store other processes share (a bucket, a shared directory).
     """
     claims = await metadata.takeDeadClaims(lease, mine=atStart)
     for dead in claims:
@@ -96,7 +96,7 @@ async def sweep(
         await metadata.release(dead.kind, dead.uuid, dead.token)
     left = Swept(0, 0, 0)
     if leftovers:
-        left = await sweepLeftovers(metadata, store, 0.0 if atStart and not store.remote else grace)
+        left = await sweepLeftovers(metadata, store, 0.0 if atStart and not store.shared else grace)
     swept = Swept(len(claims), left.temporary, left.orphans)
     if swept:
         _log.info(

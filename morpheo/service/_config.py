@@ -103,6 +103,8 @@ class StorageConfig:
     rollback: bool = False
     blobstore: str = "local"
     dataDir: str = "morpheo-data"
+    blobDir: str | None = None
+    sharedBlobDir: bool = False
     s3Bucket: str | None = None
     s3Region: str | None = None
     s3Endpoint: str | None = None
@@ -140,6 +142,15 @@ class StorageConfig:
             raise ConfigError("--blobstore s3 needs --s3-bucket and --s3-region")
         if self.blobstore == "gc" and not self.gcBucket:
             raise ConfigError("--blobstore gc needs --gc-bucket")
+        if self.blobstore != "local" and (self.blobDir or self.sharedBlobDir):
+            raise ConfigError("--blob-dir and --shared-blob-dir go with --blobstore local")
+        if self.sharedBlobDir and not self.blobDir:
+            raise ConfigError("--shared-blob-dir needs --blob-dir: the directory every node mounts")
+        if self.sharedBlobDir and not self.dbHost:
+            raise ConfigError(
+                "--shared-blob-dir needs --db-host: the nodes sharing their blobs share"
+                " their database too"
+            )
         for option, url in (("s3-endpoint", self.s3Endpoint), ("gc-endpoint", self.gcEndpoint)):
             if url is not None:
                 checkEndpoint(option, url)
@@ -232,7 +243,12 @@ class StorageConfig:
             return GCSBlobStore(self.gcBucket, reactor, pool, endpoint=self.gcEndpoint)
         from ..blobstores._local import LocalBlobStore
 
-        return LocalBlobStore(os.path.join(self.dataDir, "blobs"), reactor, pool)
+        return LocalBlobStore(self.localBlobDir, reactor, pool, shared=self.sharedBlobDir)
+
+    @property
+    def localBlobDir(self) -> str:
+        """Where the local store keeps its blobs: C{blobDir}, else under C{dataDir}."""
+        return self.blobDir or os.path.join(self.dataDir, "blobs")
 
 
 def _longestRedirect(blobstore: str) -> int:

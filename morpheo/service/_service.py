@@ -26,6 +26,7 @@ from twisted.application import service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -33,7 +34,9 @@ from twisted.web.resource import IResource
 
 from .._errors import BlobStoreError, DatabaseError
 from .._interfaces import IBlobStore, IRedirectableBlobStore
+from ..blobstores._local import LocalBlobStore
 from ..metadata._embedded import EmbeddedPostgres
+from ..metadata._localstore import LocalStoreRecord, OtherLocalStore, registerLocalStore
 from ..metadata._migrations import (
     MigrationError,
     defaultMigrationsDir,
@@ -52,7 +55,7 @@ from ..web._root import StorageRoot
 from ..web._routes import StorageAPI
 from ..web._throttle import LoginThrottle
 from ._config import StorageConfig
-from ._datadir import DataDirInUse, DataDirLock, instanceName
+from ._datadir import BlobDirInUse, BlobDirLock, DataDirInUse, DataDirLock, instanceName
 from ._graceful import DrainingSite, HandlerTracker, _within, trackedResource
 from ._listen import Listener, ListenError, describe, makeListeners
 from ._tls import TLSConfigError
@@ -73,6 +76,7 @@ class _Running:
     embedded: EmbeddedPostgres | None = None
     db: Database | None = None
     store: IBlobStore | None = None
+    blobLock: BlobDirLock | None = None
     ports: list[IListeningPort] = field(factory=list)
     site: DrainingSite | None = None
     sweeper: Sweeper | None = None
@@ -241,6 +245,8 @@ class StorageService(service.Service):
             self._log.info("applied migrations {applied}", applied=applied)
         running.store = config.blobStore(self._reactor, pool)
         await running.store.check()
+        if isinstance(running.store, LocalBlobStore):
+            await self._takeLocalStore(running, running.db, running.store)
         redirectLifetime = None
         if config.redirectDownloads:
             redirectLifetime = config.downloadLifetime
@@ -301,6 +307,31 @@ class StorageService(service.Service):
         if config.loginThrottle:
             throttle = LoginThrottle(self._reactor, config.loginThrottle)
         return BasicAuth(users, checkers=config.checkers, clock=self._reactor, throttle=throttle)
+
+    async def _takeLocalStore(self, running: _Running, db: Database, store: LocalBlobStore) -> None:
+        """
+        Lock the local store's directory (for this node alone, or shared by
+        the nodes that say so), then make sure the database serves this
+        store: rows point to blobs by key alone, and a node with another
+        directory would serve rows whose blobs it does not have.
+        """
+        lock = BlobDirLock(store.root, store.shared)
+        try:
+            await deferToThreadPool(self._reactor, running.pool, lock.acquire)
+        except BlobDirInUse as e:
+            raise StartupError(str(e)) from None
+        running.blobLock = lock
+        identity = await store.identify()
+        ours = LocalStoreRecord(identity.storeId, socket.gethostname(), store.root)
+        try:
+            served = await registerLocalStore(db, ours)
+        except OtherLocalStore as e:
+            raise StartupError(str(e)) from None
+        self._log.info(
+            "local blob store {store}{shared}",
+            store=served.describe(),
+            shared=", shared with the other nodes" if store.shared else "",
+        )
 
     async def _listenOn(self, running: _Running, listeners: list[Listener]) -> None:
         running.site = _Site(self._root, reactor=self._reactor)
@@ -374,6 +405,8 @@ class StorageService(service.Service):
                 # process from exiting.
                 self._log.failure("stopping the embedded PostgreSQL failed")
         running.pool.stop()
+        if running.blobLock is not None:
+            running.blobLock.release()
         if running.lock is not None:
             running.lock.release()
 

@@ -182,9 +182,14 @@ async def serveBlob(
         request.setHeader(b"Content-Range", only.contentRange(size).encode())
         request.setHeader(b"Content-Length", b"%d" % only.length)
         parts = [(b"", only)]
-    if request.method == b"HEAD":
-        return b""
     try:
+        if request.method == b"HEAD" or closing:
+            # The headers promise a blob: a HEAD finds out it is there, or
+            # answers as the GET would; so does a GET of several ranges,
+            # which writes a part's head before the store has said a word.
+            await objects.readable(resource)
+            if request.method == b"HEAD":
+                return b""
         for head, r in parts:
             if head:
                 request.write(head)
@@ -198,8 +203,24 @@ async def serveBlob(
             _log.failure("download of {key} failed", key=resource.blob_key)
             request.channel.transport.abortConnection()  # type: ignore[attr-defined]
             return NOT_DONE_YET
+        # The error is not this representation: none of its headers stay.
+        for name in _REPRESENTATION:
+            request.responseHeaders.removeHeader(name)
         raise
     return b""
+
+
+#: What L{serveBlob} says of the blob before sending it.
+_REPRESENTATION = (
+    b"ETag",
+    b"Last-Modified",
+    b"Repr-Digest",
+    b"Accept-Ranges",
+    b"Content-Disposition",
+    b"Content-Range",
+    b"Content-Type",
+    b"Content-Length",
+)
 
 
 def _ranges(request: IRequest, resource: StoredObject) -> list[ByteRange] | None:

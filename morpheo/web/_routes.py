@@ -30,6 +30,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from .._errors import (
     APIError,
+    BlobMissing,
     BlobStoreError,
     ClaimLost,
     DatabaseError,
@@ -290,16 +291,16 @@ class StorageAPI:
     @app.route("/ready", methods=["GET"])
     async def ready(self, request: IRequest) -> bytes:
         """
-        Readiness: the database and the blob store both answer.  The
-        database's failure is in the log, never here.
+        Readiness: the database and the blob store both answer.  Anyone may
+        ask, so why a part fails (a path, a host, the driver's words) goes
+        to the log, never here.
         """
         checks = await self.objects.ready()
-        report = {
-            name: "ok" if failure is None else f"failing: {failure}"
-            for name, failure in checks.items()
-        }
-        if checks["database"] is not None:
-            report["database"] = "unavailable"
+        report = {}
+        for name, failure in checks.items():
+            report[name] = "ok" if failure is None else "unavailable"
+            if failure is not None:
+                self._log.warn("not ready: the {part} failed: {why}", part=name, why=str(failure))
         ok = all(v == "ok" for v in report.values())
         return _json(
             request, {"status": "ready" if ok else "not ready", **report}, 200 if ok else 503
@@ -534,9 +535,16 @@ class StorageAPI:
 
     @app.handle_errors(BlobStoreError)
     def _storeError(self, request: IRequest, failure: Failure) -> bytes:
-        self._log.failure("blob store failure", failure)
         store = self.objects.blobs
-        message = f"the blob store ({store.name}) failed: {failure.value}"
+        error = failure.value
+        if isinstance(error, BlobMissing):
+            # A row without its blob: lost, or in another node's local
+            # store.  The key stays in the log.
+            self._log.error("the {store} blob store has {error}", store=store.name, error=error)
+            message = f"the blob store ({store.name}) has no blob for {error.kind} {error.uuid}"
+        else:
+            self._log.failure("blob store failure", failure)
+            message = f"the blob store ({store.name}) failed: {error}"
         return _json(request, {"error": message}, 502 if store.remote else 500)
 
     @app.handle_errors(NotFound)

@@ -42,6 +42,9 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from morpheo.blobstores._local import ID_FILE
+from morpheo.service._datadir import BLOB_DIR_LOCK
+
 USER = "tester"
 PASSWORD = "s3cret-pass"
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -121,7 +124,8 @@ class Server:
     def files(self) -> list[str]:
         """
         What its blob store keeps: every file under the blob directory
-        (relative to it), or every object of the S3 bucket.
+        (relative to it) but the store's own (its id file, its lock), or
+        every object of the S3 bucket.
         """
         if self.store is not None:
             return sorted(self.store.objects())
@@ -129,7 +133,7 @@ class Server:
         for dirpath, _, names in os.walk(self.blobDir):
             for name in names:
                 found.append(os.path.relpath(os.path.join(dirpath, name), self.blobDir))
-        return sorted(found)
+        return sorted(set(found) - {ID_FILE, BLOB_DIR_LOCK})
 
     def peakRSS(self) -> int:
         """The server process's peak resident set (VmHWM), in bytes."""

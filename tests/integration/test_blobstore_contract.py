@@ -549,15 +549,31 @@ async def test_missing_key_is_blob_not_found_and_delete_is_quiet(backend: Backen
     await within(store.delete(key))
 
 
-@pytest.mark.parametrize("operation", ["check", "produce", "delete"])
+@pytest.mark.parametrize("size", [0, 1000])
+@pytest_twisted.ensureDeferred
+async def test_stat_says_a_blob_is_there_and_its_size(backend: Backend, size: int) -> None:
+    """What a HEAD asks before it promises a blob: there, of this size; or not there."""
+    store = backend.make()
+    key = newKey()
+    with pytest.raises(BlobNotFound):
+        await within(store.stat(key))
+    await put(store, key, blobOf(size))
+    assert await within(store.stat(key)) == size
+    await within(store.delete(key))
+    with pytest.raises(BlobNotFound):
+        await within(store.stat(key))
+
+
+@pytest.mark.parametrize("operation", ["check", "produce", "stat", "delete"])
 @pytest_twisted.ensureDeferred
 async def test_unusable_backend_is_a_blob_store_error(backend: Backend, operation: str) -> None:
     """An unusable backend is a BlobStoreError saying what failed."""
     store = backend.makeDown()
     key = newKey()
-    attempts = {
+    attempts: dict[str, Callable[[], Deferred[Any]]] = {
         "check": store.check,
         "produce": lambda: store.produce(key, Sink()),
+        "stat": lambda: store.stat(key),
         "delete": lambda: store.delete(key),
     }
     with pytest.raises(BlobStoreError) as caught:

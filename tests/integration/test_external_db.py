@@ -45,10 +45,20 @@ def externalPostgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
     server.cleanup()
 
 
-def test_the_given_database_is_used(tmp_path, externalPostgres):
+@pytest.fixture(scope="module")
+def blobDir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """
+    The one local store the module's database serves: its servers have
+    data directories of their own, and keep their blobs here.
+    """
+    return str(tmp_path_factory.mktemp("external-blobs"))
+
+
+def test_the_given_database_is_used(tmp_path, externalPostgres, blobDir):
     host, port = externalPostgres
     dataDir = str(tmp_path / "data")
     db = ["--db-host", host, "--db-port", str(port), "--db-user", DB_USER, "--db-name", DB_NAME]
+    db += ["--blob-dir", blobDir]
     server = startServer(dataDir, *db, env={"MORPHEO_STORAGE_DB_PASS": DB_PASS})
     try:
         blob = tmp_path / "blob.bin"
@@ -85,7 +95,7 @@ def test_unreachable_database_is_one_line(tmp_path, externalPostgres):
     assert "Traceback" not in done.stdout + done.stderr
 
 
-def test_claim_in_flight_at_the_stop_deadline_is_released(tmp_path, externalPostgres):
+def test_claim_in_flight_at_the_stop_deadline_is_released(tmp_path, externalPostgres, blobDir):
     """
     The stop deadline cuts an upload whose claim is still on its way to the
     database (held up here by a lock on the table).  Whatever the claim's
@@ -95,6 +105,7 @@ def test_claim_in_flight_at_the_stop_deadline_is_released(tmp_path, externalPost
     host, port = externalPostgres
     dataDir = str(tmp_path / "data")
     db = ["--db-host", host, "--db-port", str(port), "--db-user", DB_USER, "--db-name", DB_NAME]
+    db += ["--blob-dir", blobDir]
     server = startServer(
         dataDir, *db, "--shutdown-timeout", "1", env={"MORPHEO_STORAGE_DB_PASS": DB_PASS}
     )

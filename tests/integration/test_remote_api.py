@@ -396,7 +396,8 @@ async def test_s3_killed_mid_upload_leaves_nothing(http: HTTPClient, doomedS3: C
     assert isinstance(store, SeaweedFS)
     r = await http.get(f"{server.url}/ready")
     assert r.code == 503
-    assert (await jsonOf(r))["blobstore"].startswith("failing: S3 HeadBucket")
+    assert (await jsonOf(r))["blobstore"] == "unavailable"
+    assert "not ready: the blobstore failed: S3 HeadBucket" in server.log()
 
     await deferToThread(store.start)
 

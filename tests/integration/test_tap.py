@@ -132,6 +132,18 @@ def test_secondsMustBeANumberOfSeconds(option: str, value: str) -> None:
     assert f"--{option} must be a number of seconds" in message and repr(value) in message
 
 
+def test_theBlobDirOptions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--blob-dir is resolved at parse time like --data-dir; --shared-blob-dir is a flag."""
+    monkeypatch.chdir(tmp_path)
+    config = parse(*AUTH).config()
+    assert (config.blobDir, config.sharedBlobDir) == (None, False)
+    config = parse(*AUTH, "--db-host", "db", "--blob-dir", "blobs", "--shared-blob-dir").config()
+    assert (config.blobDir, config.sharedBlobDir) == (str(tmp_path / "blobs"), True)
+    assert "--shared-blob-dir needs --db-host" in refused(
+        *AUTH, "--blob-dir", "blobs", "--shared-blob-dir"
+    )
+
+
 def test_dataDirIsMadeAbsolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """
     A relative --data-dir is resolved at parse time: twistd may change
@@ -451,7 +463,7 @@ def test_twistdHelpListsTheOptions() -> None:
         "db-rollback", "blobstore", "data-dir", "s3-bucket", "s3-region", "gc-bucket",
         "max-blob-size", "s3-endpoint", "gc-endpoint", "redirect-downloads", "redirect-lifetime",
         "orphan-grace", "shutdown-timeout",
-        "login-throttle",
+        "login-throttle", "blob-dir", "shared-blob-dir",
     ]:  # fmt: skip
         assert f"--{option}" in result.stdout, option
 

@@ -48,6 +48,16 @@ def refusal(**settings: Any) -> str:
         ({"dbTimeout": float("nan")}, "--db-timeout must be a positive number of seconds"),
         ({"loginThrottle": -1}, "--login-throttle must be a number of failed logins per minute"),
         ({"listen": ("tcp:8000",), "cert": "c.pem", "key": "k.pem"}, "with --listen"),
+        (
+            {"blobstore": "gc", "gcBucket": "g", "blobDir": "/srv/blobs"},
+            "--blob-dir and --shared-blob-dir go with --blobstore local",
+        ),
+        (
+            {"blobstore": "mock", "sharedBlobDir": True},
+            "--blob-dir and --shared-blob-dir go with --blobstore local",
+        ),
+        ({"sharedBlobDir": True, "dbHost": "db"}, "--shared-blob-dir needs --blob-dir"),
+        ({"sharedBlobDir": True, "blobDir": "/srv/blobs"}, "--shared-blob-dir needs --db-host"),
     ],
 )
 def test_settingsThatCannotWorkAreRefusedNamingTheOption(
@@ -118,3 +128,15 @@ def test_aLifetimeBeyondTheStoresIsRefused(store: dict[str, Any], lifetime: int)
 def test_aLifetimeWithoutRedirectsIsRefused() -> None:
     words = refusal(**S3, redirectLifetime=60)
     assert words == "--redirect-lifetime goes with --redirect-downloads"
+
+
+def test_theLocalStoreKeepsItsBlobsUnderTheDataDirUnlessTold(tmp_path: Path) -> None:
+    pool = ThreadPool(minthreads=0, maxthreads=1)
+    default = StorageConfig(**USERS, dataDir=str(tmp_path)).blobStore(Clock(), pool)
+    assert isinstance(default, LocalBlobStore)
+    assert (default.root, default.shared) == (str(tmp_path / "blobs"), False)
+    shared = StorageConfig(
+        **USERS, dataDir=str(tmp_path), blobDir="/srv/blobs", sharedBlobDir=True, dbHost="db"
+    ).blobStore(Clock(), pool)
+    assert isinstance(shared, LocalBlobStore)
+    assert (shared.root, shared.shared) == ("/srv/blobs", True)

@@ -228,3 +228,76 @@ def test_aBlobWithoutFileNameIsNamedByItsUUID(service: Service) -> None:
     blob = service.request("GET", f"/model/{uuid}/blob")
     assert blob.header("content-disposition") == f'attachment; filename="{uuid}"'
     assert blob.header("content-type") == "application/octet-stream"
+
+
+# A row whose blob the store cannot serve
+
+
+def lose(service: Service, stored: str) -> str:
+    """Remove C{stored}'s blob from the store behind the service's back; its uuid."""
+    uuid = stored.rsplit("/", 1)[1]
+    [key] = [k for k in service.blobKeys() if uuid in k]
+    del service.blobs._blobs[key]
+    return uuid
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Range": "bytes=0-99"}, {"Range": "bytes=0-9,20-29"}],
+    ids=["whole", "range", "ranges"],
+)
+def test_aMissingBlobIs500ToGETAndHEADAlike(
+    service: Service, stored: str, headers: dict[str, str]
+) -> None:
+    """
+    HEAD does not promise a blob the store does not have: it answers as
+    the GET does, a 5xx JSON error naming the store and the object (not
+    the key), and none of the blob's headers.
+    """
+    uuid = lose(service, stored)
+    get = service.request("GET", f"{stored}/blob", headers=headers)
+    head = service.request("HEAD", f"{stored}/blob", headers=headers)
+    assert (get.code, get.error) == (500, f"the blob store (mock) has no blob for data {uuid}")
+    assert (head.code, head.body) == (500, b"")
+    for reply in (get, head):
+        assert reply.header("content-type") == "application/json"
+        for name in ("etag", "content-disposition", "content-range", "accept-ranges"):
+            assert reply.header(name) is None, name
+    # The metadata is still there, and still answers.
+    assert service.request("HEAD", stored).code == 200
+
+
+def test_aMissingBlobOfARemoteStoreIs502(service: Service, stored: str) -> None:
+    service.blobs.remote = True
+    uuid = lose(service, stored)
+    get = service.request("GET", f"{stored}/blob")
+    assert (get.code, get.error) == (502, f"the blob store (mock) has no blob for data {uuid}")
+    assert service.request("HEAD", f"{stored}/blob").code == 502
+
+
+def test_headWhileTheStoreIsDownFailsAsGETDoes(service: Service, stored: str) -> None:
+    service.blobs.down = True
+    get = service.request("GET", f"{stored}/blob")
+    head = service.request("HEAD", f"{stored}/blob")
+    assert (get.code, head.code) == (500, 500)
+    assert get.error == "the blob store (mock) failed: the mock blob store is down"
+    service.blobs.down = False
+    assert service.request("HEAD", f"{stored}/blob").code == 200
+
+
+def test_aBlobOfAnotherSizeThanItsRowIsNoPromiseEither(service: Service, stored: str) -> None:
+    """A truncated blob cannot be served whole: HEAD says so, as the GET does."""
+    [key] = service.blobKeys()
+    service.blobs._blobs[key] = BLOB[:-1]
+    head = service.request("HEAD", f"{stored}/blob")
+    assert (head.code, head.header("etag")) == (500, None)
+    assert service.request("GET", f"{stored}/blob").code == 500
+
+
+def test_aConditionalHEADOfAMissingBlobIsAnsweredAsTheGET(service: Service, stored: str) -> None:
+    """A 304 promises nothing about the bytes: GET and HEAD give it without the store."""
+    etag = service.request("GET", stored).header("etag") or ""
+    lose(service, stored)
+    for method in ("GET", "HEAD"):
+        reply = service.request(method, f"{stored}/blob", headers={"If-None-Match": etag})
+        assert reply.code == 304, method

@@ -123,8 +123,8 @@ def test_objectsSweepWithTheirGraceAndAtStartEverythingOfTheirOwn(service: Servi
     """
     The start-up sweep takes every leftover of a store of the data
     directory's own for its dead predecessor's; later sweeps, and the one at
-    start on a remote store (a bucket other processes may share), keep
-    what is younger than the grace.
+    start on a store other processes share (a bucket, a shared directory),
+    keep what is younger than the grace.
     """
     pool: Any = ImmediatePool()
     objects = Objects(
@@ -133,9 +133,9 @@ def test_objectsSweepWithTheirGraceAndAtStartEverythingOfTheirOwn(service: Servi
     young = orphanKey()
     commit(service, young)
     assert service.run(objects.sweep()).orphans == 0
-    service.blobs.remote = True
+    service.blobs.shared = True
     assert service.run(objects.sweep(atStart=True)).orphans == 0
-    service.blobs.remote = False
+    service.blobs.shared = False
     assert service.run(objects.sweep(atStart=True)).orphans == 1
     old = orphanKey()
     commit(service, old)
@@ -150,7 +150,7 @@ class Recording:
 
     def __init__(self, service: Service) -> None:
         self.inner = service.blobs
-        self.name, self.remote = self.inner.name, self.inner.remote
+        self.name, self.remote, self.shared = self.inner.name, self.inner.remote, self.inner.shared
         self.events: list[str] = []
 
     def writer(self, key: str, size: int) -> IBlobWriter:
@@ -160,6 +160,9 @@ class Recording:
         self, key: str, consumer: IConsumer, offset: int = 0, length: int | None = None
     ) -> Deferred[None]:
         return self.inner.produce(key, consumer, offset, length)
+
+    def stat(self, key: str) -> Deferred[int]:
+        return self.inner.stat(key)
 
     def delete(self, key: str) -> Deferred[None]:
         self.events.append("delete")
