@@ -251,7 +251,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "shutdown-timeout",
             None,
             30.0,
-            "On SIGTERM, how long transfers in flight may take to finish (seconds).",
+            "On SIGTERM or SIGINT, how long transfers in flight may take to finish (seconds).",
             _seconds("shutdown-timeout"),
         ],
         [

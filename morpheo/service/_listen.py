@@ -3,7 +3,8 @@
 Where the service listens: Twisted server endpoint descriptions
 (C{--listen tcp:8000}, C{ssl:8443:privateKey=...:certKey=...},
 C{unix:/run/morpheo.sock}), several at once, or the original's shorthand
-C{--host/--port} with C{--cert/--key} for TLS.
+C{--host/--port} with C{--cert/--key} for TLS.  Both ways to TLS serve the
+same protocol versions and cipher suites (L{morpheo.service._tls}).
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 from attrs import frozen
+from OpenSSL import SSL
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.ssl import CertificateOptions
 
-from ._tls import loadCertificateOptions
+from ._tls import loadCertificateOptions, serverOptions
 
 
 class ListenError(ValueError):
@@ -33,8 +36,8 @@ class Listener:
 def refuseWeakTLS(description: str) -> str | None:
     """
     Why an C{ssl:} description would allow less than TLS 1.2, or None.
-    (Twisted's C{ssl:} endpoints start at TLS 1.2 unless C{sslmethod} says
-    otherwise.)
+    (The service gives its C{ssl:} endpoints its own minimum version, which
+    C{sslmethod} would override.)
     """
     if description.split(":", 1)[0].lower() == "ssl" and "sslmethod=" in description.lower():
         return (
@@ -42,6 +45,34 @@ def refuseWeakTLS(description: str) -> str | None:
             " the service serves TLS 1.2 or newer only"
         )
     return None
+
+
+def _hardened(endpoint: SSL4ServerEndpoint, description: str) -> None:
+    """
+    Give an C{ssl:} endpoint the service's TLS settings: Twisted's parser
+    builds its context factory with Twisted's default suites, which
+    still allow static RSA key exchange and CBC with SHA-1.  Its
+    certificate, chain and key are kept.  (C{_sslContextFactory} is
+    private: if a Twisted release renames it, start-up stops here, loudly.)
+    """
+    parsed = getattr(endpoint, "_sslContextFactory", None)
+    if (
+        not isinstance(parsed, CertificateOptions)
+        or parsed.privateKey is None
+        or parsed.certificate is None
+    ):
+        raise ListenError(
+            f"--listen {description!r}: the installed Twisted's ssl: endpoint no longer"
+            " shows its TLS settings, and the service will not serve Twisted's defaults"
+        )
+    try:
+        endpoint._sslContextFactory = serverOptions(
+            parsed.privateKey, parsed.certificate, parsed.extraCertChain
+        )
+    except (SSL.Error, ValueError, TypeError) as e:
+        raise ListenError(
+            f"--listen {description!r}: cannot use its certificate and key: {e}"
+        ) from None
 
 
 def makeListeners(
@@ -75,7 +106,10 @@ def makeListeners(
             endpoint = serverFromString(reactor, description)
         except Exception as e:
             raise ListenError(f"--listen {description!r}: {e}") from None
-        listeners.append(Listener(endpoint, isinstance(endpoint, SSL4ServerEndpoint), description))
+        tls = isinstance(endpoint, SSL4ServerEndpoint)
+        if tls:
+            _hardened(endpoint, description)
+        listeners.append(Listener(endpoint, tls, description))
     return listeners
 
 

@@ -95,7 +95,7 @@ class StorageService(service.Service):
         mount L{resource} in the host's site instead).
     @param ownsProcess: the service is the process (twistd): a start-up
         failure stops the reactor and makes the process exit with status
-        1, and SIGTERM stops gracefully with status 0.
+        1, and SIGTERM or SIGINT stops gracefully with status 0.
     """
 
     _log = Logger()
@@ -133,32 +133,37 @@ class StorageService(service.Service):
     def startService(self) -> None:
         super().startService()
         if self._ownsProcess:
-            self._reactor.callWhenRunning(self._handleSIGTERM)
+            self._reactor.callWhenRunning(self._handleStopSignals)
         d = Deferred.fromCoroutine(self._start())
         d.addCallbacks(self.started.callback, self._startFailed)
 
-    def _handleSIGTERM(self) -> None:
+    def _handleStopSignals(self) -> None:
         """
-        Replace the reactor's SIGTERM handler (installed at startup) with one
-        that stops without recording the signal: twistd would otherwise end
-        by killing itself with it, and a supervisor would see a graceful,
-        requested stop as a death by signal.
+        Replace the reactor's SIGTERM and SIGINT handlers (installed at
+        startup) with ones that stop without recording the signal: twistd
+        would otherwise end by killing itself with it, and a supervisor (or
+        a shell, after Ctrl-C) would see a graceful, requested stop as a
+        death by signal.
         """
 
-        def stop() -> None:
-            # A second SIGTERM (an impatient supervisor) while the first
-            # stop drains changes nothing.
+        def stop(name: str) -> None:
+            # A second signal (an impatient supervisor, Ctrl-C pressed
+            # twice) while the first stop drains changes nothing.
             try:
                 self._reactor.stop()
             except ReactorNotRunning:
-                self._log.info("SIGTERM: already stopping")
+                self._log.info("{signal}: already stopping", signal=name)
             else:
-                self._log.info("SIGTERM: stopping gracefully")
+                self._log.info("{signal}: stopping gracefully", signal=name)
 
-        def onSIGTERM(number: int, frame: Any) -> None:
-            self._reactor.callFromThread(stop)
+        def onSignal(number: int, frame: Any) -> None:
+            self._reactor.callFromThread(stop, signal.Signals(number).name)
 
-        signal.signal(signal.SIGTERM, onSIGTERM)
+        signal.signal(signal.SIGTERM, onSignal)
+        # As the reactor: a process started with SIGINT ignored (in the
+        # background of a script, say) keeps ignoring it.
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, onSignal)
 
     def _startFailed(self, failure: Failure) -> None:
         if failure.check(StartupError, *_EXPECTED):

@@ -56,8 +56,11 @@ def _bytesIn(request: http.Request) -> int:
 class AccessLogSite(StreamingSite):
     """
     A L{StreamingSite} that logs each request once, when it ends: when its
-    response is complete, or when its connection is lost before that (as
-    status C{"-"}, with C{aborted} true).
+    response is complete, or when its connection is lost before that, with
+    C{aborted} true (and status C{"-"} if no response had started, else the
+    status its head carried: a download cut mid-body was a 200).  The
+    streaming layer makes a request whose client went away end this way,
+    never as the 500 of a handler that the loss made fail.
     """
 
     def getResourceFor(self, request: IRequest) -> IResource:
@@ -75,12 +78,15 @@ class AccessLogSite(StreamingSite):
         self.logRequest(request, aborted=False)
 
     def logRequest(self, request: http.Request, aborted: bool) -> None:
+        if getattr(request, "morpheoLogged", False):
+            return
+        request.morpheoLogged = True  # type: ignore[attr-defined]
         started = getattr(request, "morpheoStarted", None)
         now = self.reactor.seconds()
         fields: dict[str, Any] = {
             "method": request.method.decode("latin-1"),
             "path": request.uri.decode("latin-1")[:2048],
-            "status": "-" if aborted else request.code,
+            "status": request.code if request.startedWriting or not aborted else "-",
             "bytesIn": _bytesIn(request),
             "bytesOut": getattr(request, "sentLength", 0),
             "duration": round(now - started, 6) if started is not None else 0.0,

@@ -12,6 +12,13 @@ pausing that protocol's transport stops the socket from being read.
 Serve with L{StreamingSite}.  A resource that needs the body checks
 C{IStreamingRequest.providedBy(request)} and refuses clearly otherwise.
 
+A request knows its client is gone before anything is told so (the
+transport stops the response's producer before it reports the loss): from
+then on its answer goes nowhere, and a failure that the loss caused (a
+download's producer stopped, a body cut) is neither logged as an error nor
+answered with a 500.  The request ends when the loss reaches it
+(C{notifyFinish} fails): the access log says aborted.
+
 The private parts of L{twisted.web.http.HTTPChannel} used here are checked by
 C{tests/test_streaming.py} so that a Twisted upgrade that moves them fails
 loudly.
@@ -21,9 +28,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IProtocol, IPushProducer
+from twisted.internet.defer import CancelledError
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IProducer, IProtocol, IPushProducer
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web._newclient import ResponseDone
@@ -45,6 +54,11 @@ LINGER_SECONDS = 2.0
 
 class BodyAborted(Exception):
     """The request body stopped before its end: the client went away."""
+
+
+#: What a handler fails with when its client goes away: no error of the
+#: server's.
+CLIENT_GONE = (CancelledError, BodyAborted, ConnectionDone, ConnectionLost)
 
 
 class IStreamingRequest(Interface):
@@ -173,7 +187,10 @@ class StreamingRequest(server.Request):
     """
 
     body: RequestBody
+    _log = Logger()
     _bodyDone = True
+    #: The connection is lost or being lost: nobody reads the answer.
+    _gone = False
     _dispatched = False
     _doneEarly = False
     _discarding = False
@@ -269,13 +286,61 @@ class StreamingRequest(server.Request):
             self._channel.loseConnection()
 
     def write(self, data: bytes) -> None:
+        if self._gone:
+            return
         if not self.startedWriting and not self._bodyDone:
             # Answering before the body is read: say whether the connection
             # survives while the headers can still carry it.
             self.discardBody()
         super().write(data)
 
+    def finish(self) -> None:
+        if self._gone:
+            # An answer to nobody: the request ends, aborted, when the loss
+            # of its connection reaches it; not as a response sent.
+            return
+        super().finish()
+
+    def processingFailed(self, reason: Failure) -> Failure:
+        """
+        Stock twisted.web logs the failure as critical and answers 500;
+        with the client gone there is nobody to answer, and a failure the
+        loss caused is no error at all.
+        """
+        if not self._gone:
+            return super().processingFailed(reason)  # type: ignore[no-any-return]
+        if not reason.check(*CLIENT_GONE):
+            self._log.failure(
+                "{method} {uri} failed after its client went away",
+                reason,
+                level=LogLevel.error,
+                method=self.method.decode("latin-1"),
+                uri=self.uri.decode("latin-1")[:2048],
+            )
+        return reason
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        if self._gone:
+            # As a transport whose connection is gone: stopped at once.
+            producer.stopProducing()
+            return
+        super().registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        if self.channel is None:
+            # Stock code would fail on the channel the loss took away.
+            self.producer = None
+            return
+        super().unregisterProducer()
+
+    def clientGone(self) -> None:
+        """Nobody will read the answer: called as the connection goes."""
+        self._gone = True
+
     def connectionLost(self, reason: Failure) -> None:
+        # Before the body's reader hears of it: what it does about it
+        # (fail, answer) must find the request already gone.
+        self._gone = True
         if not self._bodyDone:
             self._bodyDone = True
             self.body._ended(
@@ -399,6 +464,16 @@ class StreamingChannel(http.HTTPChannel):
             self._lingering.cancel()
         super().connectionLost(reason)
 
+    def stopProducing(self) -> None:
+        """
+        The transport's connection is going (it says so before it calls
+        C{connectionLost}): the requests learn it before their producers
+        are stopped, so that what the stop makes fail finds them gone.
+        """
+        for request in self.requests:
+            request.clientGone()
+        super().stopProducing()
+
     # The write side: the transport pauses us when its buffer is full.
 
     def pauseProducing(self) -> None:
@@ -433,6 +508,7 @@ class StreamingSite(server.Site):
 
 
 __all__ = [
+    "CLIENT_GONE",
     "BodyAborted",
     "IStreamingRequest",
     "PotentialDataLoss",

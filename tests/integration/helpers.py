@@ -29,6 +29,7 @@ from attrs import frozen
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from treq.client import HTTPClient
 from twisted.internet import reactor
@@ -344,7 +345,8 @@ def bigRoundTrip(server: Server, path: str, sha: str, size: int) -> str:
 
 
 # A throwaway certificate authority for the TLS tests: a root CA, an
-# intermediate, and a server certificate for 127.0.0.1 and localhost.
+# intermediate, and a server certificate for 127.0.0.1 and localhost (an
+# ECDSA key by default, or RSA: each serves its own TLS 1.2 suites).
 
 
 @frozen
@@ -367,7 +369,7 @@ def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _keyPEM(key: ec.EllipticCurvePrivateKey) -> bytes:
+def _keyPEM(key: CertificateIssuerPrivateKeyTypes) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -375,9 +377,9 @@ def _keyPEM(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def _issue(
     subject: str,
-    key: ec.EllipticCurvePrivateKey,
+    key: CertificateIssuerPrivateKeyTypes,
     issuerName: x509.Name,
-    issuerKey: ec.EllipticCurvePrivateKey,
+    issuerKey: CertificateIssuerPrivateKeyTypes,
     ca: bool,
     sans: Sequence[x509.GeneralName] = (),
 ) -> x509.Certificate:
@@ -405,12 +407,20 @@ def _issue(
     return builder.sign(issuerKey, hashes.SHA256())
 
 
-def makePKI(directory: Path) -> TestPKI:
+def _serverKey(keyType: str) -> CertificateIssuerPrivateKeyTypes:
+    if keyType == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    assert keyType == "ec", keyType
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def makePKI(directory: Path, keyType: str = "ec") -> TestPKI:
+    """A root, an intermediate and a server certificate of C{keyType} (ec or rsa)."""
     rootKey = ec.generate_private_key(ec.SECP256R1())
     root = _issue("Morpheo Test Root", rootKey, _name("Morpheo Test Root"), rootKey, ca=True)
     midKey = ec.generate_private_key(ec.SECP256R1())
     mid = _issue("Morpheo Test Intermediate", midKey, root.subject, rootKey, ca=True)
-    serverKey = ec.generate_private_key(ec.SECP256R1())
+    serverKey = _serverKey(keyType)
     server = _issue(
         "127.0.0.1",
         serverKey,
@@ -433,7 +443,7 @@ def makePKI(directory: Path) -> TestPKI:
     pki.ca.write_bytes(_pem(root))
     pki.cert.write_bytes(_pem(server) + _pem(mid))
     pki.key.write_bytes(_keyPEM(serverKey))
-    pki.otherKey.write_bytes(_keyPEM(ec.generate_private_key(ec.SECP256R1())))
+    pki.otherKey.write_bytes(_keyPEM(_serverKey(keyType)))
     return pki
 
 

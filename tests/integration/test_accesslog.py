@@ -1,8 +1,10 @@
 """
 The access log through real twistd servers: one line per request with its
 method, path, status, bytes in and out, duration, client address and user;
-C{--log-format json} makes every line of the log one JSON object; an upload
-cut by its client is logged as aborted; passwords never reach the log.
+C{--log-format json} makes every line of the log one JSON object; a request
+whose client goes away (an upload cut mid-body, a download cut mid-body, an
+upload given up after C{100 Continue}) is logged as aborted, never as a 500,
+without a traceback; passwords never reach the log.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import base64
 import json
 import os
 import re
+import socket
 
 import pytest
 import pytest_twisted
@@ -22,9 +25,13 @@ from tests.integration.helpers import (
     FORM_HEADERS,
     eventually,
     form,
+    formHead,
     newUUID,
     openForm,
+    rawRequest,
     rawUpload,
+    readResponseHead,
+    upload,
     uploadFields,
 )
 from tests.integration.servers import PASSWORD, USER, Server, startServer
@@ -44,6 +51,14 @@ TEXT_LINE = re.compile(
 def textServer(server: Server) -> Server:
     """Text is the default: the session's server, whose log has every test's lines."""
     return server
+
+
+@pytest.fixture(scope="module")
+def ownTextServer(tmp_path_factory):
+    """A text log for this module alone: all of it is checked for tracebacks."""
+    s = startServer(str(tmp_path_factory.mktemp("log-text")))
+    yield s
+    s.stop()
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +206,87 @@ async def test_abortedUpload(request, fmt) -> None:
     log = server.log()
     assert "clean-up after a failed request failed" not in log
     assert "Unhandled Error" not in log and "BodyAborted" not in log
+
+
+#: What a failure logged as an error leaves in a text log.
+ERROR_LINE = re.compile(r"#(critical|error)\]")
+
+
+def assertNoError(server: Server, json: bool) -> None:
+    """
+    Nothing in the whole log of C{server} is an error: no critical or
+    error line, no traceback, no unhandled error.
+    """
+    log = server.log()
+    assert "Traceback" not in log and "Unhandled" not in log, log[-5000:]
+    if json:
+        for event in jsonLines(server):
+            assert event["level"] not in ("critical", "error"), event
+            assert "failure" not in event, event
+    else:
+        assert not ERROR_LINE.search(log), log[-5000:]
+
+
+@pytest.mark.parametrize("fmt", ["ownText", "json"])
+@pytest_twisted.ensureDeferred
+async def test_downloadsCutByTheClient(http, request, fmt) -> None:
+    """
+    Downloads whose clients close their sockets mid-body, after more or
+    less of it: each is one line, aborted, with the 200 its head carried
+    and what was sent, no 500, and no traceback anywhere in the log.
+    """
+    server = request.getfixturevalue(f"{fmt}Server")
+    asJSON = fmt == "json"
+    size = 24 * 1024 * 1024
+    uuid = (await upload(http, server, "data", os.urandom(size)))["uuid"]
+    cuts = [1, 64 * 1024, 1024 * 1024, 3 * 1024 * 1024, 5 * 1024 * 1024]
+    for i, cut in enumerate(cuts):
+        s = rawRequest(server, f"GET /data/{uuid}/blob?cut{i} HTTP/1.1\nHost: x")
+        try:
+            head = readResponseHead(s)
+            assert head.startswith(b"HTTP/1.1 200 "), head[:200]
+            received = len(head.partition(b"\r\n\r\n")[2])
+            while received < cut:
+                chunk = s.recv(65536)
+                assert chunk, "the server closed first"
+                received += len(chunk)
+        finally:
+            s.close()
+    for i in range(len(cuts)):
+        [line] = await logged(server, f"/data/{uuid}/blob?cut{i}", asJSON)
+        assert line["aborted"] in (True, " (aborted)"), line
+        assert int(line["status"]) == 200, line
+        assert line["user"] == USER
+        assert 0 < int(line["bytesOut"]) < size, line
+    assertNoError(server, asJSON)
+
+
+@pytest.mark.parametrize("fmt", ["ownText", "json"])
+@pytest_twisted.ensureDeferred
+async def test_uploadsGivenUpAfter100Continue(request, fmt) -> None:
+    """
+    Uploads sent with C{Expect: 100-continue} whose clients close as soon
+    as they are told to continue: each is one line, aborted, status C{-},
+    nothing received; not a 200; no traceback in the log.
+    """
+    server = request.getfixturevalue(f"{fmt}Server")
+    asJSON = fmt == "json"
+    paths = [f"/data?continued-{newUUID()}" for _ in range(3)]
+    for path in paths:
+        body = form(*uploadFields("data", os.urandom(4 * 1024 * 1024)))
+        s = rawRequest(server, formHead(len(body), "Expect: 100-continue", path=path))
+        try:
+            assert readResponseHead(s).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        finally:
+            # Close at once, with nothing unread: a clean FIN, not a reset.
+            s.shutdown(socket.SHUT_RDWR)
+            s.close()
+    for path in paths:
+        [line] = await logged(server, path, asJSON)
+        assert line["aborted"] in (True, " (aborted)"), line
+        assert line["status"] == "-", line
+        assert int(line["bytesIn"]) == 0 and int(line["bytesOut"]) == 0, line
+    assertNoError(server, asJSON)
 
 
 def test_everyJSONLineIsAnObject(jsonServer) -> None:

@@ -1,8 +1,9 @@
 """
-Graceful stop with a real twistd process: on SIGTERM it stops accepting at
-once, lets an upload in flight finish within C{--shutdown-timeout} and exits
-0; an upload still going at the deadline is cut and leaves nothing behind
-(no row, no temporary file); the embedded PostgreSQL stops with it.
+Graceful stop with a real twistd process: on SIGTERM (or SIGINT, as Ctrl-C
+sends) it stops accepting at once, lets an upload in flight finish within
+C{--shutdown-timeout} and exits 0; an upload still going at the deadline is
+cut and leaves nothing behind (no row, no temporary file); the embedded
+PostgreSQL stops with it.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ from __future__ import annotations
 import os
 import signal
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psutil  # type: ignore[import-untyped]
+import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
@@ -115,15 +119,35 @@ def gatedUpload(server: Server, uuid: str, size: int, gateAt: int) -> tuple[Gate
     return body, d
 
 
-@pytest_twisted.ensureDeferred
-async def test_uploadFinishesWithinTheTimeout(tmp_path) -> None:
+@contextmanager
+def interruptible() -> Iterator[None]:
     """
-    SIGTERM in the middle of an upload: new connections are refused at
-    once, the upload goes on to its 201, then the process exits 0 with its
-    PostgreSQL stopped.
+    Servers started here get SIGINT's default disposition, as a program
+    started from a terminal, even if these tests run with it ignored (a
+    child keeps an ignored signal ignored, and a server keeps it so).
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if previous is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest_twisted.ensureDeferred
+async def test_uploadFinishesWithinTheTimeout(tmp_path, stop: signal.Signals) -> None:
+    """
+    SIGTERM, or SIGINT (Ctrl-C), in the middle of an upload: new
+    connections are refused at once, the upload goes on to its 201, then
+    the process exits 0 (not killed by the signal) with its PostgreSQL
+    stopped.
     """
     dataDir = str(tmp_path / "data")
-    server = startServer(dataDir, "--shutdown-timeout", "20")
+    with interruptible():
+        server = startServer(dataDir, "--shutdown-timeout", "20")
     try:
         uuid = newUUID()
         body, d = gatedUpload(server, uuid, 2 * 1024 * 1024, gateAt=1024 * 1024)
@@ -142,7 +166,7 @@ async def test_uploadFinishesWithinTheTimeout(tmp_path) -> None:
             assert body.sent >= body.gateAt
 
         await eventually(claimed)
-        server.process.send_signal(signal.SIGTERM)
+        server.process.send_signal(stop)
 
         await eventually(lambda: refused(server))
         assert not answered and server.process.poll() is None
@@ -154,7 +178,7 @@ async def test_uploadFinishesWithinTheTimeout(tmp_path) -> None:
     finally:
         server.stop(signal.SIGKILL)
     log = server.log()
-    assert "SIGTERM: stopping gracefully" in log
+    assert f"{stop.name}: stopping gracefully" in log
     assert "cut" not in log
     assert postgresOf(dataDir) == []
 

@@ -1,11 +1,15 @@
 """
-Native TLS (--cert/--key): a test CA and a certificate chain made here, a
-real twistd server, curl --cacert and treq against it, old protocol
-versions refused, and bad files stopping start-up with one line.
+Native TLS (--cert/--key, and --listen ssl:...): a test CA and certificate
+chains (ECDSA and RSA) made here, real twistd servers, curl --cacert and
+treq against them; openssl s_client suite by suite: TLS 1.2 with Mozilla's
+"intermediate" ECDHE suites and TLS 1.3 accepted, static RSA, CBC-SHA1,
+DHE and old protocol versions refused; bad files stopping start-up with
+one line.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import subprocess
@@ -14,12 +18,14 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 import treq
+from attrs import frozen
 from OpenSSL import SSL
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.ssl import Certificate
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
+from morpheo.service._listen import makeListeners
 from morpheo.service._tls import TLSConfigError, loadCertificateOptions
 from tests.integration.helpers import FORM_HEADERS, TestPKI, form, jsonOf, makePKI, uploadFields
 from tests.integration.servers import PASSWORD, USER, startFails, startServer
@@ -40,6 +46,194 @@ def tlsServer(tmp_path_factory: pytest.TempPathFactory, pki: TestPKI):
     assert address.startswith("https://127.0.0.1:")
     yield server, address
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def rsaPKI(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
+    return makePKI(tmp_path_factory.mktemp("pki-rsa"), "rsa")
+
+
+def sslDescription(pki: TestPKI) -> str:
+    return (
+        f"ssl:0:interface=127.0.0.1:privateKey={pki.key}:certKey={pki.leaf}"
+        f":extraCertChain={pki.intermediate}"
+    )
+
+
+@frozen
+class Endpoint:
+    port: int
+    pki: TestPKI
+
+
+def portOf(address: str) -> int:
+    return int(address.rsplit(":", 1)[1].rstrip("/"))
+
+
+@pytest.fixture(scope="module")
+def endpoints(tlsServer, tmp_path_factory: pytest.TempPathFactory, pki: TestPKI, rsaPKI: TestPKI):
+    """
+    Each way to TLS with each kind of key: --cert/--key with the ECDSA
+    chain (the module's server) and with the RSA one; two --listen ssl:
+    endpoints of one server, ECDSA and RSA.
+    """
+    rsaServer = startServer(
+        str(tmp_path_factory.mktemp("tls-rsa")),
+        "--host", "127.0.0.1", "--port", "0", "--cert", str(rsaPKI.cert), "--key", str(rsaPKI.key),
+    )  # fmt: skip
+    try:
+        listenServer = startServer(
+            str(tmp_path_factory.mktemp("tls-listen")),
+            "--listen", sslDescription(pki), "--listen", sslDescription(rsaPKI),
+        )  # fmt: skip
+    except BaseException:
+        rsaServer.stop()
+        raise
+    try:
+        ecListen, rsaListen = listenServer.addresses
+        yield {
+            "cert-ecdsa": Endpoint(portOf(tlsServer[1]), pki),
+            "cert-rsa": Endpoint(portOf(rsaServer.addresses[0]), rsaPKI),
+            "listen-ecdsa": Endpoint(portOf(ecListen), pki),
+            "listen-rsa": Endpoint(portOf(rsaListen), rsaPKI),
+        }
+    finally:
+        rsaServer.stop()
+        listenServer.stop()
+
+
+#: Mozilla's "intermediate" TLS 1.2 suites (its DHE ones aside), by the kind
+#: of certificate key that can serve them.
+INTERMEDIATE = {
+    "ecdsa": [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+    ],
+    "rsa": [
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    ],
+}
+
+#: Suites a key of that kind could serve, that must be refused: static RSA
+#: key exchange (no forward secrecy), CBC with SHA-1, DHE (not offered).
+REFUSED = {
+    "ecdsa": ["ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA"],
+    "rsa": [
+        "AES128-SHA",
+        "AES256-GCM-SHA384",
+        "AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-SHA",
+        "ECDHE-RSA-AES256-SHA384",
+        "DHE-RSA-AES128-GCM-SHA256",
+    ],
+}
+
+TLS13_SUITES = ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"]
+
+WAYS = ["cert", "listen"]
+
+
+def byKey(suites: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """(endpoint, suite) for each way to TLS and each suite of its key."""
+    return [(f"{way}-{key}", suite) for way in WAYS for key in suites for suite in suites[key]]
+
+
+@frozen
+class Handshake:
+    protocol: str | None  # None: no handshake
+    cipher: str | None
+    output: str
+
+
+def sClient(endpoint: Endpoint, *args: str) -> Handshake:
+    """
+    openssl s_client's handshake with C{endpoint}, verifying the chain
+    against the test CA and the name: what was negotiated.
+    """
+    done = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{endpoint.port}",
+         "-servername", "localhost", "-verify_hostname", "localhost",
+         "-CAfile", str(endpoint.pki.ca), "-verify_return_error", *args],
+        input="", capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    negotiated = re.search(r"^New, (TLSv[\d.]+), Cipher is (\S+)$", output, re.MULTILINE)
+    if done.returncode != 0 or negotiated is None:
+        return Handshake(None, None, output)
+    return Handshake(negotiated.group(1), negotiated.group(2), output)
+
+
+#: The server's alerts, as s_client reports them: proof that the refusal is
+#: the server's, not a client that would not offer the suite or version.
+HANDSHAKE_FAILURE = "SSL alert number 40"
+PROTOCOL_VERSION = "SSL alert number 70"
+
+
+@pytest.mark.parametrize("where, suite", byKey(INTERMEDIATE))
+def test_intermediateSuitesAcceptedWithTLS12(endpoints, where: str, suite: str) -> None:
+    done = sClient(endpoints[where], "-tls1_2", "-cipher", suite)
+    assert (done.protocol, done.cipher) == ("TLSv1.2", suite), done.output
+
+
+@pytest.mark.parametrize("where, suite", byKey(REFUSED))
+def test_weakSuitesRefused(endpoints, where: str, suite: str) -> None:
+    """
+    Offered alone by a willing client (security level 0), each is refused
+    by the server with a handshake failure alert.
+    """
+    done = sClient(endpoints[where], "-tls1_2", "-cipher", f"{suite}:@SECLEVEL=0")
+    assert done.protocol is None, done.output
+    assert HANDSHAKE_FAILURE in done.output, done.output
+
+
+@pytest.mark.parametrize("version", ["-tls1", "-tls1_1"])
+@pytest.mark.parametrize("where", [f"{way}-{key}" for way in WAYS for key in INTERMEDIATE])
+def test_oldVersionsRefused(endpoints, where: str, version: str) -> None:
+    done = sClient(endpoints[where], version, "-cipher", "DEFAULT:@SECLEVEL=0")
+    assert done.protocol is None, done.output
+    assert PROTOCOL_VERSION in done.output, done.output
+
+
+@pytest.mark.parametrize("suite", TLS13_SUITES)
+@pytest.mark.parametrize("where", [f"{way}-{key}" for way in WAYS for key in INTERMEDIATE])
+def test_tls13Accepted(endpoints, where: str, suite: str) -> None:
+    done = sClient(endpoints[where], "-tls1_3", "-ciphersuites", suite)
+    assert (done.protocol, done.cipher) == ("TLSv1.3", suite), done.output
+
+
+def tls12Suites(context: SSL.Context) -> set[str]:
+    """The TLS 1.2 suites a context offers (TLS 1.3's are listed too: left out)."""
+    return {c for c in SSL.Connection(context, None).get_cipher_list() if not c.startswith("TLS_")}
+
+
+def test_bothWaysToTLSHaveTheSameSuites(pki: TestPKI, rsaPKI: TestPKI) -> None:
+    """
+    The context of --cert/--key and those of ssl: endpoints (ECDSA, RSA,
+    given DH parameters or not) offer exactly the intermediate suites.
+    """
+    expected = {suite for suites in INTERMEDIATE.values() for suite in suites}
+    assert tls12Suites(loadCertificateOptions(str(pki.cert), str(pki.key)).getContext()) == expected
+    dh = pki.ca.parent / "dh.pem"
+    subprocess.run(
+        ["openssl", "dhparam", "-dsaparam", "-out", str(dh), "2048"],
+        capture_output=True,
+        check=True,
+    )
+    descriptions = (
+        sslDescription(pki),
+        sslDescription(rsaPKI),
+        f"{sslDescription(rsaPKI)}:dhParameters={dh}",
+    )
+    listeners = makeListeners(
+        reactor, listen=descriptions, host="127.0.0.1", port=0, cert=None, key=None
+    )
+    for listener in listeners:
+        assert listener.tls
+        context = listener.endpoint._sslContextFactory.getContext()  # type: ignore[attr-defined]
+        assert tls12Suites(context) == expected
 
 
 def trustingClient(pki: TestPKI) -> HTTPClient:

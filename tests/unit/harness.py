@@ -1,11 +1,12 @@
 """
 The service's web layer in memory, for the unit tier: the real routes and
-the real L{StreamingSite} over the in-memory metadata and blob stores,
-reached by a real HTTP client (treq's, on twisted.web's Agent) through
-L{twisted.test.iosim}'s in-memory transports.  No socket, no process, no
-database, no thread: time is a L{MemoryReactorClock}, and the thread pool
-the domain layer hashes in runs its work at once (in this tier every
-request is small, and a deterministic order makes failures repeatable).
+the real L{StreamingSite} (with its access log) over the in-memory
+metadata and blob stores, reached by a real HTTP client (treq's, on
+twisted.web's Agent) through L{twisted.test.iosim}'s in-memory
+transports.  No socket, no process, no database, no thread: time is a
+L{MemoryReactorClock}, and the thread pool the domain layer hashes in runs
+its work at once (in this tier every request is small, and a
+deterministic order makes failures repeatable).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import json
 import os
 import re
 import uuid as _uuid
-from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, TypeVar, cast
 from urllib.parse import urlencode
 
 from attrs import define, field, frozen
@@ -25,9 +27,10 @@ from treq.client import HTTPClient
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
-from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.interfaces import IPushProducer, IReactorFromThreads
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import ILogObserver, LogEvent, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.web.client import Agent
@@ -45,7 +48,7 @@ from morpheo.blobstores._bodies import BytesBody
 from morpheo.metadata import MemoryMetadataStore
 from morpheo.objects import CLAIM_LEASE, IncomingBlob, NewObject, Objects
 from morpheo.service._graceful import HandlerTracker, trackedResource
-from morpheo.web import BasicAuth, CORSResource, StorageAPI, StreamingSite
+from morpheo.web import AccessLogSite, BasicAuth, CORSResource, StorageAPI, StreamingSite
 from morpheo.web._root import StorageRoot
 from morpheo.web._throttle import LoginThrottle
 
@@ -56,6 +59,28 @@ PASSWORD = "s3cret-pass"
 BOUNDARY = "morpheo-unit-boundary"
 #: Every kind uploaded as a form, and the text fields its form requires.
 FORM_KINDS = [k.name for k in TABLE.values() if not k.rawBody]
+
+
+@contextmanager
+def capturedLog() -> Iterator[list[LogEvent]]:
+    """Every log event published meanwhile (access lines, failures...)."""
+    events: list[LogEvent] = []
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(observer)
+
+
+def errors(events: list[LogEvent]) -> list[LogEvent]:
+    """The events that are errors: a failure, or an error or critical level."""
+    return [
+        e
+        for e in events
+        if e.get("log_failure") is not None
+        or e.get("log_level") in (LogLevel.error, LogLevel.critical)
+    ]
 
 
 @implementer(IReactorFromThreads)
@@ -78,6 +103,46 @@ class ImmediatePool:
             onResult(False, Failure())
         else:
             onResult(True, result)
+
+
+@implementer(IPushProducer)
+class ServerTransport(iosim.FakeTransport):
+    """
+    iosim's transport for the site's side, with habits of a real one
+    (C{twisted.internet.abstract.FileDescriptor}) that iosim's lacks: it
+    takes the channel for its producer, pauses it while more than
+    C{bufferSize} bytes wait to be sent (so a response streams: a download
+    can be cut mid-body), and stops it when the connection goes, before
+    the protocol hears of it.  (Pausing it does not pause reading.)
+    """
+
+    bufferSize = 64 * 1024
+    _producerPaused = False
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if (
+            self.producer is not None
+            and self.streamingProducer
+            and not self._producerPaused
+            and sum(map(len, self.stream)) > self.bufferSize
+        ):
+            self._producerPaused = True
+            self.producer.pauseProducing()
+
+    def getOutBuffer(self) -> bytes:
+        data: bytes = super().getOutBuffer()
+        if self._producerPaused:
+            self._producerPaused = False
+            if self.producer is not None:
+                self.producer.resumeProducing()
+        return data
+
+    def reportDisconnect(self) -> None:
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            producer.stopProducing()
+        super().reportDisconnect()
 
 
 @implementer(IAgent)
@@ -112,7 +177,7 @@ class _MemoryAgent:
         self.pumps.append(
             iosim.connect(
                 serverProtocol,
-                iosim.FakeTransport(serverProtocol, True, server, client),
+                ServerTransport(serverProtocol, True, server, client),
                 clientProtocol,
                 iosim.FakeTransport(clientProtocol, False, client, server),
                 greet=False,
@@ -154,6 +219,20 @@ class Connection:
         self._service.settle()
         return self._client.data[start:]
 
+    def sendAndReceive(self, data: bytes, count: int, limit: int = 10_000) -> bytes:
+        """
+        Send C{data}, then move bytes and run timers only until the server
+        has sent C{count} bytes or more (a response still going): those.
+        """
+        start = len(self._client.data)
+        self._pump.clientIO.write(data)
+        for _ in range(limit):
+            if len(self._client.data) - start >= count:
+                return self._client.data[start:]
+            self._pump.pump()
+            self._service.reactor.advance(0)
+        raise AssertionError(f"the server sent {len(self._client.data) - start} bytes")
+
     @property
     def received(self) -> bytes:
         return self._client.data
@@ -163,8 +242,21 @@ class Connection:
         return self._client.closed
 
     def close(self) -> None:
-        """The client goes away."""
+        """The client goes away (once what is in flight has arrived)."""
         self._pump.clientIO.loseConnection()
+        self._service.settle()
+
+    def abort(self) -> None:
+        """
+        The client goes away at once, as a socket closed with bytes still
+        coming (a reset): what the server had not sent yet is lost.
+        """
+        pump = self._pump
+        for io in (pump.clientIO, pump.serverIO):
+            io.disconnecting = io.disconnected = True
+            io.stream = []
+        pump.serverIO.reportDisconnect()
+        pump.clientIO.reportDisconnect()
         self._service.settle()
 
 
@@ -328,7 +420,7 @@ class Service:
     blobs: MemoryBlobStore = field(init=False)
     objects: Objects = field(init=False)
     auth: BasicAuth = field(init=False)
-    site: StreamingSite = field(init=False)
+    site: AccessLogSite = field(init=False)
     client: HTTPClient = field(init=False)
     _agent: _MemoryAgent = field(init=False)
 
@@ -352,7 +444,7 @@ class Service:
         api = StorageAPI(self.objects, self.auth, self.redirectLifetime)
         root = StorageRoot(self.corsOrigins)
         root.setInner(CORSResource(trackedResource(api.app, HandlerTracker()), self.corsOrigins))
-        self.site = StreamingSite(root, reactor=self.reactor)
+        self.site = AccessLogSite(root, reactor=self.reactor)
         self._agent = _MemoryAgent(self.reactor, self.site)
         self.client = HTTPClient(self._agent)
 
@@ -443,7 +535,7 @@ class Service:
         server = self.site.buildProtocol(peer)
         pump: iosim.IOPump = iosim.connect(
             server,
-            iosim.FakeTransport(server, True, host, peer),
+            ServerTransport(server, True, host, peer),
             client,
             iosim.FakeTransport(client, False, peer, host),
             greet=False,

@@ -1,7 +1,8 @@
 """
 The streaming layer in memory (C{StringTransport}, a fake clock): when the
-socket is read and when it is not, 100-continue, early answers.  Also pins
-the private parts of twisted.web.http that the layer relies on.
+socket is read and when it is not, 100-continue, early answers, a request
+whose client is gone.  Also pins the private parts of twisted.web.http that
+the layer relies on.
 """
 
 from __future__ import annotations
@@ -9,9 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import CancelledError
+from twisted.internet.error import ConnectionLost
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web._newclient import ResponseDone
@@ -19,6 +23,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from morpheo.web._streaming import BodyAborted, IStreamingRequest, StreamingChannel, StreamingSite
+
+from .harness import capturedLog, errors
 
 
 class Collector(Protocol):
@@ -200,3 +206,86 @@ def test_chunked_body_streams():
     channel.dataReceived(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
     assert collector.data == b"hello world"
     assert collector.ended is not None and collector.ended.check(ResponseDone)
+
+
+class Stoppable:
+    """A push producer that records being stopped."""
+
+    stopped = False
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+def test_a_request_whose_client_is_gone_answers_nobody():
+    """
+    A transport stops its producer (the channel) before it reports the
+    loss: from then on the request writes nothing, finishes nothing, turns
+    no failure into a 500, and stops a producer registered late at once;
+    it ends when the loss reaches it, through notifyFinish.
+    """
+    holder = Holder()
+    channel, transport, _ = connect(holder)
+    channel.dataReceived(b"GET /blob HTTP/1.1\r\nHost: x\r\n\r\n")
+    [request] = holder.requests
+    request.write(b"the start")
+    sent = transport.value()
+    ended: list[Failure] = []
+    request.notifyFinish().addErrback(ended.append)
+    with capturedLog() as events:
+        channel.stopProducing()
+        request.write(b"the rest")
+        late = Stoppable()
+        request.registerProducer(late, True)
+        assert late.stopped
+        request.unregisterProducer()
+        request.processingFailed(Failure(CancelledError("the transfer was stopped")))
+        request.finish()
+        assert transport.value() == sent
+        assert not request.finished and not ended
+        assert errors(events) == []
+        # A failure the loss did not cause is still news, as an error.
+        request.processingFailed(Failure(ZeroDivisionError("a bug")))
+        [bug] = errors(events)
+        assert bug["log_level"] == LogLevel.error and bug["log_failure"].check(ZeroDivisionError)
+        assert transport.value() == sent
+        channel.connectionLost(Failure(ConnectionLost("gone")))
+        assert len(ended) == 1
+        # After the loss too, late calls do nothing and do not fail.
+        request.unregisterProducer()
+        request.finish()
+
+
+def test_a_request_is_gone_before_its_body_reader_hears_of_the_loss():
+    """
+    The reader of a body cut by the loss answers at once (as an upload
+    refused when its body breaks off): that answer goes nowhere and is not
+    taken for a response sent.
+    """
+    holder = Holder()
+    channel, transport, _ = connect(holder)
+    channel.dataReceived(post(100, "Expect: 100-continue\r\n"))
+    [request] = holder.requests
+    ended: list[Failure] = []
+    request.notifyFinish().addErrback(ended.append)
+
+    class AnswersAtTheEnd(Collector):
+        def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+            super().connectionLost(reason)
+            request.setResponseCode(200)
+            request.write(b"done")
+            request.finish()
+
+    collector = AnswersAtTheEnd()
+    request.body.deliverBody(collector)
+    assert transport.value() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    channel.connectionLost(Failure(ConnectionLost("gone")))
+    assert collector.ended is not None and collector.ended.check(BodyAborted)
+    assert transport.value() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert not request.finished and len(ended) == 1
