@@ -40,8 +40,8 @@ class IBlobWriter(IConsumer):
 
     def finish() -> Deferred[BlobInfo]:
         """
-        Flush, check that exactly the announced size arrived, and commit the
-        blob atomically under its key.
+        Flush, check that exactly the announced size arrived (if one was),
+        and commit the blob atomically under its key.
 
         @return: fires with the blob's L{BlobInfo}; on any failure the blob
             is gone and the L{Deferred} fails.
@@ -66,9 +66,12 @@ class IBlobStore(Interface):
         " gateway (502), those of a local disk or memory an internal error (500)."
     )
 
-    def writer(key: str, size: int) -> IBlobWriter:
+    def writer(key: str, size: int | None) -> IBlobWriter:
         """
-        Start writing a blob of exactly C{size} bytes under C{key}.
+        Start writing a blob of exactly C{size} bytes under C{key}; with
+        C{size} L{None} (a request body without a length), of whatever
+        arrives until L{IBlobWriter.finish}, up to the most the store takes
+        in one blob (beyond it C{write} raises L{TooLarge}).
         """
 
     def produce(

@@ -19,6 +19,9 @@ from twisted.python import usage
 
 from .service._config import (
     BLOBSTORES,
+    DEFAULT_BODY_RATE_WINDOW,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MIN_BODY_RATE,
     DEFAULT_REDIRECT_LIFETIME,
     ConfigError,
     StorageConfig,
@@ -191,6 +194,29 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             f" default {DEFAULT_REDIRECT_LIFETIME}, at most 604800, 7 days).",
             _lifetime,
         ],
+        [
+            "header-timeout",
+            None,
+            DEFAULT_HEADER_TIMEOUT,
+            "Seconds a request's headers may take to arrive; a client slower than that gets"
+            " 408 (0: no limit).",
+            _seconds("header-timeout"),
+        ],
+        [
+            "min-body-rate",
+            None,
+            DEFAULT_MIN_BODY_RATE,
+            "The slowest a request body may come, in bytes a second (or e.g. 4K) over"
+            " --body-rate-window; a slower one is cut with 408 (0: no minimum).",
+            _size,
+        ],
+        [
+            "body-rate-window",
+            None,
+            DEFAULT_BODY_RATE_WINDOW,
+            "Seconds of reading that --min-body-rate is measured over.",
+            _seconds("body-rate-window"),
+        ],
         ["log-format", None, "text", "Log lines as text or json (one JSON object per line)."],
         [
             "shutdown-timeout",
@@ -327,6 +353,9 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             claimLease=self["claim-lease"],
             redirectDownloads=bool(self["redirect-downloads"]),
             redirectLifetime=self["redirect-lifetime"],
+            headerTimeout=self["header-timeout"],
+            minBodyRate=self["min-body-rate"],
+            bodyRateWindow=self["body-rate-window"],
         )
 
 

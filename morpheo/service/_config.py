@@ -26,6 +26,11 @@ BLOBSTORES = ("local", "s3", "gc", "mock")
 REDIRECTING = ("s3", "gc")
 #: Seconds a redirected download's URL stays valid, unless told otherwise.
 DEFAULT_REDIRECT_LIFETIME = 300
+#: Slow clients: seconds a request's headers may take, the slowest a body
+#: may come (bytes a second) and the window that rate is measured over.
+DEFAULT_HEADER_TIMEOUT = 30.0
+DEFAULT_MIN_BODY_RATE = 1024
+DEFAULT_BODY_RATE_WINDOW = 60.0
 
 
 class ConfigError(ValueError):
@@ -60,7 +65,10 @@ class StorageConfig:
     descriptions of C{listen}, or else C{host}/C{port} (TLS with C{cert}
     and C{key}).  Downloads: C{redirectDownloads} answers a blob's GET
     with a redirect to a URL of the store's, valid C{redirectLifetime}
-    seconds (L{DEFAULT_REDIRECT_LIFETIME} if None).
+    seconds (L{DEFAULT_REDIRECT_LIFETIME} if None).  Slow clients: a
+    request's headers must arrive within C{headerTimeout} seconds, a body
+    at C{minBodyRate} bytes a second or more over C{bodyRateWindow}
+    seconds (0 turns either off).
 
     @raise ConfigError: when made with settings that cannot work.
     """
@@ -95,6 +103,9 @@ class StorageConfig:
     redirectDownloads: bool = False
     redirectLifetime: int | None = None
     threads: int = 8
+    headerTimeout: float = DEFAULT_HEADER_TIMEOUT
+    minBodyRate: int = DEFAULT_MIN_BODY_RATE
+    bodyRateWindow: float = DEFAULT_BODY_RATE_WINDOW
 
     def __attrs_post_init__(self) -> None:
         if self.blobstore not in BLOBSTORES:
@@ -140,6 +151,21 @@ class StorageConfig:
             raise ConfigError(f"--claim-lease must be at least 1 second, not {self.claimLease!r}")
         if self.threads < 1:
             raise ConfigError(f"threads must be at least 1, not {self.threads}")
+        if not self.headerTimeout >= 0:
+            raise ConfigError(
+                "--header-timeout must be a number of seconds (0: none),"
+                f" not {self.headerTimeout!r}"
+            )
+        if self.minBodyRate < 0:
+            raise ConfigError(
+                f"--min-body-rate must be a number of bytes a second (0: none),"
+                f" not {self.minBodyRate}"
+            )
+        if not self.bodyRateWindow > 0:
+            raise ConfigError(
+                f"--body-rate-window must be a number of seconds above 0,"
+                f" not {self.bodyRateWindow!r}"
+            )
         self._checkRedirects()
 
     def _checkRedirects(self) -> None:

@@ -39,6 +39,9 @@ def refusal(**settings: Any) -> str:
         ({"shutdownTimeout": -1.0}, "--shutdown-timeout must be a number of seconds"),
         ({"maxBlobSize": -5}, "--max-blob-size must not be negative"),
         ({"threads": 0}, "threads must be at least 1"),
+        ({"headerTimeout": -1.0}, "--header-timeout must be a number of seconds (0: none)"),
+        ({"minBodyRate": -1}, "--min-body-rate must be a number of bytes a second (0: none)"),
+        ({"bodyRateWindow": 0.0}, "--body-rate-window must be a number of seconds above 0"),
         ({"listen": ("tcp:8000",), "cert": "c.pem", "key": "k.pem"}, "with --listen"),
     ],
 )
