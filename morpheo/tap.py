@@ -53,6 +53,16 @@ def _size(value: str) -> int:
     return int(m.group(1)) * unit
 
 
+def _rate(value: str) -> int:
+    """Bytes a second, with the suffixes of sizes."""
+    try:
+        return _size(value)
+    except usage.UsageError:
+        raise usage.UsageError(
+            f"--min-body-rate must be a number of bytes a second (e.g. 1024, 4K), not {value!r}"
+        ) from None
+
+
 def _port(value: str) -> int:
     """Twisted's own coercion error ("invalid literal for int()") does not
     name the option."""
@@ -208,7 +218,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             DEFAULT_MIN_BODY_RATE,
             "The slowest a request body may come, in bytes a second (or e.g. 4K) over"
             " --body-rate-window; a slower one is cut with 408 (0: no minimum).",
-            _size,
+            _rate,
         ],
         [
             "body-rate-window",

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.integration.test_blobstore_contract -*-
+# -*- test-case-name: tests.unit.test_unknown_sizes,tests.integration.test_blobstore_contract -*-
 """
 Blobs as objects in an S3 bucket (AWS or any S3-compatible store).
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.integration.test_blobstore_contract -*-
+# -*- test-case-name: tests.unit.test_unknown_sizes,tests.integration.test_blobstore_contract -*-
 """
 The writer of the remote stores: a blob streamed into a sequence of
 outgoing request bodies (one PUT, the parts of a multipart upload, the

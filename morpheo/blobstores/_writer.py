@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.integration.test_blobstore_contract -*-
+# -*- test-case-name: tests.unit.test_unknown_sizes,tests.integration.test_blobstore_contract -*-
 """
 What every blob writer does the same way, whatever the bytes go to: count
 them against the announced size (or, for a blob whose size is known only

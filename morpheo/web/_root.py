@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.integration.test_embedding -*-
+# -*- test-case-name: tests.unit.test_parser,tests.integration.test_embedding -*-
 """
 The storage service's web resource as another application mounts it: a
 stable resource, available before the service has started (it answers 503

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_streaming_layer,tests.unit.test_parser,tests.integration.test_streaming -*-  # noqa: E501
+# -*- test-case-name: tests.unit.test_streaming_layer,tests.unit.test_parser,tests.unit.test_slow_clients,tests.integration.test_streaming,tests.integration.test_hostile_clients -*-  # noqa: E501
 """
 Streaming request bodies for twisted.web.
 

@@ -16,7 +16,7 @@ import os
 import socket
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -130,14 +130,42 @@ def test_a_chunked_model_over_the_maximum_is_413_and_its_parts_are_gone(
         413,
         {"error": "the blob is larger than the maximum of 20971520 bytes"},
     )
-    deadline = time.monotonic() + 30
-    while server.store.uploads(prefix="model/") and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert server.store.uploads(prefix="model/") == []
+    store = server.store
+    waitFor(lambda: store.uploads(prefix="model/") == [])
     assert server.files() == before
     assert server.sql("SELECT count(*) FROM resource WHERE kind = 'model'") == [(0,)]
     code, stored = chunkedModel(server, algo, bigFile(tmp_path / "small.bin", 20 * MiB))
     assert code == 201 and stored["size"] == 20 * MiB
+
+
+def test_a_malformed_chunk_mid_model_is_400_and_leaves_no_file(
+    server: Server, tmp_path: Path
+) -> None:
+    algo = newAlgo(server, tmp_path)
+    before = server.files()
+    token = base64.b64encode(auth(server).encode()).decode()
+    uuid = newUUID()
+    chunk = os.urandom(MiB)
+    head = (
+        f"POST /model?algo={algo}&uuid={uuid} HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Basic {token}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(head + (b"%x\r\n%s\r\n" % (len(chunk), chunk)) * 3)
+
+        def writing() -> bool:
+            rows = server.sql("SELECT state FROM resource WHERE uuid = %s", (uuid,))
+            return rows == [("pending",)]
+
+        waitFor(writing)
+        s.sendall(b"not a chunk size\r\n")
+        answer = readAll(s, 10)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {
+        "error": "the chunked request body is malformed: Chunk-size must be an integer."
+    }
+    waitFor(lambda: server.files() == before)
+    assert server.sql("SELECT count(*) FROM resource WHERE uuid = %s", (uuid,)) == [(0,)]
 
 
 # HTTP the parser refuses, on a real socket
@@ -194,7 +222,6 @@ def strictServer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server with short deadlines: 3 s for the headers, 1 KiB/s over 3 s for a body."""
     s = startServer(
         str(tmp_path_factory.mktemp("strict")),
-        "--blobstore", "mock",
         "--header-timeout", "3", "--min-body-rate", "1K", "--body-rate-window", "3",
     )  # fmt: skip
     yield s
@@ -277,6 +304,7 @@ def test_a_body_too_slow_is_cut_with_408_and_leaves_nothing(
     server = strictServer
     token = base64.b64encode(auth(server).encode()).decode()
     algo = newAlgo(server, tmp_path)
+    before = server.files()
     uuid = newUUID()
     head = (
         f"POST /model?algo={algo}&uuid={uuid} HTTP/1.1\r\nHost: x\r\n"
@@ -300,4 +328,12 @@ def test_a_body_too_slow_is_cut_with_408_and_leaves_nothing(
     }
     assert 3 <= time.monotonic() - started < 10
     assert server.sql("SELECT count(*) FROM resource WHERE uuid = %s", (uuid,)) == [(0,)]
+    waitFor(lambda: server.files() == before)  # the temporary file too
     assert "Unhandled Error" not in server.log()
+
+
+def waitFor(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not so in time"
+        time.sleep(0.1)

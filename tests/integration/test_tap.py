@@ -418,7 +418,7 @@ def test_slowClientOptions() -> None:
     [
         (("--header-timeout", "soon"), "--header-timeout must be a number of seconds"),
         (("--header-timeout", "-1"), "--header-timeout must be a number of seconds"),
-        (("--min-body-rate", "fast"), "not a size: 'fast'"),
+        (("--min-body-rate", "fast"), "--min-body-rate must be a number of bytes a second"),
         (("--body-rate-window", "0"), "--body-rate-window must be a number of seconds above 0"),
         (("--body-rate-window", "never"), "--body-rate-window must be a number of seconds"),
     ],
