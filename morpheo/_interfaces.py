@@ -17,8 +17,12 @@ from typing import TYPE_CHECKING
 from twisted.internet.interfaces import IConsumer
 from zope.interface import Attribute, Interface
 
+#: How many keys a page of L{ISweepableBlobStore.listKeys} holds at most,
+#: unless told otherwise: what S3 and Google Cloud Storage list at once.
+KEY_PAGE = 1000
+
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncGenerator, Sequence
 
     from twisted.internet.defer import Deferred
 
@@ -37,6 +41,20 @@ class IBlobWriter(IConsumer):
     """
 
     key = Attribute("The key the blob is committed under.")
+
+    def started() -> Deferred[str | None]:
+        """
+        Fires once the store holds something of this write that would
+        outlive this process and that only a handle finds (a Google Cloud
+        Storage resumable session, known by its URL alone), with that
+        handle: an opaque string, for L{IAbandonableBlobStore.abandon} to
+        remove what a killed process left.  Fires with L{None} when there
+        is nothing to record: a write that needs no handle (a local
+        temporary file is swept by its name, an S3 multipart upload is
+        listed by its key, memory goes with the process), or one that ended
+        before it began.  Never fails, and fires at the latest when
+        L{finish} or L{abort} does; each call gives a L{Deferred} of its own.
+        """
 
     def finish() -> Deferred[BlobInfo]:
         """
@@ -103,15 +121,18 @@ class IBlobStore(Interface):
 class IAbandonableBlobStore(IBlobStore):
     """
     A blob store where an unfinished write leaves more than L{IBlobStore.delete}
-    removes (an S3 multipart upload): what a dead process left under a key
-    is removed with L{abandon}.
+    removes (an S3 multipart upload, a GCS resumable session): what a dead
+    process left under a key is removed with L{abandon}.
     """
 
-    def abandon(key: str) -> Deferred[None]:
+    def abandon(key: str, handle: str | None = None) -> Deferred[None]:
         """
         Remove everything a write under C{key} may have left: the blob if it
-        was committed, any unfinished upload to it.  Removing nothing is not
-        an error.
+        was committed, any unfinished upload to it.  C{handle} is what the
+        write's L{IBlobWriter.started} gave, if it was recorded: read back
+        from the database, it is data, and a store acts on it only if it is
+        one of its own (a session URL on its own endpoint).  Removing
+        nothing is not an error.
         """
 
 
@@ -143,7 +164,7 @@ class IRedirectableBlobStore(IBlobStore):
 class ISweepableBlobStore(IBlobStore):
     """
     A blob store that can list what it holds, so that what a crash left
-    behind (temporary files, blobs no row points to) can be swept.
+    behind (unfinished writes, blobs no row points to) can be swept.
     """
 
     def sweepTemporary(olderThan: float = 0.0) -> Deferred[list[str]]:
@@ -152,10 +173,21 @@ class ISweepableBlobStore(IBlobStore):
         seconds ago; fires with what was removed.
         """
 
-    def listKeys(olderThan: float = 0.0) -> Deferred[list[str]]:
+    def listKeys(
+        olderThan: float = 0.0, pageSize: int = KEY_PAGE
+    ) -> AsyncGenerator[list[str], None]:
         """
-        The keys of committed blobs last modified more than C{olderThan}
-        seconds ago.
+        The keys of the service's committed blobs last modified more than
+        C{olderThan} seconds ago, in pages of at most C{pageSize} keys:
+        never every key at once, and each page fetched only when the
+        previous one has been dealt with (its keys may be deleted first).
+
+        Only keys of the service's shape are listed
+        (L{morpheo._kinds.isBlobKey}): whatever else shares the bucket or
+        the directory is not the service's.  A blob committed or removed
+        while the listing runs may or may not be in it.  Fails with
+        L{BlobStoreError} when the store cannot be listed; close it
+        (C{aclose}) when not read to its end.
         """
 
 
@@ -245,8 +277,21 @@ class IMetadataStore(Interface):
         """
         Apply C{change} in one transaction, consuming the claim
         C{change.claimed} (a new uuid must have been claimed first; its
-        claim becomes the object).  Fails with L{NoSuchObject} if the object
-        is gone, with L{ClaimLost} if the claim is.
+        claim becomes the object).  A new blob's key was claimed before it
+        was written, by the new uuid's claim or by a claim of its own: that
+        claim goes in the same transaction, so that the key is always
+        pointed to, by the claim and then by the row.  Fails with
+        L{NoSuchObject} if the object is gone, with L{ClaimLost} if the
+        claim is.
+        """
+
+    async def noteUpload(kind: str, uuid: str, token: str, handle: str) -> None:
+        """
+        Record in the claim C{token} holds the handle of the store's write
+        in progress (L{IBlobWriter.started}), so that whichever process
+        sweeps the claim, were this one killed, can remove what the write
+        left (L{DeadClaim.handle}).  Fails with L{ClaimLost} if C{token} no
+        longer holds the claim.
         """
 
     async def heartbeat(tokens: Sequence[str]) -> set[str]:
@@ -262,7 +307,8 @@ class IMetadataStore(Interface):
         when they can only be a dead run's).  Each is given a new token at
         once, in one statement, so that its first holder, were it only
         stalled, can no longer complete, release or refresh it, and two
-        sweeping processes never both take one.
+        sweeping processes never both take one.  Each comes with the
+        handle L{noteUpload} recorded, if any.
         """
 
     async def referencedKeys(keys: Sequence[str]) -> set[str]:

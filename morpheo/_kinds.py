@@ -1,15 +1,17 @@
-# -*- test-case-name: tests.unit.test_reading,tests.unit.test_lists -*-
+# -*- test-case-name: tests.unit.test_reading,tests.unit.test_lists,tests.unit.test_orphans -*-
 """
 The kinds of object the service stores, and the rules of each: the one
 table that the upload forms, the JSON, the SQL and the routes all read.
 
 Adding a text field to a kind is one line here (and a column in a
 migration): the forms accept it, the JSON shows it, the metadata stores
-store it.
+store it.  The shape of the keys their blobs are stored under is here too:
+the stores list, and the sweep touches, only keys of that shape.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from attrs import frozen
@@ -60,6 +62,20 @@ TEXT_FIELDS: tuple[str, ...] = tuple(dict.fromkeys(f for k in TABLE.values() for
 
 #: Every kind some kind has as its parent (its column holds the parent's uuid).
 PARENTS: tuple[str, ...] = tuple(dict.fromkeys(k.parent for k in TABLE.values() if k.parent))
+
+
+#: The keys the service writes blobs under: C{"{kind}/{uuid}-{12 hex digits}"}
+#: (L{morpheo.objects.blobKey}).  What a store holds under any other name
+#: is not the service's, and the sweep never touches it.
+BLOB_KEY = re.compile(
+    rf"(?:{'|'.join(map(re.escape, TABLE))})"
+    r"/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}-[0-9a-f]{12}"
+)
+
+
+def isBlobKey(key: str) -> bool:
+    """Whether C{key} is of the shape of the service's own blob keys."""
+    return BLOB_KEY.fullmatch(key) is not None
 
 
 def plural(kinds: Iterable[str]) -> str:

@@ -162,11 +162,14 @@ class Listing:
 class DeadClaim:
     """
     A claim nobody kept alive, taken over by the sweeping process: its
-    uuid, where its blob was going, and the new token that the sweep
-    releases it with once that blob is removed.
+    uuid, where its blob was going, the new token that the sweep releases
+    it with once that blob is removed, and the handle of the store's write
+    in progress if its upload recorded one (see
+    L{morpheo._interfaces.IMetadataStore.noteUpload}).
     """
 
     kind: str
     uuid: str
     blobKey: str | None
     token: str
+    handle: str | None = None

@@ -17,6 +17,7 @@ from twisted.cred import strcred
 from twisted.cred.credentials import IUsernamePassword
 from twisted.python import usage
 
+from .objects import LEFTOVER_AGE
 from .service._config import (
     BLOBSTORES,
     DEFAULT_BODY_RATE_WINDOW,
@@ -26,7 +27,9 @@ from .service._config import (
     ConfigError,
     StorageConfig,
     checkEndpoint,
+    checkPoolSize,
     checkPort,
+    checkTimeout,
 )
 from .service._jsonlog import jsonObserverFactory
 from .service._listen import refuseWeakTLS
@@ -73,6 +76,24 @@ def _port(value: str) -> int:
     return _checked(checkPort, "port", port)
 
 
+def _poolSize(value: str) -> int:
+    try:
+        size = int(value)
+    except ValueError:
+        raise usage.UsageError(f"--db-pool-size must be a number, not {value!r}") from None
+    return _checked(checkPoolSize, "db-pool-size", size)
+
+
+def _dbTimeout(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise usage.UsageError(
+            f"--db-timeout must be a positive number of seconds, not {value!r}"
+        ) from None
+    return _checked(checkTimeout, "db-timeout", seconds)
+
+
 def _checked(check: Callable[[str, T], T], option: str, value: T) -> T:
     try:
         return check(option, value)
@@ -86,16 +107,18 @@ def _endpoint(option: str) -> Callable[[str], str]:
 
 
 def _seconds(option: str) -> Callable[[str], float]:
-    def parse(value: str) -> float:
+    """The coercion of a number of seconds, naming C{option}."""
+
+    def coerce(value: str) -> float:
         try:
             seconds = float(value)
         except ValueError:
             seconds = -1.0
-        if not seconds >= 0:
+        if not 0 <= seconds < float("inf"):
             raise usage.UsageError(f"--{option} must be a number of seconds, not {value!r}")
         return seconds
 
-    return parse
+    return coerce
 
 
 def _lifetime(value: str) -> int:
@@ -144,6 +167,15 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["db-name", None, "morpheo_storage", "Database name."],
         ["db-user", None, "storage", "Database user."],
         ["db-pass", None, None, "Database password (or MORPHEO_STORAGE_DB_PASS)."],
+        ["db-pool-size", None, 4, "How many connections to the database to keep.", _poolSize],
+        [
+            "db-timeout",
+            None,
+            5.0,
+            "Seconds a database query may take before the request gets a 503 and its"
+            " connection is replaced.",
+            _dbTimeout,
+        ],
         [
             "db-migrations-dir",
             None,
@@ -234,6 +266,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             30.0,
             "On SIGTERM, how long transfers in flight may take to finish (seconds).",
             _seconds("shutdown-timeout"),
+        ],
+        [
+            "orphan-grace",
+            None,
+            LEFTOVER_AGE,
+            "How old (seconds) a blob no object points to, or an unfinished write, must be"
+            " before the sweep removes it; the sweep runs every half of it (1 s to 30 min).",
+            _seconds("orphan-grace"),
         ],
     ]
     optFlags = [
@@ -350,6 +390,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             dbName=self["db-name"],
             dbUser=self["db-user"],
             dbPass=self["db-pass"],
+            dbPoolSize=self["db-pool-size"],
+            dbTimeout=self["db-timeout"],
             migrationsDir=self["db-migrations-dir"],
             rollback=bool(self["db-rollback"]),
             blobstore=self["blobstore"],
@@ -363,6 +405,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             claimLease=self["claim-lease"],
             redirectDownloads=bool(self["redirect-downloads"]),
             redirectLifetime=self["redirect-lifetime"],
+            orphanGrace=self["orphan-grace"],
             headerTimeout=self["header-timeout"],
             minBodyRate=self["min-body-rate"],
             bodyRateWindow=self["body-rate-window"],

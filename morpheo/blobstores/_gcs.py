@@ -11,6 +11,13 @@ C{Content-Range: bytes a-b/*}; the last one, at C{finish()}, gives the size
 (C{bytes a-b/N}, or C{bytes */0} for an empty blob).  The object exists only
 once the last chunk is accepted, and its last byte waits for C{finish()}.
 
+A session is known by its URL alone: the writer gives it as its handle
+(L{IBlobWriter.started}), the domain layer records it in the upload's
+claim, and the process that sweeps the claim of a killed one cancels the
+session with L{GCSBlobStore.abandon}, which calls only URLs of this
+store's own bucket and endpoint.  A session whose URL was never recorded
+(its process died first) expires by itself after a week.
+
 Credentials come from google-auth's Application Default Credentials,
 looked up and refreshed in the thread pool (both may block on files or the
 network); with another endpoint (an emulator) requests are anonymous unless
@@ -21,6 +28,8 @@ Downloads can be handed to the client as V4 signed URLs of the XML API
 service account's key signs locally; impersonated credentials ask IAM).
 An emulator spoken to anonymously checks no signature: its clients get the
 object's plain media URL, which never expires.
+The sweep lists the service's objects a page (C{objects.list}) at a time,
+kind by kind.
 """
 
 from __future__ import annotations
@@ -29,9 +38,9 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IConsumer
@@ -42,10 +51,16 @@ from twisted.web.iweb import IAgent, IResponse
 from zope.interface import implementer
 
 from .._errors import BlobNotFound, BlobStoreError
-from .._interfaces import IRedirectableBlobStore
+from .._interfaces import (
+    KEY_PAGE,
+    IAbandonableBlobStore,
+    IRedirectableBlobStore,
+    ISweepableBlobStore,
+)
+from .._kinds import KINDS, isBlobKey
 from ._bodies import StreamBody
 from ._http import asStoreError
-from ._httpstore import HTTPBlobStore
+from ._httpstore import HTTPBlobStore, parseTime
 from ._segmented import StreamingWriter
 
 MiB = 1024 * 1024
@@ -58,6 +73,8 @@ GOOGLE = "https://storage.googleapis.com"
 MAX_SIGNED = 7 * 24 * 3600
 
 _log = Logger()
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _encode(text: str) -> str:
@@ -103,7 +120,10 @@ def signedURL(
 
 
 class _GCSWriter(StreamingWriter[None]):
-    """A resumable upload session, its chunks sent one after the other."""
+    """
+    A resumable upload session, its chunks sent one after the other; its
+    handle is the session's URL.
+    """
 
     def __init__(self, store: GCSBlobStore, key: str, size: int | None) -> None:
         self._store = store
@@ -136,6 +156,9 @@ class _GCSWriter(StreamingWriter[None]):
 
         d = self._store._call("POST", f"{url}?{query}", what, headers=headers, data=b"")
         return d.addCallback(started)
+
+    def _handle(self) -> str | None:
+        return self._session
 
     def _sendSegment(
         self, index: int, offset: int, length: int, body: StreamBody
@@ -175,13 +198,28 @@ class _GCSWriter(StreamingWriter[None]):
             return self._store.delete(self.key)
         if self._session is None:
             return succeed(None)
-        # Cancelling a session answers 499; a session already gone, 404/410.
-        what = f"GCS cancelling the upload of {self.key}"
-        d = self._store._call("DELETE", self._session, what, ok=(200, 204, 404, 410, 499))
-        return d.addCallback(self._store._drained)
+        return self._store._cancelSession(self.key, self._session)
 
 
-@implementer(IRedirectableBlobStore)
+def parseListing(body: bytes, limit: float) -> tuple[list[str], str | None]:
+    """
+    The service's keys in one page of C{objects.list} modified by C{limit}
+    (the time), and the token of the next page, if any.
+    """
+    document = json.loads(body)
+    keys = []
+    for item in document.get("items") or ():
+        name = item.get("name") or ""
+        times = [parseTime(item.get(field)) for field in ("updated", "timeCreated")]
+        known = [t for t in times if t is not None]
+        # The later of the two: when in doubt, younger.
+        if isBlobKey(name) and known and max(known) <= limit:
+            keys.append(name)
+    token = document.get("nextPageToken")
+    return keys, token if isinstance(token, str) and token else None
+
+
+@implementer(IAbandonableBlobStore, IRedirectableBlobStore, ISweepableBlobStore)
 class GCSBlobStore(HTTPBlobStore):
     """
     Blobs in Google Cloud Storage bucket C{bucket}; C{endpoint} (for example
@@ -227,6 +265,40 @@ class GCSBlobStore(HTTPBlobStore):
     def _objectURL(self, key: str) -> str:
         name = quote(key, safe="")
         return f"{self._base}/storage/v1/b/{self._bucketPath}/o/{name}"
+
+    def _cancelSession(self, key: str, session: str) -> Deferred[None]:
+        # Cancelling a session answers 499; a session already gone, 404/410.
+        what = f"GCS cancelling the upload of {key}"
+        d = self._call("DELETE", session, what, ok=(200, 204, 404, 410, 499))
+        return d.addCallback(self._drained)
+
+    def ownSession(self, key: str, url: str) -> bool:
+        """
+        Whether C{url} is a resumable session of this store's bucket, on its
+        own endpoint, for C{key}: the only URLs read back from the database
+        that it sends a request (and its credentials) to.
+        """
+        if not url.isascii() or any(c <= " " or c == "\x7f" for c in url):
+            return False
+        try:
+            own, given = urlsplit(self._base), urlsplit(url)
+            ownPort, givenPort = own.port, given.port
+        except ValueError:
+            return False
+        scheme = own.scheme.lower()
+        query = parse_qs(given.query)
+        return (
+            given.scheme.lower() == scheme
+            and given.username is None
+            and given.password is None
+            and given.hostname is not None
+            and given.hostname == own.hostname
+            and (givenPort or _DEFAULT_PORTS.get(scheme)) == (ownPort or _DEFAULT_PORTS.get(scheme))
+            and given.path == f"{own.path}/upload/storage/v1/b/{self._bucketPath}/o"
+            and not given.fragment
+            and len(query.get("upload_id", [])) == 1
+            and query.get("name", [key]) == [key]
+        )
 
     def _credentialsInThread(self) -> Any:
         """The credentials, found the first time (files, the metadata server)."""
@@ -345,7 +417,69 @@ class GCSBlobStore(HTTPBlobStore):
         d = self._call("DELETE", self._objectURL(key), what, ok=(200, 204, 404))
         return d.addCallback(self._drained)
 
+    def abandon(self, key: str, handle: str | None = None) -> Deferred[None]:
+        """
+        The resumable session C{handle} names, cancelled (a process killed
+        mid-upload cannot cancel its own, and nothing but its URL finds
+        it), then the object under C{key} if it was committed.  A handle
+        that is not a session of this store's (L{ownSession}) is not called:
+        it is data from the database.
+        """
+
+        async def run() -> None:
+            if handle is not None:
+                if self.ownSession(key, handle):
+                    await self._cancelSession(key, handle)
+                else:
+                    _log.warn(
+                        "not cancelling the upload session recorded for {key}: it is not"
+                        " one of bucket {bucket} at {endpoint} (the session expires by"
+                        " itself within a week)",
+                        key=key,
+                        bucket=self.bucket,
+                        endpoint=self._base,
+                    )
+            await self.delete(key)
+
+        return Deferred.fromCoroutine(run())
+
     def check(self) -> Deferred[None]:
         what = f"GCS reading bucket {self.bucket}"
         url = f"{self._base}/storage/v1/b/{self._bucketPath}"
         return self._call("GET", url, what).addCallback(self._drained)
+
+    # ISweepableBlobStore
+
+    def sweepTemporary(self, olderThan: float = 0.0) -> Deferred[list[str]]:
+        """
+        Nothing: an unfinished resumable upload is no object, and Google
+        forgets it after a week.
+        """
+        return succeed([])
+
+    async def listKeys(
+        self, olderThan: float = 0.0, pageSize: int = KEY_PAGE
+    ) -> AsyncGenerator[list[str], None]:
+        """The objects under each kind's prefix, C{pageSize} a request, by page token."""
+        limit = self._clock.seconds() - olderThan
+        url = f"{self._base}/storage/v1/b/{self._bucketPath}/o"
+        for kind in KINDS:
+            token: str | None = None
+            while True:
+                query = (
+                    f"prefix={quote(kind + '/', safe='')}&maxResults={pageSize}"
+                    "&fields=" + quote("nextPageToken,items(name,updated,timeCreated)", safe="")
+                )
+                if token is not None:
+                    query += f"&pageToken={quote(token, safe='')}"
+                what = f"GCS listing {self.bucket}/{kind}/"
+                response = await self._call("GET", f"{url}?{query}", what)
+                body = await self._read(response, 16 * MiB)
+                try:
+                    page, token = parseListing(body, limit)
+                except (ValueError, AttributeError, TypeError) as e:
+                    raise BlobStoreError(f"{what} gave no listing: {e}") from None
+                if page:
+                    yield page
+                if token is None:
+                    break

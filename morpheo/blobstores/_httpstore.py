@@ -3,11 +3,14 @@
 What the blob stores behind HTTP (S3, Google Cloud Storage) do the same way
 around each request: authorize it, send it, turn a status they did not
 expect into the store's own error, read what is left of a small answer so
-that its connection is reused, and download a blob or a range of it.
+that its connection is reused, download a blob or a range of it, and read
+the times their listings give.
 """
 
 from __future__ import annotations
 
+import calendar
+import re
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
@@ -24,6 +27,31 @@ from ._download import produceNothing, streamResponse
 from ._http import SMALL_BODY, asStoreError, makeAgent, readSmall
 
 V = TypeVar("V")
+
+_TIME = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(\.\d+)?(?:([Zz])|([+-])(\d\d):(\d\d))"
+)
+
+
+def parseTime(text: str | None) -> float | None:
+    """
+    An RFC 3339 time (S3's C{LastModified}, GCS's C{updated}) as seconds
+    since the epoch; L{None} for anything else, which the sweep then
+    takes for too recent to touch.  Any number of fractional digits: some
+    stores give nanoseconds, more than L{datetime} reads.
+    """
+    m = _TIME.fullmatch(text.strip()) if text else None
+    if m is None:
+        return None
+    year, month, day, hour, minute, second = map(int, m.group(1, 2, 3, 4, 5, 6))
+    try:
+        seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    except (ValueError, OverflowError):
+        return None
+    if m.group(9):
+        offset = int(m.group(10)) * 3600 + int(m.group(11)) * 60
+        seconds -= offset if m.group(9) == "+" else -offset
+    return seconds + float(m.group(7) or 0)
 
 
 class HTTPBlobStore:

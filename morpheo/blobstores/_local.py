@@ -5,7 +5,10 @@ Blobs as files under a directory.
 A blob is written into a temporary file beside its final place, fsynced,
 and renamed into place only once its size and sha256 are final, so no
 reader ever sees a partial blob.  Temporary files start with C{.tmp-} so
-that a crash leaves something recognisable to sweep.
+that a crash leaves something recognisable to sweep; the store knows the
+ones its writers have open, which are never swept, however long their
+upload stalls (one process per directory: the service holds the data
+directory's lock).
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import errno
 import os
 import re
 import tempfile
+import threading
 import time
+from collections.abc import AsyncGenerator, Iterator
 from typing import IO, Any
 
 from twisted.internet.defer import Deferred
@@ -24,7 +29,8 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from .._errors import BlobNotFound, BlobStoreError
-from .._interfaces import ISweepableBlobStore
+from .._interfaces import KEY_PAGE, ISweepableBlobStore
+from .._kinds import KINDS, isBlobKey
 from ._producer import ThreadedReadProducer
 from ._threaded import ThreadedBlobWriter
 
@@ -49,9 +55,10 @@ def keyPath(root: str, key: str) -> str:
 
 
 class _LocalWriter(ThreadedBlobWriter):
-    def __init__(self, root: str, *args: Any) -> None:
+    def __init__(self, store: LocalBlobStore, *args: Any) -> None:
         super().__init__(*args)
-        self._path = keyPath(root, self.key)
+        self._store = store
+        self._path = keyPath(store.root, self.key)
         self._file: IO[bytes] | None = None
         self._tmp: str | None = None
         self._written = 0
@@ -60,7 +67,9 @@ class _LocalWriter(ThreadedBlobWriter):
     def _openInThread(self) -> None:
         directory = os.path.dirname(self._path)
         os.makedirs(directory, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
+        with self._store._writingLock:
+            fd, self._tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
+            self._store._writing.add(self._tmp)
         self._file = os.fdopen(fd, "wb", buffering=0)
 
     def _writeInThread(self, chunks: list[bytes]) -> None:
@@ -90,6 +99,7 @@ class _LocalWriter(ThreadedBlobWriter):
         self._file.close()
         os.chmod(self._tmp, 0o644)
         os.replace(self._tmp, self._path)
+        self._store._writing.discard(self._tmp)
         self._tmp = None
         _fsyncDirectory(os.path.dirname(self._path))
 
@@ -101,6 +111,7 @@ class _LocalWriter(ThreadedBlobWriter):
                 os.unlink(self._tmp)
             except FileNotFoundError:
                 pass
+            self._store._writing.discard(self._tmp)
             self._tmp = None
 
 
@@ -110,6 +121,41 @@ def _fsyncDirectory(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _openDirectory(path: str) -> Any:
+    """An iterator over the directory's entries, or None if there is none."""
+    try:
+        return os.scandir(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise BlobStoreError(f"cannot list {path}: {e.strerror}") from e
+
+
+def _readPage(
+    entries: Iterator[os.DirEntry[str]], kind: str, limit: float, size: int
+) -> tuple[list[str], bool]:
+    """
+    The next keys of C{kind} among C{entries}, modified by C{limit} (the
+    time), up to C{size} of them; and whether the directory may hold more.
+    """
+    page: list[str] = []
+    for entry in entries:
+        key = f"{kind}/{entry.name}"
+        if not isBlobKey(key):
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            if entry.stat(follow_symlinks=False).st_mtime > limit:
+                continue
+        except FileNotFoundError:
+            continue
+        page.append(key)
+        if len(page) >= size:
+            return page, True
+    return page, False
 
 
 @implementer(ISweepableBlobStore)
@@ -126,12 +172,17 @@ class LocalBlobStore:
         self.root = os.path.abspath(root)
         self._reactor = reactor
         self._pool = pool
+        #: The temporary files of the writes in progress (their paths):
+        #: swept never.  The lock makes creating one and sweeping one
+        #: exclude each other.
+        self._writing: set[str] = set()
+        self._writingLock = threading.Lock()
 
     def _inThread(self, f: Any, *args: Any) -> Deferred[Any]:
         return deferToThreadPool(self._reactor, self._pool, f, *args)
 
     def writer(self, key: str, size: int | None) -> _LocalWriter:
-        return _LocalWriter(self.root, key, size, self._reactor, self._pool)
+        return _LocalWriter(self, key, size, self._reactor, self._pool)
 
     def produce(
         self, key: str, consumer: IConsumer, offset: int = 0, length: int | None = None
@@ -183,29 +234,34 @@ class LocalBlobStore:
 
         return self._inThread(probe)
 
-    def listKeys(self, olderThan: float = 0.0) -> Deferred[list[str]]:
-        def walk() -> list[str]:
-            keys = []
-            limit = time.time() - olderThan
-            for dirpath, _, files in os.walk(self.root):
-                for name in files:
-                    p = os.path.join(dirpath, name)
-                    if name.startswith(TEMP_PREFIX):
-                        continue
-                    try:
-                        if os.stat(p).st_mtime > limit:
-                            continue
-                    except FileNotFoundError:
-                        continue
-                    keys.append(os.path.relpath(p, self.root).replace(os.sep, "/"))
-            return keys
-
-        return self._inThread(walk)
+    async def listKeys(
+        self, olderThan: float = 0.0, pageSize: int = KEY_PAGE
+    ) -> AsyncGenerator[list[str], None]:
+        """
+        Each kind's directory read on as the pages are asked for, one page
+        at a time in the thread pool: a directory of a million blobs is
+        never read whole into memory.
+        """
+        limit = time.time() - olderThan
+        for kind in KINDS:
+            entries = await self._inThread(_openDirectory, os.path.join(self.root, kind))
+            if entries is None:
+                continue
+            try:
+                while True:
+                    page, more = await self._inThread(_readPage, entries, kind, limit, pageSize)
+                    if page:
+                        yield page
+                    if not more:
+                        break
+            finally:
+                await self._inThread(entries.close)
 
     def sweepTemporary(self, olderThan: float = 0.0) -> Deferred[list[str]]:
         """
         Remove temporary files left by a crash, older than C{olderThan}
-        seconds; fires with what was removed.
+        seconds; fires with what was removed.  Those of this store's writes
+        in progress stay, however old: an upload may stall for long.
         """
 
         def sweep() -> list[str]:
@@ -216,9 +272,12 @@ class LocalBlobStore:
                     if name.startswith(TEMP_PREFIX):
                         p = os.path.join(dirpath, name)
                         try:
-                            if os.stat(p).st_mtime <= limit:
-                                os.unlink(p)
-                                removed.append(p)
+                            with self._writingLock:
+                                if p in self._writing:
+                                    continue
+                                if os.stat(p).st_mtime <= limit:
+                                    os.unlink(p)
+                                    removed.append(p)
                         except OSError as e:
                             if e.errno != errno.ENOENT:
                                 raise

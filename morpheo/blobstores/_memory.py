@@ -5,14 +5,21 @@ Blobs in memory, for development and tests.
 It behaves like the real stores where the web layer can tell: writes are
 drained one reactor turn later, so a fast producer is paused and resumed
 as with a remote store; nothing is visible before L{_MockWriter.finish};
-reads go out in blocks and stop while the consumer is paused.  Setting
+reads go out in blocks and stop while the consumer is paused; keys are
+listed in pages, by the clock's time of their commit.  Setting
 L{MemoryBlobStore.down} makes every operation fail as an unreachable backend
-would.
+would.  With C{sessions}, each write opens a session as a Google Cloud
+Storage upload does, known by its handle only and kept until its writer
+ends it or L{MemoryBlobStore.abandon} is given that handle: what a killed
+process leaves, for the tests of the sweep.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
+from collections.abc import AsyncGenerator
+from itertools import count
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -25,7 +32,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .._errors import BlobNotFound, BlobStoreError
-from .._interfaces import IBlobStore
+from .._interfaces import KEY_PAGE, IAbandonableBlobStore, ISweepableBlobStore
+from .._kinds import isBlobKey
+from .._observer import OneShotObserverList
 from .._types import BlobInfo
 from ._producer import BlobProducer
 from ._writer import BlobWriter
@@ -41,6 +50,26 @@ class _MockWriter(BlobWriter):
         self._chunks: list[bytes] = []
         self._hash = hashlib.sha256()
         self._drain: IDelayedCall | None = None
+        self._session: str | None = None
+        self._started: OneShotObserverList[str | None] = OneShotObserverList()
+
+    def started(self) -> Deferred[str | None]:
+        if not self._store.sessions:
+            return super().started()
+        return self._started.whenFired()
+
+    def _begin(self) -> None:
+        """With sessions, the first write (or the finish of an empty blob)
+        opens one, as a remote upload begins."""
+        if self._store.sessions and not self._started.fired:
+            self._session = self._store._openSession(self.key)
+            self._started.fire(self._session)
+
+    def _end(self) -> None:
+        self._started.fireIfNotFired(None)
+        if self._session is not None:
+            self._store._sessionKeys.pop(self._session, None)
+            self._session = None
 
     def write(self, data: bytes) -> None:
         self._failIfDown()
@@ -55,6 +84,7 @@ class _MockWriter(BlobWriter):
             self._fail(Failure(BlobStoreError("the mock blob store is down")))
 
     def _accept(self, data: bytes) -> None:
+        self._begin()
         self._pending.append(data)
         if self._drain is None:
             self._drain = self._store._clock.callLater(0, self._drained)
@@ -68,11 +98,14 @@ class _MockWriter(BlobWriter):
         self._buffer.shrank(sum(map(len, pending)))
 
     def _finish(self) -> Deferred[BlobInfo]:
+        self._begin()
         if self._drain is not None:
             self._drain.cancel()
         self._drained()
         self._store._blobs[self.key] = b"".join(self._chunks)
+        self._store._committed[self.key] = self._store._clock.seconds()
         self._chunks = []
+        self._end()
         return succeed(BlobInfo(size=self._received, sha256=self._hash.hexdigest()))
 
     def _discard(self) -> Deferred[None]:
@@ -81,6 +114,7 @@ class _MockWriter(BlobWriter):
             self._drain = None
         self._pending = []
         self._chunks = []
+        self._end()
         return succeed(None)
 
 
@@ -112,22 +146,40 @@ class _MockReader(BlobProducer):
         self._go()
 
 
-@implementer(IBlobStore)
+@implementer(IAbandonableBlobStore, ISweepableBlobStore)
 class MemoryBlobStore:
     """
     Blobs in a dict, keyed like the real stores.  Time goes through
-    C{clock} (the reactor, or a L{twisted.internet.task.Clock} in tests).
+    C{clock} (the reactor, or a L{twisted.internet.task.Clock} in tests);
+    with C{sessions}, writes open sessions (see the module).
     """
 
     name = "mock"
     #: Its failures are this service's own (500), not a backend's (502).
     remote = False
 
-    def __init__(self, clock: IReactorTime, highWater: int = 4 * 1024 * 1024) -> None:
+    def __init__(
+        self, clock: IReactorTime, highWater: int = 4 * 1024 * 1024, sessions: bool = False
+    ) -> None:
         self._clock = clock
         self._blobs: dict[str, bytes] = {}
+        #: When each blob was committed, by the clock.
+        self._committed: dict[str, float] = {}
         self.highWater = highWater
+        self.sessions = sessions
+        #: The key of each session still open, by handle.
+        self._sessionKeys: dict[str, str] = {}
+        self._numbers = count(1)
         self.down = False
+
+    def _openSession(self, key: str) -> str:
+        handle = f"mock-session:{next(self._numbers)}"
+        self._sessionKeys[handle] = key
+        return handle
+
+    def openSessions(self) -> dict[str, str]:
+        """The sessions no writer ended and nothing abandoned, by handle: for tests."""
+        return dict(self._sessionKeys)
 
     def _unavailable(self) -> Deferred[Any]:
         return fail(BlobStoreError("the mock blob store is down"))
@@ -157,9 +209,51 @@ class MemoryBlobStore:
         if self.down:
             return self._unavailable()
         self._blobs.pop(key, None)
+        self._committed.pop(key, None)
         return succeed(None)
 
     def check(self) -> Deferred[None]:
         if self.down:
             return self._unavailable()
+        return succeed(None)
+
+    def sweepTemporary(self, olderThan: float = 0.0) -> Deferred[list[str]]:
+        """Nothing to remove: an unfinished write is gone with its writer."""
+        if self.down:
+            return self._unavailable()
+        return succeed([])
+
+    async def listKeys(
+        self, olderThan: float = 0.0, pageSize: int = KEY_PAGE
+    ) -> AsyncGenerator[list[str], None]:
+        """
+        The keys in order, each page the next C{pageSize} after the last
+        key of the one before: blobs deleted meanwhile change nothing.
+        """
+        after = ""
+        while True:
+            if self.down:
+                raise BlobStoreError("the mock blob store is down")
+            limit = self._clock.seconds() - olderThan
+            page = heapq.nsmallest(
+                pageSize,
+                (
+                    key
+                    for key, committed in self._committed.items()
+                    if key > after and committed <= limit and isBlobKey(key)
+                ),
+            )
+            if not page:
+                return
+            yield page
+            after = page[-1]
+
+    def abandon(self, key: str, handle: str | None = None) -> Deferred[None]:
+        """The blob under C{key}, and the session C{handle} names if it is
+        one of this store's, for that key."""
+        if self.down:
+            return self._unavailable()
+        if handle is not None and self._sessionKeys.get(handle) == key:
+            del self._sessionKeys[handle]
+        self._blobs.pop(key, None)
         return succeed(None)

@@ -14,11 +14,14 @@ part, one PUT.
 
 Downloads can also be handed to the client as presigned URLs (botocore's
 query-string signer, in the thread pool too).
+as soon as the previous one's body is written.  The sweep lists the
+service's keys a page (ListObjectsV2) at a time, kind by kind.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncGenerator
 from typing import Any
 from urllib.parse import quote
 from xml.etree import ElementTree
@@ -36,10 +39,16 @@ from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from .._errors import BlobNotFound, BlobStoreError
-from .._interfaces import IAbandonableBlobStore, IRedirectableBlobStore
+from .._interfaces import (
+    KEY_PAGE,
+    IAbandonableBlobStore,
+    IRedirectableBlobStore,
+    ISweepableBlobStore,
+)
+from .._kinds import KINDS, isBlobKey
 from ._bodies import StreamBody
 from ._http import asStoreError
-from ._httpstore import HTTPBlobStore
+from ._httpstore import HTTPBlobStore, parseTime
 from ._segmented import StreamingWriter
 
 MiB = 1024 * 1024
@@ -82,7 +91,9 @@ def _findText(root: ElementTree.Element, name: str) -> str | None:
 class _S3Writer(StreamingWriter[str]):
     """
     One PUT, or a multipart upload when the blob is over the threshold (or,
-    of unknown size, longer than one part).
+    of unknown size, longer than one part).  It gives no handle
+    (L{StreamingWriter._handle}): what a killed process left is found by
+    listing the multipart uploads to its key.
     """
 
     def __init__(self, store: S3BlobStore, key: str, size: int | None) -> None:
@@ -180,7 +191,25 @@ def _xmlEscape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-@implementer(IAbandonableBlobStore, IRedirectableBlobStore)
+def parseListing(body: bytes, limit: float) -> tuple[list[str], str | None]:
+    """
+    The service's keys in one ListObjectsV2 answer modified by C{limit}
+    (the time), and the token of the next page, if any.
+    """
+    root = ElementTree.fromstring(body)
+    keys = []
+    for element in root.iter():
+        if element.tag in ("Contents", _NS + "Contents"):
+            key = _findText(element, "Key") or ""
+            modified = parseTime(_findText(element, "LastModified"))
+            if isBlobKey(key) and modified is not None and modified <= limit:
+                keys.append(key)
+    truncated = (_findText(root, "IsTruncated") or "").strip().lower() == "true"
+    token = _findText(root, "NextContinuationToken") if truncated else None
+    return keys, token or None
+
+
+@implementer(IAbandonableBlobStore, IRedirectableBlobStore, ISweepableBlobStore)
 class S3BlobStore(HTTPBlobStore):
     """
     Blobs in S3 bucket C{bucket} of C{region}; C{endpoint} (for example
@@ -345,11 +374,12 @@ class S3BlobStore(HTTPBlobStore):
             what = f"S3 HeadBucket of {self.bucket} in {self.region}"
         return self._request("HEAD", None, what).addCallback(self._drained)
 
-    def abandon(self, key: str) -> Deferred[None]:
+    def abandon(self, key: str, handle: str | None = None) -> Deferred[None]:
         """
         The object under C{key} and every multipart upload to it: a process
         killed mid-upload cannot abort its own, and S3 keeps its parts (and
-        bills them) until someone does.
+        bills them) until someone does.  They are listed by their key, so
+        writers give no handle (C{handle} is not used).
         """
 
         async def run() -> None:
@@ -384,3 +414,39 @@ class S3BlobStore(HTTPBlobStore):
 
         d = self._request("GET", None, f"S3 ListMultipartUploads of {self.bucket}", query=query)
         return d.addCallback(self._read, 16 * MiB).addCallback(parse)
+
+    # ISweepableBlobStore
+
+    def sweepTemporary(self, olderThan: float = 0.0) -> Deferred[list[str]]:
+        """
+        Nothing, by age: a multipart upload keeps the time it was started
+        however long it runs, so its age does not tell a dead one from a
+        slow one.  A dead upload's are aborted with its claim (L{abandon}).
+        """
+        return succeed([])
+
+    async def listKeys(
+        self, olderThan: float = 0.0, pageSize: int = KEY_PAGE
+    ) -> AsyncGenerator[list[str], None]:
+        """
+        ListObjectsV2 under each kind's prefix, C{pageSize} objects a
+        request, continued with its continuation token.
+        """
+        limit = self._clock.seconds() - olderThan
+        for kind in KINDS:
+            token: str | None = None
+            while True:
+                query = f"list-type=2&max-keys={pageSize}&prefix={quote(kind + '/', safe='')}"
+                if token is not None:
+                    query += f"&continuation-token={quote(token, safe='')}"
+                what = f"S3 ListObjectsV2 of {self.bucket}/{kind}/"
+                response = await self._request("GET", None, what, query=query)
+                body = await self._read(response, 16 * MiB)
+                try:
+                    page, token = parseListing(body, limit)
+                except ElementTree.ParseError as e:
+                    raise BlobStoreError(f"{what} gave no listing: {e}") from None
+                if page:
+                    yield page
+                if token is None:
+                    break

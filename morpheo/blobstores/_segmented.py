@@ -73,11 +73,11 @@ class StreamingWriter(BlobWriter, Generic[T]):
     last), and the last one at L{finish}.  The high water mark is then one
     segment higher, so that a whole segment can wait in the buffer.
 
-    Subclasses say how a blob of known size is cut (C{_segments}), how a transfer
-    begins (C{_begin}), sends a segment (C{_sendSegment}), commits
-    (C{_commit}) and is cleaned up (C{_cleanup}).  With C{pipelined} the
-    next segment starts as soon as the previous body is fully written,
-    without waiting for its response.
+    Subclasses say how a blob of known size is cut (C{_segments}), how a
+    transfer begins (C{_begin}) and what handle it then has (C{_handle}),
+    sends a segment (C{_sendSegment}), commits (C{_commit}) and is cleaned
+    up (C{_cleanup}).  With C{pipelined} the next segment starts as soon as
+    the previous body is fully written, without waiting for its response.
     """
 
     pipelined = False
@@ -116,8 +116,15 @@ class StreamingWriter(BlobWriter, Generic[T]):
         self._inflight: dict[int, Deferred[T]] = {}
         self._began: Deferred[None] | None = None
         self._finished: OneShotObserverList[BlobInfo] = OneShotObserverList()
+        self._started: OneShotObserverList[str | None] = OneShotObserverList()
 
     # BlobWriter
+
+    def started(self) -> Deferred[str | None]:
+        """The transfer's handle once it has begun; L{None} if it fails or is
+        aborted first (what its beginning made is then this writer's to
+        clean up)."""
+        return self._started.whenFired()
 
     def _accept(self, data: bytes) -> None:
         self._pending.append(data)
@@ -143,6 +150,7 @@ class StreamingWriter(BlobWriter, Generic[T]):
         if self._state is Transfer.FAILED:
             return
         self._moveTo(Transfer.FAILED)
+        self._started.fireIfNotFired(None)
         failure = asStoreError(f"uploading {self.key}", reason)
         super()._fail(failure)
         self._pending.clear()
@@ -224,6 +232,7 @@ class StreamingWriter(BlobWriter, Generic[T]):
     def _begun(self, _: object) -> None:
         if self._state is Transfer.BEGINNING:
             self._moveTo(Transfer.STREAMING)
+            self._started.fireIfNotFired(self._handle())
             self._advance()
 
     def _sendNext(self) -> None:
@@ -302,6 +311,11 @@ class StreamingWriter(BlobWriter, Generic[T]):
 
     def _begin(self) -> Deferred[None]:
         return succeed(None)
+
+    def _handle(self) -> str | None:
+        """What finds the begun transfer once this process is gone, if only
+        a handle does (see L{IBlobWriter.started})."""
+        return None
 
     def _sendSegment(self, index: int, offset: int, length: int, body: StreamBody) -> Deferred[T]:
         raise NotImplementedError

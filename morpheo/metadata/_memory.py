@@ -25,7 +25,15 @@ from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from .._errors import ClaimLost, DatabaseError, InUse, NoSuchObject, NoSuchParent, Taken
+from .._errors import (
+    DATABASE_UNAVAILABLE,
+    ClaimLost,
+    DatabaseError,
+    InUse,
+    NoSuchObject,
+    NoSuchParent,
+    Taken,
+)
 from .._interfaces import IMetadataStore
 from .._kinds import TABLE, TEXT_FIELDS, childrenOf
 from .._types import BlobInfo, Change, Changed, Claim, DeadClaim, Listing, StoredObject
@@ -75,6 +83,8 @@ class _Row:
     claimedBy: str
     blobKey: str | None
     token: str | None = None
+    #: The store's handle of the claim's write in progress, once noted.
+    handle: str | None = None
     text: dict[str, str | None] = field(factory=dict)
     parent: str | None = None
     contentType: str | None = None
@@ -121,10 +131,12 @@ class _Tables:
         self.sequence = count(1)
         #: Why the database cannot be reached, while it cannot.
         self.outage: str | None = None
+        #: What a driver would have said about it (for the log only).
+        self.outageDetail: str | None = None
 
     def reachable(self) -> None:
         if self.outage is not None:
-            raise DatabaseError(self.outage)
+            raise DatabaseError(self.outage, detail=self.outageDetail)
 
     def now(self) -> float:
         return self.clock.seconds()
@@ -151,9 +163,14 @@ class MemoryMetadataStore:
         other._tables = self._tables
         return other
 
-    def goDown(self, reason: str = "the metadata database is not connected") -> None:
-        """From now on every call fails with L{DatabaseError}, as if the database were gone."""
+    def goDown(self, reason: str = DATABASE_UNAVAILABLE, detail: str | None = None) -> None:
+        """
+        From now on every call fails with L{DatabaseError}, as if the
+        database were gone: C{reason} is its sentence, C{detail} what the
+        driver said.
+        """
         self._tables.outage = reason
+        self._tables.outageDetail = detail
 
     def comeBack(self) -> None:
         """The database can be reached again, its rows as they were."""
@@ -162,6 +179,12 @@ class MemoryMetadataStore:
     def rows(self) -> list[tuple[str, str, str]]:
         """Every row, ready or claimed, as C{(kind, uuid, state)}: for tests."""
         return sorted((r.kind, r.uuid, r.state.value) for r in self._tables.rows.values())
+
+    def uploadHandles(self) -> dict[tuple[str, str], str]:
+        """The handle each row holds, by C{(kind, uuid)}: for tests."""
+        return {
+            (r.kind, r.uuid): r.handle for r in self._tables.rows.values() if r.handle is not None
+        }
 
     def _open(self) -> _Tables:
         """The rows, if the database can be reached."""
@@ -222,7 +245,7 @@ class MemoryMetadataStore:
             raise ClaimLost(kind, uuid)
         _blobChecked(blob, row.blobKey)
         row.state = _State.READY
-        row.token = None
+        row.token = row.handle = None
         row.size, row.sha256 = blob.size, blob.sha256
         row.seq = next(tables.sequence)
         row.timestamp = int(tables.now())
@@ -294,6 +317,12 @@ class MemoryMetadataStore:
 
     # Recovery
 
+    async def noteUpload(self, kind: str, uuid: str, token: str, handle: str) -> None:
+        _, row = self._held(kind, uuid, token)
+        if row is None:
+            raise ClaimLost(kind, uuid)
+        row.handle = handle
+
     async def heartbeat(self, tokens: Sequence[str]) -> set[str]:
         tables = self._open()
         now, wanted = tables.now(), set(tokens)
@@ -314,7 +343,7 @@ class MemoryMetadataStore:
             ):
                 row.token = f"swept.{next(_takeovers)}"
                 row.claimedBy, row.heartbeat = self.owner, now
-                taken.append(DeadClaim(row.kind, row.uuid, row.blobKey, row.token))
+                taken.append(DeadClaim(row.kind, row.uuid, row.blobKey, row.token, row.handle))
         return taken
 
     async def referencedKeys(self, keys: Sequence[str]) -> set[str]:

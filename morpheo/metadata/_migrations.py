@@ -121,7 +121,7 @@ async def migrate(db: Database, migrations: list[Migration]) -> list[int]:
             )
             return True
 
-        if await db.interaction(lambda c, s=step: Deferred.fromCoroutine(s(c))):
+        if await db.interaction(lambda c, s=step: Deferred.fromCoroutine(s(c)), bounded=False):
             applied.append(migration.version)
     return applied
 
@@ -142,4 +142,4 @@ async def rollback(db: Database, migrations: list[Migration]) -> Migration | Non
         await cursor.execute("DELETE FROM schema_migrations WHERE version = %s", (last,))
         return m
 
-    return await db.interaction(lambda c: Deferred.fromCoroutine(step(c)))
+    return await db.interaction(lambda c: Deferred.fromCoroutine(step(c)), bounded=False)

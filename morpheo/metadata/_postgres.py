@@ -1,22 +1,32 @@
-# -*- test-case-name: tests.integration.test_metadata_contract,tests.integration.test_migrations -*-
+# -*- test-case-name: tests.integration.test_metadata_contract,tests.integration.test_migrations,tests.integration.test_db_outages -*-  # noqa: E501
 """
-Object metadata in PostgreSQL, through a txpostgres connection pool:
+Object metadata in PostgreSQL, through a pool of txpostgres connections:
 L{PostgresMetadataStore}, on L{Database}, a small typed face for the
-untyped driver.
+untyped driver that also outlives the database's outages (broken
+connections replaced, every call bounded in time).
 """
 
 from __future__ import annotations
 
 import builtins
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
 import psycopg2
 from attrs import astuple
-from twisted.internet.defer import Deferred, FirstError
-from twisted.internet.interfaces import IReactorCore
-from txpostgres import txpostgres
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredSemaphore,
+    FirstError,
+    gatherResults,
+    maybeDeferred,
+)
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from txpostgres import reconnection, retrying, txpostgres
 from zope.interface import implementer
 
 from .._errors import ClaimLost, DatabaseError, InUse, NoSuchObject, NoSuchParent, Taken
@@ -71,61 +81,411 @@ def _likePrefix(prefix: str) -> str:
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-class Database:
+#: How long a query (or an attempt to connect) may take by default, in seconds.
+DEFAULT_TIMEOUT = 5.0
+#: How many connections the pool keeps by default.
+DEFAULT_POOL_SIZE = 4
+#: How long a call may wait for a connection that broke just now to be
+#: back (a terminated session is replaced in milliseconds), in seconds.
+RECONNECT_GRACE = 0.25
+
+
+def _oneLine(error: object) -> str:
+    """psycopg2's messages span lines; the log says one."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+class _NoAnswer(Exception):
+    """An attempt to connect got no answer in time."""
+
+
+#: The failures that mean the database (or the way to it) failed, rather
+#: than what a transaction decided (L{Taken}, L{NoSuchObject}...).
+_DRIVER_ERRORS = (
+    psycopg2.Error,
+    txpostgres.AlreadyPolling,
+    txpostgres.RollbackFailed,
+    reconnection.ConnectionDead,
+    ConnectionDone,
+    ConnectionLost,
+    _NoAnswer,
+    OSError,
+)
+
+
+class _Link(txpostgres.Connection):
     """
-    A small typed face for a txpostgres pool, turning driver errors into
-    L{DatabaseError} so the web layer can say the database failed.
+    One connection of the pool, which its L{_Detector} (txpostgres's own
+    reconnection) reopens when it breaks.  Connecting is bounded in time
+    (libpq ignores C{connect_timeout} on asynchronous connections); a link
+    that breaks while idle is handed to its detector, where txpostgres
+    would let the reactor log a traceback for it.
     """
 
-    def __init__(self, reactor: IReactorCore, dsn: str, size: int = 4) -> None:
+    def __init__(self, reactor: Any, detector: _Detector, timeout: float) -> None:
+        super().__init__(reactor, detector=detector)
+        self.timeout = timeout
+        #: Why the link was dropped on purpose (a query that got no answer).
+        self.droppedBecause: str | None = None
+        #: When it was lost, while it is being reconnected.
+        self.lostAt: float | None = None
+        self._waiters: list[Deferred[None]] = []
+
+    def broken(self) -> bool:
+        """The link is closed: by the server, the network, or L{drop}."""
+        connection = self.pollable()
+        return connection is None or bool(connection.closed)
+
+    def connect(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        d: Deferred[Any] = super().connect(*args, **kwargs)
+        if d.called:
+            return d
+        timedOut = False
+
+        def giveUp() -> None:
+            nonlocal timedOut
+            timedOut = True
+            self.close()
+
+        timer = self.reactor.callLater(self.timeout, giveUp)
+
+        def done(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            if timedOut:
+                return Failure(_NoAnswer(f"no answer within {self.timeout:g}s"))
+            return result
+
+        return d.addBoth(done)
+
+    def reconnected(self, within: float) -> Deferred[None]:
+        """Fires once the link is back, or after C{within} seconds."""
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
+
+        def enough() -> None:
+            if not d.called:
+                d.callback(None)
+
+        timer = self.reactor.callLater(within, enough)
+
+        def forget(result: object) -> object:
+            if d in self._waiters:
+                self._waiters.remove(d)
+            if timer.active():
+                timer.cancel()
+            return result
+
+        d.addBoth(forget)
+        return d
+
+    def back(self) -> None:
+        """The link is open again: wake who waits for it."""
+        self.lostAt = self.droppedBecause = None
+        for d in list(self._waiters):
+            if not d.called:
+                d.callback(None)
+
+    def drop(self, why: str) -> None:
+        """
+        Close the link at once, whatever it is doing: what is in flight on
+        it fails, and the detector opens it again.
+        """
+        self.droppedBecause = why
+        if self.pollable() is not None:
+            self.close()
+
+    def doRead(self) -> None:
+        try:
+            super().doRead()
+        except Exception:
+            # The server closed the idle link (a restart, a terminated
+            # backend): what the reactor would do, without a traceback.
+            self.connectionLost(Failure())
+
+    def runInteraction(self, interaction: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """
+        Run C{interaction(cursor, *args)} in a transaction, as txpostgres
+        does, except that a transaction whose link broke is not rolled
+        back: the server has, and a rollback there could only fail (and
+        fill the log with tracebacks).
+        """
+        d: Deferred[Any] = self.lock.run(
+            self.detector.callChecking,
+            lambda: Deferred.fromCoroutine(self._transaction(interaction, args)),
+        )
+        return d
+
+    async def _transaction(self, interaction: Callable[..., Any], args: Sequence[Any]) -> Any:
+        cursor = self.cursor()
+        await cursor.execute("BEGIN")
+        try:
+            result = await maybeDeferred(interaction, cursor, *args)
+        except BaseException as e:
+            if not self.broken():
+                try:
+                    await cursor.execute("ROLLBACK")
+                except Exception:
+                    raise txpostgres.RollbackFailed(self, Failure(e)) from e
+            raise
+        await cursor.execute("COMMIT")
+        return result
+
+
+class _Detector(reconnection.DeadConnectionDetector):
+    """
+    txpostgres's reconnection for one L{_Link}: a link is dead once closed
+    (whatever closed it) or once a rollback failed on it; it is reopened at
+    once, then every second at most, until L{stop}.  Its losses and returns
+    are told to the L{Database}, which logs them.
+    """
+
+    def __init__(self, reactor: Any, database: Database) -> None:
+        super().__init__(
+            deathChecker=self._dead, reconnectionIterator=self._delays, reactor=reactor
+        )
+        self._database = database
+        self.stopped = False
+        self.addRecoveryHandler(self._recovered)
+
+    def _dead(self, failure: Failure) -> bool:
+        link = self.reconnectable
+        return bool(failure.check(txpostgres.RollbackFailed)) or (
+            link is not None and link.broken()
+        )
+
+    @staticmethod
+    def _delays() -> Iterator[float]:
+        yield from (0.0, 0.2, 0.5)
+        while True:
+            yield 1.0
+
+    def startReconnecting(self, f: Failure) -> None:
+        # txpostgres's own, with failed attempts told (not logged as
+        # tracebacks) and an end once stopped.
+        if self.stopped:
+            return
+        self._database._lost(self.reconnectable, f)
+        call = retrying.RetryingCall(self.reconnect)
+        call.reactor = self.reactor
+        d = call.start(self._delays(), self._retry)
+        d.addCallback(lambda _: self.connectionRecovered())
+        d.addErrback(lambda _: None)
+
+    def _retry(self, f: Failure) -> Failure | None:
+        if self.stopped:
+            return f
+        self._database._unreachable(f)
+        return None
+
+    def _recovered(self) -> None:
+        self._database._recovered(self.reconnectable)
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+class Database:
+    """
+    A small typed face for a pool of txpostgres connections, which turns
+    driver errors into L{DatabaseError} so the web layer can say the
+    database failed.
+
+    A connection that breaks is replaced (txpostgres's
+    C{DeadConnectionDetector}): while it is away, what would use it fails at
+    once, and every connection the pool has is tried first.  Every call is
+    bounded by C{timeout} seconds, waiting for a connection included: past
+    it, the call fails and the connection it was on is dropped and replaced
+    (a frozen link answers nothing, ever).  What the driver said goes to the
+    log, once per failure; the errors say only which part failed.
+
+    @param reactor: provides C{IReactorTime} and C{IReactorFDSet}.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        dsn: str,
+        size: int = DEFAULT_POOL_SIZE,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
         self._reactor = reactor
         self._dsn = dsn
         self._size = size
-        self._pool: Any = None
+        self.timeout = timeout
+        self._links: list[_Link] = []
+        self._idle: list[_Link] = []
+        self._free: DeferredSemaphore | None = None
+        #: The links being reconnected, and since when one is.
+        self._away: set[_Link] = set()
+        self._awaySince = 0.0
+        self._unreachableLogged = False
 
     async def start(self) -> None:
-        pool = txpostgres.ConnectionPool(None, self._dsn, min=self._size)
-        pool.reactor = self._reactor
-        for c in pool.connections:
-            c.reactor = self._reactor
+        self._links = [
+            _Link(self._reactor, _Detector(self._reactor, self), self.timeout)
+            for _ in range(self._size)
+        ]
         try:
-            await pool.start()
+            await gatherResults(
+                [link.connect(self._dsn) for link in self._links], consumeErrors=True
+            )
         except FirstError as e:
+            self.close()
             reason = e.subFailure.value
-            # psycopg2's messages span lines; the service says one sentence.
             raise DatabaseError(
-                f"cannot connect to PostgreSQL: {' '.join(str(reason).split())}"
+                f"cannot connect to PostgreSQL: {_oneLine(reason)}", detail=_oneLine(reason)
             ) from reason
-        self._pool = pool
+        self._idle = list(self._links)
+        self._free = DeferredSemaphore(self._size)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        links, self._links, self._idle, self._free = self._links, [], [], None
+        for link in links:
+            link.detector.stop()
+            link.drop("the service is stopping")
 
-    def _guard(self, d: Deferred[T]) -> Deferred[T]:
-        def translate(f: Any) -> Any:
-            if f.check(psycopg2.Error, txpostgres.AlreadyPolling, OSError):
-                detail = " ".join(str(f.value).split()) or type(f.value).__name__
-                raise DatabaseError(f"the metadata database failed: {detail}")
-            return f
+    # What the links' detectors tell
 
-        return d.addErrback(translate)
+    def _lost(self, link: _Link, failure: Failure) -> None:
+        link.lostAt = self._reactor.seconds()
+        if not self._away:
+            self._awaySince = self._reactor.seconds()
+            self._unreachableLogged = False
+            self._log.warn(
+                "lost a connection to the metadata database ({why}); reconnecting",
+                why=link.droppedBecause or _oneLine(failure.value),
+            )
+        self._away.add(link)
 
-    def _ready(self) -> Any:
-        if self._pool is None:
-            raise DatabaseError("the metadata database is not connected")
-        return self._pool
+    def _unreachable(self, failure: Failure) -> None:
+        if not self._unreachableLogged:
+            self._unreachableLogged = True
+            self._log.warn(
+                "cannot reach the metadata database ({why}); trying again every second",
+                why=_oneLine(failure.value),
+            )
+
+    def _recovered(self, link: _Link) -> None:
+        link.back()
+        if link not in self._links:  # closed meanwhile
+            link.drop("the service is stopping")
+            return
+        self._away.discard(link)
+        if not self._away:
+            self._log.info(
+                "reconnected to the metadata database after {seconds:.1f}s",
+                seconds=self._reactor.seconds() - self._awaySince,
+            )
+
+    # Calls
+
+    def _checkout(self) -> _Link:
+        """An idle link, a live one if there is any."""
+        if not self._idle:
+            raise DatabaseError(detail="the pool was closed")
+        live = [k for k in self._idle if not k.detector.connectionIsDead]
+        link = (live or self._idle)[0]
+        self._idle.remove(link)
+        return link
+
+    async def _use(self, run: Callable[[_Link], Deferred[T]], bounded: bool = True) -> T:
+        free = self._free
+        if free is None:
+            raise DatabaseError(detail="the pool is not started, or closed")
+        # What the call waits for before it runs (cancelled at the deadline).
+        acquired = free.acquire()
+        waiting: Deferred[Any] | None = acquired
+        link: _Link | None = None
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            if waiting is not None:
+                waiting.cancel()
+            elif link is not None:
+                link.drop(f"no answer within {self.timeout:g}s")
+
+        timer = self._reactor.callLater(self.timeout, expire) if bounded else None
+        try:
+            try:
+                await acquired
+            except CancelledError:
+                raise self._timedOut("waiting for a free connection") from None
+            waiting = None
+            link = self._checkout()
+            try:
+                if link.lostAt is not None:
+                    # Broken just now?  It may well be back in a moment.
+                    grace = link.lostAt + RECONNECT_GRACE - self._reactor.seconds()
+                    if grace > 0:
+                        back = waiting = link.reconnected(grace)
+                        try:
+                            await back
+                        except CancelledError:
+                            pass  # the deadline: what follows fails at once
+                        waiting = None
+                return await run(link)
+            except _DRIVER_ERRORS as e:
+                if expired:
+                    raise self._timedOut(f"no answer within {self.timeout:g}s") from e
+                if isinstance(e, reconnection.ConnectionDead) or link.detector.connectionIsDead:
+                    raise DatabaseError(detail=_oneLine(e)) from e
+                # A query the database refused: the connection is fine.
+                self._log.warn("the metadata database failed: {why}", why=_oneLine(e))
+                raise DatabaseError("the metadata database failed", detail=_oneLine(e)) from e
+            finally:
+                if link in self._links:
+                    self._idle.append(link)
+                    free.release()
+        finally:
+            if timer is not None and timer.active():
+                timer.cancel()
+
+    def _timedOut(self, why: str) -> DatabaseError:
+        self._log.warn("a call to the metadata database timed out: {why}", why=why)
+        return DatabaseError(
+            f"the metadata database did not answer within {self.timeout:g}s; try again shortly",
+            detail=why,
+        )
 
     def query(self, sql: str, args: Sequence[Any] = ()) -> Deferred[list[tuple[Any, ...]]]:
-        return self._guard(self._ready().runQuery(sql, args))
+        return _shielded(self._use(lambda link: link.runQuery(sql, args)))
 
     def operation(self, sql: str, args: Sequence[Any] = ()) -> Deferred[None]:
-        return self._guard(self._ready().runOperation(sql, args))
+        return _shielded(self._use(lambda link: link.runOperation(sql, args)))
 
-    def interaction(self, f: Callable[..., Deferred[T]], *args: Any) -> Deferred[T]:
-        """Run C{f(cursor, *args)} in a transaction."""
-        return self._guard(self._ready().runInteraction(f, *args))
+    def interaction(
+        self, f: Callable[..., Deferred[T]], *args: Any, bounded: bool = True
+    ) -> Deferred[T]:
+        """
+        Run C{f(cursor, *args)} in a transaction.  C{bounded=False} lifts
+        the time bound, for the migrations (an index built on a large
+        table, another instance's migration to wait for).
+        """
+        return _shielded(self._use(lambda link: link.runInteraction(f, *args), bounded))
+
+
+def _shielded(call: Coroutine[Any, Any, T]) -> Deferred[T]:
+    """
+    The outcome of C{call}, in a Deferred whose cancellation (Klein cancels
+    the handler of a client that went away) fails it at once but leaves the
+    call to end on its own, within its bound: txpostgres would cancel a
+    query with libpq's blocking PQcancel, which on a frozen link blocks the
+    reactor for good.
+    """
+    running = Deferred.fromCoroutine(call)
+    outcome: Deferred[T] = Deferred(lambda _: None)
+
+    def relay(result: object) -> None:
+        if not outcome.called:
+            outcome.callback(result)  # type: ignore[arg-type]
+
+    running.addBoth(relay)
+    return outcome
 
 
 @implementer(IMetadataStore)
@@ -206,6 +566,7 @@ class PostgresMetadataStore:
     async def complete(self, kind: str, uuid: str, token: str, blob: BlobInfo) -> StoredObject:
         rows = await self.db.query(
             "UPDATE resource SET state = 'ready', size = %s, sha256 = %s, claim_token = NULL,"
+            " upload_handle = NULL,"
             " seq = nextval(pg_get_serial_sequence('resource', 'seq')),"
             " timestamp_upload = floor(EXTRACT(EPOCH FROM clock_timestamp()))::bigint"
             " WHERE kind = %s AND uuid = %s AND state = 'pending' AND claim_token = %s"
@@ -308,6 +669,15 @@ class PostgresMetadataStore:
 
     # Recovery
 
+    async def noteUpload(self, kind: str, uuid: str, token: str, handle: str) -> None:
+        rows = await self.db.query(
+            "UPDATE resource SET upload_handle = %s WHERE kind = %s AND uuid = %s"
+            " AND state = 'pending' AND claim_token = %s RETURNING 1",
+            (handle, kind, uuid, token),
+        )
+        if not rows:
+            raise ClaimLost(kind, uuid)
+
     async def heartbeat(self, tokens: Sequence[str]) -> set[str]:
         if not tokens:
             return set()
@@ -324,10 +694,10 @@ class PostgresMetadataStore:
             "UPDATE resource SET claim_token = %s || seq::text, claimed_by = %s,"
             " heartbeat = now() WHERE state = 'pending'"
             " AND (heartbeat < now() - make_interval(secs => %s) OR (%s AND claimed_by = %s))"
-            " RETURNING kind, uuid::text, blob_key, claim_token",
+            " RETURNING kind, uuid::text, blob_key, claim_token, upload_handle",
             (f"swept.{secrets.token_hex(8)}.", self.owner, lease, mine, self.owner),
         )
-        return [DeadClaim(k, u, key, token) for k, u, key, token in rows]
+        return [DeadClaim(k, u, key, token, handle) for k, u, key, token, handle in rows]
 
     async def referencedKeys(self, keys: Sequence[str]) -> set[str]:
         if not keys:

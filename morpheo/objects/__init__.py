@@ -12,10 +12,19 @@ from ._lifecycle import (
     Replacement,
     blobKey,
 )
-from ._sweep import CLAIM_LEASE, Sweeper, Swept, sweep
+from ._sweep import (
+    CLAIM_LEASE,
+    LEFTOVER_AGE,
+    Sweeper,
+    Swept,
+    leftoverInterval,
+    sweep,
+    sweepLeftovers,
+)
 
 __all__ = [
     "CLAIM_LEASE",
+    "LEFTOVER_AGE",
     "IncomingBlob",
     "NewObject",
     "Objects",
@@ -26,5 +35,7 @@ __all__ = [
     "TooLarge",
     "Vanished",
     "blobKey",
+    "leftoverInterval",
     "sweep",
+    "sweepLeftovers",
 ]

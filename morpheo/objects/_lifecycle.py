@@ -7,9 +7,11 @@ and turns its results and typed errors into answers.
 
 An upload is a transaction over two stores that cannot share one: the uuid
 is claimed (a row nobody sees), the blob streamed and committed, then the
-row completed.  Every failure undoes what was done, in reverse, and a
-claim or a clean-up is waited for to its end even when the request that
-started it is cancelled (see L{_toTheEnd}).
+row completed.  Meanwhile the store's handle of the write, if it gives one
+(a GCS session's URL), is recorded in the claim, for whichever process
+sweeps the claim should this one be killed.  Every failure undoes what was
+done, in reverse, and a claim, a record or a clean-up is waited for to its
+end even when the request that started it is cancelled (see L{_toTheEnd}).
 """
 
 from __future__ import annotations
@@ -20,13 +22,21 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
 from attrs import evolve, field, frozen
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IConsumer, IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from .._errors import ClaimLost, DigestMismatch, NoSuchObject, SizeMismatch, TooLarge, Vanished
+from .._errors import (
+    ClaimLost,
+    DatabaseError,
+    DigestMismatch,
+    NoSuchObject,
+    SizeMismatch,
+    TooLarge,
+    Vanished,
+)
 from .._interfaces import (
     IBlobSource,
     IBlobStore,
@@ -37,7 +47,7 @@ from .._interfaces import (
 from .._types import BlobInfo, Change, Claim, Label, Listing, NewBlob, StoredObject
 from ..blobstores._verify import verifying
 from ..blobstores._writer import CappedWriter
-from ._sweep import CLAIM_LEASE, Swept, sweep
+from ._sweep import CLAIM_LEASE, LEFTOVER_AGE, Swept, sweep
 
 T = TypeVar("T")
 
@@ -89,7 +99,11 @@ def _token() -> str:
 
 
 def blobKey(kind: str, uuid: str) -> str:
-    """A fresh key: a replaced blob never overwrites the one in use."""
+    """
+    A fresh key, of the shape L{morpheo._kinds.BLOB_KEY}: a replaced blob
+    never overwrites the one in use, and the sweep can tell that a key
+    nothing points to will never be pointed to again.
+    """
     return f"{kind}/{uuid}-{secrets.token_hex(6)}"
 
 
@@ -104,9 +118,16 @@ class Objects:
     its claim is no longer refreshed meanwhile, so it expires even if this
     process never reaches the database again.
 
+    Every blob's key is claimed (a pending row points to it) before a byte
+    of the blob is written, and stays pointed to until its row is deleted
+    or its claim released: what the sweep of unreferenced blobs relies on
+    (see L{morpheo.objects._sweep.sweepLeftovers}).
+
     @param maxBlobSize: the largest blob taken, in bytes (L{None}: any).
     @param claimLease: how long a claim lives without a heartbeat, in
         seconds.
+    @param orphanGrace: how old, in seconds, a leftover (an unreferenced
+        blob, an unfinished write) must be for the sweep to remove it.
     """
 
     _log = Logger()
@@ -120,11 +141,13 @@ class Objects:
         pool: ThreadPool,
         maxBlobSize: int | None = None,
         claimLease: float = CLAIM_LEASE,
+        orphanGrace: float = LEFTOVER_AGE,
     ) -> None:
         self.metadata = metadata
         self.blobs = blobs
         self.maxBlobSize = maxBlobSize
         self.claimLease = claimLease
+        self.orphanGrace = orphanGrace
         self._reactor = reactor
         self._pool = pool
         #: The tokens of the claims this process's uploads hold now.
@@ -221,7 +244,7 @@ class Objects:
             source.stop()
             raise
         try:
-            info = await self._receive(key, blob, source)
+            info = await self._receive(claim, key, blob, source)
         except BaseException:
             await self._release(claim)
             raise
@@ -247,11 +270,11 @@ class Objects:
     ) -> StoredObject:
         """
         Apply C{change} to C{current} at once: a new uuid is claimed first
-        (L{Taken}), a new blob committed under a fresh key, then the row
-        changed in one transaction (L{Vanished} if the object went away
-        meanwhile, L{ClaimLost} if the claim was swept) and the old blob
-        deleted.  C{source} is the rest of the
-        request body, read to its end.
+        (L{Taken}), a new blob committed under a fresh key (claimed first
+        too), then the row changed in one transaction (L{Vanished} if the
+        object went away meanwhile, L{ClaimLost} if the claim was swept) and
+        the old blob deleted.  C{source} is the rest of the request body,
+        read to its end.
         """
         kind, uuid = current.kind, current.uuid
         renamed = change.newUUID if change.newUUID not in (None, uuid) else None
@@ -274,7 +297,7 @@ class Objects:
         try:
             newBlob = None
             if change.blob is not None and key is not None:
-                info = await self._receive(key, change.blob, source)
+                info = await self._receive(claim, key, change.blob, source)
                 written = key
                 newBlob = NewBlob(key, info, change.blob.label)
             else:
@@ -351,15 +374,23 @@ class Objects:
                 n=len(lost),
             )
 
-    async def sweep(self, *, atStart: bool = False) -> Swept:
+    async def sweep(self, *, atStart: bool = False, leftovers: bool = True) -> Swept:
         """
         Release the claims whose release failed, then sweep what dead
-        uploads left (see L{morpheo.objects._sweep}).
+        uploads left (see L{morpheo.objects._sweep}); with C{leftovers},
+        the leftovers older than the grace period too.
         """
         for token, (kind, uuid) in list(self._unreleased.items()):
             await self.metadata.release(kind, uuid, token)
             del self._unreleased[token]
-        return await sweep(self.metadata, self.blobs, self.claimLease, atStart=atStart)
+        return await sweep(
+            self.metadata,
+            self.blobs,
+            self.claimLease,
+            atStart=atStart,
+            grace=self.orphanGrace,
+            leftovers=leftovers,
+        )
 
     # The transaction's steps
 
@@ -399,23 +430,31 @@ class Objects:
             writer = CappedWriter(writer, self.maxBlobSize)
         return verifying(writer, dict(blob.expected), self._reactor, self._pool)
 
-    async def _receive(self, key: str, blob: IncomingBlob, source: IBlobSource) -> BlobInfo:
+    async def _receive(
+        self, claim: Claim | None, key: str, blob: IncomingBlob, source: IBlobSource
+    ) -> BlobInfo:
         """
         Stream the blob from C{source} and commit it, checked against the
-        digests its client stated; abort or delete it on failure.
+        digests its client stated; abort or delete it on failure.  The
+        write's handle is recorded in C{claim} meanwhile (L{_note}), and
+        that is over before the claim is completed or released.
         """
         writer = self._writer(key, blob)
+        noted = self._note(claim, writer)
         source.streamTo(writer)
         try:
             await source.done()
             info = await writer.finish()
         except SizeMismatch:
             await self._quietly(writer.abort())
+            await _toTheEnd(noted)
             raise
         except BaseException:
             source.stop()
             await self._quietly(writer.abort())
+            await _toTheEnd(noted)
             raise
+        await _toTheEnd(noted)
         expected = blob.expected.get("sha256")
         if expected is not None and bytes.fromhex(info.sha256) != expected:
             # The store computes sha256 as it commits; no row points here yet.
@@ -423,11 +462,49 @@ class Objects:
             raise DigestMismatch("sha256")
         return info
 
+    def _note(self, claim: Claim | None, writer: IBlobWriter) -> Deferred[None]:
+        """
+        Record in C{claim} the handle of C{writer}'s write as soon as the
+        store has one (L{IBlobWriter.started}): were this process killed,
+        the process that sweeps the claim removes what the write left (a
+        GCS session nothing else finds).  A write without a handle costs no
+        call.  A failure is logged, not raised: the upload goes on, and its
+        claim expires all the same.  No cancellation reaches it (the
+        request's does not: it is awaited through L{_toTheEnd}).
+        """
+        if claim is None:
+            return succeed(None)
+
+        async def note() -> None:
+            handle = await writer.started()
+            if handle is None:
+                return
+            try:
+                await self.metadata.noteUpload(claim.kind, claim.uuid, claim.token, handle)
+            except ClaimLost:
+                self._log.warn(
+                    "the claim on {kind} {uuid} was swept before its upload was recorded",
+                    kind=claim.kind,
+                    uuid=claim.uuid,
+                )
+            except Exception:
+                self._log.failure(
+                    "recording the upload of {kind} {uuid} in its claim failed: were this"
+                    " process killed, what the upload left would stay until it expires",
+                    kind=claim.kind,
+                    uuid=claim.uuid,
+                )
+
+        return Deferred.fromCoroutine(note())
+
     async def _quietly(self, d: Deferred[Any] | Coroutine[Any, Any, Any]) -> None:
         """Clean-up that must not hide the error being handled, nor be cut
         short by a cancellation (see L{_toTheEnd})."""
         try:
             await _toTheEnd(ensureDeferred(d))
+        except DatabaseError as e:
+            # Said once where it failed; what is left is the sweep's.
+            self._log.warn("clean-up after a failed request is left to the sweep: {e}", e=str(e))
         except Exception:
             self._log.failure("clean-up after a failed request failed")
 

@@ -10,6 +10,7 @@ names.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from typing import Any
@@ -20,6 +21,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.python.threadpool import ThreadPool
 
 from .._interfaces import IBlobStore
+from ..objects import LEFTOVER_AGE
 
 BLOBSTORES = ("local", "s3", "gc", "mock")
 #: The stores that can serve a download themselves (--redirect-downloads).
@@ -55,6 +57,18 @@ def checkPort(option: str, port: int) -> int:
     return port
 
 
+def checkPoolSize(option: str, size: int) -> int:
+    if not size >= 1:
+        raise ConfigError(f"--{option} must be at least 1, not {size}")
+    return size
+
+
+def checkTimeout(option: str, seconds: float) -> float:
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"--{option} must be a positive number of seconds, not {seconds!r}")
+    return seconds
+
+
 @frozen
 class StorageConfig:
     """
@@ -65,10 +79,11 @@ class StorageConfig:
     descriptions of C{listen}, or else C{host}/C{port} (TLS with C{cert}
     and C{key}).  Downloads: C{redirectDownloads} answers a blob's GET
     with a redirect to a URL of the store's, valid C{redirectLifetime}
-    seconds (L{DEFAULT_REDIRECT_LIFETIME} if None).  Slow clients: a
-    request's headers must arrive within C{headerTimeout} seconds, a body
-    at C{minBodyRate} bytes a second or more over C{bodyRateWindow}
-    seconds (0 turns either off).
+    seconds (L{DEFAULT_REDIRECT_LIFETIME} if None).  C{orphanGrace}: how
+    old, in seconds, a blob nothing points to (or an unfinished write) must
+    be before the sweep removes it.  Slow clients: a request's headers must
+    arrive within C{headerTimeout} seconds, a body at C{minBodyRate} bytes a
+    second or more over C{bodyRateWindow} seconds (0 turns either off).
 
     @raise ConfigError: when made with settings that cannot work.
     """
@@ -89,6 +104,8 @@ class StorageConfig:
     dbName: str = "morpheo_storage"
     dbUser: str = "storage"
     dbPass: str | None = field(default=None, repr=False)
+    dbPoolSize: int = 4
+    dbTimeout: float = 5.0
     migrationsDir: str | None = None
     rollback: bool = False
     blobstore: str = "local"
@@ -102,6 +119,7 @@ class StorageConfig:
     claimLease: float = 60.0
     redirectDownloads: bool = False
     redirectLifetime: int | None = None
+    orphanGrace: float = LEFTOVER_AGE
     threads: int = 8
     headerTimeout: float = DEFAULT_HEADER_TIMEOUT
     minBodyRate: int = DEFAULT_MIN_BODY_RATE
@@ -124,6 +142,8 @@ class StorageConfig:
                 raise ConfigError(f"cannot read the TLS {what} --{option} {path}")
         checkPort("port", self.port)
         checkPort("db-port", self.dbPort)
+        checkPoolSize("db-pool-size", self.dbPoolSize)
+        checkTimeout("db-timeout", self.dbTimeout)
         if self.blobstore == "s3" and not (self.s3Bucket and self.s3Region):
             raise ConfigError("--blobstore s3 needs --s3-bucket and --s3-region")
         if self.blobstore == "gc" and not self.gcBucket:
@@ -149,9 +169,13 @@ class StorageConfig:
             raise ConfigError(f"--max-blob-size must not be negative, not {self.maxBlobSize}")
         if not self.claimLease >= 1:
             raise ConfigError(f"--claim-lease must be at least 1 second, not {self.claimLease!r}")
+        if not (isinstance(self.orphanGrace, int | float) and 0 <= self.orphanGrace < math.inf):
+            raise ConfigError(
+                f"--orphan-grace must be a number of seconds, not {self.orphanGrace!r}"
+            )
         if self.threads < 1:
             raise ConfigError(f"threads must be at least 1, not {self.threads}")
-        if not self.headerTimeout >= 0:
+        if not (isinstance(self.headerTimeout, int | float) and 0 <= self.headerTimeout < math.inf):
             raise ConfigError(
                 "--header-timeout must be a number of seconds (0: none),"
                 f" not {self.headerTimeout!r}"
@@ -161,7 +185,9 @@ class StorageConfig:
                 f"--min-body-rate must be a number of bytes a second (0: none),"
                 f" not {self.minBodyRate}"
             )
-        if not self.bodyRateWindow > 0:
+        if not (
+            isinstance(self.bodyRateWindow, int | float) and 0 < self.bodyRateWindow < math.inf
+        ):
             raise ConfigError(
                 f"--body-rate-window must be a number of seconds above 0,"
                 f" not {self.bodyRateWindow!r}"

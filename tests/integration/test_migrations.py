@@ -259,8 +259,11 @@ async def test_failedMigrationLeavesNothing(db: Database, tmp_path: Path) -> Non
         "CREATE TABLE half (id int); SELECT * FROM no_such_table;"
     )
     (directory / "0900_broken.down.sql").write_text("DROP TABLE half;")
-    with pytest.raises(DatabaseError, match="no_such_table"):
+    with pytest.raises(DatabaseError) as caught:
         await migrate(db, loadMigrations(str(directory)))
+    # The driver's words are the operator's (the log, the start-up line), not the error's.
+    assert "no_such_table" in (caught.value.detail or "")
+    assert "no_such_table" not in str(caught.value)
     assert not await tableExists(db, "half")
     assert await tableExists(db, "resource")
     assert await recorded(db) == RECORDED

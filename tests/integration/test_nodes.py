@@ -76,10 +76,22 @@ def nodes(
         node.stop()
 
 
-def uploadThrough(node: Server, uuid: str, data: bytes, tmp: str) -> dict[str, object]:
-    path = os.path.join(tmp, f"{uuid}.bin")
+def fileOf(tmp: str, name: str, data: bytes) -> str:
+    """A file of C{data} for curl to send; its path."""
+    path = os.path.join(tmp, name)
     with open(path, "wb") as f:
         f.write(data)
+    return path
+
+
+def statusOf(node: Server, *args: str) -> str:
+    """The status curl gets from C{node} as its user, as text."""
+    auth = f"{node.user}:{node.password}"
+    return curl("-u", auth, "-o", "/dev/null", "-w", "%{http_code}", *args).stdout
+
+
+def uploadThrough(node: Server, uuid: str, data: bytes, tmp: str) -> dict[str, object]:
+    path = fileOf(tmp, f"{uuid}.bin", data)
     out = curlOK(
         node, "-F", f"uuid={uuid}", "-F", f"size={len(data)}", "-F", f"blob=@{path}",
         f"{node.url}/data",
@@ -133,9 +145,7 @@ def test_anyNodeServesWhatAnotherStored(
 
     deleted = json.loads(curlOK(b, "-X", "DELETE", f"{b.url}/data/{uuid}"))
     assert deleted == stored
-    gone = curl("-u", f"{a.user}:{a.password}", "-o", "/dev/null", "-w", "%{http_code}",
-                f"{a.url}/data/{uuid}")  # fmt: skip
-    assert gone.stdout == "404"
+    assert statusOf(a, f"{a.url}/data/{uuid}") == "404"
     assert keysOf(seaweedfs, uuid) == ([], [])
 
 
@@ -143,16 +153,13 @@ def test_changesThroughOneNodeAreSeenThroughTheOther(
     nodes: tuple[Server, Server], seaweedfs: SeaweedFS, tmp_path: object
 ) -> None:
     a, b = nodes
-    path = os.path.join(str(tmp_path), "p.zip")
-    with open(path, "wb") as f:
-        f.write(os.urandom(5000))
+    path = fileOf(str(tmp_path), "p.zip", os.urandom(5000))
     made = json.loads(
         curlOK(a, "-F", "name=p", "-F", "description=d", "-F", "size=5000",
                "-F", f"blob=@{path}", f"{a.url}/problem")
     )  # fmt: skip
     renamed, replacement = newUUID(), os.urandom(7000)
-    with open(path, "wb") as f:
-        f.write(replacement)
+    path = fileOf(str(tmp_path), "p.zip", replacement)
     patched = json.loads(
         curlOK(b, "-X", "PATCH", "-F", f"uuid={renamed}", "-F", "name=q", "-F", "size=7000",
                "-F", f"blob=@{path}", f"{b.url}/problem/{made['uuid']}")
@@ -169,17 +176,13 @@ def test_oneUUIDRacedThroughTwoNodesIsStoredOnce(
     nodes: tuple[Server, Server], seaweedfs: SeaweedFS, tmp_path: object
 ) -> None:
     a, b = nodes
-    path = os.path.join(str(tmp_path), "blob")
-    with open(path, "wb") as f:
-        f.write(os.urandom(200_000))
+    path = fileOf(str(tmp_path), "blob", os.urandom(200_000))
 
     def attempt(node: Server, uuid: str) -> str:
-        done = curl(
-            "-u", f"{node.user}:{node.password}", "-o", "/dev/null", "-w", "%{http_code}",
-            "-F", f"uuid={uuid}", "-F", "size=200000", "-F", f"blob=@{path}",
+        return statusOf(
+            node, "-F", f"uuid={uuid}", "-F", "size=200000", "-F", f"blob=@{path}",
             f"{node.url}/data",
         )  # fmt: skip
-        return done.stdout
 
     with ThreadPoolExecutor(2) as pool:
         for _ in range(8):
@@ -249,18 +252,15 @@ def assertSecondUploadIntact(
 def retryUntilStored(node: Server, uuid: str, data: bytes, tmp: str, timeout: float) -> float:
     """Send the upload through C{node} until it is stored; how long that took."""
     start = time.monotonic()
+    path = fileOf(tmp, f"retry-{uuid}", data)
     while True:
-        path = os.path.join(tmp, f"retry-{uuid}")
-        with open(path, "wb") as f:
-            f.write(data)
-        done = curl(
-            "-u", f"{node.user}:{node.password}", "-o", "/dev/null", "-w", "%{http_code}",
-            "-F", f"uuid={uuid}", "-F", f"size={len(data)}", "-F", f"blob=@{path}",
+        status = statusOf(
+            node, "-F", f"uuid={uuid}", "-F", f"size={len(data)}", "-F", f"blob=@{path}",
             f"{node.url}/data",
         )  # fmt: skip
-        if done.stdout == "201":
+        if status == "201":
             return time.monotonic() - start
-        assert done.stdout == "409", done
+        assert status == "409", status
         assert time.monotonic() - start < timeout, "the uuid was never freed"
         time.sleep(0.2)
 

@@ -208,3 +208,23 @@ def test_readme_embedding_example_runs(tmp_path):
             process.kill()
             raise
     assert "Traceback" not in log.read_text()
+
+
+def test_readme_options_table_has_every_option() -> None:
+    """Every option the command line takes is in the README's table of options."""
+    from morpheo.tap import Options
+
+    text = open(README, encoding="utf-8").read()
+    start = text.index("\n## Options\n")
+    table = text[start : text.find("\n## ", start + 1)]
+    options = Options()
+    declared = [*options.optParameters, *options.optFlags]
+    names = [str(option[0]) for option in declared if isinstance(option, list)]
+    assert len(names) == len(declared)
+    names += [n[4:].replace("_", "-") for n in dir(options) if n.startswith("opt_")]
+    missing = [
+        name
+        for name in set(names) - {"help", "version"}
+        if not name.startswith("help-") and f"`--{name}`" not in table
+    ]
+    assert not missing, missing

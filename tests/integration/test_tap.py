@@ -78,9 +78,11 @@ def test_defaults() -> None:
         "storage",
         None,
     )
+    assert (config.dbPoolSize, config.dbTimeout) == (4, 5.0)
     assert config.migrationsDir is None
     assert config.rollback is False
     assert config.maxBlobSize is None
+    assert config.orphanGrace == 3600.0
     assert config.dataDir == os.path.abspath(tap.defaultDataDir())
     assert not config.generatedPassword
 
@@ -97,21 +99,34 @@ def test_everyOptionReachesTheConfig(tmp_path: Path) -> None:
         "--db-name", "other_db",
         "--db-user", "bob",
         "--db-pass", "dbsecret",
+        "--db-pool-size", "9",
+        "--db-timeout", "2.5",
         "--db-migrations-dir", str(tmp_path / "migrations"),
         "--db-rollback",
         "--blobstore", "mock",
         "--data-dir", str(tmp_path / "data"),
         "--max-blob-size", "1024",
+        "--orphan-grace", "2.5",
+        "--shutdown-timeout", "7",
     ).config()  # fmt: skip
     assert (config.host, config.port) == ("127.0.0.1", 8123)
     assert (config.user, config.password, config.generatedPassword) == ("alice", "secret", False)
     assert (config.dbHost, config.dbPort, config.dbName) == ("db.example", 6543, "other_db")
     assert (config.dbUser, config.dbPass) == ("bob", "dbsecret")
+    assert (config.dbPoolSize, config.dbTimeout) == (9, 2.5)
     assert config.migrationsDir == str(tmp_path / "migrations")
     assert config.rollback is True
     assert config.blobstore == "mock"
     assert config.dataDir == str(tmp_path / "data")
     assert config.maxBlobSize == 1024
+    assert (config.orphanGrace, config.shutdownTimeout) == (2.5, 7.0)
+
+
+@pytest.mark.parametrize("option", ["orphan-grace", "shutdown-timeout"])
+@pytest.mark.parametrize("value", ["-1", "soon", "inf", "nan", ""])
+def test_secondsMustBeANumberOfSeconds(option: str, value: str) -> None:
+    message = refused(*AUTH, f"--{option}", value)
+    assert f"--{option} must be a number of seconds" in message and repr(value) in message
 
 
 def test_dataDirIsMadeAbsolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -203,6 +218,21 @@ def test_portMustBeAnInteger() -> None:
     message = refused(*AUTH, "--port", "http")
     assert "port" in message
     assert "'http'" in message
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "words"),
+    [
+        ("--db-pool-size", "0", "--db-pool-size must be at least 1, not 0"),
+        ("--db-pool-size", "four", "--db-pool-size must be a number, not 'four'"),
+        ("--db-timeout", "0", "--db-timeout must be a positive number of seconds"),
+        ("--db-timeout", "-2", "--db-timeout must be a positive number of seconds"),
+        ("--db-timeout", "soon", "--db-timeout must be a positive number of seconds, not 'soon'"),
+        ("--db-timeout", "inf", "--db-timeout must be a positive number of seconds"),
+    ],
+)
+def test_poolSizeAndTimeoutAreChecked(option: str, value: str, words: str) -> None:
+    assert words in refused(*AUTH, option, value)
 
 
 # UsageErrors
@@ -438,6 +468,7 @@ def test_twistdHelpListsTheOptions() -> None:
         "db-host", "db-port", "db-name", "db-user", "db-pass", "db-migrations-dir",
         "db-rollback", "blobstore", "data-dir", "s3-bucket", "s3-region", "gc-bucket",
         "max-blob-size", "s3-endpoint", "gc-endpoint", "redirect-downloads", "redirect-lifetime",
+        "orphan-grace", "shutdown-timeout",
         "header-timeout", "min-body-rate", "body-rate-window",
     ]:  # fmt: skip
         assert f"--{option}" in result.stdout, option

@@ -36,12 +36,13 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from morpheo._errors import BlobStoreError
-from morpheo._interfaces import IRedirectableBlobStore
+from morpheo._interfaces import IBlobSource, IBlobWriter, IRedirectableBlobStore
 from morpheo._kinds import TABLE
+from morpheo._types import StoredObject
 from morpheo.blobstores import MemoryBlobStore
 from morpheo.blobstores._bodies import BytesBody
 from morpheo.metadata import MemoryMetadataStore
-from morpheo.objects import CLAIM_LEASE, Objects
+from morpheo.objects import CLAIM_LEASE, IncomingBlob, NewObject, Objects
 from morpheo.service._graceful import HandlerTracker, trackedResource
 from morpheo.web import BasicAuth, CORSResource, StorageAPI, StreamingSite
 from morpheo.web._root import StorageRoot
@@ -314,6 +315,8 @@ class Service:
     corsOrigins: tuple[str, ...] = ("*",)
     #: Redirect downloads to a L{RedirectingBlobStore}, with URLs of this lifetime.
     redirectLifetime: int | None = None
+    #: Whether the blob store's writes open sessions (see L{MemoryBlobStore}).
+    sessions: bool = False
     #: The site's deadlines for slow clients.
     headerTimeout: float | None = HEADER_TIMEOUT
     minBodyRate: float = MIN_BODY_RATE
@@ -328,7 +331,8 @@ class Service:
     def __attrs_post_init__(self) -> None:
         self.metadata = MemoryMetadataStore(self.reactor, owner="unit")
         redirecting = self.redirectLifetime is not None
-        self.blobs = (RedirectingBlobStore if redirecting else MemoryBlobStore)(self.reactor)
+        store = RedirectingBlobStore if redirecting else MemoryBlobStore
+        self.blobs = store(self.reactor, sessions=self.sessions)
         self.objects = Objects(
             self.metadata,
             self.blobs,
@@ -511,5 +515,61 @@ class Service:
         return self.rows(), self.blobKeys()
 
 
+@implementer(IBlobSource)
+@define
+class Bytes:
+    """A blob source that writes its bytes as soon as it is streamed."""
+
+    data: bytes
+    stopped: bool = False
+    _done: Deferred[None] | None = field(default=None)
+
+    def streamTo(self, writer: IBlobWriter) -> None:
+        writer.write(self.data)
+        self._done = succeed(None)
+
+    def done(self) -> Deferred[None]:
+        return self._done if self._done is not None else succeed(None)
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def put(service: Service, kind: str, data: bytes, **new: Any) -> StoredObject:
+    blob = new.pop("blob", IncomingBlob(len(data)))
+    return service.run(service.objects.put(NewObject(kind=kind, blob=blob, **new), Bytes(data)))
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@implementer(IBlobSource)
+class Trickle:
+    """
+    An upload's body: C{first} written as soon as it is streamed, the rest
+    when the test says (never, for the client of a node that is killed).
+    """
+
+    def __init__(self, first: bytes, rest: bytes = b"") -> None:
+        self.first = first
+        self.rest = rest
+        self.writer: IBlobWriter | None = None
+        self._done: Deferred[None] = Deferred()
+
+    def streamTo(self, writer: IBlobWriter) -> None:
+        self.writer = writer
+        writer.write(self.first)
+        if not self.rest:
+            self._done.callback(None)
+
+    def arrive(self) -> None:
+        assert self.writer is not None
+        self.writer.write(self.rest)
+        self._done.callback(None)
+
+    def done(self) -> Deferred[None]:
+        return self._done
+
+    def stop(self) -> None:
+        pass

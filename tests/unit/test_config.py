@@ -5,6 +5,7 @@ refusals of the command line, in its words, and the blob store it names.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,19 @@ def refusal(**settings: Any) -> str:
         ({"dbPort": -1}, "--db-port must be between 0 and 65535"),
         ({"shutdownTimeout": -1.0}, "--shutdown-timeout must be a number of seconds"),
         ({"maxBlobSize": -5}, "--max-blob-size must not be negative"),
+        ({"orphanGrace": -1.0}, "--orphan-grace must be a number of seconds"),
+        ({"orphanGrace": float("nan")}, "--orphan-grace must be a number of seconds"),
+        ({"orphanGrace": float("inf")}, "--orphan-grace must be a number of seconds"),
+        ({"orphanGrace": "3600"}, "--orphan-grace must be a number of seconds"),
         ({"threads": 0}, "threads must be at least 1"),
+        ({"dbPoolSize": 0}, "--db-pool-size must be at least 1, not 0"),
+        ({"dbTimeout": 0.0}, "--db-timeout must be a positive number of seconds"),
+        ({"dbTimeout": float("nan")}, "--db-timeout must be a positive number of seconds"),
         ({"headerTimeout": -1.0}, "--header-timeout must be a number of seconds (0: none)"),
         ({"minBodyRate": -1}, "--min-body-rate must be a number of bytes a second (0: none)"),
         ({"bodyRateWindow": 0.0}, "--body-rate-window must be a number of seconds above 0"),
+        ({"headerTimeout": math.inf}, "--header-timeout must be a number of seconds (0: none)"),
+        ({"bodyRateWindow": math.nan}, "--body-rate-window must be a number of seconds above 0"),
         ({"listen": ("tcp:8000",), "cert": "c.pem", "key": "k.pem"}, "with --listen"),
     ],
 )

@@ -6,12 +6,8 @@ stores, with its typed outcomes, and the sweep of what dead uploads left.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 import pytest
-from attrs import define, field
-from twisted.internet.defer import Deferred, succeed
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from morpheo import IBlobWriter, StoredObject
@@ -20,32 +16,7 @@ from morpheo._interfaces import IBlobSource, IBlobStore, IMetadataStore
 from morpheo._types import Claim, Listing
 from morpheo.objects import CLAIM_LEASE, IncomingBlob, NewObject, Replacement, sweep
 
-from .harness import Service, newUUID
-
-
-@implementer(IBlobSource)
-@define
-class Bytes:
-    """A blob source that writes its bytes as soon as it is streamed."""
-
-    data: bytes
-    stopped: bool = False
-    _done: Deferred[None] | None = field(default=None)
-
-    def streamTo(self, writer: IBlobWriter) -> None:
-        writer.write(self.data)
-        self._done = succeed(None)
-
-    def done(self) -> Deferred[None]:
-        return self._done if self._done is not None else succeed(None)
-
-    def stop(self) -> None:
-        self.stopped = True
-
-
-def put(service: Service, kind: str, data: bytes, **new: Any) -> StoredObject:
-    blob = new.pop("blob", IncomingBlob(len(data)))
-    return service.run(service.objects.put(NewObject(kind=kind, blob=blob, **new), Bytes(data)))
+from .harness import Bytes, Service, newUUID, put
 
 
 def test_putThenGetGivesTheStoredObject(service: Service) -> None:
@@ -123,6 +94,28 @@ def test_replaceRenamesChangesTextAndBlob(service: Service) -> None:
     assert changed.sha256 == hashlib.sha256(b"new").hexdigest()
     assert len(service.blobKeys()) == 1
     assert len(service.rows()) == 1
+
+
+@pytest.mark.parametrize("renamed", [False, True])
+def test_aReplacementBlobIsClaimedBeforeItIsWritten(service: Service, renamed: bool) -> None:
+    """
+    With a rename or without, something points to the new blob's key from
+    before its first byte (the sweep of unreferenced blobs relies on it),
+    and nothing is left pending afterwards.
+    """
+    current = put(service, "problem", b"old", text={"name": "n", "description": "d"})
+    seen: list[set[str]] = []
+
+    class Watched(Bytes):
+        def streamTo(self, writer: IBlobWriter) -> None:
+            seen.append(service.run(service.metadata.referencedKeys([writer.key])))
+            super().streamTo(writer)
+
+    change = Replacement(newUUID=newUUID() if renamed else None, blob=IncomingBlob(3))
+    changed = service.run(service.objects.replace(current, change, Watched(b"new")))
+    assert seen == [{changed.blob_key}]
+    assert service.rows() == [("problem", changed.uuid, "ready")]
+    assert service.blobKeys() == [changed.blob_key]
 
 
 def test_replaceOfAnObjectGoneMeanwhileIsVanished(service: Service) -> None:

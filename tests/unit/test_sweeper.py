@@ -4,7 +4,8 @@ the claims of this process's uploads alive while they run, and takes over
 and sweeps the claims nobody refreshed for a lease (what they wrote goes
 with them).  A process that only stalled finds its claim gone when it wakes:
 its upload fails with 503 and removes only what it wrote itself.  A release
-that failed is tried again until it succeeds.
+that failed is tried again until it succeeds. Leftovers older than the grace
+period are swept on a timer of their own.
 """
 
 from __future__ import annotations
@@ -12,25 +13,25 @@ from __future__ import annotations
 import json
 
 import pytest
-from twisted.internet.defer import Deferred, ensureDeferred
-from zope.interface import implementer
+from twisted.internet.defer import ensureDeferred
 
 from morpheo._errors import ClaimLost
-from morpheo._interfaces import IBlobSource, IBlobWriter
 from morpheo._types import BlobInfo, Claim
 from morpheo.metadata import MemoryMetadataStore
 from morpheo.objects import (
     CLAIM_LEASE,
+    LEFTOVER_AGE,
     IncomingBlob,
     NewObject,
     Objects,
     Replacement,
     Sweeper,
     blobKey,
+    leftoverInterval,
     sweep,
 )
 
-from .harness import Connection, ImmediatePool, Service, newUUID
+from .harness import Connection, ImmediatePool, Service, Trickle, newUUID, put
 from .test_interrupted import finish
 from .test_objects_domain import Bytes
 
@@ -123,30 +124,6 @@ def stalledPeer(service: Service) -> tuple[Objects, MemoryMetadataStore]:
     return objects, metadata
 
 
-@implementer(IBlobSource)
-class Trickle:
-    """An upload's body that arrives when the test says: a stalled node's client."""
-
-    def __init__(self, blob: bytes) -> None:
-        self.blob = blob
-        self.writer: IBlobWriter | None = None
-        self._done: Deferred[None] = Deferred()
-
-    def streamTo(self, writer: IBlobWriter) -> None:
-        self.writer = writer
-
-    def arrive(self) -> None:
-        assert self.writer is not None
-        self.writer.write(self.blob)
-        self._done.callback(None)
-
-    def done(self) -> Deferred[None]:
-        return self._done
-
-    def stop(self) -> None:
-        pass
-
-
 def test_aNodeStalledPastItsLeaseCannotTouchTheUploadThatReplacedIt(service: Service) -> None:
     """
     A node stalls mid-upload past its lease; another node's sweep frees the
@@ -155,7 +132,7 @@ def test_aNodeStalledPastItsLeaseCannotTouchTheUploadThatReplacedIt(service: Ser
     """
     stalled, _ = stalledPeer(service)
     uuid = newUUID()
-    body = Trickle(b"stale")
+    body = Trickle(b"", b"stale")
     first = ensureDeferred(stalled.put(NewObject("data", IncomingBlob(5), uuid=uuid), body))
     service.settle()
     assert not first.called
@@ -186,7 +163,7 @@ def test_aReplacementStalledPastItsLeaseChangesNothing(service: Service) -> None
             NewObject("problem", IncomingBlob(3), text={"name": "p"}), Bytes(b"old")
         )
     )
-    body = Trickle(b"new")
+    body = Trickle(b"", b"new")
     change = ensureDeferred(stalled.replace(current, Replacement(blob=IncomingBlob(3)), body))
     service.settle()
     # The object, and the claim that holds its new blob.
@@ -275,3 +252,70 @@ def test_theSweeperTriesAgainAfterTheDatabaseFailed(service: Service) -> None:
     service.advance(sweeper.interval)
     sweeper.stopService()
     service.assertNothingLeft()
+
+
+# Leftovers: their own timer, by the grace period
+
+
+def sweeperWithGrace(service: Service, grace: float) -> Sweeper:
+    objects = Objects(
+        service.metadata,
+        service.blobs,
+        reactor=service.reactor,
+        pool=ImmediatePool(),  # type: ignore[arg-type]
+        orphanGrace=grace,
+    )
+    return running(service, objects)
+
+
+def orphan(service: Service) -> str:
+    """A committed blob of the service's shape that nothing points to."""
+    key = blobKey("data", newUUID())
+    writer = service.blobs.writer(key, 6)
+    writer.write(b"orphan")
+    service.run(writer.finish())
+    return key
+
+
+@pytest.mark.parametrize(
+    ("grace", "interval"),
+    [(0.0, 1.0), (0.5, 1.0), (2.0, 1.0), (120.0, 60.0), (3600.0, 1800.0), (86400.0, 1800.0)],
+)
+def test_leftoversAreSweptEveryHalfGraceFromASecondToHalfAnHour(
+    grace: float, interval: float
+) -> None:
+    assert leftoverInterval(grace) == interval
+
+
+def test_leftoversGoOnTheirOwnTimerOnceOlderThanTheGrace(service: Service) -> None:
+    kept = put(service, "data", b"kept")
+    young = orphan(service)
+    sweeper = sweeperWithGrace(service, 10.0)
+    service.advance(5)
+    assert service.blobKeys() == sorted([kept.blob_key, young])
+    service.advance(5)  # long before the claims' first tick
+    sweeper.stopService()
+    assert service.blobKeys() == [kept.blob_key]
+
+
+def test_theClaimsTickLeavesLeftoversToTheirTimer(service: Service) -> None:
+    old = orphan(service)
+    service.advance(LEFTOVER_AGE * 2)
+    sweeper = sweeperWithGrace(service, LEFTOVER_AGE)
+    service.advance(sweeper.interval)
+    assert service.blobKeys() == [old]
+    service.advance(leftoverInterval(LEFTOVER_AGE) - sweeper.interval)
+    sweeper.stopService()
+    assert service.blobKeys() == []
+
+
+def test_theLeftoversAreTriedAgainAfterTheDatabaseFailed(service: Service) -> None:
+    key = orphan(service)
+    sweeper = sweeperWithGrace(service, 2.0)
+    service.metadata.goDown()
+    service.advance(3)
+    assert service.blobKeys() == [key]
+    service.metadata.comeBack()
+    service.advance(1)
+    sweeper.stopService()
+    assert service.blobKeys() == []

@@ -1,0 +1,1 @@
+ALTER TABLE resource DROP COLUMN upload_handle;
