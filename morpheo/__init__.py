@@ -24,7 +24,13 @@ from .web._auth import BasicAuth
 from .web._cors import CORSResource
 from .web._passwords import PasswordFileChecker, hashPassword
 from .web._routes import StorageAPI
-from .web._streaming import BodyAborted, IStreamingRequest, RequestBody, StreamingSite
+from .web._streaming import (
+    BodyAborted,
+    BodyRefused,
+    IStreamingRequest,
+    RequestBody,
+    StreamingSite,
+)
 
 __version__ = "0.1.0"
 
@@ -43,6 +49,7 @@ __all__ = [
     "BlobNotFound",
     "BlobStoreError",
     "BodyAborted",
+    "BodyRefused",
     "CORSResource",
     "Database",
     "DatabaseError",

@@ -58,8 +58,8 @@ class IBlobWriter(IConsumer):
 
     def finish() -> Deferred[BlobInfo]:
         """
-        Flush, check that exactly the announced size arrived, and commit the
-        blob atomically under its key.
+        Flush, check that exactly the announced size arrived (if one was),
+        and commit the blob atomically under its key.
 
         @return: fires with the blob's L{BlobInfo}; on any failure the blob
             is gone and the L{Deferred} fails.
@@ -88,9 +88,12 @@ class IBlobStore(Interface):
         " every node mounts): then what is young in it may be theirs, even at start-up."
     )
 
-    def writer(key: str, size: int) -> IBlobWriter:
+    def writer(key: str, size: int | None) -> IBlobWriter:
         """
-        Start writing a blob of exactly C{size} bytes under C{key}.
+        Start writing a blob of exactly C{size} bytes under C{key}; with
+        C{size} L{None} (a request body without a length), of whatever
+        arrives until L{IBlobWriter.finish}, up to the most the store takes
+        in one blob (beyond it C{write} raises L{TooLarge}).
         """
 
     def produce(

@@ -20,6 +20,9 @@ from twisted.python import usage
 from .objects import LEFTOVER_AGE
 from .service._config import (
     BLOBSTORES,
+    DEFAULT_BODY_RATE_WINDOW,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MIN_BODY_RATE,
     DEFAULT_REDIRECT_LIFETIME,
     ConfigError,
     StorageConfig,
@@ -51,6 +54,16 @@ def _size(value: str) -> int:
         raise usage.UsageError(f"not a size: {value!r} (e.g. 5368709120, 512M, 5G)")
     unit: int = 1024 ** " kmgt".index(m.group(2).lower() or " ")
     return int(m.group(1)) * unit
+
+
+def _rate(value: str) -> int:
+    """Bytes a second, with the suffixes of sizes."""
+    try:
+        return _size(value)
+    except usage.UsageError:
+        raise usage.UsageError(
+            f"--min-body-rate must be a number of bytes a second (e.g. 1024, 4K), not {value!r}"
+        ) from None
 
 
 def _port(value: str) -> int:
@@ -246,6 +259,29 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             " answered 429 until it has waited (0: no limit).",
             _count("login-throttle"),
         ],
+        [
+            "header-timeout",
+            None,
+            DEFAULT_HEADER_TIMEOUT,
+            "Seconds a request's headers may take to arrive; a client slower than that gets"
+            " 408 (0: no limit).",
+            _seconds("header-timeout"),
+        ],
+        [
+            "min-body-rate",
+            None,
+            DEFAULT_MIN_BODY_RATE,
+            "The slowest a request body may come, in bytes a second (or e.g. 4K) over"
+            " --body-rate-window; a slower one is cut with 408 (0: no minimum).",
+            _rate,
+        ],
+        [
+            "body-rate-window",
+            None,
+            DEFAULT_BODY_RATE_WINDOW,
+            "Seconds of reading that --min-body-rate is measured over.",
+            _seconds("body-rate-window"),
+        ],
         ["log-format", None, "text", "Log lines as text or json (one JSON object per line)."],
         [
             "shutdown-timeout",
@@ -403,6 +439,9 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             redirectLifetime=self["redirect-lifetime"],
             orphanGrace=self["orphan-grace"],
             loginThrottle=self["login-throttle"],
+            headerTimeout=self["header-timeout"],
+            minBodyRate=self["min-body-rate"],
+            bodyRateWindow=self["body-rate-window"],
         )
 
 

@@ -1,12 +1,15 @@
-# -*- test-case-name: tests.integration.test_blobstore_contract -*-
+# -*- test-case-name: tests.unit.test_unknown_sizes,tests.integration.test_blobstore_contract -*-
 """
 Blobs as objects in a Google Cloud Storage bucket, through the JSON API.
 
 Uploads are resumable uploads whose chunks (multiples of 256 KiB) are each
-one PUT whose body streams straight from the writer: the blob's size is
-known, so every chunk's length and C{Content-Range} are known before its
-first byte and nothing is buffered.  The object exists only once the last
-chunk is accepted, and its last byte waits for C{finish()}.
+one PUT whose body streams straight from the writer: when the blob's size
+is known, every chunk's length and C{Content-Range} are known before its
+first byte and nothing is buffered.  A blob whose size is known only at its
+end is sent in whole chunks, each buffered until it is in, with
+C{Content-Range: bytes a-b/*}; the last one, at C{finish()}, gives the size
+(C{bytes a-b/N}, or C{bytes */0} for an empty blob).  The object exists only
+once the last chunk is accepted, and its last byte waits for C{finish()}.
 
 A session is known by its URL alone: the writer gives it as its handle
 (L{IBlobWriter.started}), the domain layer records it in the upload's
@@ -62,6 +65,8 @@ from ._segmented import StreamingWriter
 
 MiB = 1024 * 1024
 CHUNK_UNIT = 256 * 1024
+#: The largest object Google Cloud Storage takes: 5 TiB.
+MAX_OBJECT = 5 * 1024**4
 SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
 GOOGLE = "https://storage.googleapis.com"
 #: The longest a V4 signed URL may live: 7 days.
@@ -120,12 +125,17 @@ class _GCSWriter(StreamingWriter[None]):
     handle is the session's URL.
     """
 
-    def __init__(self, store: GCSBlobStore, key: str, size: int) -> None:
+    def __init__(self, store: GCSBlobStore, key: str, size: int | None) -> None:
         self._store = store
         self._session: str | None = None
-        super().__init__(key, size, store._reactor, store._pool, store.highWater)
+        if size is None:
+            self.maximum = MAX_OBJECT
+        super().__init__(
+            key, size, store._reactor, store._pool, store.highWater, step=store.chunkSize
+        )
 
     def _segments(self) -> list[tuple[int, int]]:
+        assert self.size is not None
         if self.size == 0:
             return [(0, 0)]
         step = self._store.chunkSize
@@ -135,7 +145,7 @@ class _GCSWriter(StreamingWriter[None]):
         what = f"GCS starting the upload of {self.key}"
         url = f"{self._store._base}/upload/storage/v1/b/{self._store._bucketPath}/o"
         query = "uploadType=resumable&name=" + quote(self.key, safe="")
-        headers = {"X-Upload-Content-Length": str(self.size)}
+        headers = {} if self.size is None else {"X-Upload-Content-Length": str(self.size)}
 
         def started(response: IResponse) -> Deferred[None]:
             location = response.headers.getRawHeaders("location", [""])[0]
@@ -155,11 +165,13 @@ class _GCSWriter(StreamingWriter[None]):
     ) -> Deferred[None]:
         assert self._session is not None
         what = f"GCS upload of {self.key} (bytes {offset}-{offset + length - 1})"
+        # Of unknown size, the total is said with the last chunk only.
+        last = self._planned and index == len(self._segmentList) - 1
+        total = str(self._total) if last or self.size is not None else "*"
         if length:
-            contentRange = f"bytes {offset}-{offset + length - 1}/{self.size}"
+            contentRange = f"bytes {offset}-{offset + length - 1}/{total}"
         else:
-            contentRange = f"bytes */{self.size}"
-        last = offset + length == self.size
+            contentRange = f"bytes */{total}"
         ok = (200, 201) if last else (308,)
 
         def accepted(response: IResponse) -> Deferred[None]:
@@ -350,7 +362,7 @@ class GCSBlobStore(HTTPBlobStore):
 
     # IBlobStore
 
-    def writer(self, key: str, size: int) -> _GCSWriter:
+    def writer(self, key: str, size: int | None) -> _GCSWriter:
         return _GCSWriter(self, key, size)
 
     def produce(

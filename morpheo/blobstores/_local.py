@@ -205,7 +205,7 @@ class LocalBlobStore:
     def _inThread(self, f: Any, *args: Any) -> Deferred[Any]:
         return deferToThreadPool(self._reactor, self._pool, f, *args)
 
-    def writer(self, key: str, size: int) -> _LocalWriter:
+    def writer(self, key: str, size: int | None) -> _LocalWriter:
         return _LocalWriter(self, key, size, self._reactor, self._pool)
 
     def produce(

@@ -43,7 +43,7 @@ BLOCK = 64 * 1024
 
 
 class _MockWriter(BlobWriter):
-    def __init__(self, store: MemoryBlobStore, key: str, size: int) -> None:
+    def __init__(self, store: MemoryBlobStore, key: str, size: int | None) -> None:
         super().__init__(key, size, store.highWater, store.highWater // 4)
         self._store = store
         self._pending: list[bytes] = []
@@ -106,7 +106,7 @@ class _MockWriter(BlobWriter):
         self._store._committed[self.key] = self._store._clock.seconds()
         self._chunks = []
         self._end()
-        return succeed(BlobInfo(size=self.size, sha256=self._hash.hexdigest()))
+        return succeed(BlobInfo(size=self._received, sha256=self._hash.hexdigest()))
 
     def _discard(self) -> Deferred[None]:
         if self._drain is not None:
@@ -190,7 +190,7 @@ class MemoryBlobStore:
         """What is committed, for tests."""
         return sorted(self._blobs)
 
-    def writer(self, key: str, size: int) -> _MockWriter:
+    def writer(self, key: str, size: int | None) -> _MockWriter:
         return _MockWriter(self, key, size)
 
     def produce(

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.integration.test_blobstore_contract -*-
+# -*- test-case-name: tests.unit.test_unknown_sizes,tests.integration.test_blobstore_contract -*-
 """
 Blobs as objects in an S3 bucket (AWS or any S3-compatible store).
 
@@ -7,7 +7,10 @@ C{UNSIGNED-PAYLOAD}) in the thread pool, where botocore may also refresh
 credentials, and sent with a Twisted L{IAgent}, bodies streamed straight
 from the writer.  Up to C{partThreshold} bytes a blob is one PUT; above, a
 multipart upload whose parts are streamed in order, the next part starting
-as soon as the previous one's body is written.
+as soon as the previous one's body is written.  A blob whose size is known
+only at its end is a multipart upload of C{partSize} parts, each buffered
+until it is whole, the last one smaller; or, if it ends within its first
+part, one PUT.
 
 Downloads can also be handed to the client as presigned URLs (botocore's
 query-string signer, in the thread pool too).
@@ -87,26 +90,40 @@ def _findText(root: ElementTree.Element, name: str) -> str | None:
 
 class _S3Writer(StreamingWriter[str]):
     """
-    One PUT, or a multipart upload when the blob is over the threshold.  It
-    gives no handle (L{StreamingWriter._handle}): what a killed process left
-    is found by listing the multipart uploads to its key.
+    One PUT, or a multipart upload when the blob is over the threshold (or,
+    of unknown size, longer than one part).  It gives no handle
+    (L{StreamingWriter._handle}): what a killed process left is found by
+    listing the multipart uploads to its key.
     """
 
-    def __init__(self, store: S3BlobStore, key: str, size: int) -> None:
+    def __init__(self, store: S3BlobStore, key: str, size: int | None) -> None:
         self._store = store
-        self._multipart = size > store.partThreshold
-        self._partSize = partSize(size, store.partSize)
+        #: Decided at the start for a known size, at the first part otherwise.
+        self._multipart: bool | None = None
+        if size is not None:
+            self._multipart = size > store.partThreshold
+            self._partSize = partSize(size, store.partSize)
+        else:
+            self._partSize = store.partSize
+            self.maximum = MAX_PARTS * store.partSize
         self._uploadId: str | None = None
-        self.pipelined = self._multipart
-        super().__init__(key, size, store._reactor, store._pool, store.highWater)
+        self.pipelined = bool(self._multipart)
+        super().__init__(
+            key, size, store._reactor, store._pool, store.highWater, step=self._partSize
+        )
 
     def _segments(self) -> list[tuple[int, int]]:
+        assert self.size is not None
         if not self._multipart:
             return [(0, self.size)]
         step = self._partSize
         return [(o, min(step, self.size - o)) for o in range(0, self.size, step)]
 
     def _begin(self) -> Deferred[None]:
+        if self._multipart is None:
+            # Of unknown size: the first part is whole, or the blob ended in it.
+            self._multipart = not (self._planned and len(self._segmentList) == 1)
+            self.pipelined = self._multipart
         if not self._multipart:
             return succeed(None)
 
@@ -313,7 +330,7 @@ class S3BlobStore(HTTPBlobStore):
 
     # IBlobStore
 
-    def writer(self, key: str, size: int) -> _S3Writer:
+    def writer(self, key: str, size: int | None) -> _S3Writer:
         return _S3Writer(self, key, size)
 
     def produce(

@@ -1,12 +1,16 @@
-# -*- test-case-name: tests.integration.test_blobstore_contract -*-
+# -*- test-case-name: tests.unit.test_unknown_sizes,tests.integration.test_blobstore_contract -*-
 """
 The writer of the remote stores: a blob streamed into a sequence of
 outgoing request bodies (one PUT, the parts of a multipart upload, the
 chunks of a resumable upload), with backpressure in both directions.
 
-The writer never holds a whole part or chunk: bytes go from C{write} into
-the body of the request being sent, and the only buffer is the one the
-producer's gate bounds, by its high water mark plus one read.
+The writer of a blob of known size never holds a whole part or chunk:
+bytes go from C{write} into the body of the request being sent, and the
+only buffer is the one the producer's gate bounds, by its high water mark
+plus one read.  A blob whose size is known only at its end (a request body
+without a length) is cut into segments of a fixed length, the last one
+shorter; a request body needs its length before its first byte, so each
+segment is held until all of it is in, and the buffer is one segment more.
 """
 
 from __future__ import annotations
@@ -63,10 +67,16 @@ class StreamingWriter(BlobWriter, Generic[T]):
     remote store cannot commit the object before the web layer decides to;
     until then nothing is visible under the key.
 
-    Subclasses say how the blob is cut (C{_segments}), how a transfer
-    begins (C{_begin}) and what handle it then has (C{_handle}), sends a
-    segment (C{_sendSegment}), commits (C{_commit}) and is cleaned up
-    (C{_cleanup}).  With C{pipelined} the next segment starts as soon as
+    With C{size} L{None}, the blob is cut into segments of C{step} bytes,
+    the last one shorter (an empty blob is one empty segment): a segment is
+    sent once a byte beyond it has arrived (so it is known not to be the
+    last), and the last one at L{finish}.  The high water mark is then one
+    segment higher, so that a whole segment can wait in the buffer.
+
+    Subclasses say how a blob of known size is cut (C{_segments}), how a
+    transfer begins (C{_begin}) and what handle it then has (C{_handle}),
+    sends a segment (C{_sendSegment}), commits (C{_commit}) and is cleaned
+    up (C{_cleanup}).  With C{pipelined} the next segment starts as soon as
     the previous body is fully written, without waiting for its response.
     """
 
@@ -75,13 +85,19 @@ class StreamingWriter(BlobWriter, Generic[T]):
     def __init__(
         self,
         key: str,
-        size: int,
+        size: int | None,
         reactor: IReactorFromThreads,
         pool: ThreadPool,
         highWater: int | None = None,
+        step: int | None = None,
     ) -> None:
         high, low = (HIGH_WATER, LOW_WATER) if highWater is None else (highWater, highWater // 4)
+        if size is None:
+            if step is None or step <= 0:
+                raise ValueError("a blob of unknown size needs a segment length")
+            high, low = high + step, low + step
         super().__init__(key, size, high, low)
+        self._segmentLength = step
         self._clock: IReactorTime = reactor  # type: ignore[assignment]
         self._hasher = Hasher(["sha256"], reactor, pool, self._gate, high, low)
         self._state = Transfer.IDLE
@@ -90,7 +106,10 @@ class StreamingWriter(BlobWriter, Generic[T]):
         #: from inside: the running loop looks again after every step.
         self._moving = False
         self._pending: deque[bytes] = deque()
-        self._segmentList = self._segments()
+        self._segmentList = self._segments() if size is not None else []
+        #: Whether every segment is known: at once for a known size, at
+        #: L{finish} otherwise.
+        self._planned = size is not None
         self._next = 0
         self._body: StreamBody | None = None
         self._results: dict[int, T] = {}
@@ -157,11 +176,36 @@ class StreamingWriter(BlobWriter, Generic[T]):
         finally:
             self._moving = False
 
+    def _plan(self) -> None:
+        """The segments of a blob of unknown size known now: each whole one
+        once a byte beyond it is in, the rest at L{finish}."""
+        if self._planned:
+            return
+        assert self._segmentLength is not None
+        step = self._segmentLength
+        while (len(self._segmentList) + 1) * step < self._received:
+            self._segmentList.append((len(self._segmentList) * step, step))
+        if self._use is Use.FINISHED:
+            offset = len(self._segmentList) * step
+            self._segmentList.append((offset, self._received - offset))
+            self._planned = True
+
+    @property
+    def _total(self) -> int | None:
+        """The blob's size, once known."""
+        return self.size if self.size is not None else self._received if self._planned else None
+
     def _step(self) -> bool:
         """Make one move, if one can be made; say whether one was."""
         finishing = self._use is Use.FINISHED
+        self._plan()
         if self._state is Transfer.IDLE:
-            if not (self._pending or finishing):
+            if self.size is None:
+                # Begun once the first segment is known: the subclass may
+                # choose how to send the blob by its segments.
+                if not self._segmentList:
+                    return False
+            elif not (self._pending or finishing):
                 return False
             self._moveTo(Transfer.BEGINNING)
             self._began = self._begin()
@@ -207,8 +251,10 @@ class StreamingWriter(BlobWriter, Generic[T]):
         if not (self._pending and body.writable):
             return False
         limit = body.remaining
-        if self._next == len(self._segmentList) and not finishing:
-            limit -= 1  # the last byte waits for finish()
+        if self.size is not None and self._next == len(self._segmentList) and not finishing:
+            # The last byte waits for finish() (a blob of unknown size has
+            # no last segment before).
+            limit -= 1
         if limit <= 0:
             return False
         chunk = self._pending[0]
@@ -238,7 +284,7 @@ class StreamingWriter(BlobWriter, Generic[T]):
         def commit(digests: dict[str, bytes]) -> Deferred[BlobInfo]:
             if self._state is not Transfer.COMMITTING:
                 raise CancelledError("the upload was aborted while finishing")
-            info = BlobInfo(size=self.size, sha256=digests["sha256"].hex())
+            info = BlobInfo(size=self._received, sha256=digests["sha256"].hex())
             return self._commit(results).addCallback(self._committed, info)
 
         d = self._hasher.digests().addCallback(commit)
@@ -259,7 +305,8 @@ class StreamingWriter(BlobWriter, Generic[T]):
     # For subclasses
 
     def _segments(self) -> list[tuple[int, int]]:
-        """(offset, length) of each request body, in order."""
+        """(offset, length) of each request body of a blob of known size, in order."""
+        assert self.size is not None
         return [(0, self.size)]
 
     def _begin(self) -> Deferred[None]:

@@ -42,7 +42,9 @@ class ThreadedBlobWriter(BlobWriter):
     same time.
     """
 
-    def __init__(self, key: str, size: int, reactor: IReactorFromThreads, pool: ThreadPool) -> None:
+    def __init__(
+        self, key: str, size: int | None, reactor: IReactorFromThreads, pool: ThreadPool
+    ) -> None:
         super().__init__(key, size, HIGH, LOW)
         self._reactor = reactor
         self._pool = pool

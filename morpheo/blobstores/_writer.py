@@ -1,9 +1,11 @@
-# -*- test-case-name: tests.integration.test_blobstore_contract -*-
+# -*- test-case-name: tests.unit.test_unknown_sizes,tests.integration.test_blobstore_contract -*-
 """
 What every blob writer does the same way, whatever the bytes go to: count
-them against the announced size, hold the producer back while they are
-buffered, refuse to be used after C{finish()} or C{abort()}, keep the first
-failure for the next call to report, and abort once however often asked.
+them against the announced size (or, for a blob whose size is known only
+at its end, against the most the store can take), hold the producer back
+while they are buffered, refuse to be used after C{finish()} or C{abort()},
+keep the first failure for the next call to report, and abort once however
+often asked.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .._errors import SizeMismatch
+from .._errors import SizeMismatch, TooLarge
 from .._interfaces import IBlobWriter
 from .._observer import OneShotObserverList
 from .._types import BlobInfo
@@ -37,17 +39,24 @@ class Use(Enum):
 @implementer(IBlobWriter)
 class BlobWriter:
     """
-    The skeleton of a writer of C{size} bytes under C{key}.  Bytes written
-    count in C{_buffer} (a L{Backlog} on the producer's gate) until the
-    subclass says they are gone.
+    The skeleton of a writer of C{size} bytes under C{key}, or of a blob
+    whose size is known only once L{finish} is called (C{size} L{None}): it
+    then takes at most C{maximum} bytes (L{None}: any number), and its size
+    is what it received.  Bytes written count in C{_buffer} (a L{Backlog}
+    on the producer's gate) until the subclass says they are gone.
 
     Subclasses take each write's bytes (C{_accept}), commit once all are in
     (C{_finish}) and throw away what they hold (C{_discard}, called once);
     they report a failure with C{_fail}.
     """
 
-    def __init__(self, key: str, size: int, high: int = HIGH_WATER, low: int = LOW_WATER) -> None:
-        if size < 0:
+    #: For a blob of unknown size, the most bytes the store takes in one.
+    maximum: int | None = None
+
+    def __init__(
+        self, key: str, size: int | None, high: int = HIGH_WATER, low: int = LOW_WATER
+    ) -> None:
+        if size is not None and size < 0:
             raise ValueError(f"a blob cannot be {size} bytes long")
         self.key = key
         self.size = size
@@ -73,7 +82,10 @@ class BlobWriter:
             self._failure.raiseException()
         if not data:
             return
-        if self._received + len(data) > self.size:
+        if self.size is None:
+            if self.maximum is not None and self._received + len(data) > self.maximum:
+                raise TooLarge(self.maximum)
+        elif self._received + len(data) > self.size:
             raise SizeMismatch(self.size, self._received + len(data))
         self._received += len(data)
         self._buffer.grew(len(data))
@@ -94,7 +106,7 @@ class BlobWriter:
             raise RuntimeError("finish() after finish() or abort()")
         if self._failure is not None:
             return self._failWith(self._failure)
-        if self._received != self.size:
+        if self.size is not None and self._received != self.size:
             return self._failWith(Failure(SizeMismatch(self.size, self._received)))
         self._use = Use.FINISHED
         return self._finish().addErrback(self._failWith)
@@ -133,3 +145,39 @@ class BlobWriter:
 
     def _discard(self) -> Deferred[None]:
         raise NotImplementedError(f"{type(self).__name__} must say how to discard")
+
+
+@implementer(IBlobWriter)
+class CappedWriter:
+    """
+    A writer of a blob of unknown size that takes at most C{limit} bytes:
+    one more, and C{write} raises L{TooLarge}, so that a body without a
+    length is refused as soon as it is too large rather than at its end.
+    """
+
+    def __init__(self, inner: IBlobWriter, limit: int) -> None:
+        self.inner = inner
+        self.key = inner.key
+        self._limit = limit
+        self._received = 0
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        self.inner.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.inner.unregisterProducer()
+
+    def write(self, data: bytes) -> None:
+        if self._received + len(data) > self._limit:
+            raise TooLarge(self._limit)
+        self._received += len(data)
+        self.inner.write(data)
+
+    def started(self) -> Deferred[str | None]:
+        return self.inner.started()
+
+    def finish(self) -> Deferred[BlobInfo]:
+        return self.inner.finish()
+
+    def abort(self) -> Deferred[None]:
+        return self.inner.abort()

@@ -49,6 +49,7 @@ from .._interfaces import (
 )
 from .._types import BlobInfo, Change, Claim, Label, Listing, NewBlob, StoredObject
 from ..blobstores._verify import verifying
+from ..blobstores._writer import CappedWriter
 from ._sweep import CLAIM_LEASE, LEFTOVER_AGE, Swept, sweep
 
 T = TypeVar("T")
@@ -57,11 +58,12 @@ T = TypeVar("T")
 @frozen
 class IncomingBlob:
     """
-    A blob about to be uploaded: its announced size, the digests its client
-    stated (by hashlib name), and what its part said of itself.
+    A blob about to be uploaded: its announced size (L{None} for a body
+    without a length: its end tells), the digests its client stated (by
+    hashlib name), and what its part said of itself.
     """
 
-    size: int
+    size: int | None
     expected: Mapping[str, bytes] = field(factory=dict)
     label: Label = field(factory=Label)
 
@@ -238,7 +240,8 @@ class Objects:
         """
         L{TooLarge} for a blob over the maximum (or a body over it by more
         than C{overhead}, the most its other parts can hold); known sizes
-        are refused before a byte of the body is read.
+        are refused before a byte of the body is read, a blob of unknown
+        size as soon as it grows past the maximum (see L{_writer}).
         """
         limit = self.maxBlobSize
         if limit is not None and size is not None and size > limit + overhead:
@@ -449,9 +452,10 @@ class Objects:
             self._unreleased[claim.token] = (claim.kind, claim.uuid)
 
     def _writer(self, key: str, blob: IncomingBlob) -> IBlobWriter:
-        return verifying(
-            self.blobs.writer(key, blob.size), dict(blob.expected), self._reactor, self._pool
-        )
+        writer = self.blobs.writer(key, blob.size)
+        if blob.size is None and self.maxBlobSize is not None:
+            writer = CappedWriter(writer, self.maxBlobSize)
+        return verifying(writer, dict(blob.expected), self._reactor, self._pool)
 
     async def _receive(
         self, claim: Claim | None, key: str, blob: IncomingBlob, source: IBlobSource

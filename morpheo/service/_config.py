@@ -28,6 +28,11 @@ BLOBSTORES = ("local", "s3", "gc", "mock")
 REDIRECTING = ("s3", "gc")
 #: Seconds a redirected download's URL stays valid, unless told otherwise.
 DEFAULT_REDIRECT_LIFETIME = 300
+#: Slow clients: seconds a request's headers may take, the slowest a body
+#: may come (bytes a second) and the window that rate is measured over.
+DEFAULT_HEADER_TIMEOUT = 30.0
+DEFAULT_MIN_BODY_RATE = 1024
+DEFAULT_BODY_RATE_WINDOW = 60.0
 
 
 class ConfigError(ValueError):
@@ -74,9 +79,11 @@ class StorageConfig:
     descriptions of C{listen}, or else C{host}/C{port} (TLS with C{cert}
     and C{key}).  Downloads: C{redirectDownloads} answers a blob's GET
     with a redirect to a URL of the store's, valid C{redirectLifetime}
-    seconds (L{DEFAULT_REDIRECT_LIFETIME} if None).
-    and C{key}).  C{orphanGrace}: how old, in seconds, a blob nothing
-    points to (or an unfinished write) must be before the sweep removes it.
+    seconds (L{DEFAULT_REDIRECT_LIFETIME} if None).  C{orphanGrace}: how
+    old, in seconds, a blob nothing points to (or an unfinished write) must
+    be before the sweep removes it.  Slow clients: a request's headers must
+    arrive within C{headerTimeout} seconds, a body at C{minBodyRate} bytes a
+    second or more over C{bodyRateWindow} seconds (0 turns either off).
 
     @raise ConfigError: when made with settings that cannot work.
     """
@@ -118,6 +125,9 @@ class StorageConfig:
     #: Failed logins allowed per minute from one client address (0: no limit).
     loginThrottle: int = 10
     threads: int = 8
+    headerTimeout: float = DEFAULT_HEADER_TIMEOUT
+    minBodyRate: int = DEFAULT_MIN_BODY_RATE
+    bodyRateWindow: float = DEFAULT_BODY_RATE_WINDOW
 
     def __attrs_post_init__(self) -> None:
         if self.blobstore not in BLOBSTORES:
@@ -183,6 +193,23 @@ class StorageConfig:
             )
         if self.threads < 1:
             raise ConfigError(f"threads must be at least 1, not {self.threads}")
+        if not (isinstance(self.headerTimeout, int | float) and 0 <= self.headerTimeout < math.inf):
+            raise ConfigError(
+                "--header-timeout must be a number of seconds (0: none),"
+                f" not {self.headerTimeout!r}"
+            )
+        if self.minBodyRate < 0:
+            raise ConfigError(
+                f"--min-body-rate must be a number of bytes a second (0: none),"
+                f" not {self.minBodyRate}"
+            )
+        if not (
+            isinstance(self.bodyRateWindow, int | float) and 0 < self.bodyRateWindow < math.inf
+        ):
+            raise ConfigError(
+                f"--body-rate-window must be a number of seconds above 0,"
+                f" not {self.bodyRateWindow!r}"
+            )
         self._checkRedirects()
 
     def _checkRedirects(self) -> None:

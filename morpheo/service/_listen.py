@@ -19,6 +19,11 @@ from twisted.internet.ssl import CertificateOptions
 
 from ._tls import loadCertificateOptions, serverOptions
 
+#: The accept queue of the --host/--port listener (nginx's default): with
+#: Twisted's 50, a burst of connections (hundreds of slow clients) makes the
+#: next ones wait a second for the kernel to retry their SYN.
+BACKLOG = 511
+
 
 class ListenError(ValueError):
     """An endpoint cannot be made; the message names it."""
@@ -93,10 +98,13 @@ def makeListeners(
             options = loadCertificateOptions(cert, key)
             return [
                 Listener(
-                    SSL4ServerEndpoint(reactor, port, options, interface=host), True, f"ssl:{port}"
+                    SSL4ServerEndpoint(reactor, port, options, backlog=BACKLOG, interface=host),
+                    True,
+                    f"ssl:{port}",
                 )
             ]
-        return [Listener(TCP4ServerEndpoint(reactor, port, interface=host), False, f"tcp:{port}")]
+        endpoint = TCP4ServerEndpoint(reactor, port, backlog=BACKLOG, interface=host)
+        return [Listener(endpoint, False, f"tcp:{port}")]
     listeners = []
     for description in listen:
         reason = refuseWeakTLS(description)

@@ -339,7 +339,14 @@ class StorageService(service.Service):
         )
 
     async def _listenOn(self, running: _Running, listeners: list[Listener]) -> None:
-        running.site = _Site(self._root, reactor=self._reactor)
+        config = self.config
+        running.site = _Site(
+            self._root,
+            reactor=self._reactor,
+            headerTimeout=config.headerTimeout or None,
+            minBodyRate=config.minBodyRate,
+            rateWindow=config.bodyRateWindow,
+        )
         store = running.store.name if running.store is not None else "?"
         for listener in listeners:
             try:

@@ -11,12 +11,13 @@ from ._cors import CORSResource
 from ._passwords import PasswordFileChecker, hashPassword
 from ._root import StorageRoot
 from ._routes import StorageAPI
-from ._streaming import BodyAborted, IStreamingRequest, RequestBody, StreamingSite
+from ._streaming import BodyAborted, BodyRefused, IStreamingRequest, RequestBody, StreamingSite
 
 __all__ = [
     "AccessLogSite",
     "BasicAuth",
     "BodyAborted",
+    "BodyRefused",
     "CORSResource",
     "IStreamingRequest",
     "PasswordFileChecker",

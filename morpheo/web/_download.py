@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 
-from .._errors import BlobStoreError
+from .._errors import APIError, BlobStoreError
 from .._types import StoredObject
 from ..objects import Objects
 from ._http import (
@@ -77,6 +77,25 @@ def preconditions(request: IRequest, resource: StoredObject) -> int | None:
     return None
 
 
+def answerPreconditions(request: IRequest, resource: StoredObject) -> bool:
+    """
+    Whether L{preconditions} end a GET or HEAD of C{resource}: a 304 is
+    set here (it has no body); a 412 is raised, for its JSON body to say
+    which version the object is now (a HEAD gets the same headers).
+    """
+    status = preconditions(request, resource)
+    if status == 412:
+        raise APIError(
+            412,
+            f"{resource.kind} {resource.uuid} is not the version that If-Match or"
+            f" If-Unmodified-Since asks for: it is now ETag {etagOf(resource.sha256)}",
+        )
+    if status is not None:
+        request.setResponseCode(status)
+        return True
+    return False
+
+
 def _header(request: IRequest, name: bytes) -> str | None:
     value = request.getHeader(name)
     return None if value is None else value.decode("latin-1")
@@ -128,9 +147,7 @@ async def serveBlob(
     request.setHeader(b"Accept-Ranges", b"bytes")
     disposition = contentDisposition(resource.filename or resource.uuid)
     request.setHeader(b"Content-Disposition", disposition.encode())
-    status = preconditions(request, resource)
-    if status is not None:
-        request.setResponseCode(status)
+    if answerPreconditions(request, resource):
         return b""
     contentType = resource.content_type or DEFAULT_TYPE
     size = resource.size

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.integration.test_embedding -*-
+# -*- test-case-name: tests.unit.test_parser,tests.integration.test_embedding -*-
 """
 The storage service's web resource as another application mounts it: a
 stable resource, available before the service has started (it answers 503
@@ -15,7 +15,6 @@ warning.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 
 from twisted.logger import Logger
@@ -23,7 +22,28 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource, getChildForRequest
 
 from ._cors import CORSResource
-from ._streaming import IStreamingRequest
+from ._streaming import IStreamingRequest, errorBody
+
+
+def _error(request: IRequest, code: int, message: str) -> bytes:
+    body = errorBody(message)
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
+
+
+def _notUTF8(request: IRequest) -> str | None:
+    """What of the URL is not UTF-8 (the routes read it as text), if anything."""
+    try:
+        b"/".join(request.prepath + request.postpath).decode("utf-8")
+    except UnicodeDecodeError:
+        return "the path"
+    try:
+        request.getRequestHostname().decode("utf-8")
+    except UnicodeDecodeError:
+        return "the Host header"
+    return None
 
 
 class _Unavailable(Resource):
@@ -36,12 +56,8 @@ class _Unavailable(Resource):
         self._root = root
 
     def render(self, request: IRequest) -> bytes:
-        body = json.dumps({"error": self._root._why}).encode() + b"\n"
-        request.setResponseCode(503)
-        request.setHeader(b"Content-Type", b"application/json")
-        request.setHeader(b"Content-Length", b"%d" % len(body))
         request.setHeader(b"Retry-After", b"5")
-        return body
+        return _error(request, 503, self._root._why)
 
 
 class StorageRoot(Resource):
@@ -79,6 +95,14 @@ class StorageRoot(Resource):
                 " before routing ({site}): uploads will be refused; serve it with"
                 " morpheo.StreamingSite",
                 site=type(getattr(request, "site", None)).__name__,
+            )
+        what = _notUTF8(request)
+        if what is not None:
+            return _error(
+                request,
+                400,
+                f"{what} must be UTF-8 once percent-decoded: percent-encode the UTF-8 of"
+                " each character",
             )
         inner = self._unavailable if self._inner is None else self._inner
         return getChildForRequest(inner, request).render(request)  # type: ignore[no-any-return]

@@ -47,7 +47,13 @@ from .._kinds import KINDS, PARENTS, TABLE, Kind, plural
 from .._types import Label, Listing, StoredObject
 from ..objects import IncomingBlob, NewObject, Objects, Replacement
 from ._auth import BasicAuth, Unauthorized
-from ._download import RangeNotSatisfiable, describe, preconditions, serveBlob
+from ._download import (
+    RangeNotSatisfiable,
+    answerPreconditions,
+    describe,
+    preconditions,
+    serveBlob,
+)
 from ._forms import (
     MAX_COUNT,
     PATCH_FORM,
@@ -58,7 +64,7 @@ from ._forms import (
     parseUUID,
 )
 from ._http import parseContentMD5, parseReprDigest, parseSHA256Field, reprDigest
-from ._streaming import IStreamingRequest, RequestBody
+from ._streaming import BodyRefused, IStreamingRequest, RequestBody
 from ._upload import FormUpload, RawSource
 
 T = TypeVar("T")
@@ -138,15 +144,36 @@ def routeList(app: Klein) -> list[str]:
     return routes
 
 
+#: A multipart boundary (RFC 2046 section 5.1.1): 1 to 70 characters of
+#: these, the last not a space.
+_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+
+
 def _boundary(request: IRequest) -> bytes:
-    """The multipart boundary, or a 400 saying multipart is required."""
+    """The multipart boundary, or a 400 saying multipart is required, or
+    what is wrong with its boundary."""
     ctype = (request.getHeader(b"content-type") or b"").decode("latin-1")
     mime, _, params = ctype.partition(";")
     if mime.strip().lower() == "multipart/form-data":
         for param in params.split(";"):
             key, _, value = param.strip().partition("=")
-            if key.lower() == "boundary" and value:
-                return value.strip('"').encode("latin-1")
+            if key.strip().lower() != "boundary":
+                continue
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            if not _BOUNDARY.fullmatch(value):
+                raise APIError(
+                    400,
+                    "the multipart/form-data boundary must be 1 to 70 letters, digits or"
+                    f" '()+_,-./:=? (RFC 2046), not {value[:80]!r}",
+                )
+            return value.encode("ascii")
+        raise APIError(
+            400,
+            "a multipart/form-data body needs a boundary: Content-Type: multipart/form-data;"
+            " boundary=...",
+        )
     raise APIError(
         400,
         "this upload must be multipart/form-data (e.g. curl -F name=value -F blob=@file);"
@@ -416,10 +443,8 @@ class StorageAPI:
                 )
             parentUUID = parseUUID(args[parent][0].decode("utf-8", "replace"), parent)
         uuid = parseUUID(args["uuid"][0].decode("utf-8", "replace")) if "uuid" in args else None
-        if body.length is None:
-            raise APIError(
-                411, f"a {rules.name} upload needs a Content-Length (the {rules.name}'s size)"
-            )
+        # Without a Content-Length (a chunked body), the size is the body's
+        # end, and the maximum is enforced as it streams.
         self.objects.admit(body.length)
         expected = _expectedDigests(_requestHeaders(request, "repr-digest", "content-md5"))
         ctype: str | None = (request.getHeader(b"content-type") or b"").decode("latin-1")
@@ -438,9 +463,7 @@ class StorageAPI:
         """An object's metadata, with its validators (C{ETag}, C{Last-Modified})."""
         stored = await self.objects.get(kind, parseUUID(uuid))
         describe(request, stored)
-        status = preconditions(request, stored)
-        if status is not None:
-            request.setResponseCode(status)
+        if answerPreconditions(request, stored):
             return b""
         return _json(request, stored.asJSON())
 
@@ -518,6 +541,12 @@ class StorageAPI:
         error = failure.value
         status = next(code for kind, code in _REFUSALS.items() if isinstance(error, kind))
         return _json(request, {"error": str(error)}, status)
+
+    @app.handle_errors(BodyRefused)
+    def _bodyRefused(self, request: IRequest, failure: Failure) -> bytes:
+        """The channel cut the body (malformed, or too slow)."""
+        error: BodyRefused = failure.value  # type: ignore[assignment]
+        return _json(request, {"error": error.message}, error.code)
 
     @app.handle_errors(RangeNotSatisfiable)
     def _rangeError(self, request: IRequest, failure: Failure) -> bytes:

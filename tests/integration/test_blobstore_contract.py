@@ -291,9 +291,11 @@ async def leftovers(backend: Backend, store: IBlobStore, key: str) -> list[str]:
 
 
 async def put(
-    store: IBlobStore, key: str, data: bytes, chunk: int = 64 * KiB
+    store: IBlobStore, key: str, data: bytes, chunk: int = 64 * KiB, sized: bool = True
 ) -> tuple[Any, Source]:
-    writer = store.writer(key, len(data))
+    """Write C{data} under C{key}, its size announced (or, with C{sized}
+    false, known at the end only)."""
+    writer = store.writer(key, len(data) if sized else None)
     source = Source(writer, data, chunk=chunk)
     try:
         await within(source.start())
@@ -374,6 +376,48 @@ async def test_blob_across_many_parts_reads_back_whole_and_in_ranges(backend: Ba
     assert await get(store, key) == data
     assert await get(store, key, 5 * MiB - 2, 4) == data[5 * MiB - 2 : 5 * MiB + 2]
     await within(store.delete(key))
+
+
+#: Around the tuned part and chunk lengths (S3 5 MiB, GCS 256 KiB): within
+#: the first one, exactly one, one and a byte, several and a bit.
+UNKNOWN_SIZES = [0, 1, 256 * KiB, 256 * KiB + 1, 5 * MiB, 5 * MiB + 1, 11 * MiB + 3]
+
+
+@pytest.mark.parametrize("size", UNKNOWN_SIZES)
+@pytest_twisted.ensureDeferred
+async def test_a_blob_of_unknown_size(backend: Backend, size: int) -> None:
+    """A chunked request body: the writer learns the size at the end."""
+    store = backend.make(**backend.tuned)
+    key, data = newKey(), blobOf(size)
+    info, _ = await put(store, key, data, sized=False)
+    assert (info.size, info.sha256) == (size, hashlib.sha256(data).hexdigest())
+    assert await get(store, key) == data
+    await within(store.delete(key))
+    await assertGone(backend, store, key)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_blob_of_unknown_size_default_settings(backend: Backend) -> None:
+    """Past S3's 16 MiB parts and GCS's 32 MiB chunks, as the service runs."""
+    store = backend.make()
+    key, data = newKey(), blobOf(40 * MiB + 5)
+    info, _ = await put(store, key, data, chunk=256 * KiB, sized=False)
+    assert info.sha256 == hashlib.sha256(data).hexdigest()
+    assert await get(store, key) == data
+    await within(store.delete(key))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_blob_of_unknown_size_aborted_midway_leaves_nothing(backend: Backend) -> None:
+    store = backend.make(**backend.tuned)
+    key, data = newKey(), blobOf(12 * MiB)
+    writer = store.writer(key, None)
+    await within(Source(writer, data).start())
+    await deferLater(reactor, 0.3)  # whole parts sent, the rest held
+    with pytest.raises(BlobNotFound):
+        await within(store.produce(key, Sink()))
+    await within(writer.abort())
+    await assertGone(backend, store, key)
 
 
 @pytest_twisted.ensureDeferred

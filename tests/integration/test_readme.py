@@ -70,15 +70,20 @@ def test_readme_examples_work_as_written(readmeServer, tmp_path):
     outputs = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     original = (work / "problem.tar.gz").read_bytes()
     sha = hashlib.sha256(original).hexdigest()
-    # upload, get, list, the algo, the model, the patch
+    # upload, get, list, the algo, the model (with a length, then chunked), the patch
     uploaded = outputs[0]
     assert uploaded["name"] == "funky_problem" and uploaded["sha256"] == sha
     assert outputs[1] == uploaded
     assert outputs[2]["items"][0] == uploaded
     assert (work / "problem-copy.tar.gz").read_bytes() == original
-    algo, model, patched = outputs[3], outputs[4], outputs[5]
+    algo, model, chunked, patched = outputs[3:7]
     assert algo["name"] == "my_algo"
     assert model["algo"] == algo["uuid"] and model["sha256"] == sha
+    assert (chunked["algo"], chunked["sha256"], chunked["size"]) == (
+        algo["uuid"],
+        sha,
+        len(original),
+    )
     assert patched["description"] == "greater" and patched["uuid"] != uploaded["uuid"]
     # Ranges, HEAD, If-None-Match
     assert (work / "first-100-bytes.bin").read_bytes() == original[:100]
@@ -86,16 +91,16 @@ def test_readme_examples_work_as_written(readmeServer, tmp_path):
     assert f'ETag: "{sha}"' in done.stdout
     assert "\n304\n" in done.stdout
     # Checked uploads, lists, delete
-    checkedAlgo, checkedModel, models, named, deleted = outputs[6:11]
+    checkedAlgo, checkedModel, models, named, deleted = outputs[7:12]
     assert checkedAlgo["sha256"] == sha and checkedModel["sha256"] == sha
     assert models["items"] == [checkedModel] and models["next"].startswith("/model?")
     assert [i["uuid"] for i in named["items"]] == [patched["uuid"]]
     assert deleted == patched
-    assert len(outputs) == 11
+    assert len(outputs) == 12
     assert "error" not in done.stdout
     assert readmeServer.sql("SELECT kind, count(*) FROM resource GROUP BY 1 ORDER BY 1") == [
         ("algo", 2),
-        ("model", 2),
+        ("model", 3),
     ]
 
 

@@ -22,6 +22,7 @@ from tests.integration.helpers import (
     form,
     formHead,
     jsonOf,
+    newAlgo,
     newUUID,
     post,
     rawRequest,
@@ -87,13 +88,26 @@ async def test_chunked_multipart_upload(http, server):
 
 
 @pytest_twisted.ensureDeferred
-async def test_411_chunked_model(http, server):
+async def test_chunked_model(http, server):
+    """No Content-Length: the model's size is where its body ends."""
+    algo = await newAlgo(http, server)
+    data = os.urandom(1_500_000)
+    r = await http.post(f"{server.url}/model?algo={algo}", data=ChunkedBody(data), auth=server.auth)
+    assert r.code == 201, await treq.text_content(r)
+    stored = await jsonOf(r)
+    assert (stored["size"], stored["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+    r = await http.get(f"{server.url}/model/{stored['uuid']}/blob", auth=server.auth)
+    assert await treq.content(r) == data
+
+
+@pytest_twisted.ensureDeferred
+async def test_chunked_model_of_an_unknown_algo_is_404_and_leaves_nothing(http, server):
     before = server.files()
     r = await http.post(
         f"{server.url}/model?algo={newUUID()}", data=ChunkedBody(b"model" * 1000), auth=server.auth
     )
-    assert r.code == 411
-    assert "Content-Length" in (await jsonOf(r))["error"]
+    assert r.code == 404
+    assert "no algo" in (await jsonOf(r))["error"]
     assert server.files() == before
 
 

@@ -451,6 +451,34 @@ def test_pluginFoundAfterAPlainInstall(tmp_path: Path) -> None:
     assert optionsModule == "morpheo.tap"
 
 
+def test_slowClientDefaults() -> None:
+    config = parse(*AUTH).config()
+    assert (config.headerTimeout, config.minBodyRate, config.bodyRateWindow) == (30.0, 1024, 60.0)
+
+
+def test_slowClientOptions() -> None:
+    config = parse(
+        *AUTH, "--header-timeout", "5.5", "--min-body-rate", "4K", "--body-rate-window", "20"
+    ).config()
+    assert (config.headerTimeout, config.minBodyRate, config.bodyRateWindow) == (5.5, 4096, 20.0)
+    off = parse(*AUTH, "--header-timeout", "0", "--min-body-rate", "0").config()
+    assert (off.headerTimeout, off.minBodyRate) == (0.0, 0)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("--header-timeout", "soon"), "--header-timeout must be a number of seconds"),
+        (("--header-timeout", "-1"), "--header-timeout must be a number of seconds"),
+        (("--min-body-rate", "fast"), "--min-body-rate must be a number of bytes a second"),
+        (("--body-rate-window", "0"), "--body-rate-window must be a number of seconds above 0"),
+        (("--body-rate-window", "never"), "--body-rate-window must be a number of seconds"),
+    ],
+)
+def test_slowClientOptionsThatCannotWork(args: tuple[str, ...], words: str) -> None:
+    assert words in refused(*AUTH, *args)
+
+
 def test_twistdHelpListsTheOptions() -> None:
     """C{twistd morpheo-storage --help} is where a user learns the options: all are there."""
     result = subprocess.run(
@@ -464,6 +492,7 @@ def test_twistdHelpListsTheOptions() -> None:
         "max-blob-size", "s3-endpoint", "gc-endpoint", "redirect-downloads", "redirect-lifetime",
         "orphan-grace", "shutdown-timeout",
         "login-throttle", "blob-dir", "shared-blob-dir",
+        "header-timeout", "min-body-rate", "body-rate-window",
     ]:  # fmt: skip
         assert f"--{option}" in result.stdout, option
 

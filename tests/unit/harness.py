@@ -50,6 +50,7 @@ from morpheo.objects import CLAIM_LEASE, IncomingBlob, NewObject, Objects
 from morpheo.service._graceful import HandlerTracker, trackedResource
 from morpheo.web import AccessLogSite, BasicAuth, CORSResource, StorageAPI, StreamingSite
 from morpheo.web._root import StorageRoot
+from morpheo.web._streaming import HEADER_TIMEOUT, MIN_BODY_RATE, RATE_WINDOW
 from morpheo.web._throttle import LoginThrottle
 
 T = TypeVar("T")
@@ -416,6 +417,10 @@ class Service:
     #: logins allowed per minute from one address (0: no limit).
     checkers: tuple[ICredentialsChecker, ...] = ()
     loginThrottle: int = 0
+    #: The site's deadlines for slow clients.
+    headerTimeout: float | None = HEADER_TIMEOUT
+    minBodyRate: float = MIN_BODY_RATE
+    rateWindow: float = RATE_WINDOW
     metadata: MemoryMetadataStore = field(init=False)
     blobs: MemoryBlobStore = field(init=False)
     objects: Objects = field(init=False)
@@ -444,7 +449,13 @@ class Service:
         api = StorageAPI(self.objects, self.auth, self.redirectLifetime)
         root = StorageRoot(self.corsOrigins)
         root.setInner(CORSResource(trackedResource(api.app, HandlerTracker()), self.corsOrigins))
-        self.site = AccessLogSite(root, reactor=self.reactor)
+        self.site = AccessLogSite(
+            root,
+            reactor=self.reactor,
+            headerTimeout=self.headerTimeout,
+            minBodyRate=self.minBodyRate,
+            rateWindow=self.rateWindow,
+        )
         self._agent = _MemoryAgent(self.reactor, self.site)
         self.client = HTTPClient(self._agent)
 
@@ -567,6 +578,10 @@ class Service:
         Exact bytes in, exact bytes out: for what no client would send (to
         C{site}, by default the service's own).
         """
+        return self.rawExchange(data, site)[0]
+
+    def rawExchange(self, data: bytes, site: Site | None = None) -> tuple[bytes, bool]:
+        """L{raw}, and whether the server then closed the connection."""
         site = self.site if site is None else site
         protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 31337))
         transport = StringTransport()
@@ -575,7 +590,7 @@ class Service:
         for _ in range(50):
             self.reactor.advance(0)
         answer: bytes = transport.value()
-        return answer
+        return answer, bool(transport.disconnecting)
 
     # Uploads
 

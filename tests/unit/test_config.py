@@ -5,6 +5,7 @@ refusals of the command line, in its words, and the blob store it names.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,11 @@ def refusal(**settings: Any) -> str:
         ({"dbTimeout": 0.0}, "--db-timeout must be a positive number of seconds"),
         ({"dbTimeout": float("nan")}, "--db-timeout must be a positive number of seconds"),
         ({"loginThrottle": -1}, "--login-throttle must be a number of failed logins per minute"),
+        ({"headerTimeout": -1.0}, "--header-timeout must be a number of seconds (0: none)"),
+        ({"minBodyRate": -1}, "--min-body-rate must be a number of bytes a second (0: none)"),
+        ({"bodyRateWindow": 0.0}, "--body-rate-window must be a number of seconds above 0"),
+        ({"headerTimeout": math.inf}, "--header-timeout must be a number of seconds (0: none)"),
+        ({"bodyRateWindow": math.nan}, "--body-rate-window must be a number of seconds above 0"),
         ({"listen": ("tcp:8000",), "cert": "c.pem", "key": "k.pem"}, "with --listen"),
         (
             {"blobstore": "gc", "gcBucket": "g", "blobDir": "/srv/blobs"},

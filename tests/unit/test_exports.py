@@ -18,6 +18,8 @@ PUBLIC = {
     "StoredObject",
     # Stores that serve downloads themselves (redirects).
     "IRedirectableBlobStore",
+    # A body the streaming layer cut (malformed, too slow).
+    "BodyRefused",
 }  # fmt: skip
 
 

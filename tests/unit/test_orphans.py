@@ -153,7 +153,7 @@ class Recording:
         self.name, self.remote, self.shared = self.inner.name, self.inner.remote, self.inner.shared
         self.events: list[str] = []
 
-    def writer(self, key: str, size: int) -> IBlobWriter:
+    def writer(self, key: str, size: int | None) -> IBlobWriter:
         return self.inner.writer(key, size)
 
     def produce(
@@ -277,7 +277,7 @@ class TurnedBlobs(Recording):
         super().__init__(service)
         self._turns = turns
 
-    def writer(self, key: str, size: int) -> IBlobWriter:
+    def writer(self, key: str, size: int | None) -> IBlobWriter:
         return TurnedWriter(self.inner.writer(key, size), self._turns)
 
     def delete(self, key: str) -> Deferred[None]:

@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
-from twisted.web import http
+from twisted.web import http, server
 from twisted.web._newclient import ResponseDone
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -82,12 +82,38 @@ def test_private_parts_of_twisted_web_still_there():
         "_send100Continue",
         "_dataBuffer",
         "_transferDecoder",
+        # The parser's hooks the JSON refusals take over.
+        "_HTTPChannel__first_line",
+        "_receivedHeaderSize",
+        "_receivedHeaderCount",
+        "_finishRequestBody",
+        "_maybeChooseTransferDecoder",
+        "_respondToBadRequestAndDisconnect",
+        "clearLineBuffer",
     ):
         assert hasattr(channel, name), name
     channel.dataReceived(post(3))
     for name in ("_command", "_path", "_version"):
         assert hasattr(channel, name), name
-    assert hasattr(http, "_IdentityTransferDecoder") and hasattr(http, "_ChunkedTransferDecoder")
+    for name in (
+        "_IdentityTransferDecoder",
+        "_ChunkedTransferDecoder",
+        "_MalformedChunkedDataError",
+        "_parseRequestLine",
+    ):
+        assert hasattr(http, name), name
+    assert hasattr(server.Request, "_handleStar")
+    # The stock parser still hands the framing headers to this hook.
+    fresh, _, _ = connect(Holder())
+    calls: list[bytes] = []
+
+    def hook(header: bytes, data: bytes) -> bool:
+        calls.append(header)
+        return True
+
+    fresh._maybeChooseTransferDecoder = hook  # type: ignore[method-assign]
+    fresh.dataReceived(post(0))
+    assert b"Content-Length" in calls
 
 
 def test_routed_at_headers_and_not_read_until_asked():

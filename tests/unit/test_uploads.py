@@ -175,12 +175,43 @@ def test_aBlobNotOfItsSizeIs400(service: Service, actual: int, word: str) -> Non
     assert error == f"the blob is {word} than its announced size of 20 bytes"
 
 
-@pytest.mark.parametrize("ctype", ["application/json", "text/plain", "multipart/form-data"])
+@pytest.mark.parametrize("ctype", ["application/json", "text/plain", "text/plain; boundary=x"])
 def test_notMultipartIs400(service: Service, ctype: str) -> None:
     reply = service.request("POST", "/data", b"{}", {"Content-Type": ctype})
     assert reply.code == 400
     assert reply.error.startswith("this upload must be multipart/form-data")
     service.assertNothingLeft()
+
+
+def test_aFormWithoutBoundaryIs400(service: Service) -> None:
+    reply = service.request("POST", "/data", b"{}", {"Content-Type": "multipart/form-data"})
+    assert (reply.code, reply.error) == (
+        400,
+        "a multipart/form-data body needs a boundary: Content-Type: multipart/form-data;"
+        " boundary=...",
+    )
+    service.assertNothingLeft()
+
+
+@pytest.mark.parametrize(
+    "boundary", ['""', "", '"', "x" * 71, "a<b", "bad\x7f", '"ends-with-space "', '"\u00e9"']
+)
+def test_aBoundaryOutsideRFC2046Is400(service: Service, boundary: str) -> None:
+    ctype = f"multipart/form-data; boundary={boundary}"
+    reply = service.request("POST", "/data", b"--\r\n", {"Content-Type": ctype})
+    assert reply.code == 400
+    assert reply.error.startswith("the multipart/form-data boundary must be 1 to 70 letters")
+    service.assertNothingLeft()
+
+
+@pytest.mark.parametrize("boundary", [BOUNDARY, f'"{BOUNDARY}"', f'" {BOUNDARY}"', "x" * 70])
+def test_aBoundaryQuotedOrNotIsTaken(service: Service, boundary: str) -> None:
+    inner = boundary.strip('"')
+    blob = b"some bytes"
+    body = form(fieldsFor("data", blob), blob).replace(BOUNDARY.encode(), inner.encode())
+    ctype = f"multipart/form-data; boundary={boundary}"
+    reply = service.request("POST", "/data", body, {"Content-Type": ctype})
+    assert reply.code == 201, reply.body
 
 
 def test_aMalformedMultipartBodyIs400(service: Service) -> None:
