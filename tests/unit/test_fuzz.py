@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from .harness import BOUNDARY, Service, basic, newUUID
+from .harness import BOUNDARY, FORM_TYPE, Service, basic, fieldsFor, form, newUUID, request
 
 #: Requests sent per run, at the least.
 AT_LEAST = 1000
@@ -207,6 +207,48 @@ def requests(draw: st.DrawFn, known: list[tuple[str, str]]) -> tuple[str, bytes]
     return method, head.encode("utf-8", "surrogateescape") + sent
 
 
+@st.composite
+def sensible(draw: st.DrawFn, known: list[tuple[str, str]]) -> tuple[str, bytes]:
+    """
+    A request as a client means it: an upload of a kind with its fields
+    (some cut, repeated or wrong), a read of an object that may be there,
+    a change or a deletion; so that what succeeds is checked too.
+    """
+    kind = draw(st.sampled_from(KINDS))
+    uuids = dict(known)
+    blob = draw(st.binary(max_size=200))
+    action = draw(st.sampled_from(["upload", "upload", "read", "blob", "delete", "patch", "list"]))
+    if action in ("upload", "patch"):
+        fields = fieldsFor(kind if action == "upload" else "problem", blob)
+        if kind == "model" and action == "upload":
+            query = f"?algo={uuids['algo']}" if draw(st.booleans()) else ""
+            head = {"Content-Type": "application/octet-stream"}
+            if draw(st.booleans()):
+                sent = _chunked(blob, draw(st.integers(1, 3)))
+                head["Transfer-Encoding"] = "chunked"
+                return "POST", request("POST", f"/model{query}", head, sent)
+            return "POST", request("POST", f"/model{query}", head, blob)
+        if draw(st.booleans()):
+            fields["uuid"] = draw(st.sampled_from([newUUID(), *uuids.values()]))
+        body = form(fields, blob)
+        if draw(st.integers(min_value=0, max_value=3)) == 0:
+            body = body[: draw(st.integers(min_value=0, max_value=len(body)))]
+        method, path = (
+            ("POST", f"/{kind}")
+            if action == "upload"
+            else ("PATCH", f"/problem/{uuids['problem']}")
+        )
+        return method, request(method, path, {"Content-Type": FORM_TYPE}, body)
+    path = {
+        "read": f"/{kind}/{uuids[kind]}",
+        "blob": f"/{kind}/{uuids[kind]}/blob",
+        "delete": f"/{kind}/{uuids[kind]}",
+        "list": f"/{kind}?limit={draw(st.integers(0, 5))}",
+    }[action]
+    method = "DELETE" if action == "delete" else draw(st.sampled_from(["GET", "HEAD"]))
+    return method, request(method, path)
+
+
 # Sending and reading
 
 
@@ -282,7 +324,11 @@ def test_whateverComesTheServiceAnswersWithoutAFaultAndLeavesNothing() -> None:
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         database=None,
     )
-    @given(st.lists(requests(KNOWN), min_size=PER_EXAMPLE, max_size=PER_EXAMPLE))
+    @given(
+        st.lists(
+            st.one_of(requests(KNOWN), sensible(KNOWN)), min_size=PER_EXAMPLE, max_size=PER_EXAMPLE
+        )
+    )
     def run(batch: list[tuple[str, bytes]]) -> None:
         service = seeded()
         for method, data in batch:
