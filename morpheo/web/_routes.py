@@ -572,8 +572,10 @@ class StorageAPI:
             self._log.error("the {store} blob store has {error}", store=store.name, error=error)
             message = f"the blob store ({store.name}) has no blob for {error.kind} {error.uuid}"
         else:
+            # What failed (a path, a host, a key) is the log's: the client
+            # learns which store, and that it is not its request's fault.
             self._log.failure("blob store failure", failure)
-            message = f"the blob store ({store.name}) failed: {error}"
+            message = f"the blob store ({store.name}) failed; try again later"
         return _json(request, {"error": message}, 502 if store.remote else 500)
 
     @app.handle_errors(NotFound)

@@ -507,9 +507,6 @@ class SeaweedFS(_Process):
         ]  # fmt: skip
         self.spawn(argv)
         self.waitFor(self._createBucket, timeout, "the S3 gateway")
-        # The first write allocates volumes (seconds): not in a timed test.
-        self.signedRequest("PUT", f"/{self.bucket}/warm-up", b"x")
-        self.signedRequest("DELETE", f"/{self.bucket}/warm-up")
         return self
 
     def signedRequest(self, method: str, path: str, data: bytes = b"") -> tuple[int, bytes]:
@@ -530,13 +527,25 @@ class SeaweedFS(_Process):
         self.createBucket(self.bucket)
 
     def createBucket(self, bucket: str) -> None:
-        """Make C{bucket} (there already is fine), blocking."""
+        """
+        Make C{bucket} (there already is fine) and wait until it takes
+        writes, blocking: SeaweedFS gives each bucket volumes of its own at
+        its first write, and answers 500 InternalError until they are there
+        (seconds, on a loaded machine), which no test should meet.
+        """
         code, body = self.signedRequest("PUT", f"/{bucket}")
         if code not in (200, 409):
             raise RuntimeError(f"creating bucket: HTTP {code} {body[:200]!r}")
         code, body = self.signedRequest("HEAD", f"/{bucket}")
         if code != 200:
             raise RuntimeError(f"bucket not there yet: HTTP {code}")
+
+        def writable() -> bool:
+            code, _ = self.signedRequest("PUT", f"/{bucket}/warm-up", b"x")
+            return code == 200
+
+        waitUntil(writable, 60, f"bucket {bucket} taking writes")
+        self.signedRequest("DELETE", f"/{bucket}/warm-up")
 
     def putObject(self, key: str, data: bytes, bucket: str | None = None) -> None:
         """Write an object straight into the bucket, as another program would."""

@@ -285,7 +285,7 @@ def test_headWhileTheStoreIsDownFailsAsGETDoes(service: Service, stored: str) ->
     get = service.request("GET", f"{stored}/blob")
     head = service.request("HEAD", f"{stored}/blob")
     assert (get.code, head.code) == (500, 500)
-    assert get.error == "the blob store (mock) failed: the mock blob store is down"
+    assert get.error == "the blob store (mock) failed; try again later"
     service.blobs.down = False
     assert service.request("HEAD", f"{stored}/blob").code == 200
 

@@ -25,7 +25,7 @@ from .harness import (
 )
 
 BLOB = bytes(range(256)) * 4
-STORE_DOWN = "the blob store (mock) failed: the mock blob store is down"
+STORE_DOWN = "the blob store (mock) failed; try again later"
 
 
 def b64(name: str, data: bytes) -> str:

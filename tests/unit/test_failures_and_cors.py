@@ -50,7 +50,7 @@ def test_aBlobStoreThatIsDownIs500NamingIt(service: Service) -> None:
     reply = service.request("GET", f"/data/{uuid}/blob")
     assert (reply.code, reply.error) == (
         500,
-        "the blob store (mock) failed: the mock blob store is down",
+        "the blob store (mock) failed; try again later",
     )
 
 

@@ -14,7 +14,7 @@ from morpheo.objects import CLAIM_LEASE
 from .harness import END, FORM_TYPE, Connection, Service, fieldsFor, form, newUUID, status
 
 BLOB = b"x" * 1000
-STORE_DOWN = "the blob store (mock) failed: the mock blob store is down"
+STORE_DOWN = "the blob store (mock) failed; try again later"
 
 
 def finish(connection: Connection, kind: str, uuid: str) -> int:
