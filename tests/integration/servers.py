@@ -502,7 +502,12 @@ class SeaweedFS(_Process):
         argv += [
             "-filer", "-s3", f"-s3.port={self.port}", f"-s3.config={config}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
-            f"-master.volumeSizeLimitMB={self.volumeSizeMB}", "-volume.max=0",
+            # Each bucket is a collection that takes volumes of its own at its
+            # first write (seven at a time); left to itself the volume server
+            # counts its slots from the free disk (a gigabyte a volume), so a
+            # session's buckets ran out of them and new ones answered 500.
+            # Volumes are sparse files: many slots cost nothing.
+            f"-master.volumeSizeLimitMB={self.volumeSizeMB}", "-volume.max=1000",
             "-volume.preStopSeconds=0",
         ]  # fmt: skip
         self.spawn(argv)
