@@ -4,7 +4,8 @@ with C{remote} whether their failures are a backend's (S3, GCS) or ours
 (the local disk, memory).
 
 The stores are C{_local}, C{_memory}, C{_s3} and C{_gcs}.  Their writers
-share one skeleton (C{_writer}), flow control (C{_flow}) and a hasher
+share one skeleton (C{_writer}), flow control and the memory budget that
+all of a store's transfers share (C{_flow}), and a hasher
 (C{_hasher}); the local one works in a thread (C{_threaded}), the remote
 ones stream segments of requests (C{_segmented}, C{_bodies}, C{_cleanup}).
 Reads go out through the producers of C{_producer} and C{_download}; the
@@ -14,7 +15,8 @@ The service's configuration builds the one it names
 """
 
 from .._interfaces import IBlobStore
+from ._flow import MemoryBudget
 from ._local import LocalBlobStore
 from ._memory import MemoryBlobStore
 
-__all__ = ["IBlobStore", "LocalBlobStore", "MemoryBlobStore"]
+__all__ = ["IBlobStore", "LocalBlobStore", "MemoryBlobStore", "MemoryBudget"]

@@ -59,6 +59,7 @@ from .._interfaces import (
 )
 from .._kinds import KINDS, isBlobKey
 from ._bodies import StreamBody
+from ._flow import MemoryBudget
 from ._http import asStoreError
 from ._httpstore import HTTPBlobStore, parseTime
 from ._segmented import StreamingWriter
@@ -131,7 +132,13 @@ class _GCSWriter(StreamingWriter[None]):
         if size is None:
             self.maximum = MAX_OBJECT
         super().__init__(
-            key, size, store._reactor, store._pool, store.highWater, step=store.chunkSize
+            key,
+            size,
+            store._reactor,
+            store._pool,
+            store.highWater,
+            step=store.chunkSize,
+            share=store.budget.join(),
         )
 
     def _segments(self) -> list[tuple[int, int]]:
@@ -244,12 +251,13 @@ class GCSBlobStore(HTTPBlobStore):
         credentials: Any = None,
         chunkSize: int = 32 * MiB,
         highWater: int | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
         if chunkSize <= 0 or chunkSize % CHUNK_UNIT:
             raise ValueError(f"GCS chunks are multiples of {CHUNK_UNIT} bytes")
         self.bucket = bucket
         self.chunkSize = chunkSize
-        super().__init__(reactor, pool, agent, highWater)
+        super().__init__(reactor, pool, agent, highWater, budget)
         self._base = (endpoint or GOOGLE).rstrip("/")
         self._bucketPath = quote(bucket, safe="")
         explicit = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")

@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from .._observer import OneShotObserverList
-from ._flow import HIGH_WATER, LOW_WATER, Backlog, ProducerGate
+from ._flow import HIGH_WATER, LOW_WATER, Backlog, ProducerGate, Share
 
 
 class Hasher:
@@ -30,7 +30,9 @@ class Hasher:
     C{low}.  A batch goes to the pool once C{batch} bytes are queued (or the
     digests are asked for): a thread hop per network read would cost the
     reactor thread more than the hashing itself.  A batch stays under the
-    low water mark, or a paused producer would wait for bytes never hashed.
+    low water mark, or a paused producer would wait for bytes never hashed;
+    with a C{share} of a memory budget the marks follow it, and so does
+    the batch.
     """
 
     def __init__(
@@ -42,12 +44,13 @@ class Hasher:
         high: int = HIGH_WATER,
         low: int = LOW_WATER,
         batch: int = 1024 * 1024,
+        share: Share | None = None,
     ) -> None:
         self._hashes = {name: hashlib.new(name) for name in algorithms}
         self._reactor = reactor
         self._pool = pool
-        self._backlog = Backlog(gate, high, low)
-        self._batch = min(batch, max(1, low // 2))
+        self._backlog = Backlog(gate, high, low, share)
+        self._most = batch
         self._pending: list[bytes] = []
         self._pendingBytes = 0
         self._running: Deferred[int] | None = None
@@ -62,6 +65,10 @@ class Hasher:
         self._backlog.grew(len(data))
         if self._running is None and self._pendingBytes >= self._batch:
             self._next()
+
+    @property
+    def _batch(self) -> int:
+        return min(self._most, max(1, self._backlog.low // 2))
 
     def digests(self) -> Deferred[dict[str, bytes]]:
         """Fires with every digest once all that was queued is hashed;

@@ -24,6 +24,7 @@ from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from .._errors import BlobStoreError
 from ._bodies import BytesBody
 from ._download import produceNothing, streamResponse
+from ._flow import MemoryBudget
 from ._http import SMALL_BODY, asStoreError, makeAgent, readSmall
 
 V = TypeVar("V")
@@ -58,7 +59,8 @@ class HTTPBlobStore:
     """
     The part of a remote store that is only HTTP.  Subclasses say how a
     request is authorized (C{_authorize}) and what an error answer means
-    (C{_explain}).
+    (C{_explain}).  Its uploads share C{budget} for what they hold in
+    memory (downloads hold nothing: the store's socket is paused instead).
     """
 
     #: Its failures are a backend's (502, bad gateway), not this service's.
@@ -67,9 +69,15 @@ class HTTPBlobStore:
     shared = True
 
     def __init__(
-        self, reactor: Any, pool: ThreadPool, agent: IAgent | None, highWater: int | None
+        self,
+        reactor: Any,
+        pool: ThreadPool,
+        agent: IAgent | None,
+        highWater: int | None,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.highWater = highWater
+        self.budget = MemoryBudget() if budget is None else budget
         self._reactor: IReactorFromThreads = reactor
         self._clock: IReactorTime = reactor
         self._pool = pool

@@ -37,6 +37,7 @@ from zope.interface import implementer
 from .._errors import BlobNotFound, BlobStoreError
 from .._interfaces import KEY_PAGE, ISweepableBlobStore
 from .._kinds import KINDS, isBlobKey
+from ._flow import MemoryBudget
 from ._producer import ThreadedReadProducer
 from ._threaded import ThreadedBlobWriter
 
@@ -178,7 +179,10 @@ class LocalIdentity:
 @implementer(ISweepableBlobStore)
 class LocalBlobStore:
     """
-    Blobs as files under C{root}, all file work in C{pool}.
+    Blobs as files under C{root}, all file work in C{pool}.  Its uploads
+    and downloads share C{budget} (by default L{TRANSFER_BUDGET
+    <morpheo.blobstores._flow.TRANSFER_BUDGET>} bytes) for what they hold
+    in memory.
 
     @param shared: other nodes use C{root} at the same time (a directory
         every node mounts): young temporary files and blobs in it may be
@@ -190,10 +194,16 @@ class LocalBlobStore:
     remote = False
 
     def __init__(
-        self, root: str, reactor: IReactorFromThreads, pool: ThreadPool, shared: bool = False
+        self,
+        root: str,
+        reactor: IReactorFromThreads,
+        pool: ThreadPool,
+        shared: bool = False,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.root = os.path.abspath(root)
         self.shared = shared
+        self.budget = MemoryBudget() if budget is None else budget
         self._reactor = reactor
         self._pool = pool
         #: The temporary files of the writes in progress (their paths):
@@ -206,7 +216,7 @@ class LocalBlobStore:
         return deferToThreadPool(self._reactor, self._pool, f, *args)
 
     def writer(self, key: str, size: int | None) -> _LocalWriter:
-        return _LocalWriter(self, key, size, self._reactor, self._pool)
+        return _LocalWriter(self, key, size, self._reactor, self._pool, self.budget.join())
 
     def produce(
         self, key: str, consumer: IConsumer, offset: int = 0, length: int | None = None
@@ -227,7 +237,8 @@ class LocalBlobStore:
         def start(opened: tuple[IO[bytes], int]) -> Deferred[None]:
             f, size = opened
             want = size - offset if length is None else length
-            producer = ThreadedReadProducer(f, want, consumer, self._inThread)
+            share = self.budget.join()
+            producer = ThreadedReadProducer(f, want, consumer, self._inThread, share=share)
             return producer.beginProducing()
 
         return self._inThread(openFile).addCallback(start)

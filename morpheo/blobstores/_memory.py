@@ -36,6 +36,7 @@ from .._interfaces import KEY_PAGE, IAbandonableBlobStore, ISweepableBlobStore
 from .._kinds import isBlobKey
 from .._observer import OneShotObserverList
 from .._types import BlobInfo
+from ._flow import MemoryBudget
 from ._producer import BlobProducer
 from ._writer import BlobWriter
 
@@ -44,7 +45,7 @@ BLOCK = 64 * 1024
 
 class _MockWriter(BlobWriter):
     def __init__(self, store: MemoryBlobStore, key: str, size: int | None) -> None:
-        super().__init__(key, size, store.highWater, store.highWater // 4)
+        super().__init__(key, size, store.highWater, store.highWater // 4, store.budget.join())
         self._store = store
         self._pending: list[bytes] = []
         self._chunks: list[bytes] = []
@@ -161,7 +162,11 @@ class MemoryBlobStore:
     shared = False
 
     def __init__(
-        self, clock: IReactorTime, highWater: int = 4 * 1024 * 1024, sessions: bool = False
+        self,
+        clock: IReactorTime,
+        highWater: int = 4 * 1024 * 1024,
+        sessions: bool = False,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self._clock = clock
         self._blobs: dict[str, bytes] = {}
@@ -172,6 +177,7 @@ class MemoryBlobStore:
         #: The key of each session still open, by handle.
         self._sessionKeys: dict[str, str] = {}
         self._numbers = count(1)
+        self.budget = MemoryBudget() if budget is None else budget
         self.down = False
 
     def _openSession(self, key: str) -> str:

@@ -3,7 +3,7 @@
 The producers that copy a blob into the web layer's consumer: what they all
 do the same way (register, end once, stop when their C{done} is cancelled,
 follow the consumer's pauses), and the one that reads a blob in a thread,
-one block ahead.
+one block ahead, its blocks sized by its share of the store's memory budget.
 """
 
 from __future__ import annotations
@@ -17,7 +17,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .._errors import BlobStoreError
+from ._flow import Share
 
+#: The block one download alone reads at a time.  With others running, a
+#: block is a quarter of its share of the budget: a download holds the
+#: block read ahead, the one written last and the transport's own buffer
+#: (up to its C{bufferSize} more, sent before it asks for more).
 BLOCK = 1024 * 1024
 
 
@@ -78,8 +83,11 @@ class BlobProducer:
 class ThreadedReadProducer(BlobProducer):
     """
     Reads C{file} through C{inThread} (in a thread pool) until C{length}
-    bytes have been written to the consumer, then closes it.  While the consumer is paused the next
-    block is read but not written, so memory stays at about two blocks.
+    bytes have been written to the consumer, then closes it.  While the
+    consumer is paused the next block is read but not written, so memory
+    stays at about two blocks besides the consumer's buffer.  With a
+    C{share} of a memory budget, blocks are a quarter of it (at most
+    C{block}), and the share is left at the end.
     """
 
     def __init__(
@@ -89,8 +97,10 @@ class ThreadedReadProducer(BlobProducer):
         consumer: IConsumer,
         inThread: Callable[..., Deferred[Any]],
         block: int = BLOCK,
+        share: Share | None = None,
     ) -> None:
         super().__init__(consumer)
+        self._share = share
         self._file = file
         self._remaining = length
         self._inThread = inThread
@@ -109,7 +119,8 @@ class ThreadedReadProducer(BlobProducer):
             self._end()
             return
         if self._remaining and self._pendingBlock is None and self._reading is None:
-            want = min(self._block, self._remaining)
+            size = self._block if self._share is None else self._share.size(4 * self._block) // 4
+            want = min(size, self._remaining)
             self._reading = self._inThread(self._file.read, want)
             self._reading.addCallbacks(self._gotBlock, self._failed)
 
@@ -135,6 +146,8 @@ class ThreadedReadProducer(BlobProducer):
         if self.done.called:
             return
         self._pendingBlock = None
+        if self._share is not None:
+            self._share.leave()
         if self._reading is None:
             # Otherwise the read in flight closes it when it returns.
             self._closeFile()

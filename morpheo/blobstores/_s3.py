@@ -47,6 +47,7 @@ from .._interfaces import (
 )
 from .._kinds import KINDS, isBlobKey
 from ._bodies import StreamBody
+from ._flow import MemoryBudget
 from ._http import asStoreError
 from ._httpstore import HTTPBlobStore, parseTime
 from ._segmented import StreamingWriter
@@ -109,7 +110,13 @@ class _S3Writer(StreamingWriter[str]):
         self._uploadId: str | None = None
         self.pipelined = bool(self._multipart)
         super().__init__(
-            key, size, store._reactor, store._pool, store.highWater, step=self._partSize
+            key,
+            size,
+            store._reactor,
+            store._pool,
+            store.highWater,
+            step=self._partSize,
+            share=store.budget.join(),
         )
 
     def _segments(self) -> list[tuple[int, int]]:
@@ -234,6 +241,7 @@ class S3BlobStore(HTTPBlobStore):
         partThreshold: int = 64 * MiB,
         partSize: int = 16 * MiB,
         highWater: int | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
         if partSize < MIN_PART:
             raise ValueError(f"S3 parts are at least {MIN_PART} bytes")
@@ -241,7 +249,7 @@ class S3BlobStore(HTTPBlobStore):
         self.region = region
         self.partThreshold = partThreshold
         self.partSize = partSize
-        super().__init__(reactor, pool, agent, highWater)
+        super().__init__(reactor, pool, agent, highWater, budget)
         if endpoint is not None:
             self._base = f"{endpoint.rstrip('/')}/{quote(bucket, safe='')}"
         elif "." in bucket:

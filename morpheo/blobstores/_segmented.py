@@ -28,7 +28,7 @@ from .._observer import OneShotObserverList
 from .._types import BlobInfo
 from ._bodies import StreamBody
 from ._cleanup import cleanUp
-from ._flow import HIGH_WATER, LOW_WATER
+from ._flow import HIGH_WATER, LOW_WATER, Backlog, Share
 from ._hasher import Hasher
 from ._http import asStoreError
 from ._writer import BlobWriter, Use
@@ -90,16 +90,24 @@ class StreamingWriter(BlobWriter, Generic[T]):
         pool: ThreadPool,
         highWater: int | None = None,
         step: int | None = None,
+        share: Share | None = None,
     ) -> None:
         high, low = (HIGH_WATER, LOW_WATER) if highWater is None else (highWater, highWater // 4)
+        #: What the marks follow: a blob of unknown size keeps its own, a
+        #: whole segment waiting in the buffer whatever its share (which
+        #: still counts it among the transfers running).
+        marks = share
         if size is None:
             if step is None or step <= 0:
                 raise ValueError("a blob of unknown size needs a segment length")
             high, low = high + step, low + step
-        super().__init__(key, size, high, low)
+            marks = None
+        super().__init__(key, size, high, low, share)
+        if marks is None:
+            self._buffer = Backlog(self._gate, high, low)
         self._segmentLength = step
         self._clock: IReactorTime = reactor  # type: ignore[assignment]
-        self._hasher = Hasher(["sha256"], reactor, pool, self._gate, high, low)
+        self._hasher = Hasher(["sha256"], reactor, pool, self._gate, high, low, share=marks)
         self._state = Transfer.IDLE
         #: Set while the machine moves, so that what it sets off (a body
         #: ready at once, a request failing at once) does not move it again

@@ -2,7 +2,8 @@
 """
 A blob writer whose file work happens in a thread pool, behind a bounded
 buffer: the reactor thread only queues bytes and counts them, and they are
-hashed in the pool beside the writing.
+hashed in the pool beside the writing.  The buffer's bound is the writer's
+share of its store's memory budget, at most L{HIGH}.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from twisted.python.threadpool import ThreadPool
 
 from .._errors import BlobStoreError
 from .._types import BlobInfo
+from ._flow import Share
 from ._hasher import Hasher
 from ._writer import BlobWriter
 
@@ -30,6 +32,9 @@ STEP = 1024 * 1024
 
 #: The queue's water marks: the producer pauses above HIGH and resumes as
 #: soon as the queue is back under LOW, well before the thread runs dry.
+#: They are one upload's alone; with others running, both shrink to the
+#: writer's share of the budget, and a step to a quarter of it (so that
+#: the producer still resumes while the thread writes).
 HIGH = 6 * 1024 * 1024
 LOW = 4 * 1024 * 1024
 
@@ -43,12 +48,17 @@ class ThreadedBlobWriter(BlobWriter):
     """
 
     def __init__(
-        self, key: str, size: int | None, reactor: IReactorFromThreads, pool: ThreadPool
+        self,
+        key: str,
+        size: int | None,
+        reactor: IReactorFromThreads,
+        pool: ThreadPool,
+        share: Share | None = None,
     ) -> None:
-        super().__init__(key, size, HIGH, LOW)
+        super().__init__(key, size, HIGH, LOW, share)
         self._reactor = reactor
         self._pool = pool
-        self._hasher = Hasher(["sha256"], reactor, pool, self._gate, HIGH, LOW, STEP)
+        self._hasher = Hasher(["sha256"], reactor, pool, self._gate, HIGH, LOW, STEP, share)
         self._lock = DeferredLock()
         self._pending: deque[bytes] = deque()
         #: The flush queued or running, if any.
@@ -59,12 +69,12 @@ class ThreadedBlobWriter(BlobWriter):
         self._pending.append(data)
         self._hasher.update(data)
         if self._flushing is None:
-            self._flushing = self._inThread(self._flush)
+            self._flushing = self._inThread(self._flush, self._step())
 
     def _finish(self) -> Deferred[BlobInfo]:
         async def commit() -> BlobInfo:
             # A last flush queued behind any running one drains what is left.
-            await self._inThread(self._flush)
+            await self._inThread(self._flush, self._step())
             if self._failure is not None:
                 self._failure.raiseException()
             digests = await self._hasher.digests()
@@ -87,13 +97,17 @@ class ThreadedBlobWriter(BlobWriter):
             self._opened = True
             self._openInThread()
 
-    def _flush(self) -> None:
+    def _step(self) -> int:
+        """The most one write step takes now."""
+        return min(STEP, max(1, self._buffer.high // 4))
+
+    def _flush(self, step: int) -> None:
         # Runs in the pool, step by step while bytes are queued; the reactor
         # appends to the deque meanwhile (append and popleft are atomic).
         try:
             while self._pending and self._aborted is None:
                 chunks, n = [], 0
-                while self._pending and n < STEP:
+                while self._pending and n < step:
                     chunk = self._pending.popleft()
                     chunks.append(chunk)
                     n += len(chunk)
@@ -113,7 +127,7 @@ class ThreadedBlobWriter(BlobWriter):
 
     def _flushed(self) -> None:
         if self._pending and self._aborted is None:
-            self._flushing = self._inThread(self._flush)
+            self._flushing = self._inThread(self._flush, self._step())
         else:
             self._flushing = None
 

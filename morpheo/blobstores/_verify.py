@@ -17,8 +17,9 @@ from zope.interface import implementer
 from .._errors import DigestMismatch
 from .._interfaces import IBlobWriter
 from .._types import BlobInfo
-from ._flow import ProducerGate
+from ._flow import ProducerGate, Share
 from ._hasher import Hasher
+from ._writer import BlobWriter
 
 
 @implementer(IBlobWriter, IPushProducer)
@@ -29,7 +30,9 @@ class VerifyingWriter:
 
     It stands between the request body and the wrapped writer as a producer
     too: the body is paused while the wrapped writer has paused us or the
-    hashing is behind, so memory stays bounded whichever is slower.
+    hashing is behind, so memory stays bounded whichever is slower (by the
+    wrapped writer's C{share} of its budget, when it has one: the hash
+    holds the same bytes).
     """
 
     def __init__(
@@ -38,12 +41,13 @@ class VerifyingWriter:
         expected: dict[str, bytes],
         reactor: IReactorFromThreads,
         pool: ThreadPool,
+        share: Share | None = None,
     ) -> None:
         self.inner = inner
         self.key = inner.key
         self._expected = expected
         self._gate = ProducerGate()
-        self._hasher = Hasher(expected, reactor, pool, self._gate)
+        self._hasher = Hasher(expected, reactor, pool, self._gate, share=share)
 
     # IConsumer, for the request body
 
@@ -99,4 +103,7 @@ def verifying(
 ) -> IBlobWriter:
     """C{writer}, wrapped if some C{expected} digest is not its own sha256."""
     extra = {k: v for k, v in expected.items() if k != "sha256"}
-    return VerifyingWriter(writer, extra, reactor, pool) if extra else writer
+    if not extra:
+        return writer
+    share = writer.share if isinstance(writer, BlobWriter) else None
+    return VerifyingWriter(writer, extra, reactor, pool, share)

@@ -3,9 +3,10 @@
 What every blob writer does the same way, whatever the bytes go to: count
 them against the announced size (or, for a blob whose size is known only
 at its end, against the most the store can take), hold the producer back
-while they are buffered, refuse to be used after C{finish()} or C{abort()},
-keep the first failure for the next call to report, and abort once however
-often asked.
+while they are buffered (within the writer's share of its store's memory
+budget, given back when it ends), refuse to be used after C{finish()} or
+C{abort()}, keep the first failure for the next call to report, and abort
+once however often asked.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .._errors import SizeMismatch, TooLarge
 from .._interfaces import IBlobWriter
 from .._observer import OneShotObserverList
 from .._types import BlobInfo
-from ._flow import HIGH_WATER, LOW_WATER, Backlog, ProducerGate
+from ._flow import HIGH_WATER, LOW_WATER, Backlog, ProducerGate, Share
 
 log = Logger()
 
@@ -45,6 +46,10 @@ class BlobWriter:
     is what it received.  Bytes written count in C{_buffer} (a L{Backlog}
     on the producer's gate) until the subclass says they are gone.
 
+    With a C{share} of a memory budget, the marks shrink while many
+    transfers run (see L{Backlog}); the share is left when the writer
+    ends, committed or aborted.
+
     Subclasses take each write's bytes (C{_accept}), commit once all are in
     (C{_finish}) and throw away what they hold (C{_discard}, called once);
     they report a failure with C{_fail}.
@@ -54,14 +59,20 @@ class BlobWriter:
     maximum: int | None = None
 
     def __init__(
-        self, key: str, size: int | None, high: int = HIGH_WATER, low: int = LOW_WATER
+        self,
+        key: str,
+        size: int | None,
+        high: int = HIGH_WATER,
+        low: int = LOW_WATER,
+        share: Share | None = None,
     ) -> None:
         if size is not None and size < 0:
             raise ValueError(f"a blob cannot be {size} bytes long")
         self.key = key
         self.size = size
+        self.share = share
         self._gate = ProducerGate()
-        self._buffer = Backlog(self._gate, high, low)
+        self._buffer = Backlog(self._gate, high, low, share)
         self._received = 0
         self._failure: Failure | None = None
         self._use = Use.OPEN
@@ -109,10 +120,11 @@ class BlobWriter:
         if self.size is not None and self._received != self.size:
             return self._failWith(Failure(SizeMismatch(self.size, self._received)))
         self._use = Use.FINISHED
-        return self._finish().addErrback(self._failWith)
+        return self._finish().addErrback(self._failWith).addBoth(self._leave)
 
     def abort(self) -> Deferred[None]:
         self._use = Use.ABORTED
+        self._leave(None)
         if self._aborted is None:
             aborted = self._aborted = OneShotObserverList()
 
@@ -124,6 +136,11 @@ class BlobWriter:
 
             self._discard().addBoth(over)
         return self._aborted.whenFired()
+
+    def _leave(self, result: Any) -> Any:
+        if self.share is not None:
+            self.share.leave()
+        return result
 
     # For subclasses
 

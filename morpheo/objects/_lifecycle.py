@@ -468,8 +468,10 @@ class Objects:
         """
         writer = self._writer(key, blob)
         noted = self._note(claim, writer)
-        source.streamTo(writer)
         try:
+            # Inside: a writer neither finished nor aborted would keep its
+            # share of the store's memory budget for good.
+            source.streamTo(writer)
             await source.done()
             info = await writer.finish()
         except SizeMismatch:

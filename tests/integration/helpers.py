@@ -20,9 +20,12 @@ import socket
 import subprocess
 import time
 import uuid as _uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from http.client import HTTPConnection
 from pathlib import Path
-from typing import Any
+from threading import Barrier
+from typing import Any, TypeVar
 
 import treq
 from attrs import frozen
@@ -48,6 +51,7 @@ from tests.integration.servers import Server
 #: The checkout: README.md, schema/, setup.py.
 ROOT = Path(__file__).resolve().parent.parent.parent
 BOUNDARY = "morpheo-test-boundary-7f3a"
+T = TypeVar("T")
 FORM_HEADERS: dict[bytes | str, list[bytes | str]] = {
     b"Content-Type": [f"multipart/form-data; boundary={BOUNDARY}".encode()]
 }
@@ -483,3 +487,113 @@ def serviceAccountFile(path: Path, tokenURL: str) -> Path:
         )
     )
     return path
+
+
+# Many transfers at once, from threads: the load the memory bounds are for.
+
+#: The block the load client sends and reads at a time.
+LOAD_BLOCK = 1024 * 1024
+
+
+def loadBlob(index: int, size: int, base: bytes) -> Iterator[bytes]:
+    """
+    Blob C{index}'s bytes, C{size} of them (a multiple of 1 MiB), made on
+    the fly from C{base} (1 MiB that does not compress): every block of
+    every blob differs, so a download that served another blob's bytes, or
+    another block's, fails its digest.
+    """
+    for block in range(size // LOAD_BLOCK):
+        shift = (index * 7919 + block * 104729) % LOAD_BLOCK
+        yield base[shift:] + base[:shift]
+
+
+class Load:
+    """
+    Form uploads of C{size} bytes each, C{count} at once (one thread and
+    one connection each), then downloads of them, C{count} at once; the
+    sha256 of every blob is computed as it is sent and checked against the
+    server's answer, and again on every byte downloaded.  Blocking: for
+    tests without a reactor and for the benchmarks.
+    """
+
+    def __init__(self, server: Server, count: int, size: int, timeout: float = 600) -> None:
+        self.server = server
+        self.count = count
+        self.size = size
+        self.timeout = timeout
+        self._base = os.urandom(LOAD_BLOCK)
+        credentials = f"{server.user}:{server.password}".encode()
+        self._auth = "Basic " + base64.b64encode(credentials).decode()
+        #: (uuid, sha256) of every blob uploaded.
+        self.stored: list[tuple[str, str]] = []
+
+    def uploads(self) -> float:
+        """Upload C{count} blobs at once; the seconds it took."""
+        stored, seconds = self._all(self._up, range(self.count))
+        self.stored.extend(stored)
+        return seconds
+
+    def downloads(self) -> float:
+        """Download every blob uploaded, all at once; the seconds it took."""
+        return self._all(self._down, list(self.stored))[1]
+
+    def mbps(self, seconds: float) -> float:
+        return self.count * self.size / seconds / 1e6
+
+    def _all(self, one: Callable[..., T], args: Sequence[Any]) -> tuple[list[T], float]:
+        start = Barrier(len(args), timeout=self.timeout)
+
+        def together(arg: Any) -> T:
+            connection = self._connect()
+            try:
+                start.wait()
+                return one(connection, arg)
+            finally:
+                connection.close()
+
+        began = time.monotonic()
+        with ThreadPoolExecutor(len(args)) as threads:
+            results = list(threads.map(together, args))
+        return results, time.monotonic() - began
+
+    def _connect(self) -> HTTPConnection:
+        return HTTPConnection("127.0.0.1", self.server.port, timeout=self.timeout)
+
+    def _up(self, connection: HTTPConnection, index: int) -> tuple[str, str]:
+        uuid = newUUID()
+        head = openForm(uuid, self.size)
+        tail = f"\r\n--{BOUNDARY}--\r\n".encode()
+        digest = hashlib.sha256()
+
+        def body() -> Iterator[bytes]:
+            yield head
+            for block in loadBlob(index, self.size, self._base):
+                digest.update(block)
+                yield block
+            yield tail
+
+        headers = {
+            "Authorization": self._auth,
+            "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
+            "Content-Length": str(len(head) + self.size + len(tail)),
+        }
+        connection.request("POST", "/data", body=body(), headers=headers)
+        response = connection.getresponse()
+        answer = response.read()
+        assert response.status == 201, (response.status, answer[:300])
+        assert json.loads(answer)["sha256"] == digest.hexdigest(), answer[:300]
+        return uuid, digest.hexdigest()
+
+    def _down(self, connection: HTTPConnection, stored: tuple[str, str]) -> None:
+        uuid, sha = stored
+        digest = hashlib.sha256()
+        received = 0
+        connection.request("GET", f"/data/{uuid}/blob", headers={"Authorization": self._auth})
+        response = connection.getresponse()
+        assert response.status == 200, (response.status, response.read()[:300])
+        assert response.getheader("Content-Length") == str(self.size)
+        while block := response.read(LOAD_BLOCK):
+            digest.update(block)
+            received += len(block)
+        assert received == self.size, (uuid, received)
+        assert digest.hexdigest() == sha, uuid

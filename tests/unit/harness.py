@@ -43,7 +43,7 @@ from morpheo._errors import BlobStoreError
 from morpheo._interfaces import IBlobSource, IBlobWriter, IRedirectableBlobStore
 from morpheo._kinds import TABLE
 from morpheo._types import StoredObject
-from morpheo.blobstores import MemoryBlobStore
+from morpheo.blobstores import MemoryBlobStore, MemoryBudget
 from morpheo.blobstores._bodies import BytesBody
 from morpheo.metadata import MemoryMetadataStore
 from morpheo.objects import CLAIM_LEASE, IncomingBlob, NewObject, Objects
@@ -421,6 +421,8 @@ class Service:
     headerTimeout: float | None = HEADER_TIMEOUT
     minBodyRate: float = MIN_BODY_RATE
     rateWindow: float = RATE_WINDOW
+    #: What the blob store's transfers share of memory.
+    budget: MemoryBudget = field(factory=MemoryBudget)
     metadata: MemoryMetadataStore = field(init=False)
     blobs: MemoryBlobStore = field(init=False)
     objects: Objects = field(init=False)
@@ -433,7 +435,7 @@ class Service:
         self.metadata = MemoryMetadataStore(self.reactor, owner="unit")
         redirecting = self.redirectLifetime is not None
         store = RedirectingBlobStore if redirecting else MemoryBlobStore
-        self.blobs = store(self.reactor, sessions=self.sessions)
+        self.blobs = store(self.reactor, sessions=self.sessions, budget=self.budget)
         self.objects = Objects(
             self.metadata,
             self.blobs,

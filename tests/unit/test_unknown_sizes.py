@@ -479,3 +479,30 @@ def test_aBlobOfUnknownSizeBuffersAtMostOnePart(store: str) -> None:
     assert producer.paused
     high = 4 * MiB  # the writers' usual high water mark
     assert step < written <= step + high + chunk
+
+
+def test_aBlobOfUnknownSizeKeepsAWholePartWhateverItsShare() -> None:
+    """
+    With the store's memory budget shared among many transfers (each down
+    to its least share), a blob of unknown size is still not paused before
+    a whole part and a byte more are in: its part must wait whole, or it
+    would never be sent.
+    """
+    reactor = FakeReactor()
+    agent = _StoreAgent(_s3Answer)
+    blobs = _s3(agent, reactor)
+    others = [blobs.budget.join() for _ in range(1000)]
+    writer = blobs.writer("model/x", None)
+    producer = _Producer()
+    writer.registerProducer(producer, True)
+    for _ in range(P // (64 * KiB)):
+        writer.write(os.urandom(64 * KiB))
+        reactor.advance(0)
+        assert not producer.paused
+    writer.write(b"!")
+    reactor.advance(0)
+    assert _summary(agent.requests)[:2] == [
+        ("POST", "uploads", 0),
+        ("PUT", "partNumber=1&uploadId=U1", P),
+    ]
+    assert blobs.budget.active == len(others) + 1
