@@ -169,7 +169,24 @@ class Server:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            return self.process.wait()
+            status = self.process.wait()
+            self._stopOrphanedPostgres()
+            return status
+
+    def _stopOrphanedPostgres(self) -> None:
+        """
+        A server killed for not stopping in time leaves its embedded
+        PostgreSQL running: stop it too, so that no test leaves a process.
+        """
+        try:
+            with open(os.path.join(self.dataDir, "postgres", "postmaster.pid")) as f:
+                postmaster = int(f.readline())
+        except (OSError, ValueError):
+            return
+        try:
+            os.kill(postmaster, signal.SIGQUIT)
+        except ProcessLookupError:
+            pass
 
 
 def twistdCommand(dataDir: str | None, args: Sequence[str], credentials: bool = True) -> list[str]:
