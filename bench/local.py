@@ -45,6 +45,9 @@ http {{
 
 
 def main() -> None:
+    if shutil.which("nginx") is None:
+        # Before the server starts: it would be left running otherwise.
+        sys.exit("bench/local.py needs nginx on the PATH, as its reference")
     args, size, work, blob = setUp(__doc__ or "", 5)
     try:
         server = startServer(os.path.join(work, "server"))
