@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from twisted.internet.defer import Deferred
 
-    from ._types import BlobInfo, Change, Changed, Claim, DeadClaim, Listing, StoredObject
+    from ._types import Appended, BlobInfo, Change, Changed, Claim, DeadClaim, Listing, StoredObject
 
 
 class IBlobWriter(IConsumer):
@@ -146,6 +146,82 @@ class IAbandonableBlobStore(IBlobStore):
         from the database, it is data, and a store acts on it only if it is
         one of its own (a session URL on its own endpoint).  Removing
         nothing is not an error.
+        """
+
+
+class IAppender(IConsumer):
+    """
+    One request's bytes added to a resumable write
+    (L{IResumableBlobStore.append}).  Like an L{IBlobWriter}, it pauses its
+    producer while its bounded buffer is full; unlike one, what it has
+    written is not lost when the request is cut: L{close} makes it part of
+    the write.
+    """
+
+    def close(keep: bool = True) -> Deferred[Appended]:
+        """
+        The request's bytes ended, or stopped (a cut connection, a client
+        gone): with C{keep}, make every byte written so far part of the
+        write, durably, and fire with the write's new state and offset (a
+        store that sends fixed parts stages a shorter tail, so that no byte
+        that reached this node is lost and no chunk size is refused).
+        Without C{keep} (a checksum that did not match), drop this
+        appender's bytes and fire with the state and offset from before.
+        Fails with L{BlobStoreError} if the store failed; the state from
+        before is then still valid, but the store may hold fewer bytes of
+        this request than were sent.  Called once.
+        """
+
+
+class IResumableBlobStore(IBlobStore):
+    """
+    A blob store where one blob is written over many requests, possibly
+    through many nodes: an upload that goes on where a cut left it.
+
+    What the store keeps of such a write between requests is described by
+    its I{state}: an opaque text (a few KiB at most) that the caller keeps
+    in the database and hands back to the next call, so that with a remote
+    store any node can take the next request.  A state read back from the
+    database is data: a store acts only on what is its own (its bucket, its
+    endpoint, its directory, that key).  Nothing is visible under the key
+    until L{conclude}.
+    """
+
+    def begin(key: str, size: int | None) -> Deferred[str]:
+        """
+        Start a resumable write of a blob of C{size} bytes (L{None}: not
+        known yet) to be committed under C{key}; fires with its first
+        state, which holds 0 bytes.
+        """
+
+    def append(
+        key: str, state: str, offset: int, end: int | None = None, revocable: bool = False
+    ) -> IAppender:
+        """
+        Go on with the write described by C{state}, which holds C{offset}
+        bytes (the caller has checked the client's offset against it).
+        With C{end}, the blob is C{end} bytes long, so that once the store
+        holds them all the appender sends its tail as the last part; without
+        it, more may follow.  With C{revocable}, the caller may drop this
+        request's bytes at the end (L{IAppender.close} with C{keep} false):
+        a store that cannot take back what it sent holds them apart until
+        then.
+        """
+
+    def conclude(key: str, state: str, size: int) -> Deferred[None]:
+        """
+        Commit the C{size} bytes the write holds under C{key}, atomically
+        and durably (a local file is fsynced); what the write kept apart is
+        removed.  Fails with L{SizeMismatch} if the write holds another
+        count, with L{BlobStoreError} if the store failed (the write is then
+        left as it was, for L{cancel}).
+        """
+
+    def cancel(key: str, state: str) -> Deferred[None]:
+        """
+        Remove everything the write left: the temporary file, the multipart
+        upload and its parts, the session, the staged tails.  Removing
+        nothing is not an error; safe to call more than once.
         """
 
 

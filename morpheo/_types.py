@@ -23,6 +23,19 @@ class BlobInfo:
 
 
 @frozen
+class Appended:
+    """
+    Where a resumable write is after one request's bytes
+    (L{morpheo._interfaces.IAppender.close}): its new C{state}, to keep in
+    the database for the next request, and the C{offset} the store now
+    holds, which is what the client is told to resume from.
+    """
+
+    state: str
+    offset: int
+
+
+@frozen
 class StoredObject:
     """
     One stored object: its metadata row.  C{blob_key} is where its blob
