@@ -51,6 +51,7 @@ setup(
         "psutil>=5.9",
         "botocore>=1.34",
         "google-auth>=2.20",
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "test": [

@@ -284,6 +284,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ],
         ["log-format", None, "text", "Log lines as text or json (one JSON object per line)."],
         [
+            "metrics-listen",
+            None,
+            None,
+            "Serve the Prometheus metrics at /metrics on this Twisted endpoint description"
+            " (e.g. tcp:9100:interface=127.0.0.1), without credentials; without it /metrics"
+            " is on the service's own listeners, behind its credentials.",
+        ],
+        [
             "shutdown-timeout",
             None,
             30.0,
@@ -442,6 +450,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             headerTimeout=self["header-timeout"],
             minBodyRate=self["min-body-rate"],
             bodyRateWindow=self["body-rate-window"],
+            metricsListen=self["metrics-listen"],
         )
 
 

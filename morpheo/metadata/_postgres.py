@@ -32,6 +32,7 @@ from zope.interface import implementer
 from .._errors import ClaimLost, DatabaseError, InUse, NoSuchObject, NoSuchParent, Taken
 from .._interfaces import IMetadataStore
 from .._kinds import PARENTS, TABLE, TEXT_FIELDS, childrenOf
+from .._metrics import Metrics
 from .._types import BlobInfo, Change, Changed, Claim, DeadClaim, Listing, StoredObject
 
 T = TypeVar("T")
@@ -300,6 +301,8 @@ class Database:
     log, once per failure; the errors say only which part failed.
 
     @param reactor: provides C{IReactorTime} and C{IReactorFDSet}.
+    @param metrics: where the pool's use and its errors are counted (a
+        fresh L{Metrics} by default).
     """
 
     _log = Logger()
@@ -310,7 +313,10 @@ class Database:
         dsn: str,
         size: int = DEFAULT_POOL_SIZE,
         timeout: float = DEFAULT_TIMEOUT,
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = Metrics() if metrics is None else metrics
         self._reactor = reactor
         self._dsn = dsn
         self._size = size
@@ -340,9 +346,13 @@ class Database:
             ) from reason
         self._idle = list(self._links)
         self._free = DeferredSemaphore(self._size)
+        self.metrics.dbPoolSize.set(self._size)
 
     def close(self) -> None:
         links, self._links, self._idle, self._free = self._links, [], [], None
+        if links:
+            self.metrics.dbPoolSize.set(0)
+            self.metrics.dbBroken.set(0)
         for link in links:
             link.detector.stop()
             link.drop("the service is stopping")
@@ -359,6 +369,7 @@ class Database:
                 why=link.droppedBecause or _oneLine(failure.value),
             )
         self._away.add(link)
+        self.metrics.dbBroken.set(len(self._away))
 
     def _unreachable(self, failure: Failure) -> None:
         if not self._unreachableLogged:
@@ -374,6 +385,7 @@ class Database:
             link.drop("the service is stopping")
             return
         self._away.discard(link)
+        self.metrics.dbBroken.set(len(self._away))
         if not self._away:
             self._log.info(
                 "reconnected to the metadata database after {seconds:.1f}s",
@@ -417,6 +429,8 @@ class Database:
                 raise self._timedOut("waiting for a free connection") from None
             waiting = None
             link = self._checkout()
+            inUse = self.metrics.dbInUse
+            inUse.inc()
             try:
                 if link.lostAt is not None:
                     # Broken just now?  It may well be back in a moment.
@@ -433,11 +447,14 @@ class Database:
                 if expired:
                     raise self._timedOut(f"no answer within {self.timeout:g}s") from e
                 if isinstance(e, reconnection.ConnectionDead) or link.detector.connectionIsDead:
+                    self.metrics.dbErrors["connection"].inc()
                     raise DatabaseError(detail=_oneLine(e)) from e
                 # A query the database refused: the connection is fine.
+                self.metrics.dbErrors["query"].inc()
                 self._log.warn("the metadata database failed: {why}", why=_oneLine(e))
                 raise DatabaseError("the metadata database failed", detail=_oneLine(e)) from e
             finally:
+                inUse.dec()
                 if link in self._links:
                     self._idle.append(link)
                     free.release()
@@ -446,6 +463,7 @@ class Database:
                 timer.cancel()
 
     def _timedOut(self, why: str) -> DatabaseError:
+        self.metrics.dbErrors["timeout"].inc()
         self._log.warn("a call to the metadata database timed out: {why}", why=why)
         return DatabaseError(
             f"the metadata database did not answer within {self.timeout:g}s; try again shortly",

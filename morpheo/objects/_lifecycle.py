@@ -158,6 +158,11 @@ class Objects:
         #: Claims whose release failed, by token: released at the next sweep.
         self._unreleased: dict[str, tuple[str, str]] = {}
 
+    @property
+    def reactor(self) -> IReactorFromThreads:
+        """The reactor the lifecycle runs on (its clock too)."""
+        return self._reactor
+
     # Reading
 
     async def get(self, kind: str, uuid: str) -> StoredObject:

@@ -44,6 +44,7 @@ from .._interfaces import (
     ISweepableBlobStore,
 )
 from .._kinds import isBlobKey
+from .._metrics import Metrics
 
 if TYPE_CHECKING:
     from ._lifecycle import Objects
@@ -158,10 +159,14 @@ class Sweeper(Service):
     Every third of the claim lease: refresh the claims of this process's
     uploads, and sweep the claims dead processes left.  On a timer of its
     own, every half grace period (L{leftoverInterval}): sweep the leftovers
-    older than the grace period.
+    older than the grace period.  What each sweep removed, and the sweeps
+    that failed, are counted in C{metrics} (a fresh L{Metrics} by default).
     """
 
-    def __init__(self, objects: Objects, clock: IReactorTime) -> None:
+    def __init__(
+        self, objects: Objects, clock: IReactorTime, metrics: Metrics | None = None
+    ) -> None:
+        self.metrics = Metrics() if metrics is None else metrics
         self._objects = objects
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
@@ -183,13 +188,21 @@ class Sweeper(Service):
             self._loop.stop()
         self._stopLeftovers()
 
+    def record(self, swept: Swept) -> None:
+        """Count what a sweep removed (this sweeper's, or the one at start)."""
+        self.metrics.swept(swept.claims, swept.temporary, swept.orphans)
+
     async def _run(self) -> None:
         await self._objects.keepAlive()
-        await self._objects.sweep(leftovers=False)
+        self.record(await self._objects.sweep(leftovers=False))
+
+    def _failed(self, f: Failure) -> None:
+        self.metrics.sweepFailures.inc()
+        _sweepFailed(f)
 
     def _tick(self) -> Deferred[None]:
         # A failed sweep is logged and tried again.
-        return Deferred.fromCoroutine(self._run()).addErrback(_sweepFailed)
+        return Deferred.fromCoroutine(self._run()).addErrback(self._failed)
 
     # Leftovers (unfinished writes, unreferenced blobs): a timer of their
     # own, set by the grace period alone, whatever the claims' tick does.
@@ -206,6 +219,7 @@ class Sweeper(Service):
     def _sweepLeftovers(self) -> Deferred[None]:
         async def run() -> None:
             swept = await sweepLeftovers(self._objects.metadata, self._objects.blobs, self._grace)
+            self.record(swept)
             if swept:
                 _log.info(
                     "swept {temporary} temporary files and {orphans} unreferenced blobs",
@@ -213,7 +227,7 @@ class Sweeper(Service):
                     orphans=swept.orphans,
                 )
 
-        return Deferred.fromCoroutine(run()).addErrback(_sweepFailed)
+        return Deferred.fromCoroutine(run()).addErrback(self._failed)
 
 
 def _sweepFailed(f: Failure) -> None:

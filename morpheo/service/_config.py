@@ -22,6 +22,7 @@ from twisted.python.threadpool import ThreadPool
 
 from .._interfaces import IBlobStore
 from ..objects import LEFTOVER_AGE
+from ._listen import refuseWeakTLS
 
 BLOBSTORES = ("local", "s3", "gc", "mock")
 #: The stores that can serve a download themselves (--redirect-downloads).
@@ -128,6 +129,9 @@ class StorageConfig:
     headerTimeout: float = DEFAULT_HEADER_TIMEOUT
     minBodyRate: int = DEFAULT_MIN_BODY_RATE
     bodyRateWindow: float = DEFAULT_BODY_RATE_WINDOW
+    #: A Twisted endpoint description to serve C{/metrics} on, without
+    #: credentials (L{None}: on the main listeners, behind them).
+    metricsListen: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.blobstore not in BLOBSTORES:
@@ -211,6 +215,25 @@ class StorageConfig:
                 f" not {self.bodyRateWindow!r}"
             )
         self._checkRedirects()
+        self._checkMetricsListen()
+
+    def _checkMetricsListen(self) -> None:
+        description = self.metricsListen
+        if description is None:
+            return
+        if ":" not in description or not description.split(":", 1)[0].strip():
+            raise ConfigError(
+                "--metrics-listen must be a Twisted endpoint description, e.g."
+                f" tcp:9100:interface=127.0.0.1, not {description!r}"
+            )
+        weak = refuseWeakTLS(description)
+        if weak:
+            raise ConfigError(weak.replace("--listen", "--metrics-listen", 1))
+        if description in self.listen:
+            raise ConfigError(
+                f"--metrics-listen {description!r} is also a --listen: give it an endpoint"
+                " of its own"
+            )
 
     def _checkRedirects(self) -> None:
         if self.redirectLifetime is not None and not self.redirectDownloads:

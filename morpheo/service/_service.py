@@ -34,6 +34,7 @@ from twisted.web.resource import IResource
 
 from .._errors import BlobStoreError, DatabaseError
 from .._interfaces import IBlobStore, IRedirectableBlobStore
+from .._metrics import Metrics
 from ..blobstores._local import LocalBlobStore
 from ..metadata._embedded import EmbeddedPostgres
 from ..metadata._localstore import LocalStoreRecord, OtherLocalStore, registerLocalStore
@@ -50,9 +51,11 @@ from ..web._accesslog import AccessLogSite
 from ..web._auth import BasicAuth
 from ..web._cors import CORSResource
 from ..web._download import DEFAULT_TYPE
+from ..web._metered import MetricsPage
 from ..web._passwords import HashingPool, PasswordFileChecker
 from ..web._root import StorageRoot
 from ..web._routes import StorageAPI
+from ..web._streaming import StreamingSite
 from ..web._throttle import LoginThrottle
 from ._config import StorageConfig
 from ._datadir import BlobDirInUse, BlobDirLock, DataDirInUse, DataDirLock, instanceName
@@ -96,6 +99,9 @@ class StorageService(service.Service):
     @param ownsProcess: the service is the process (twistd): a start-up
         failure stops the reactor and makes the process exit with status
         1, and SIGTERM or SIGINT stops gracefully with status 0.
+    @param metrics: what the service counts in, served at C{/metrics} (a
+        fresh L{Metrics} by default; a worker's, with its name and the
+        workers' directory, when several processes serve one port).
     """
 
     _log = Logger()
@@ -108,8 +114,10 @@ class StorageService(service.Service):
         *,
         listen: bool = True,
         ownsProcess: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = Metrics() if metrics is None else metrics
         self._reactor = reactor
         self._stderr = stderr
         self._listen = listen
@@ -121,6 +129,8 @@ class StorageService(service.Service):
         self.api: StorageAPI | None = None
         #: One line per listener, as logged: C{http://127.0.0.1:8000/}, ...
         self.addresses: list[str] = []
+        #: Where C{--metrics-listen} serves C{/metrics} (as L{addresses}).
+        self.metricsAddress: str | None = None
 
     def resource(self) -> IResource:
         """
@@ -197,11 +207,25 @@ class StorageService(service.Service):
         except (TLSConfigError, ListenError) as e:
             raise StartupError(str(e)) from None
 
+    def _metricsListener(self) -> Listener | None:
+        """The listener of C{--metrics-listen}, if any."""
+        description = self.config.metricsListen
+        if description is None:
+            return None
+        try:
+            [listener] = makeListeners(
+                self._reactor, listen=(description,), host="", port=0, cert=None, key=None
+            )
+        except (TLSConfigError, ListenError) as e:
+            raise StartupError(str(e).replace("--listen", "--metrics-listen", 1)) from None
+        return listener
+
     async def _start(self) -> None:
         config = self.config
         # TLS files and endpoint descriptions first: a typo there should not
         # wait for a database to start.
         listeners = self._listeners() if self._listen and not config.rollback else []
+        metricsListener = self._metricsListener() if self._listen and not config.rollback else None
         # The start-up sweep takes everything unfinished under the data
         # directory for a dead predecessor's: no other process may use it.
         # A stateless node has nothing there, and is a new node at each start.
@@ -232,7 +256,13 @@ class StorageService(service.Service):
                 user=config.dbUser,
                 password=config.dbPass,
             )
-        running.db = Database(self._reactor, dsn, size=config.dbPoolSize, timeout=config.dbTimeout)
+        running.db = Database(
+            self._reactor,
+            dsn,
+            size=config.dbPoolSize,
+            timeout=config.dbTimeout,
+            metrics=self.metrics,
+        )
         await running.db.start()
         migrations = loadMigrations(config.migrationsDir or defaultMigrationsDir())
         if config.rollback:
@@ -266,12 +296,21 @@ class StorageService(service.Service):
             claimLease=config.claimLease,
             orphanGrace=config.orphanGrace,
         )
-        await objects.sweep(atStart=lock is not None)
-        running.sweeper = Sweeper(objects, self._reactor)
+        running.sweeper = Sweeper(objects, self._reactor, self.metrics)
+        running.sweeper.record(await objects.sweep(atStart=lock is not None))
         running.sweeper.startService()
-        self.api = StorageAPI(objects, self._auth(pool), redirectLifetime=redirectLifetime)
-        routes = trackedResource(self.api.app, self._tracker)
-        self._root.setInner(CORSResource(routes, config.corsOrigins))
+        self.api = StorageAPI(
+            objects,
+            self._auth(pool),
+            redirectLifetime=redirectLifetime,
+            metrics=self.metrics,
+            clock=self._reactor,
+            metricsHere=config.metricsListen is None,
+        )
+        routes = trackedResource(self.api.routedApp(), self._tracker)
+        self._root.setInner(self.api.meter.resource(CORSResource(routes, config.corsOrigins)))
+        if metricsListener is not None:
+            await self._listenForMetrics(running, metricsListener, pool)
         if listeners:
             await self._listenOn(running, listeners)
         if config.generatedPassword:
@@ -310,8 +349,14 @@ class StorageService(service.Service):
                     )
         throttle = None
         if config.loginThrottle:
-            throttle = LoginThrottle(self._reactor, config.loginThrottle)
-        return BasicAuth(users, checkers=config.checkers, clock=self._reactor, throttle=throttle)
+            throttle = LoginThrottle(self._reactor, config.loginThrottle, metrics=self.metrics)
+        return BasicAuth(
+            users,
+            checkers=config.checkers,
+            clock=self._reactor,
+            throttle=throttle,
+            metrics=self.metrics,
+        )
 
     async def _takeLocalStore(self, running: _Running, db: Database, store: LocalBlobStore) -> None:
         """
@@ -361,6 +406,23 @@ class StorageService(service.Service):
                 address=address,
                 store=store,
             )
+
+    async def _listenForMetrics(
+        self, running: _Running, listener: Listener, pool: ThreadPool
+    ) -> None:
+        """C{/metrics} alone, without credentials, on a listener of its own."""
+        site = StreamingSite(MetricsPage(self.metrics, self._reactor, pool), reactor=self._reactor)
+        site.noisy = False
+        try:
+            port = await listener.endpoint.listen(site)
+        except Exception as e:
+            raise StartupError(
+                f"cannot listen for the metrics on {listener.description}: {e}"
+            ) from None
+        running.ports.append(port)
+        address = describe(port, listener.tls)
+        self.metricsAddress = address
+        self._log.info("serving the metrics at {address}metrics", address=address)
 
     def _announceGeneratedPassword(self) -> None:
         """

@@ -30,6 +30,7 @@ from twisted.web.iweb import IRequest
 from zope.interface import Interface, implementer
 
 from .._errors import APIError
+from .._metrics import Metrics
 from ._passwords import AnyOf, LoginsBusy, UsersChecker
 from ._throttle import LoginThrottle, clientKey
 
@@ -88,7 +89,8 @@ class BasicAuth:
     at, remembered ones included: else the memory of good passwords would
     answer its guesses for free.  A login that could not be checked (503:
     too many waiting) counts as failed too: a client that keeps asking
-    while told to wait is throttled like one that guesses.
+    while told to wait is throttled like one that guesses.  Failed logins
+    are counted in C{metrics} (a fresh L{Metrics} by default), by reason.
     """
 
     _log = Logger()
@@ -103,7 +105,9 @@ class BasicAuth:
         throttle: LoginThrottle | None = None,
         rememberFor: float = REMEMBER_FOR,
         remembered: int = REMEMBERED,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = Metrics() if metrics is None else metrics
         all = ([UsersChecker(users)] if users else []) + list(checkers)
         if not all:
             raise ValueError("at least one user or checker is needed")
@@ -128,6 +132,7 @@ class BasicAuth:
         if self.throttle is not None:
             wait = self.throttle.retryAfter(address)
             if wait is not None:
+                self.metrics.loginFailures["throttled"].inc()
                 raise APIError(
                     429,
                     f"too many failed logins from this address: try again in {wait} s",
@@ -193,11 +198,15 @@ class BasicAuth:
 
     def _refusal(self, failure: Failure) -> Failure:
         """What the client is told when its credentials were not accepted."""
+        failures = self.metrics.loginFailures
         if failure.check(LoginFailed, UnhandledCredentials):
+            failures["wrong"].inc()
             return Failure(Unauthorized(self.realm, "wrong user name or password"))
         if failure.check(LoginsBusy):
+            failures["busy"].inc()
             message = "too many logins are being checked right now: try again in a second"
             return Failure(APIError(503, message, retryAfter=1))
+        failures["error"].inc()
         self._log.failure("a credentials checker failed", failure)
         return Failure(APIError(503, "credentials cannot be checked right now", retryAfter=1))
 

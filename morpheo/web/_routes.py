@@ -21,7 +21,9 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from klein import Klein
+from klein.resource import KleinResource
 from twisted.internet.defer import maybeDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -44,6 +46,7 @@ from .._errors import (
     Vanished,
 )
 from .._kinds import KINDS, PARENTS, TABLE, Kind, plural
+from .._metrics import Metrics
 from .._types import Label, Listing, StoredObject
 from ..objects import IncomingBlob, NewObject, Objects, Replacement
 from ._auth import BasicAuth, Unauthorized
@@ -64,6 +67,7 @@ from ._forms import (
     parseUUID,
 )
 from ._http import parseContentMD5, parseReprDigest, parseSHA256Field, reprDigest
+from ._metered import RequestMeter, scrape
 from ._streaming import BodyRefused, IStreamingRequest, RequestBody
 from ._upload import FormUpload, RawSource
 
@@ -283,13 +287,25 @@ class StorageAPI:
     @param redirectLifetime: redirect the GETs of blobs to the blob store
         (which must be an L{IRedirectableBlobStore}) with URLs valid that
         many seconds; L{None} serves every download here.
+    @param metrics: what the requests are counted in (a fresh L{Metrics}
+        by default), served at C{/metrics} behind the credentials unless
+        C{metricsHere} is false (served apart, see L{MetricsPage}).
+    @param clock: the requests' durations are its (the domain layer's
+        reactor by default).
     """
 
     app = Klein()
     _log = Logger()
 
     def __init__(
-        self, objects: Objects, auth: BasicAuth, redirectLifetime: int | None = None
+        self,
+        objects: Objects,
+        auth: BasicAuth,
+        redirectLifetime: int | None = None,
+        *,
+        metrics: Metrics | None = None,
+        clock: IReactorTime | None = None,
+        metricsHere: bool = True,
     ) -> None:
         if redirectLifetime is not None and not objects.redirectable:
             raise ValueError(
@@ -299,9 +315,19 @@ class StorageAPI:
         self.objects = objects
         self.auth = auth
         self.redirectLifetime = redirectLifetime
+        self.metrics = Metrics() if metrics is None else metrics
+        self._clock: IReactorTime = objects.reactor if clock is None else clock  # type: ignore[assignment]
+        self._metricsHere = metricsHere
+        self.meter = RequestMeter(self.metrics, self._clock, self.app)
 
     def resource(self) -> IResource:
-        return self.app.resource()
+        """The routes, their requests counted in L{metrics}."""
+        return self.meter.resource(KleinResource(self.routedApp()))
+
+    def routedApp(self) -> Any:
+        """The Klein app as L{KleinResource} reads it, each endpoint noting its
+        route for L{meter} (wrap it further, then L{RequestMeter.resource})."""
+        return self.meter.app(self.app)
 
     # Open routes
 
@@ -332,6 +358,13 @@ class StorageAPI:
         return _json(
             request, {"status": "ready" if ok else "not ready", **report}, 200 if ok else 503
         )
+
+    @_authorized(app, "/metrics", ["GET"])
+    async def scrape(self, request: IRequest) -> bytes:
+        """The service's metrics, in the Prometheus text format (or OpenMetrics)."""
+        if not self._metricsHere:
+            raise APIError(404, "the metrics are not served here")
+        return await scrape(self.metrics, request)
 
     # Reading
 

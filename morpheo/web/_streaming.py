@@ -56,6 +56,8 @@ from twisted.web._newclient import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from zope.interface import Attribute, Interface, implementer
 
+from .._metrics import Metrics
+
 #: After an early answer, how much of the rest of a body is read and thrown
 #: away to keep the connection; beyond it the connection is closed.
 DISCARD_LIMIT = 1024 * 1024
@@ -243,6 +245,9 @@ class RequestBody:
     def pauseProducing(self) -> None:
         channel = self._request._channel
         if channel is not None and not self.complete:
+            metrics = self._request.metrics
+            if metrics is not None and "consumer" not in channel._readPauses:
+                metrics.pauses["store"].inc()
             channel.pauseReading("consumer")
 
     def resumeProducing(self) -> None:
@@ -279,6 +284,10 @@ class StreamingRequest(server.Request):
     _discardLimit = 0
     #: The channel cut the body (L{refuseBody}): what still comes is dropped.
     _cut = False
+    #: Where the bytes of the body and of the answer, and the pauses, are
+    #: counted (set by the resource that counts the request; see
+    #: L{morpheo.web._metered}).
+    metrics: Metrics | None = None
 
     def gotLength(self, length: int | None) -> None:
         # No spool file: the body goes to whoever asks for it.
@@ -323,6 +332,9 @@ class StreamingRequest(server.Request):
     def handleContentChunk(self, data: bytes) -> None:
         if self._cut:
             return
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.bytesReceived.inc(len(data))
         self.body._dataReceived(data)
         if self._discarding and self.body.received > self._discardLimit:
             self._giveUpBody()
@@ -396,6 +408,9 @@ class StreamingRequest(server.Request):
             # survives while the headers can still carry it.
             self.discardBody()
         super().write(data)
+        metrics = self.metrics
+        if metrics is not None and data and self.method != b"HEAD":
+            metrics.bytesSent.inc(len(data))
 
     def finish(self) -> None:
         if self._gone:
@@ -1005,6 +1020,10 @@ class StreamingChannel(http.HTTPChannel):
     # The write side: the transport pauses us when its buffer is full.
 
     def pauseProducing(self) -> None:
+        if not self._waitingForTransport and self.requests:
+            metrics = getattr(self.requests[0], "metrics", None)
+            if metrics is not None:
+                metrics.pauses["client"].inc()
         self._waitingForTransport = True
         if self._idleTimeout and self._writeStall is None:
             # A client that reads nothing of the answer for the idle

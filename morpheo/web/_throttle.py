@@ -14,6 +14,8 @@ from collections import OrderedDict
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
+from .._metrics import Metrics
+
 #: Leeway for the floating-point arithmetic of a bucket that has just drained.
 _EPSILON = 1e-9
 
@@ -51,12 +53,19 @@ class LoginThrottle:
 
     Only addresses whose bucket is not empty are remembered, at most
     C{addresses} of them: past that, the one seen least recently is
-    forgotten.  Time is C{clock}'s.
+    forgotten.  Time is C{clock}'s.  How many are remembered is C{metrics}'
+    gauge (a fresh L{Metrics} by default).
     """
 
     def __init__(
-        self, clock: IReactorTime, failures: int, period: float = 60.0, addresses: int = 10_000
+        self,
+        clock: IReactorTime,
+        failures: int,
+        period: float = 60.0,
+        addresses: int = 10_000,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._gauge = (Metrics() if metrics is None else metrics).throttledAddresses
         if failures < 1 or period <= 0 or addresses < 1:
             raise ValueError("failures, period and addresses must be positive")
         self._clock = clock
@@ -108,6 +117,7 @@ class LoginThrottle:
             if len(self._buckets) <= self.addresses and self._level(oldest, now) > _EPSILON:
                 break
             del self._buckets[oldest]
+        self._gauge.set(len(self._buckets))
 
 
 __all__ = ["LoginThrottle", "clientKey"]

@@ -42,6 +42,7 @@ from zope.interface import implementer
 from morpheo._errors import BlobStoreError
 from morpheo._interfaces import IBlobSource, IBlobWriter, IRedirectableBlobStore
 from morpheo._kinds import TABLE
+from morpheo._metrics import Metrics
 from morpheo._types import StoredObject
 from morpheo.blobstores import MemoryBlobStore, MemoryBudget
 from morpheo.blobstores._bodies import BytesBody
@@ -423,6 +424,10 @@ class Service:
     rateWindow: float = RATE_WINDOW
     #: What the blob store's transfers share of memory.
     budget: MemoryBudget = field(factory=MemoryBudget)
+    #: What the service counts in (its own registry).
+    metrics: Metrics = field(factory=Metrics)
+    #: Serve /metrics on the main site (else only through L{metricsSite}).
+    metricsHere: bool = True
     metadata: MemoryMetadataStore = field(init=False)
     blobs: MemoryBlobStore = field(init=False)
     objects: Objects = field(init=False)
@@ -444,13 +449,29 @@ class Service:
             maxBlobSize=self.maxBlobSize,
             claimLease=self.claimLease,
         )
-        throttle = LoginThrottle(self.reactor, self.loginThrottle) if self.loginThrottle else None
-        self.auth = BasicAuth(
-            {USER: PASSWORD}, checkers=self.checkers, clock=self.reactor, throttle=throttle
+        throttle = (
+            LoginThrottle(self.reactor, self.loginThrottle, metrics=self.metrics)
+            if self.loginThrottle
+            else None
         )
-        api = StorageAPI(self.objects, self.auth, self.redirectLifetime)
+        self.auth = BasicAuth(
+            {USER: PASSWORD},
+            checkers=self.checkers,
+            clock=self.reactor,
+            throttle=throttle,
+            metrics=self.metrics,
+        )
+        api = StorageAPI(
+            self.objects,
+            self.auth,
+            self.redirectLifetime,
+            metrics=self.metrics,
+            clock=self.reactor,
+            metricsHere=self.metricsHere,
+        )
         root = StorageRoot(self.corsOrigins)
-        root.setInner(CORSResource(trackedResource(api.app, HandlerTracker()), self.corsOrigins))
+        routes = trackedResource(api.routedApp(), HandlerTracker())
+        root.setInner(api.meter.resource(CORSResource(routes, self.corsOrigins)))
         self.site = AccessLogSite(
             root,
             reactor=self.reactor,
