@@ -44,9 +44,10 @@ TRANSFER_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 18
 
 #: What a transfer is: an upload or a download of a blob.
 DIRECTIONS = ("upload", "download")
-#: What was slower when the streaming layer paused: the blob store (the
-#: socket stopped being read) or the client (the answer stopped being made).
-SLOWER = ("store", "client")
+#: What was slower when the streaming layer paused: the service (its blob
+#: store, or its check of a form's fields: the socket stopped being read) or
+#: the client (the answer stopped being made until it read).
+SLOWER = ("service", "client")
 #: Why a database call failed.
 DB_ERRORS = ("timeout", "connection", "query")
 #: Why a login failed.
@@ -195,8 +196,9 @@ class Metrics:
         )
         pauses = counter(
             "morpheo_backpressure_pauses",
-            "Times a transfer was paused because one side was slower: the blob store (the"
-            " client's socket stopped being read) or the client (the answer stopped being made).",
+            "Times a transfer was paused because one side was slower: the service (its blob"
+            " store, or the check of a form's fields: the client's socket stopped being read)"
+            " or the client (the answer stopped being made until it read).",
             "slower",
         )
         self.pauses = {s: bound(pauses, s) for s in SLOWER}

@@ -271,4 +271,5 @@ class MemoryBlobStore:
         if handle is not None and self._sessionKeys.get(handle) == key:
             del self._sessionKeys[handle]
         self._blobs.pop(key, None)
+        self._committed.pop(key, None)
         return succeed(None)

@@ -247,7 +247,7 @@ class RequestBody:
         if channel is not None and not self.complete:
             metrics = self._request.metrics
             if metrics is not None and "consumer" not in channel._readPauses:
-                metrics.pauses["store"].inc()
+                metrics.pauses["service"].inc()
             channel.pauseReading("consumer")
 
     def resumeProducing(self) -> None:

@@ -54,6 +54,17 @@ def refusal(**settings: Any) -> str:
         ({"headerTimeout": math.inf}, "--header-timeout must be a number of seconds (0: none)"),
         ({"bodyRateWindow": math.nan}, "--body-rate-window must be a number of seconds above 0"),
         ({"listen": ("tcp:8000",), "cert": "c.pem", "key": "k.pem"}, "with --listen"),
+        ({"metricsListen": "9100"}, "--metrics-listen must be a Twisted endpoint description"),
+        ({"metricsListen": ""}, "--metrics-listen must be a Twisted endpoint description"),
+        (
+            {"metricsListen": "ssl:9443:privateKey=k.pem:sslmethod=TLSv1_METHOD"},
+            "--metrics-listen 'ssl:9443:privateKey=k.pem:sslmethod=TLSv1_METHOD':"
+            " sslmethod is not allowed",
+        ),
+        (
+            {"metricsListen": "tcp:9100", "listen": ("tcp:9100",)},
+            "--metrics-listen 'tcp:9100' is also a --listen",
+        ),
         (
             {"blobstore": "gc", "gcBucket": "g", "blobDir": "/srv/blobs"},
             "--blob-dir and --shared-blob-dir go with --blobstore local",
