@@ -80,7 +80,9 @@ def test_metrics_apart_count_real_requests_without_credentials(apart: Server, tm
     )
     assert hashlib.sha256(down.stdout).digest() == hashlib.sha256(data).digest()
     assert (
-        authed(apart, "-o", "/dev/null", "-w", "%{http_code}", f"{apart.url}/no/such/route/here").stdout
+        authed(
+            apart, "-o", "/dev/null", "-w", "%{http_code}", f"{apart.url}/no/such/route/here"
+        ).stdout
         == "404"
     )
     samples = scrapeApart(apart)

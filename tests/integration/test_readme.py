@@ -155,6 +155,34 @@ def test_readme_https_examples_work_as_written(tmp_path):
     assert all(a["items"] == [] and a["length"] == 0 for a in answers), answers
 
 
+def test_readme_metrics_example_works_as_written(tmp_path):
+    """
+    "Metrics", as written: the server started with its command, a list
+    through its listener, then the scrape of its metrics endpoint, which
+    prints the line the README says.
+    """
+    text = open(README, encoding="utf-8").read()
+    start = text.index("\n## Metrics\n")
+    [printed] = re.findall(r"which prints `([^`]+)`", text[start : text.find("\n## ", start + 1)])
+    work = tmp_path / "work"
+    work.mkdir()
+    [serverBlock, curlBlock] = shellBlocks("Metrics")
+    [command] = [line for line in serverBlock.replace("\\\n", " ").splitlines() if line.strip()]
+    server = startAsWritten(shlex.split(command), tmp_path, work, tmp_path / "twistd.log")
+    try:
+        done = subprocess.run(
+            ["bash", "-c", "set -euo pipefail\n" + curlBlock],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        server.stop()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [printed]
+
+
 def test_readme_embedding_example_runs(tmp_path):
     """
     The "Embedding" example, as a script (its data directory and port moved
