@@ -306,6 +306,7 @@ class StorageService(service.Service):
             metrics=self.metrics,
             clock=self._reactor,
             metricsHere=config.metricsListen is None,
+            pool=pool,
         )
         routes = trackedResource(self.api.routedApp(), self._tracker)
         self._root.setInner(self.api.meter.resource(CORSResource(routes, config.corsOrigins)))

@@ -20,6 +20,7 @@ from typing import Any
 from klein import Klein
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IRequest
@@ -149,8 +150,6 @@ def scrape(
     if pool is None or clock is None:
         d: Deferred[tuple[bytes, str]] = maybeDeferred(metrics.exposition, accept)
     else:
-        from twisted.internet.threads import deferToThreadPool
-
         d = deferToThreadPool(clock, pool, metrics.exposition, accept)
     return d.addCallback(made)
 

@@ -26,6 +26,7 @@ from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
@@ -292,6 +293,8 @@ class StorageAPI:
         C{metricsHere} is false (served apart, see L{MetricsPage}).
     @param clock: the requests' durations are its (the domain layer's
         reactor by default).
+    @param pool: the thread pool a scrape's page is made in (a page of many
+        series takes milliseconds); without one, it is made at once.
     """
 
     app = Klein()
@@ -306,6 +309,7 @@ class StorageAPI:
         metrics: Metrics | None = None,
         clock: IReactorTime | None = None,
         metricsHere: bool = True,
+        pool: ThreadPool | None = None,
     ) -> None:
         if redirectLifetime is not None and not objects.redirectable:
             raise ValueError(
@@ -318,6 +322,7 @@ class StorageAPI:
         self.metrics = Metrics() if metrics is None else metrics
         self._clock: IReactorTime = objects.reactor if clock is None else clock  # type: ignore[assignment]
         self._metricsHere = metricsHere
+        self._pool = pool
         self.meter = RequestMeter(self.metrics, self._clock, self.app)
 
     def resource(self) -> IResource:
@@ -364,7 +369,7 @@ class StorageAPI:
         """The service's metrics, in the Prometheus text format (or OpenMetrics)."""
         if not self._metricsHere:
             raise APIError(404, "the metrics are not served here")
-        return await scrape(self.metrics, request)
+        return await scrape(self.metrics, request, self._clock, self._pool)
 
     # Reading
 

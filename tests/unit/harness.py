@@ -468,6 +468,7 @@ class Service:
             metrics=self.metrics,
             clock=self.reactor,
             metricsHere=self.metricsHere,
+            pool=ImmediatePool(),  # type: ignore[arg-type]
         )
         root = StorageRoot(self.corsOrigins)
         routes = trackedResource(api.routedApp(), HandlerTracker())
