@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.multiprocess import mark_process_dead
 from prometheus_client.parser import text_string_to_metric_families
 
 from morpheo._metrics import ABORTED, UNMATCHED, Metrics, MultiprocessError
@@ -29,6 +30,7 @@ from morpheo.web._streaming import StreamingSite
 from .harness import FORM_TYPE, Service, form, newUUID, request, status
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def parse(text: str) -> Samples:
@@ -314,30 +316,35 @@ def test_noSeriesSaysWhichProcessByDefault(service: Service) -> None:
 # Several workers: prometheus_client's multiprocess mode is the process's,
 # so each worker is a process of its own here too.
 
+#: A worker: the web layer in memory (the unit harness) on a L{Metrics} of
+#: the workers' directory; it uploads, then answers a scrape.
 WORKER = textwrap.dedent(
     """
     import sys
     from morpheo._metrics import Metrics
+    from tests.unit.harness import Service
 
     directory, worker, uploads = sys.argv[1], sys.argv[2] or None, int(sys.argv[3])
-    metrics = Metrics(worker=worker, multiprocessDir=directory)
+    service = Service(metrics=Metrics(worker=worker, multiprocessDir=directory))
     for _ in range(uploads):
-        metrics.requestEnded("POST", "/{kind}", "201", 0.5)
-        metrics.bytesReceived.inc(1000)
-    metrics.transfersInFlight["upload"].inc()
-    metrics.dbPoolSize.set(4)
-    sys.stdout.buffer.write(metrics.exposition()[0])
+        service.stored("algo", b"x" * 1000)
+    service.metrics.dbPoolSize.set(4)
+    held = service.startUpload("data", "0c5b3d5e-2b0e-4f57-9a3c-0d9f0e6f7a11")
+    reply = service.request("GET", "/metrics")
+    assert reply.code == 200, reply.body
+    sys.stdout.buffer.write(reply.body)
     """
 )
 
 
 def worker(directory: Path, name: str, uploads: int) -> Samples:
-    """A worker process that counts C{uploads} and answers a scrape; what it served."""
+    """A worker process that uploads C{uploads} algos and answers a scrape; what it served."""
     done = subprocess.run(
         [sys.executable, "-c", WORKER, str(directory), name, str(uploads)],
         capture_output=True,
         text=True,
         timeout=60,
+        cwd=ROOT,
         env={k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
     )
     assert done.returncode == 0, done.stderr
@@ -352,29 +359,50 @@ def directory(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_workersScrapedThroughAnyOfThemShowEveryWorker(directory: Path) -> None:
-    worker(directory, "w1", 2)
+    first = worker(directory, "w1", 2)
     samples = worker(directory, "w2", 3)
     # Each process's file, by pid: two files of counters.
     assert len(list(directory.glob("counter_*.db"))) == 2
     total = "morpheo_http_requests_total"
+    received = value(first, "morpheo_http_received_bytes_total", worker="w1")
+    assert received > 2 * 1000
     for name, n in (("w1", 2), ("w2", 3)):
         labels = {"method": "POST", "route": "/{kind}", "status": "201", "worker": name}
         assert value(samples, total, **labels) == n
-        assert value(samples, "morpheo_http_received_bytes_total", worker=name) == n * 1000
         assert value(samples, "morpheo_db_pool_size", worker=name) == 4
+        upload = {"direction": "upload", "worker": name}
+        assert value(samples, "morpheo_transfers_in_flight", **upload) == 1
         count = "morpheo_http_request_duration_seconds_count"
         assert value(samples, count, method="POST", route="/{kind}", worker=name) == n
+    # The second worker's bytes are its own; the first's, as it served them.
+    assert value(samples, "morpheo_http_received_bytes_total", worker="w1") == received
+    assert value(samples, "morpheo_http_received_bytes_total", worker="w2") > received
+    # Its scrape before this one ended before it: counted in its own file.
+    scrapes = {"method": "GET", "route": "/metrics", "status": "200", "worker": "w1"}
+    assert value(samples, total, **scrapes) == 1
 
 
 def test_unnamedWorkersAreSummed(directory: Path) -> None:
-    worker(directory, "", 2)
-    samples = worker(directory, "", 3)
-    assert requests(samples, "POST", "/{kind}", "201") == 5
-    assert value(samples, "morpheo_http_received_bytes_total") == 5000
+    first = worker(directory, "", 2)
+    second = worker(directory, "", 3)
+    assert requests(first, "POST", "/{kind}", "201") == 2
+    assert requests(second, "POST", "/{kind}", "201") == 5
+    assert not any("worker" in dict(labels) for _, labels in second)
     # Gauges are summed over the workers (both files are there: the
     # parent has not marked the first one dead).
-    assert value(samples, "morpheo_transfers_in_flight", direction="upload") == 2
-    assert value(samples, "morpheo_db_pool_size") == 8
+    assert value(second, "morpheo_transfers_in_flight", direction="upload") == 2
+    assert value(second, "morpheo_db_pool_size") == 8
+
+
+def test_aWorkerMarkedDeadLeavesTheGauges(directory: Path) -> None:
+    """What the parent of the workers does when one exits: its gauges go, its counts stay."""
+    worker(directory, "", 2)
+    [pid] = [int(f.stem.rsplit("_", 1)[1]) for f in directory.glob("counter_*.db")]
+    mark_process_dead(pid, str(directory))
+    samples = worker(directory, "", 3)
+    assert requests(samples, "POST", "/{kind}", "201") == 5
+    assert value(samples, "morpheo_transfers_in_flight", direction="upload") == 1
+    assert value(samples, "morpheo_db_pool_size") == 4
 
 
 def test_aProcessCountsInOneDirectoryOnly(tmp_path: Path) -> None:
