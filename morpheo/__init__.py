@@ -12,6 +12,7 @@ with a L{StreamingSite} (see the README, "Embedding").  The parts
 from ._errors import APIError, BlobNotFound, BlobStoreError, DatabaseError
 from ._interfaces import IBlobStore, IBlobWriter, IMetadataStore, IRedirectableBlobStore
 from ._kinds import KINDS
+from ._metrics import Metrics
 from ._types import BlobInfo, Resource, StoredObject
 from .blobstores import LocalBlobStore, MemoryBlobStore
 from .metadata._postgres import Database, MetadataStore, PostgresMetadataStore
@@ -59,6 +60,7 @@ __all__ = [
     "IStreamingRequest",
     "LocalBlobStore",
     "MetadataStore",
+    "Metrics",
     "PasswordFileChecker",
     "RequestBody",
     "Resource",

@@ -20,6 +20,8 @@ PUBLIC = {
     "IRedirectableBlobStore",
     # A body the streaming layer cut (malformed, too slow).
     "BodyRefused",
+    # What a service counts in (a registry of the host's, a worker's name).
+    "Metrics",
 }  # fmt: skip
 
 

@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.multiprocess import mark_process_dead
 from prometheus_client.parser import text_string_to_metric_families
 
-from morpheo._metrics import ABORTED, UNMATCHED, Metrics, MultiprocessError
+from morpheo._metrics import ABORTED, MULTIPROC_ENV, UNMATCHED, Metrics, MultiprocessError
 from morpheo._types import Claim
 from morpheo.blobstores import MemoryBudget
 from morpheo.objects import LEFTOVER_AGE, Sweeper, blobKey, leftoverInterval
@@ -337,15 +337,23 @@ WORKER = textwrap.dedent(
 )
 
 
-def worker(directory: Path, name: str, uploads: int) -> Samples:
-    """A worker process that uploads C{uploads} algos and answers a scrape; what it served."""
+def worker(directory: Path, name: str, uploads: int, inherited: bool = False) -> Samples:
+    """
+    A worker process that uploads C{uploads} algos and answers a scrape;
+    what it served.  With C{inherited}, it is started as a parent may start
+    its workers: in prometheus_client's multiprocess mode from its first
+    import (its environment names the directory).
+    """
+    env = {k: v for k, v in os.environ.items() if k != MULTIPROC_ENV}
+    if inherited:
+        env[MULTIPROC_ENV] = str(directory)
     done = subprocess.run(
         [sys.executable, "-c", WORKER, str(directory), name, str(uploads)],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=ROOT,
-        env={k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
+        env=env,
     )
     assert done.returncode == 0, done.stderr
     return parse(done.stdout)
@@ -358,9 +366,10 @@ def directory(tmp_path: Path) -> Iterator[Path]:
     yield path
 
 
-def test_workersScrapedThroughAnyOfThemShowEveryWorker(directory: Path) -> None:
-    first = worker(directory, "w1", 2)
-    samples = worker(directory, "w2", 3)
+@pytest.mark.parametrize("inherited", [False, True])
+def test_workersScrapedThroughAnyOfThemShowEveryWorker(directory: Path, inherited: bool) -> None:
+    first = worker(directory, "w1", 2, inherited)
+    samples = worker(directory, "w2", 3, inherited)
     # Each process's file, by pid: two files of counters.
     assert len(list(directory.glob("counter_*.db"))) == 2
     total = "morpheo_http_requests_total"
