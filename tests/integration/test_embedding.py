@@ -244,3 +244,22 @@ async def test_503BeforeTheStartAndAfterTheStop(http, tmp_path) -> None:
         await host.close()
         if storage.running:
             await storage.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_theMetricsAreUnderTheMountBehindTheCredentials(http, embedded) -> None:
+    storage, streaming, _ = embedded
+    refused = await http.get(f"{streaming.url}/storage/metrics", timeout=TIMEOUT)
+    assert refused.code == 401
+    await refused.content()
+    data = os.urandom(50_000)
+    uploaded = await postUpload(http, f"{streaming.url}/storage", "algo", data, newUUID())
+    assert uploaded.code == 201
+    await uploaded.content()
+    page = await get(http, f"{streaming.url}/storage/metrics")
+    assert page.code == 200
+    text = (await page.content()).decode()
+    line = 'morpheo_http_requests_total{method="POST",route="/{kind}",status="201"}'
+    assert any(row.startswith(line) for row in text.splitlines()), text[:2000]
+    received = storage.metrics.registry.get_sample_value("morpheo_http_received_bytes_total")
+    assert received is not None and received > len(data)
