@@ -338,8 +338,11 @@ class StorageAPI:
 
     @app.route("/", methods=["GET"])
     def routes(self, request: IRequest) -> bytes:
-        """The routes of the API, as C{METHOD /path} lines."""
-        return _json(request, routeList(self.app))
+        """The routes of the API, as C{METHOD /path} lines (C{/metrics} only if served here)."""
+        routes = routeList(self.app)
+        if not self._metricsHere:
+            routes.remove("GET /metrics")
+        return _json(request, routes)
 
     @app.route("/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:

@@ -269,6 +269,8 @@ def test_metricsNeedTheCredentials(service: Service) -> None:
 def test_metricsServedApartAreNotServedBehindTheCredentials() -> None:
     service = Service(metricsHere=False)
     assert service.request("GET", "/metrics").code == 404
+    assert "GET /metrics" not in service.request("GET", "/").json()
+    assert "GET /metrics" in Service().request("GET", "/").json()
     site = StreamingSite(MetricsPage(service.metrics), reactor=service.reactor)
     answer = service.raw(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", site)
     assert status(answer) == 200
