@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Awaitable, Callable
-from functools import wraps
+from functools import cache, wraps
+from importlib.resources import files
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -99,6 +100,16 @@ _REFUSALS: dict[type[Exception], int] = {
     SizeMismatch: 400,
     TooLarge: 413,
 }
+
+
+@cache
+def openAPIDocument() -> bytes:
+    """
+    The OpenAPI 3.1 description of the routes, as shipped in the package
+    (C{morpheo/web/openapi.json}); read once, when the first L{StorageAPI}
+    is made, never while serving.
+    """
+    return files(__package__).joinpath("openapi.json").read_bytes()
 
 
 def _json(request: IRequest, value: Any, code: int = 200) -> bytes:
@@ -299,6 +310,7 @@ class StorageAPI:
         self.objects = objects
         self.auth = auth
         self.redirectLifetime = redirectLifetime
+        self._document = openAPIDocument()
 
     def resource(self) -> IResource:
         return self.app.resource()
@@ -332,6 +344,13 @@ class StorageAPI:
         return _json(
             request, {"status": "ready" if ok else "not ready", **report}, 200 if ok else 503
         )
+
+    @app.route("/openapi.json", methods=["GET"])
+    def openAPI(self, request: IRequest) -> bytes:
+        """This API's OpenAPI document, for clients and their generators."""
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Content-Length", b"%d" % len(self._document))
+        return self._document
 
     # Reading
 

@@ -29,6 +29,7 @@ def test_theRootListsTheRoutes(service: Service) -> None:
         "GET /",
         "GET /health",
         "GET /ready",
+        "GET /openapi.json",
         "GET /{kind}",
         "POST /{kind}",
         "GET /{kind}/{uuid}",
