@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from importlib.metadata import version
 from importlib.resources import files
 
 import pytest
@@ -31,6 +32,10 @@ JSON = {"content-type": "application/json"}
 def test_theDocumentIsValidOpenAPI31() -> None:
     assert document()["openapi"].startswith("3.1.")
     validate(document())
+
+
+def test_theDocumentIsOfThisVersion() -> None:
+    assert document()["info"]["version"] == version("morpheo-storage")
 
 
 def test_theDocumentIsShippedInThePackage() -> None:
