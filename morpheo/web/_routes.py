@@ -22,12 +22,13 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from klein import Klein
+from klein.interfaces import IKleinRequest
 from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
-from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from .._errors import (
     APIError,
@@ -74,6 +75,8 @@ T = TypeVar("T")
 #: 255 characters with their part headers.  A form body longer than the
 #: largest blob by more than this is refused from its Content-Length.
 FORM_OVERHEAD = 64 * 1024
+
+NO_ROUTE = "no such route; GET / lists them"
 
 DEFAULT_LIMIT = 30
 MAX_LIMIT = 1000
@@ -599,10 +602,31 @@ class StorageAPI:
 
     @app.handle_errors(NotFound)
     def _notFound(self, request: IRequest, failure: Failure) -> bytes:
-        return _json(request, {"error": "no such route; GET / lists them"}, 404)
+        return _json(request, {"error": NO_ROUTE}, 404)
 
     @app.handle_errors(MethodNotAllowed)
     def _notAllowed(self, request: IRequest, failure: Failure) -> bytes:
-        allowed = ", ".join(failure.value.valid_methods or [])  # type: ignore[union-attr]
+        valid = failure.value.valid_methods or []  # type: ignore[union-attr]
+        allowed = ", ".join(sorted(_servedMethods(request, valid)))
+        if not allowed:
+            return _json(request, {"error": NO_ROUTE}, 404)
         request.setHeader(b"Allow", allowed.encode())
         return _json(request, {"error": f"method not allowed here; allowed: {allowed}"}, 405)
+
+
+def _servedMethods(request: IRequest, valid: list[str]) -> list[str]:
+    """
+    Of the methods werkzeug finds rules for at this path, those that serve
+    it: C{/health} also fits C{/<kind>}, whose POST would answer that
+    C{health} is no kind, so it is not allowed there.
+    """
+    mapper = IKleinRequest(request).mapper
+    served = []
+    for method in valid:
+        try:
+            _, args = mapper.match(method=method, return_rule=True)
+        except HTTPException:
+            continue
+        if args.get("kind", KINDS[0]) in TABLE:
+            served.append(method)
+    return served
