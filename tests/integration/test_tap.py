@@ -6,6 +6,7 @@ what a person sees when the service cannot start.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -422,7 +423,7 @@ def test_pluginFoundAfterAPlainInstall(tmp_path: Path) -> None:
     """
     After a plain (not editable) install, the plugin is found in the
     installed copy: the checkout is taken off the path, so nothing else
-    could provide it.
+    could provide it.  The package's data (the OpenAPI document) is there.
     """
     root = str(ROOT)
     target = tmp_path / "site"
@@ -450,6 +451,8 @@ def test_pluginFoundAfterAPlainInstall(tmp_path: Path) -> None:
     morpheoFile, pluginFile, optionsModule = done.stdout.split()
     assert morpheoFile.startswith(str(target)) and pluginFile.startswith(str(target))
     assert optionsModule == "morpheo.tap"
+    # The OpenAPI document served at /openapi.json is installed with the package.
+    assert json.loads((target / "morpheo" / "web" / "openapi.json").read_text())["openapi"]
 
 
 def test_slowClientDefaults() -> None:
