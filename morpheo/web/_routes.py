@@ -16,11 +16,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Awaitable, Callable
-from functools import wraps
+from functools import cache, wraps
+from importlib.resources import files
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from klein import Klein
+from klein.interfaces import IKleinRequest
 from klein.resource import KleinResource
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -29,7 +31,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
-from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from .._errors import (
     APIError,
@@ -79,6 +81,8 @@ T = TypeVar("T")
 #: largest blob by more than this is refused from its Content-Length.
 FORM_OVERHEAD = 64 * 1024
 
+NO_ROUTE = "no such route; GET / lists them"
+
 DEFAULT_LIMIT = 30
 MAX_LIMIT = 1000
 #: The last page whose items can be counted to in the database.
@@ -104,6 +108,16 @@ _REFUSALS: dict[type[Exception], int] = {
     SizeMismatch: 400,
     TooLarge: 413,
 }
+
+
+@cache
+def openAPIDocument() -> bytes:
+    """
+    The OpenAPI 3.1 description of the routes, as shipped in the package
+    (C{morpheo/web/openapi.json}); read once, when the first L{StorageAPI}
+    is made, never while serving.
+    """
+    return files(__package__).joinpath("openapi.json").read_bytes()
 
 
 def _json(request: IRequest, value: Any, code: int = 200) -> bytes:
@@ -324,6 +338,7 @@ class StorageAPI:
         self._metricsHere = metricsHere
         self._pool = pool
         self.meter = RequestMeter(self.metrics, self._clock, self.app)
+        self._document = openAPIDocument()
 
     def resource(self) -> IResource:
         """The routes, their requests counted in L{metrics}."""
@@ -373,6 +388,13 @@ class StorageAPI:
         if not self._metricsHere:
             raise APIError(404, "the metrics are not served here")
         return await scrape(self.metrics, request, self._clock, self._pool)
+
+    @app.route("/openapi.json", methods=["GET"])
+    def openAPI(self, request: IRequest) -> bytes:
+        """This API's OpenAPI document, for clients and their generators."""
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Content-Length", b"%d" % len(self._document))
+        return self._document
 
     # Reading
 
@@ -621,10 +643,31 @@ class StorageAPI:
 
     @app.handle_errors(NotFound)
     def _notFound(self, request: IRequest, failure: Failure) -> bytes:
-        return _json(request, {"error": "no such route; GET / lists them"}, 404)
+        return _json(request, {"error": NO_ROUTE}, 404)
 
     @app.handle_errors(MethodNotAllowed)
     def _notAllowed(self, request: IRequest, failure: Failure) -> bytes:
-        allowed = ", ".join(failure.value.valid_methods or [])  # type: ignore[union-attr]
+        valid = failure.value.valid_methods or []  # type: ignore[union-attr]
+        allowed = ", ".join(sorted(_servedMethods(request, valid)))
+        if not allowed:
+            return _json(request, {"error": NO_ROUTE}, 404)
         request.setHeader(b"Allow", allowed.encode())
         return _json(request, {"error": f"method not allowed here; allowed: {allowed}"}, 405)
+
+
+def _servedMethods(request: IRequest, valid: list[str]) -> list[str]:
+    """
+    Of the methods werkzeug finds rules for at this path, those that serve
+    it: C{/health} also fits C{/<kind>}, whose POST would answer that
+    C{health} is no kind, so it is not allowed there.
+    """
+    mapper = IKleinRequest(request).mapper
+    served = []
+    for method in valid:
+        try:
+            _, args = mapper.match(method=method, return_rule=True)
+        except HTTPException:
+            continue
+        if args.get("kind", KINDS[0]) in TABLE:
+            served.append(method)
+    return served

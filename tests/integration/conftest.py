@@ -2,7 +2,8 @@
 The integration tier's fixtures: each emulator (SeaweedFS, fake-gcs-server)
 started once per session, a shared server per session on each blob store
 (local, S3, GCS) for every test that needs no configuration of its own, a
-treq client per test, and an OAuth token endpoint for the tests that ask.
+treq client per test (its answers held to the OpenAPI document), and an
+OAuth token endpoint for the tests that ask.
 
 Tests on a shared server share its data: each makes its own uuids and
 never assumes a table or a bucket is empty.  Tests of the database layer
@@ -23,6 +24,7 @@ from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from tests.apidoc import CheckingAgent
 from tests.integration.helpers import socketDSN
 from tests.integration.servers import FakeGCS, SeaweedFS, Server, TokenServer, startServer
 
@@ -70,9 +72,15 @@ def gcServer(fakeGCS: FakeGCS, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 @pytest.fixture
 def http() -> Iterator[HTTPClient]:
-    """A treq client on a non-persistent pool: nothing left open after a test."""
+    """
+    A treq client on a non-persistent pool: nothing left open after a test.
+    Every answer of the service it reads whole is held to the OpenAPI
+    document (L{tests.apidoc}): one it does not describe fails the test.
+    """
     pool = HTTPConnectionPool(reactor, persistent=False)
-    yield HTTPClient(Agent(reactor, pool=pool))
+    agent = CheckingAgent(Agent(reactor, pool=pool))
+    yield HTTPClient(agent)
+    assert not agent.problems, "\n".join(agent.problems)
 
 
 @pytest.fixture

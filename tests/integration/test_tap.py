@@ -6,7 +6,9 @@ what a person sees when the service cannot start.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -21,7 +23,7 @@ from twisted.python.usage import UsageError
 from morpheo import tap
 from morpheo.tap import Options
 from tests.integration.helpers import ROOT
-from tests.integration.servers import TWISTD, runTwistd, startFails
+from tests.integration.servers import TWISTD, runTwistd, startFails, startServer
 
 ENV_PASSWORD = "MORPHEO_STORAGE_PASSWORD"
 ENV_DB_PASS = "MORPHEO_STORAGE_DB_PASS"
@@ -421,7 +423,7 @@ def test_pluginFoundAfterAPlainInstall(tmp_path: Path) -> None:
     """
     After a plain (not editable) install, the plugin is found in the
     installed copy: the checkout is taken off the path, so nothing else
-    could provide it.
+    could provide it.  The package's data (the OpenAPI document) is there.
     """
     root = str(ROOT)
     target = tmp_path / "site"
@@ -449,6 +451,8 @@ def test_pluginFoundAfterAPlainInstall(tmp_path: Path) -> None:
     morpheoFile, pluginFile, optionsModule = done.stdout.split()
     assert morpheoFile.startswith(str(target)) and pluginFile.startswith(str(target))
     assert optionsModule == "morpheo.tap"
+    # The OpenAPI document served at /openapi.json is installed with the package.
+    assert json.loads((target / "morpheo" / "web" / "openapi.json").read_text())["openapi"]
 
 
 def test_slowClientDefaults() -> None:
@@ -495,6 +499,39 @@ def test_twistdHelpListsTheOptions() -> None:
         "header-timeout", "min-body-rate", "body-rate-window",
     ]:  # fmt: skip
         assert f"--{option}" in result.stdout, option
+
+
+def test_twistdHelpIsTidy() -> None:
+    """
+    Every option's help is a sentence of single-spaced words: no stray
+    spaces from a docstring's indentation, none at a line's end.
+    """
+    result = subprocess.run(
+        [TWISTD, "morpheo-storage", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    for line in result.stdout.splitlines():
+        assert line == line.rstrip(), repr(line)
+        text = re.sub(r"^\s*(-\S+\s\s+)?", "", line)
+        assert "  " not in text, repr(line)
+    for name, doc in Options().docs.items():
+        assert doc and doc[0].isupper() and doc.endswith("."), (name, doc)
+        assert doc == " ".join(doc.split()), (name, doc)
+
+
+def test_aNormalStartLogsNoWarning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A plain start (embedded PostgreSQL, local store), in an environment
+    without C{XDG_RUNTIME_DIR} as in a container or under cron, logs no
+    warning: a warning at every start teaches people to ignore them.
+    """
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    server = startServer(str(tmp_path / "data"))
+    assert server.stop() == 0
+    log = server.log()
+    assert "listening on" in log and "Server Shut Down" in log, log
+    # A log level, or a Python warning (logged as "module: SomeWarning: ...").
+    assert not re.search(r"#(warn|error|critical)\]|Warning: |Traceback", log), log
 
 
 def test_usageErrorFromTwistd(tmp_path: Path) -> None:

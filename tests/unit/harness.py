@@ -6,7 +6,9 @@ twisted.web's Agent) through L{twisted.test.iosim}'s in-memory
 transports.  No socket, no process, no database, no thread: time is a
 L{MemoryReactorClock}, and the thread pool the domain layer hashes in runs
 its work at once (in this tier every request is small, and a
-deterministic order makes failures repeatable).
+deterministic order makes failures repeatable).  Every answer that client
+gets is held to the OpenAPI document (L{tests.apidoc}): a route, status,
+header or body it does not describe fails the test.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from morpheo.web import AccessLogSite, BasicAuth, CORSResource, StorageAPI, Stre
 from morpheo.web._root import StorageRoot
 from morpheo.web._streaming import HEADER_TIMEOUT, MIN_BODY_RATE, RATE_WINDOW
 from morpheo.web._throttle import LoginThrottle
+from tests.apidoc import checkAnswer, flatHeaders
 
 T = TypeVar("T")
 
@@ -541,7 +544,9 @@ class Service:
             )
             content = await response.content()
             length = response.length if isinstance(response.length, int) else None
-            return Reply(response.code, response.headers, content, length)
+            reply = Reply(response.code, response.headers, content, length)
+            checkAnswer(method, path, reply.code, flatHeaders(reply.headers), content)
+            return reply
 
         return ensureDeferred(exchange())
 

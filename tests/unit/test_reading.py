@@ -30,6 +30,7 @@ def test_theRootListsTheRoutes(service: Service) -> None:
         "GET /health",
         "GET /ready",
         "GET /metrics",
+        "GET /openapi.json",
         "GET /{kind}",
         "POST /{kind}",
         "GET /{kind}/{uuid}",
@@ -115,6 +116,18 @@ def test_aMethodNotAllowedNamesTheAllowedOnes(service: Service) -> None:
     assert reply.header("allow") is not None
     assert "POST" in (reply.header("allow") or "")
     assert reply.error.startswith("method not allowed here; allowed:")
+
+
+def test_allowNamesOnlyTheMethodsThatServeThePath(service: Service) -> None:
+    """
+    C{/health} also fits C{/{kind}}, whose POST would only answer that
+    health is no kind: it is not allowed there.  A path that fits only an
+    unknown kind has no route at all.
+    """
+    reply = service.request("DELETE", "/health")
+    assert (reply.code, reply.header("allow")) == (405, "GET, HEAD")
+    reply = service.request("DELETE", "/nokind")
+    assert (reply.code, reply.error) == (404, "no such route; GET / lists them")
 
 
 def test_patchIsOnlyForProblems(service: Service) -> None:

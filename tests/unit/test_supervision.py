@@ -18,7 +18,7 @@ import pytest
 from attrs import define, field
 from twisted.logger import capturedLogs, formatEvent
 
-from morpheo.metadata._embedded import EmbeddedPostgres
+from morpheo.metadata._embedded import EmbeddedPostgres, _runtimeDir
 
 from .harness import FakeReactor, ImmediatePool
 
@@ -183,3 +183,32 @@ def test_aDeadServerIsNotWaitedForAtStop(
     server.info = Info(os.getpid(), Process(os.getpid(), psutil.STATUS_ZOMBIE))
     embedded.stop()
     assert server.cleaned and server._postmaster_info is None
+
+
+# The runtime directory the wheel is imported with
+
+
+def test_theWheelGetsAPrivateRuntimeDirectoryForItsImportOnly(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """
+    Without C{XDG_RUNTIME_DIR}, the wheel's import finds one of the
+    service's own, private, and the environment is as it was afterwards.
+    """
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    with _runtimeDir():
+        path = os.environ["XDG_RUNTIME_DIR"]
+        assert path == str(tmp_path / f"morpheo-storage-{os.geteuid()}")
+        assert os.stat(path).st_mode & 0o777 == 0o700
+    assert "XDG_RUNTIME_DIR" not in os.environ
+    os.chmod(path, 0o755)  # as the wheel's lock leaves a directory it makes
+    with _runtimeDir():
+        assert os.stat(os.environ["XDG_RUNTIME_DIR"]).st_mode & 0o777 == 0o700
+
+
+def test_aRuntimeDirectoryAlreadyGivenIsKept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1234")
+    with _runtimeDir():
+        assert os.environ["XDG_RUNTIME_DIR"] == "/run/user/1234"
+    assert os.environ["XDG_RUNTIME_DIR"] == "/run/user/1234"
