@@ -9,13 +9,15 @@ same protocol versions and cipher suites (L{morpheo.service._tls}).
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
-from attrs import frozen
+from attrs import field, frozen
 from OpenSSL import SSL
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, serverFromString
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.ssl import CertificateOptions
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from ._tls import loadCertificateOptions, serverOptions
 
@@ -36,6 +38,9 @@ class Listener:
     endpoint: IStreamServerEndpoint
     tls: bool
     description: str
+    #: The TLS settings of a TLS endpoint, for a worker process that
+    #: serves its socket (L{adopt}).
+    tlsOptions: CertificateOptions | None = field(default=None, repr=False)
 
 
 def refuseWeakTLS(description: str) -> str | None:
@@ -101,6 +106,7 @@ def makeListeners(
                     SSL4ServerEndpoint(reactor, port, options, backlog=BACKLOG, interface=host),
                     True,
                     f"ssl:{port}",
+                    options,
                 )
             ]
         endpoint = TCP4ServerEndpoint(reactor, port, backlog=BACKLOG, interface=host)
@@ -115,10 +121,32 @@ def makeListeners(
         except Exception as e:
             raise ListenError(f"--listen {description!r}: {e}") from None
         tls = isinstance(endpoint, SSL4ServerEndpoint)
+        hardened: CertificateOptions | None = None
         if tls:
             _hardened(endpoint, description)
-        listeners.append(Listener(endpoint, tls, description))
+            hardened = endpoint._sslContextFactory
+        listeners.append(Listener(endpoint, tls, description, hardened))
     return listeners
+
+
+def adopt(
+    reactor: Any, listener: Listener, fileDescriptor: int, factory: IProtocolFactory
+) -> IListeningPort:
+    """
+    Serve C{factory} on a listening socket another process bound for
+    C{listener} (the parent of C{--workers}), with its TLS if it has
+    some.  The reactor serves a copy of the descriptor: the caller closes
+    C{fileDescriptor}.
+    """
+    probe = socket.socket(fileno=fileDescriptor)
+    try:
+        family = probe.family
+    finally:
+        probe.detach()
+    if listener.tls:
+        assert listener.tlsOptions is not None, "made by makeListeners"
+        factory = TLSMemoryBIOFactory(listener.tlsOptions, False, factory)
+    return reactor.adoptStreamPort(fileDescriptor, family, factory)  # type: ignore[no-any-return]
 
 
 def describe(port: IListeningPort, tls: bool) -> str:
@@ -134,4 +162,4 @@ def describe(port: IListeningPort, tls: bool) -> str:
     return f"{'https' if tls else 'http'}://{hostText}:{getattr(address, 'port', '?')}/"
 
 
-__all__ = ["ListenError", "Listener", "describe", "makeListeners", "refuseWeakTLS"]
+__all__ = ["ListenError", "Listener", "adopt", "describe", "makeListeners", "refuseWeakTLS"]
