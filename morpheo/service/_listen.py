@@ -14,10 +14,12 @@ from typing import Any
 
 from attrs import field, frozen
 from OpenSSL import SSL
+from twisted.internet import tcp, unix
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.ssl import CertificateOptions
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 
 from ._tls import loadCertificateOptions, serverOptions
 
@@ -146,7 +148,26 @@ def adopt(
     if listener.tls:
         assert listener.tlsOptions is not None, "made by makeListeners"
         factory = TLSMemoryBIOFactory(listener.tlsOptions, False, factory)
+    if family == socket.AF_UNIX:
+        # As the reactor's adoptStreamPort does, with a port that leaves the
+        # socket's file alone.
+        port: IListeningPort = _AdoptedUNIXPort._fromListeningDescriptor(
+            reactor, fileDescriptor, factory
+        )
+        port.startListening()
+        return port
     return reactor.adoptStreamPort(fileDescriptor, family, factory)  # type: ignore[no-any-return]
+
+
+class _AdoptedUNIXPort(unix.Port):
+    """
+    A UNIX socket served by a worker: its file is the parent's to remove
+    when the service stops, not a worker's when it stops or dies (its
+    siblings still serve it).
+    """
+
+    def connectionLost(self, reason: Failure) -> None:
+        tcp.Port.connectionLost(self, reason)
 
 
 def describe(port: IListeningPort, tls: bool) -> str:

@@ -430,7 +430,11 @@ class StorageService(service.Service):
             # A PostgreSQL that dies now stays down: the service is going.
             await running.embedded.unsupervise()
         for port in running.ports:
-            await maybeDeferred(port.stopListening)
+            try:
+                await maybeDeferred(port.stopListening)
+            except Exception:
+                # Said, not raised: the rest of the stop must still happen.
+                self._log.failure("stopping listening on {port} failed", port=port)
         timeout = self.config.shutdownTimeout
         if running.site is not None and running.site.openConnections:
             self._log.info(
