@@ -289,12 +289,13 @@ class ParentWatch(service.Service):
     def __init__(self, reactor: Any, parentPid: int, interval: float = 1.0) -> None:
         self._reactor = reactor
         self._parentPid = parentPid
+        self._interval = interval
         self._loop = LoopingCall(self._check)
         self._loop.clock = reactor
 
     def startService(self) -> None:
         super().startService()
-        self._loop.start(1.0, now=False)
+        self._loop.start(self._interval, now=False)
 
     def stopService(self) -> None:
         super().stopService()

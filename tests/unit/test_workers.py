@@ -27,6 +27,7 @@ from morpheo.service._workers import (
     FIRST_DELAY,
     MAX_DELAY,
     STABLE_AFTER,
+    ParentWatch,
     Supervisor,
     WorkerFailed,
     WorkerState,
@@ -319,3 +320,27 @@ def test_howAWorkerEnded() -> None:
     assert describeExit(Failure(ProcessDone(0))) == "status 0"
     assert describeExit(Failure(ProcessTerminated(exitCode=1))) == "status 1"
     assert describeExit(Failure(ProcessTerminated(signal=9))) == "signal 9 (SIGKILL)"
+
+
+class StoppableClock(Clock):
+    stopped = 0
+
+    def stop(self) -> None:
+        self.stopped += 1
+
+
+def test_aWorkerStopsWhenItsParentIsGone() -> None:
+    ours = StoppableClock()
+    watch = ParentWatch(ours, os.getppid())
+    watch.startService()
+    ours.advance(5)
+    assert ours.stopped == 0
+    watch.stopService()
+    orphaned = StoppableClock()
+    gone = ParentWatch(orphaned, os.getppid() + 1)
+    gone.startService()
+    orphaned.advance(1)
+    assert orphaned.stopped == 1
+    orphaned.advance(5)
+    assert orphaned.stopped == 1
+    gone.stopService()
