@@ -379,7 +379,7 @@ class WorkersService(service.Service):
             raise _Reported() from None
         for listener in listeners:
             try:
-                port = await listener.endpoint.listen(protocol.Factory())
+                port = await listener.endpoint.listen(_Holder())
             except Exception as e:
                 raise StartupError(f"cannot listen on {listener.description}: {e}") from None
             # The workers accept; this process only holds the socket.
@@ -447,6 +447,12 @@ class WorkersService(service.Service):
         if self._metricsDirectory is not None:
             shutil.rmtree(self._metricsDirectory, ignore_errors=True)
             self._metricsDirectory = None
+
+
+class _Holder(protocol.Factory):
+    """What the parent's listeners would serve: nothing, they never accept."""
+
+    noisy = False
 
 
 class _Reported(Exception):
