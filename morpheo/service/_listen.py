@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.integration.test_listen -*-
+# -*- test-case-name: tests.integration.test_listen,tests.integration.test_workers -*-
 """
 Where the service listens: Twisted server endpoint descriptions
 (C{--listen tcp:8000}, C{ssl:8443:privateKey=...:certKey=...},

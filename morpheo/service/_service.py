@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.integration.test_graceful,tests.integration.test_recovery,tests.integration.test_tap -*-  # noqa: E501
+# -*- test-case-name: tests.integration.test_graceful,tests.integration.test_recovery,tests.integration.test_tap,tests.integration.test_workers -*-  # noqa: E501
 """
 The service wiring: from a L{StorageConfig} to a listening site, with the
 database, the migrations, the blob store and the embedded PostgreSQL started

@@ -248,16 +248,28 @@ def test_tlsWithTwoWorkers(tmp_path: Path) -> None:
 
 
 def test_twoListenEndpoints(tmp_path: Path) -> None:
+    """A TLS endpoint of --listen and a UNIX socket, both served by both workers."""
+    pki = makePKI(tmp_path / "pki")
     sock = str(tmp_path / "morpheo.sock")
+    tls = (
+        f"ssl:0:interface=127.0.0.1:privateKey={pki.key}:certKey={pki.leaf}"
+        f":extraCertChain={pki.intermediate}"
+    )
     server = startServer(
-        str(tmp_path / "data"),
-        "--workers", "2", "--listen", "tcp:0:interface=127.0.0.1", "--listen", f"unix:{sock}",
-    )  # fmt: skip
+        str(tmp_path / "data"), "--workers", "2", "--listen", tls, "--listen", f"unix:{sock}"
+    )
     try:
-        assert server.addresses[1] == f"unix:{sock}"
-        untilBothAnswer(server)
+        address, unix = server.addresses
+        assert address.startswith("https://127.0.0.1:")
+        assert unix == f"unix:{sock}"
+        untilBothAnswer(server, "--cacert", str(pki.ca), url=address.rstrip("/"))
         for _ in range(4):
             health(server, "--unix-socket", sock, url="http://x")
+        # The socket's file stays while a worker is replaced, and goes with the service.
+        victim = workers(server)[0]
+        os.kill(victim, signal.SIGKILL)
+        waitUntil(lambda: workers(server).get(0, victim) != victim, 30, "a replacement serving")
+        health(server, "--unix-socket", sock, url="http://x")
     finally:
         assert server.stop() == 0
     assert not os.path.exists(sock)
