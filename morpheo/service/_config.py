@@ -136,9 +136,11 @@ class StorageConfig:
     #: In a worker process, its index (0 to C{workers} - 1), the same for
     #: its replacements; None in a process that serves alone.
     worker: int | None = None
-    #: In a worker process, a scratch directory the parent made for this
-    #: run and removes at its end, shared by every worker (for metrics that
-    #: add up several processes' counts); None in a process that serves alone.
+    #: In a worker process, a scratch directory the parent made empty for
+    #: this run (C{run/} under the data directory, or a temporary one for a
+    #: stateless node) and removes at its end, shared by every worker (for
+    #: metrics that add up several processes' counts); None in a process
+    #: that serves alone.
     metricsDirectory: str | None = None
 
     def __attrs_post_init__(self) -> None:

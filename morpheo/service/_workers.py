@@ -386,7 +386,7 @@ class WorkersService(service.Service):
             port.stopReading()  # type: ignore[attr-defined]
             self._ports.append(port)
             self.addresses.append(describe(port, listener.tls))
-        self._metricsDirectory = tempfile.mkdtemp(prefix="morpheo-storage-run-")
+        self._metricsDirectory = _runDirectory(config)
         self._supervisor = Supervisor(config.workers, self._spawn, self._reactor)
         await self._supervisor.start()
         for address in self.addresses:
@@ -447,6 +447,24 @@ class WorkersService(service.Service):
         if self._metricsDirectory is not None:
             shutil.rmtree(self._metricsDirectory, ignore_errors=True)
             self._metricsDirectory = None
+
+
+#: Under the data directory, the workers' scratch directory of the run.
+RUN_DIRECTORY = "run"
+
+
+def _runDirectory(config: StorageConfig) -> str:
+    """
+    A scratch directory for this run's workers, empty: under the data
+    directory, whose lock the parent holds (what is there is a dead run's),
+    or a new temporary one for a node that keeps nothing on disk.
+    """
+    if config.stateless:
+        return tempfile.mkdtemp(prefix="morpheo-storage-run-")
+    path = os.path.join(config.dataDir, RUN_DIRECTORY)
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path, mode=0o700)
+    return path
 
 
 class _Holder(protocol.Factory):

@@ -130,8 +130,11 @@ def test_twoWorkersServeOnePort(tmp_path: Path) -> None:
         ) == [(6,)]
         assert server.log().count("starting the embedded PostgreSQL") == 1
         assert server.log().count("applied migrations") == 1
+        # The workers' scratch directory of the run, made by the parent.
+        assert os.listdir(os.path.join(dataDir, "run")) == []
     finally:
         assert server.stop() == 0
+    assert not os.path.exists(os.path.join(dataDir, "run"))
     assert not [pid for pid in pids.values() if psutil.pid_exists(pid)]
     assert postgresOf(dataDir) == []
 
