@@ -20,6 +20,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 import psycopg2
@@ -38,6 +39,7 @@ from tests.integration.helpers import (
 )
 from tests.integration.servers import (
     ExternalPostgres,
+    SeaweedFS,
     Server,
     startFails,
     startServer,
@@ -98,6 +100,19 @@ def upload(server: Server, path: Path, uuid: str | None = None) -> dict[str, obj
     fields = ["-F", f"uuid={uuid}"] if uuid else []
     fields += ["-F", f"size={path.stat().st_size}", "-F", f"blob=@{path}"]
     return json.loads(curlOK(server, *fields, f"{server.url}/data"))  # type: ignore[no-any-return]
+
+
+def serviceSQL(pg: ExternalPostgres, query: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """A query on the service's database of C{pg}."""
+    connection = psycopg2.connect(host=pg.host, port=pg.port, user="postgres", dbname=pg.dbName)
+    try:
+        connection.autocommit = True
+        with connection.cursor() as cur:
+            cur.execute(query, args)
+            rows: list[tuple[Any, ...]] = cur.fetchall()
+            return rows
+    finally:
+        connection.close()
 
 
 def test_twoWorkersServeOnePort(tmp_path: Path) -> None:
@@ -302,15 +317,8 @@ def test_anExternalPostgreSQL(tmp_path: Path) -> None:
             # Both workers keep sessions of their own on it (the parent none).
             assert len(children(server)) == 2
             assert len(pg.backends()) >= 2
-            connection = psycopg2.connect(
-                host=pg.host, port=pg.port, user="postgres", dbname=pg.dbName
-            )
-            try:
-                with connection.cursor() as cur:
-                    cur.execute("SELECT kind FROM resource WHERE uuid = %s", (uuid,))
-                    assert cur.fetchall() == [("data",)]
-            finally:
-                connection.close()
+            kinds = serviceSQL(pg, "SELECT kind FROM resource WHERE uuid = %s", (uuid,))
+            assert kinds == [("data",)]
         finally:
             assert server.stop() == 0
         assert not os.path.exists(os.path.join(dataDir, "postgres"))
@@ -330,3 +338,41 @@ def test_workersStopWhenTheirParentIsKilled(tmp_path: Path) -> None:
         server.stop(signal.SIGKILL)
         for process in postgresOf(dataDir):
             process.send_signal(signal.SIGQUIT)
+
+
+def test_aStatelessNodesReplacementFreesItsPredecessorsUpload(
+    tmp_path: Path, seaweedfs: SeaweedFS
+) -> None:
+    """
+    On --db-host and S3 a node keeps nothing on disk and is a new node at
+    each start, but its workers keep their names for the run: a replacement
+    frees what the worker it replaces left, at once.
+    """
+    with ExternalPostgres(str(tmp_path / "pg")) as pg:
+        server = startServer(
+            str(tmp_path / "data"),
+            "--workers", "2", *pg.serverArgs(), *seaweedfs.serverArgs(),
+            env={**pg.serverEnv(), **seaweedfs.serverEnv()},
+        )  # fmt: skip
+
+        def owners(uuid: str) -> list[str]:
+            rows = serviceSQL(pg, "SELECT claimed_by FROM resource WHERE uuid = %s", (uuid,))
+            return [row[0] for row in rows]
+
+        try:
+            uuid = newUUID()
+            s = rawUpload(server, uuid, 16 * 1024 * 1024, sent=1024 * 1024)
+            try:
+                waitUntil(lambda: bool(owners(uuid)), 30, "the upload claimed")
+                [owner] = owners(uuid)
+                index = int(owner.rsplit("/w", 1)[1])
+                victim = workers(server)[index]
+                os.kill(victim, signal.SIGKILL)
+                waitUntil(lambda: not owners(uuid), 30, "the claim released")
+            finally:
+                s.close()
+            blob = tmp_path / "blob.bin"
+            blob.write_bytes(os.urandom(1000))
+            assert upload(server, blob, uuid)["uuid"] == uuid
+        finally:
+            assert server.stop() == 0
