@@ -134,10 +134,12 @@ class Supervisor:
 
     def start(self) -> Deferred[None]:
         """Start them all; fires once each is ready, or fails with L{WorkerFailed}."""
-        self._starting = Deferred()
+        starting = self._starting = Deferred()
         for slot in self._slots:
+            if self._starting is None:
+                break  # one failed: the start with it
             self._spawn(slot)
-        return self._starting
+        return starting
 
     def states(self) -> list[WorkerState]:
         return [slot.state for slot in self._slots]
@@ -153,7 +155,15 @@ class Supervisor:
         slot.due = None
         slot.state = WorkerState.STARTING
         slot.spawnedAt = self.clock.seconds()
-        slot.process = self.spawn(slot.index)
+        slot.pid = None
+        try:
+            slot.process = self.spawn(slot.index)
+        except Exception as e:
+            # No process (out of memory or descriptors): as a worker dead at
+            # its start, tried again later.
+            slot.process = None
+            self.exited(slot.index, f"no process ({e})")
+            return
         slot.pid = slot.process.pid
         slot.exited = Deferred()
 

@@ -344,3 +344,33 @@ def test_aWorkerStopsWhenItsParentIsGone() -> None:
     orphaned.advance(5)
     assert orphaned.stopped == 1
     gone.stopService()
+
+
+def test_aWorkerThatCannotBeStartedIsTriedAgainLater() -> None:
+    workers = Workers(1)
+    fired(workers.started())
+    workers.clock.advance(STABLE_AFTER)
+    failing = [OSError(24, "Too many open files")]
+
+    def spawn(index: int) -> FakeProcess:
+        if failing:
+            raise failing.pop()
+        return workers.spawn(index)
+
+    workers.supervisor.spawn = spawn
+    workers.die(0)
+    workers.clock.advance(0)  # the spawn fails: tried again after a delay
+    assert workers.supervisor.states() == [WorkerState.WAITING]
+    assert len(workers.spawned) == 1
+    workers.clock.advance(FIRST_DELAY)
+    assert len(workers.spawned) == 2
+    assert workers.supervisor.states() == [WorkerState.STARTING]
+
+
+def test_aFailedSpawnFailsTheStart() -> None:
+    def spawn(index: int) -> FakeProcess:
+        raise OSError(12, "Cannot allocate memory")
+
+    outcome = fired(Supervisor(1, spawn, Clock()).start())
+    assert isinstance(outcome[0], Failure)
+    assert str(outcome[0].value).startswith("worker 0 exited with no process (")
