@@ -392,8 +392,10 @@ class IMetadataStore(Interface):
     async def takeDeadClaims(lease: float, mine: bool = False) -> Sequence[DeadClaim]:
         """
         Take over the claims nobody keeps alive: not refreshed for C{lease}
-        seconds, and with C{mine} every claim of this owner (at start-up,
-        when they can only be a dead run's).  Each is given a new token at
+        seconds, and with C{mine} every claim of this owner and of the
+        owners named under it (C{owner/...}: the workers of a process run
+        with C{--workers}), at start-up, when they can only be a dead
+        run's.  Each is given a new token at
         once, in one statement, so that its first holder, were it only
         stalled, can no longer complete, release or refresh it, and two
         sweeping processes never both take one.  Each comes with the

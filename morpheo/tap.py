@@ -17,6 +17,7 @@ from twisted.cred import strcred
 from twisted.cred.credentials import IUsernamePassword
 from twisted.python import usage
 
+from ._metrics import Metrics
 from .objects import LEFTOVER_AGE
 from .service._config import (
     BLOBSTORES,
@@ -31,9 +32,11 @@ from .service._config import (
     checkPort,
     checkTimeout,
 )
+from .service._handoff import readHandoff
 from .service._jsonlog import jsonObserverFactory
 from .service._listen import refuseWeakTLS
 from .service._service import StorageService
+from .service._workers import ParentWatch, WorkersService, parseWorkers, workerCommand
 from .web._passwords import PasswordFileChecker, PasswordFileError
 
 T = TypeVar("T")
@@ -128,6 +131,13 @@ def _lifetime(value: str) -> int:
             f"--redirect-lifetime must be a whole number of seconds, not {value!r}"
         )
     return int(value)
+
+
+def _workers(value: str) -> int:
+    try:
+        return parseWorkers(value)
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
 
 
 def _count(option: str) -> Callable[[str], int]:
@@ -282,6 +292,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "Seconds of reading that --min-body-rate is measured over.",
             _seconds("body-rate-window"),
         ],
+        [
+            "workers",
+            None,
+            1,
+            "How many processes serve the endpoints (auto: one per core); they share one"
+            " database, started once.",
+            _workers,
+        ],
         ["log-format", None, "text", "Log lines as text or json (one JSON object per line)."],
         [
             "metrics-listen",
@@ -347,6 +365,11 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         }
         self["listen"] = []
         self["cors-origin"] = []
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        # Kept for the workers of --workers: they are given the same ones.
+        self.arguments = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def opt_listen(self, description: str) -> None:
         """
@@ -458,13 +481,35 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             minBodyRate=self["min-body-rate"],
             bodyRateWindow=self["body-rate-window"],
             metricsListen=self["metrics-listen"],
+            workers=self["workers"],
         )
 
 
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
-    return StorageService(options.config(), reactor, stderr=sys.stderr, ownsProcess=True)
+    config = options.config()
+    handoff = readHandoff()
+    if handoff is not None:
+        # A worker of --workers: its parent passes the signals on to it,
+        # not the terminal's Ctrl-C to the whole group.
+        os.setpgrp()
+        both = service.MultiService()
+        metrics = Metrics(worker=str(handoff.index), multiprocessDir=handoff.metricsDirectory)
+        StorageService(
+            handoff.configure(config),
+            reactor,
+            stderr=sys.stderr,
+            ownsProcess=True,
+            handoff=handoff,
+            metrics=metrics,
+        ).setServiceParent(both)
+        ParentWatch(reactor, handoff.parentPid).setServiceParent(both)
+        return both
+    if config.workers > 1 and not config.rollback:
+        command = workerCommand(options.arguments, getattr(options, "parent", None), sys.executable)
+        return WorkersService(config, reactor, command, stderr=sys.stderr)
+    return StorageService(config, reactor, stderr=sys.stderr, ownsProcess=True)
 
 
 __all__ = ["Options", "makeService"]

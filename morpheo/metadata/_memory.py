@@ -339,7 +339,11 @@ class MemoryMetadataStore:
         taken = []
         for row in tables.rows.values():
             if row.state is _State.PENDING and (
-                row.heartbeat < now - lease or (mine and row.claimedBy == self.owner)
+                row.heartbeat < now - lease
+                or (
+                    mine
+                    and (row.claimedBy == self.owner or row.claimedBy.startswith(self.owner + "/"))
+                )
             ):
                 row.token = f"swept.{next(_takeovers)}"
                 row.claimedBy, row.heartbeat = self.owner, now

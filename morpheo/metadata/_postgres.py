@@ -711,9 +711,18 @@ class PostgresMetadataStore:
         rows = await self.db.query(
             "UPDATE resource SET claim_token = %s || seq::text, claimed_by = %s,"
             " heartbeat = now() WHERE state = 'pending'"
-            " AND (heartbeat < now() - make_interval(secs => %s) OR (%s AND claimed_by = %s))"
+            " AND (heartbeat < now() - make_interval(secs => %s) OR (%s AND (claimed_by = %s"
+            " OR left(claimed_by, %s) = %s)))"
             " RETURNING kind, uuid::text, blob_key, claim_token, upload_handle",
-            (f"swept.{secrets.token_hex(8)}.", self.owner, lease, mine, self.owner),
+            (
+                f"swept.{secrets.token_hex(8)}.",
+                self.owner,
+                lease,
+                mine,
+                self.owner,
+                len(self.owner) + 1,
+                self.owner + "/",
+            ),
         )
         return [DeadClaim(k, u, key, token, handle) for k, u, key, token, handle in rows]
 

@@ -159,15 +159,23 @@ class Sweeper(Service):
     Every third of the claim lease: refresh the claims of this process's
     uploads, and sweep the claims dead processes left.  On a timer of its
     own, every half grace period (L{leftoverInterval}): sweep the leftovers
-    older than the grace period.  What each sweep removed, and the sweeps
-    that failed, are counted in C{metrics} (a fresh L{Metrics} by default).
+    older than the grace period, unless C{leftovers} is false (the workers
+    of one service share its store: one of them sweeps for all).  What each
+    sweep removed, and the sweeps that failed, are counted in C{metrics} (a
+    fresh L{Metrics} by default).
     """
 
     def __init__(
-        self, objects: Objects, clock: IReactorTime, metrics: Metrics | None = None
+        self,
+        objects: Objects,
+        clock: IReactorTime,
+        metrics: Metrics | None = None,
+        *,
+        leftovers: bool = True,
     ) -> None:
         self.metrics = Metrics() if metrics is None else metrics
         self._objects = objects
+        self._sweepsLeftovers = leftovers
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
         self.interval = objects.claimLease / 3
@@ -208,6 +216,8 @@ class Sweeper(Service):
     # own, set by the grace period alone, whatever the claims' tick does.
 
     def _startLeftovers(self) -> None:
+        if not self._sweepsLeftovers:
+            return
         self._leftovers.start(leftoverInterval(self._grace), now=False).addErrback(
             lambda f: _log.failure("the sweep of leftovers stopped", f)
         )

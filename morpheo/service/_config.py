@@ -34,6 +34,8 @@ DEFAULT_REDIRECT_LIFETIME = 300
 DEFAULT_HEADER_TIMEOUT = 30.0
 DEFAULT_MIN_BODY_RATE = 1024
 DEFAULT_BODY_RATE_WINDOW = 60.0
+#: The most processes C{--workers} may start.
+MAX_WORKERS = 256
 
 
 class ConfigError(ValueError):
@@ -132,6 +134,18 @@ class StorageConfig:
     #: A Twisted endpoint description to serve C{/metrics} on, without
     #: credentials (L{None}: on the main listeners, behind them).
     metricsListen: str | None = None
+    #: How many processes serve the endpoints (C{--workers}); above 1, a
+    #: parent process starts them (L{morpheo.service._workers}).
+    workers: int = 1
+    #: In a worker process, its index (0 to C{workers} - 1), the same for
+    #: its replacements; None in a process that serves alone.
+    worker: int | None = None
+    #: In a worker process, a scratch directory the parent made empty for
+    #: this run (C{run/} under the data directory, or a temporary one for a
+    #: stateless node) and removes at its end, shared by every worker (for
+    #: metrics that add up several processes' counts); None in a process
+    #: that serves alone.
+    metricsDirectory: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.blobstore not in BLOBSTORES:
@@ -214,6 +228,10 @@ class StorageConfig:
                 f"--body-rate-window must be a number of seconds above 0,"
                 f" not {self.bodyRateWindow!r}"
             )
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(f"--workers must be 1 to {MAX_WORKERS}, not {self.workers}")
+        if self.worker is not None and not 0 <= self.worker < self.workers:
+            raise ConfigError(f"worker {self.worker} is not one of the {self.workers} workers")
         self._checkRedirects()
         self._checkMetricsListen()
 

@@ -31,7 +31,8 @@ _FIELDS = (
 def eventAsLine(event: dict[str, Any]) -> str:
     """
     One JSON object: C{time} (ISO 8601, UTC), C{level}, C{namespace},
-    C{message} (the formatted text), the access fields for access events,
+    C{message} (the formatted text), the access fields for access events
+    (and C{worker}, the index of the worker of C{--workers} that served it),
     and C{failure} with its traceback for failures.
     """
     when = event.get("log_time")
@@ -47,6 +48,8 @@ def eventAsLine(event: dict[str, Any]) -> str:
         record["type"] = "access"
         for key in _FIELDS:
             record[key] = event.get(key)
+        if "worker" in event:
+            record["worker"] = event["worker"]
     failure = event.get("log_failure")
     if failure is not None:
         record["failure"] = failure.getTraceback()

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.integration.test_listen -*-
+# -*- test-case-name: tests.integration.test_listen,tests.integration.test_workers -*-
 """
 Where the service listens: Twisted server endpoint descriptions
 (C{--listen tcp:8000}, C{ssl:8443:privateKey=...:certKey=...},
@@ -9,13 +9,17 @@ same protocol versions and cipher suites (L{morpheo.service._tls}).
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
-from attrs import frozen
+from attrs import field, frozen
 from OpenSSL import SSL
+from twisted.internet import tcp, unix
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, serverFromString
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.ssl import CertificateOptions
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 
 from ._tls import loadCertificateOptions, serverOptions
 
@@ -36,6 +40,9 @@ class Listener:
     endpoint: IStreamServerEndpoint
     tls: bool
     description: str
+    #: The TLS settings of a TLS endpoint, for a worker process that
+    #: serves its socket (L{adopt}).
+    tlsOptions: CertificateOptions | None = field(default=None, repr=False)
 
 
 def refuseWeakTLS(description: str) -> str | None:
@@ -101,6 +108,7 @@ def makeListeners(
                     SSL4ServerEndpoint(reactor, port, options, backlog=BACKLOG, interface=host),
                     True,
                     f"ssl:{port}",
+                    options,
                 )
             ]
         endpoint = TCP4ServerEndpoint(reactor, port, backlog=BACKLOG, interface=host)
@@ -115,10 +123,51 @@ def makeListeners(
         except Exception as e:
             raise ListenError(f"--listen {description!r}: {e}") from None
         tls = isinstance(endpoint, SSL4ServerEndpoint)
+        hardened: CertificateOptions | None = None
         if tls:
             _hardened(endpoint, description)
-        listeners.append(Listener(endpoint, tls, description))
+            hardened = endpoint._sslContextFactory
+        listeners.append(Listener(endpoint, tls, description, hardened))
     return listeners
+
+
+def adopt(
+    reactor: Any, listener: Listener, fileDescriptor: int, factory: IProtocolFactory
+) -> IListeningPort:
+    """
+    Serve C{factory} on a listening socket another process bound for
+    C{listener} (the parent of C{--workers}), with its TLS if it has
+    some.  The reactor serves a copy of the descriptor: the caller closes
+    C{fileDescriptor}.
+    """
+    probe = socket.socket(fileno=fileDescriptor)
+    try:
+        family = probe.family
+    finally:
+        probe.detach()
+    if listener.tls:
+        assert listener.tlsOptions is not None, "made by makeListeners"
+        factory = TLSMemoryBIOFactory(listener.tlsOptions, False, factory)
+    if family == socket.AF_UNIX:
+        # As the reactor's adoptStreamPort does, with a port that leaves the
+        # socket's file alone.
+        port: IListeningPort = _AdoptedUNIXPort._fromListeningDescriptor(
+            reactor, fileDescriptor, factory
+        )
+        port.startListening()
+        return port
+    return reactor.adoptStreamPort(fileDescriptor, family, factory)  # type: ignore[no-any-return]
+
+
+class _AdoptedUNIXPort(unix.Port):
+    """
+    A UNIX socket served by a worker: its file is the parent's to remove
+    when the service stops, not a worker's when it stops or dies (its
+    siblings still serve it).
+    """
+
+    def connectionLost(self, reason: Failure) -> None:
+        tcp.Port.connectionLost(self, reason)
 
 
 def describe(port: IListeningPort, tls: bool) -> str:
@@ -134,4 +183,4 @@ def describe(port: IListeningPort, tls: bool) -> str:
     return f"{'https' if tls else 'http'}://{hostText}:{getattr(address, 'port', '?')}/"
 
 
-__all__ = ["ListenError", "Listener", "describe", "makeListeners", "refuseWeakTLS"]
+__all__ = ["ListenError", "Listener", "adopt", "describe", "makeListeners", "refuseWeakTLS"]

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.integration.test_graceful,tests.integration.test_recovery,tests.integration.test_tap -*-  # noqa: E501
+# -*- test-case-name: tests.integration.test_graceful,tests.integration.test_recovery,tests.integration.test_tap,tests.integration.test_workers -*-  # noqa: E501
 """
 The service wiring: from a L{StorageConfig} to a listening site, with the
 database, the migrations, the blob store and the embedded PostgreSQL started
@@ -60,7 +60,8 @@ from ..web._throttle import LoginThrottle
 from ._config import StorageConfig
 from ._datadir import BlobDirInUse, BlobDirLock, DataDirInUse, DataDirLock, instanceName
 from ._graceful import DrainingSite, HandlerTracker, _within, trackedResource
-from ._listen import Listener, ListenError, describe, makeListeners
+from ._handoff import WorkerHandoff
+from ._listen import Listener, ListenError, adopt, describe, makeListeners
 from ._tls import TLSConfigError
 
 #: After the shutdown deadline has cut the last transfers, how long their
@@ -102,6 +103,12 @@ class StorageService(service.Service):
     @param metrics: what the service counts in, served at C{/metrics} (a
         fresh L{Metrics} by default; a worker's, with its name and the
         workers' directory, when several processes serve one port).
+    @param handoff: the service is a worker of C{--workers}: its parent
+        holds the data directory, started and migrated the database and
+        bound the sockets it serves (L{morpheo.service._workers}).
+    @param preparing: the service is the parent of C{--workers}: it takes
+        the data directory, starts and migrates the database, sweeps what
+        the previous run left, and serves nothing itself.
     """
 
     _log = Logger()
@@ -115,9 +122,18 @@ class StorageService(service.Service):
         listen: bool = True,
         ownsProcess: bool = False,
         metrics: Metrics | None = None,
+        handoff: WorkerHandoff | None = None,
+        preparing: bool = False,
     ) -> None:
         self.config = config
         self.metrics = Metrics() if metrics is None else metrics
+        self._handoff = handoff
+        self._preparing = preparing
+        #: Once started: the database's DSN, the name the claims go by, and
+        #: the blob store's name.
+        self.dsn: str | None = None
+        self.owner: str | None = None
+        self.storeName: str | None = None
         self._reactor = reactor
         self._stderr = stderr
         self._listen = listen
@@ -143,37 +159,9 @@ class StorageService(service.Service):
     def startService(self) -> None:
         super().startService()
         if self._ownsProcess:
-            self._reactor.callWhenRunning(self._handleStopSignals)
+            self._reactor.callWhenRunning(handleStopSignals, self._reactor)
         d = Deferred.fromCoroutine(self._start())
         d.addCallbacks(self.started.callback, self._startFailed)
-
-    def _handleStopSignals(self) -> None:
-        """
-        Replace the reactor's SIGTERM and SIGINT handlers (installed at
-        startup) with ones that stop without recording the signal: twistd
-        would otherwise end by killing itself with it, and a supervisor (or
-        a shell, after Ctrl-C) would see a graceful, requested stop as a
-        death by signal.
-        """
-
-        def stop(name: str) -> None:
-            # A second signal (an impatient supervisor, Ctrl-C pressed
-            # twice) while the first stop drains changes nothing.
-            try:
-                self._reactor.stop()
-            except ReactorNotRunning:
-                self._log.info("{signal}: already stopping", signal=name)
-            else:
-                self._log.info("{signal}: stopping gracefully", signal=name)
-
-        def onSignal(number: int, frame: Any) -> None:
-            self._reactor.callFromThread(stop, signal.Signals(number).name)
-
-        signal.signal(signal.SIGTERM, onSignal)
-        # As the reactor: a process started with SIGINT ignored (in the
-        # background of a script, say) keeps ignoring it.
-        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-            signal.signal(signal.SIGINT, onSignal)
 
     def _startFailed(self, failure: Failure) -> None:
         if failure.check(StartupError, *_EXPECTED):
@@ -222,15 +210,29 @@ class StorageService(service.Service):
 
     async def _start(self) -> None:
         config = self.config
+        handoff = self._handoff
+        if config.workers > 1 and handoff is None and not self._preparing and not config.rollback:
+            raise StartupError(
+                "--workers above 1 is for twistd morpheo-storage, whose process starts them;"
+                " an embedded service serves in its host's process"
+            )
         # TLS files and endpoint descriptions first: a typo there should not
         # wait for a database to start.
-        listeners = self._listeners() if self._listen and not config.rollback else []
-        metricsListener = self._metricsListener() if self._listen and not config.rollback else None
+        serves = self._listen and not config.rollback and not self._preparing
+        listeners = self._listeners() if serves else []
+        # The workers of --workers count into one directory: the first serves
+        # --metrics-listen for them all.
+        metricsListener = (
+            self._metricsListener() if serves and (handoff is None or handoff.index == 0) else None
+        )
         # The start-up sweep takes everything unfinished under the data
         # directory for a dead predecessor's: no other process may use it.
         # A stateless node has nothing there, and is a new node at each start.
+        # A worker's parent holds the directory for it.
         lock = None
-        if config.stateless:
+        if handoff is not None:
+            owner = handoff.owner
+        elif config.stateless:
             owner = f"{socket.gethostname()}/{uuid.uuid4()}"
         else:
             lock = DataDirLock(config.dataDir)
@@ -239,10 +241,13 @@ class StorageService(service.Service):
             except DataDirInUse as e:
                 raise StartupError(str(e)) from None
             owner = instanceName(config.dataDir)
+        self.owner = owner
         pool = ThreadPool(minthreads=0, maxthreads=config.threads, name="morpheo-io")
         pool.start()
         running = self._running = _Running(pool=pool, lock=lock)
-        if config.dbHost is None:
+        if handoff is not None:
+            dsn = handoff.dsn
+        elif config.dbHost is None:
             pgdata = os.path.join(config.dataDir, "postgres")
             self._log.info("starting the embedded PostgreSQL in {pgdata}", pgdata=pgdata)
             running.embedded = EmbeddedPostgres(pgdata, config.dbName, self._reactor, pool)
@@ -256,6 +261,7 @@ class StorageService(service.Service):
                 user=config.dbUser,
                 password=config.dbPass,
             )
+        self.dsn = dsn
         running.db = Database(
             self._reactor,
             dsn,
@@ -264,23 +270,14 @@ class StorageService(service.Service):
             metrics=self.metrics,
         )
         await running.db.start()
-        migrations = loadMigrations(config.migrationsDir or defaultMigrationsDir())
-        if config.rollback:
-            undone = await rollback(running.db, migrations)
-            self._log.info(
-                "rolled back {what}",
-                what=f"migration {undone.version}_{undone.name}"
-                if undone
-                else "nothing: no migration was applied",
-            )
-            self._reactor.stop()
-            return
-        applied = await migrate(running.db, migrations)
-        if applied:
-            self._log.info("applied migrations {applied}", applied=applied)
+        if handoff is None:
+            await self._migrate(running.db)
+            if config.rollback:
+                return
         running.store = config.blobStore(self._reactor, pool)
+        self.storeName = running.store.name
         await running.store.check()
-        if isinstance(running.store, LocalBlobStore):
+        if isinstance(running.store, LocalBlobStore) and handoff is None:
             await self._takeLocalStore(running, running.db, running.store)
         redirectLifetime = None
         if config.redirectDownloads:
@@ -296,8 +293,27 @@ class StorageService(service.Service):
             claimLease=config.claimLease,
             orphanGrace=config.orphanGrace,
         )
-        running.sweeper = Sweeper(objects, self._reactor, self.metrics)
-        running.sweeper.record(await objects.sweep(atStart=lock is not None))
+        if handoff is None:
+            swept = await objects.sweep(atStart=lock is not None)
+        else:
+            # The claims of the worker this one replaces (the parent swept
+            # the rest at its start); the leftovers may be a sibling's.
+            swept = await objects.sweep(atStart=True, leftovers=False)
+        if self._preparing:
+            # The workers keep their own connections.
+            running.db.close()
+            running.db = None
+            if config.generatedPassword:
+                self._announceGeneratedPassword()
+            return
+        # The workers share one store: the first sweeps its leftovers.
+        running.sweeper = Sweeper(
+            objects,
+            self._reactor,
+            self.metrics,
+            leftovers=handoff is None or handoff.index == 0,
+        )
+        running.sweeper.record(swept)
         running.sweeper.startService()
         self.api = StorageAPI(
             objects,
@@ -314,8 +330,28 @@ class StorageService(service.Service):
             await self._listenForMetrics(running, metricsListener, pool)
         if listeners:
             await self._listenOn(running, listeners)
-        if config.generatedPassword:
+        if config.generatedPassword and handoff is None:
             self._announceGeneratedPassword()
+        if handoff is not None:
+            handoff.ready()
+
+    async def _migrate(self, db: Database) -> None:
+        """Apply the migrations not applied yet, or with C{rollback} undo the last one and stop."""
+        config = self.config
+        migrations = loadMigrations(config.migrationsDir or defaultMigrationsDir())
+        if config.rollback:
+            undone = await rollback(db, migrations)
+            self._log.info(
+                "rolled back {what}",
+                what=f"migration {undone.version}_{undone.name}"
+                if undone
+                else "nothing: no migration was applied",
+            )
+            self._reactor.stop()
+            return
+        applied = await migrate(db, migrations)
+        if applied:
+            self._log.info("applied migrations {applied}", applied=applied)
 
     async def _checkRedirects(self, store: IBlobStore, lifetime: int) -> None:
         """
@@ -386,7 +422,8 @@ class StorageService(service.Service):
 
     async def _listenOn(self, running: _Running, listeners: list[Listener]) -> None:
         config = self.config
-        running.site = _Site(
+        handoff = self._handoff
+        running.site = site = _Site(
             self._root,
             reactor=self._reactor,
             headerTimeout=config.headerTimeout or None,
@@ -394,19 +431,33 @@ class StorageService(service.Service):
             rateWindow=config.bodyRateWindow,
         )
         store = running.store.name if running.store is not None else "?"
-        for listener in listeners:
+        if handoff is not None:
+            site.worker = handoff.index
+        for i, listener in enumerate(listeners):
             try:
-                port = await listener.endpoint.listen(running.site)
+                if handoff is None:
+                    port = await listener.endpoint.listen(site)
+                else:
+                    port = adopt(self._reactor, listener, handoff.listenFDs[i], site)
+                    os.close(handoff.listenFDs[i])
             except Exception as e:
                 raise StartupError(f"cannot listen on {listener.description}: {e}") from None
             running.ports.append(port)
             address = describe(port, listener.tls)
             self.addresses.append(address)
-            self._log.info(
-                "morpheo-storage listening on {address} (blob store: {store})",
-                address=address,
-                store=store,
-            )
+            if handoff is None:
+                self._log.info(
+                    "morpheo-storage listening on {address} (blob store: {store})",
+                    address=address,
+                    store=store,
+                )
+            else:
+                self._log.info(
+                    "worker {worker} (pid {pid}) serving {address}",
+                    worker=handoff.index,
+                    pid=os.getpid(),
+                    address=address,
+                )
 
     async def _listenForMetrics(
         self, running: _Running, listener: Listener, pool: ThreadPool
@@ -450,7 +501,11 @@ class StorageService(service.Service):
             # A PostgreSQL that dies now stays down: the service is going.
             await running.embedded.unsupervise()
         for port in running.ports:
-            await maybeDeferred(port.stopListening)
+            try:
+                await maybeDeferred(port.stopListening)
+            except Exception:
+                # Said, not raised: the rest of the stop must still happen.
+                self._log.failure("stopping listening on {port} failed", port=port)
         timeout = self.config.shutdownTimeout
         if running.site is not None and running.site.openConnections:
             self._log.info(
@@ -488,6 +543,36 @@ class StorageService(service.Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         return Deferred.fromCoroutine(self._stop())
+
+
+def handleStopSignals(reactor: Any) -> None:
+    """
+    Replace the reactor's SIGTERM and SIGINT handlers (installed at
+    startup) with ones that stop without recording the signal: twistd
+    would otherwise end by killing itself with it, and a supervisor (or
+    a shell, after Ctrl-C) would see a graceful, requested stop as a
+    death by signal.
+    """
+    log = StorageService._log
+
+    def stop(name: str) -> None:
+        # A second signal (an impatient supervisor, Ctrl-C pressed
+        # twice) while the first stop drains changes nothing.
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            log.info("{signal}: already stopping", signal=name)
+        else:
+            log.info("{signal}: stopping gracefully", signal=name)
+
+    def onSignal(number: int, frame: Any) -> None:
+        reactor.callFromThread(stop, signal.Signals(number).name)
+
+    signal.signal(signal.SIGTERM, onSignal)
+    # As the reactor: a process started with SIGINT ignored (in the
+    # background of a script, say) keeps ignoring it.
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, onSignal)
 
 
 def _exitWith(status: int) -> None:

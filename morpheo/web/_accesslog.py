@@ -61,7 +61,11 @@ class AccessLogSite(StreamingSite):
     status its head carried: a download cut mid-body was a 200).  The
     streaming layer makes a request whose client went away end this way,
     never as the 500 of a handler that the loss made fail.
+
+    In a worker of C{--workers}, C{worker} is its index, said in each line.
     """
+
+    worker: int | None = None
 
     def getResourceFor(self, request: IRequest) -> IResource:
         # Called when the request is dispatched (at its headers, for a
@@ -96,7 +100,11 @@ class AccessLogSite(StreamingSite):
         }
         # The text line says it too: its status alone ("-") could be a
         # response without one.
-        _accessLog.info(ACCESS_FORMAT + (" (aborted)" if aborted else ""), access=True, **fields)
+        text = ACCESS_FORMAT + (" (aborted)" if aborted else "")
+        if self.worker is not None:
+            fields["worker"] = self.worker
+            text += " worker={worker}"
+        _accessLog.info(text, access=True, **fields)
 
 
 __all__ = ["ACCESS_FORMAT", "ACCESS_NAMESPACE", "AccessLogSite"]

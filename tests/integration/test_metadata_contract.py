@@ -793,6 +793,27 @@ async def test_takeMineAtStart(backend: Backend) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_takeMineAtStartTakesMyWorkersToo(backend: Backend) -> None:
+    """
+    The workers of C{--workers} make their claims under the process's name
+    (C{owner/w1}): at its start they are a dead run's too.  A worker takes
+    its own only: never a sibling's, nor those of a name that only starts alike.
+    """
+    store = backend.store
+    owner = store.owner
+    first, tenth, alike = newUUID(), newUUID(), newUUID()
+    await backend.sibling(f"{owner}/w1").claim(claimOf("data", first))
+    await backend.sibling(f"{owner}/w10").claim(claimOf("data", tenth))
+    other = backend.sibling(f"{owner}x/w1")
+    await other.claim(claimOf("data", alike))
+    replacement = backend.sibling(f"{owner}/w1")
+    assert [d.uuid for d in await replacement.takeDeadClaims(60.0, mine=True)] == [first]
+    taken = await store.takeDeadClaims(60.0, mine=True)
+    assert {d.uuid for d in taken} == {first, tenth}
+    assert await other.heartbeat([tok(alike)]) == {tok(alike)}
+
+
+@pytest_twisted.ensureDeferred
 async def test_referencedKeys(store: IMetadataStore) -> None:
     """The keys rows point to, ready or still uploading; not those nothing uses."""
     ready = await put(store, "data")

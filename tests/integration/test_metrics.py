@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from twisted.python import usage
 
 from morpheo.tap import Options
 from tests.integration.helpers import curl
-from tests.integration.servers import Server, startServer
+from tests.integration.servers import Server, startServer, waitUntil
+from tests.integration.test_workers import ACCESS_WORKER, untilBothAnswer, workers
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 SERVING = re.compile(r"serving the metrics at (\S+)")
@@ -165,3 +167,49 @@ def test_the_option_reaches_the_config() -> None:
 def test_a_metrics_endpoint_that_cannot_listen_stops_the_start(tmp_path) -> None:
     with pytest.raises(RuntimeError, match="cannot start: --metrics-listen 'nosuch:1': Unknown"):
         startServer(str(tmp_path / "data"), "--metrics-listen", "nosuch:1")
+
+
+def test_several_workers_are_scraped_as_one(tmp_path: Path) -> None:
+    """
+    With C{--workers 2}, every worker counts into the run's directory and
+    the first serves C{--metrics-listen} for all: each worker's requests
+    show under its C{worker} label, exactly as many as its access lines,
+    and a worker killed and replaced loses none of what it counted.
+    """
+    server = startServer(
+        str(tmp_path / "data"), "--workers", "2", "--metrics-listen", "tcp:0:interface=127.0.0.1"
+    )
+    try:
+        untilBothAnswer(server)
+
+        def health(worker: str) -> float:
+            return value(
+                scrapeApart(server),
+                "morpheo_http_requests_total",
+                method="GET",
+                route="/health",
+                status="200",
+                worker=worker,
+            )
+
+        def answered(worker: str) -> int:
+            return sum(1 for w in ACCESS_WORKER.findall(server.log()) if w == worker)
+
+        for worker in ("0", "1"):
+            assert health(worker) == answered(worker) > 0
+        # The worker that does not serve the metrics dies; its replacement
+        # counts on from what it had counted.
+        before = workers(server)
+        counted = health("1")
+        os.kill(before[1], signal.SIGKILL)
+        waitUntil(lambda: workers(server).get(1, before[1]) != before[1], 30, "a replacement")
+        seen = answered("1")
+        waitUntil(
+            lambda: curl("-sS", f"{server.url}/health").returncode == 0 and answered("1") > seen,
+            60,
+            "the replacement answering",
+        )
+        assert health("1") == answered("1") > counted
+        assert len(SERVING.findall(server.log())) == 1
+    finally:
+        assert server.stop() == 0

@@ -319,3 +319,23 @@ def test_theLeftoversAreTriedAgainAfterTheDatabaseFailed(service: Service) -> No
     service.advance(1)
     sweeper.stopService()
     assert service.blobKeys() == []
+
+
+def test_aSweeperToldToLeaveLeftoversToAnotherKeepsTheClaimsAlone(service: Service) -> None:
+    """The workers of C{--workers} share a store: all but one leave its leftovers."""
+    key = orphan(service)
+    objects = Objects(
+        service.metadata,
+        service.blobs,
+        reactor=service.reactor,
+        pool=ImmediatePool(),  # type: ignore[arg-type]
+        orphanGrace=2.0,
+    )
+    sweeper = Sweeper(objects, service.reactor, leftovers=False)
+    sweeper.startService()
+    claim = claimWithBlob(service, service.metadata.sibling("dead"))
+    leasesPass(service, 2)
+    sweeper.stopService()
+    assert service.blobKeys() == [key]
+    # The dead process's claim (and what it wrote) went all the same.
+    assert claim.blobKey not in service.blobKeys()
