@@ -156,11 +156,14 @@ class HTTPBlobStore:
             probed: Deferred[None] = probe().addCallback(self._drained)
             return probed.addCallback(lambda _: produceNothing(consumer))
         headers = {}
-        if offset or length is not None:
+        if offset:
             end = "" if length is None else str(offset + length - 1)
             headers["Range"] = f"bytes={offset}-{end}"
+        # From the start, no Range: a whole blob (the usual download) is a
+        # plain GET, which the stores serve for less; a shorter prefix is
+        # read that far.
         d = self._call("GET", url, what, headers=headers, key=key)
-        return d.addCallback(streamResponse, consumer, what, length)
+        return d.addCallback(streamResponse, consumer, what, length, not offset)
 
     # For subclasses
 
