@@ -27,17 +27,8 @@ class _Download(BlobProducer, Protocol):
     response's transport, so the socket stops being read.
     """
 
-    def __init__(
-        self, consumer: IConsumer, expected: int | None, what: str, limit: int | None = None
-    ) -> None:
+    def __init__(self, consumer: IConsumer, expected: int | None, what: str) -> None:
         super().__init__(consumer)
-        #: Where to stop reading a body that goes on past what is wanted
-        #: (a prefix of a blob); the connection is dropped there.
-        self._limit = (
-            limit if limit is not None and (expected is None or expected > limit) else None
-        )
-        if limit is not None:
-            expected = limit if expected is None else min(expected, limit)
         self._expected = expected
         self._what = what
         self._received = 0
@@ -49,17 +40,6 @@ class _Download(BlobProducer, Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self.done.called:
-            return
-        limit = self._limit
-        if limit is not None and self._received + len(data) >= limit:
-            data = data[: limit - self._received]
-            self._received = limit
-            if data:
-                self.consumer.write(data)
-            # The rest of the body is not wanted: its connection goes.
-            self._end()
-            if self.transport is not None:
-                self.transport.stopProducing()  # type: ignore[attr-defined]
             return
         self._received += len(data)
         self.consumer.write(data)
@@ -87,33 +67,31 @@ class _Download(BlobProducer, Protocol):
 
 
 def streamResponse(
-    response: IResponse,
-    consumer: IConsumer,
-    what: str,
-    want: int | None = None,
-    prefix: bool = False,
+    response: IResponse, consumer: IConsumer, what: str, want: int | None = None
 ) -> Deferred[None]:
     """
     Stream C{response}'s body into C{consumer} with flow control; fires when
     all of it (as many bytes as the response announced) has been written.
     A range request (C{want} bytes) that the server would answer short fails
-    before any byte is written.  With C{prefix}, the response is the whole
-    blob of which the first C{want} bytes are wanted: a longer one is read
-    that far, and its connection dropped.
+    before any byte is written.
     """
     length = response.length
     expected = None if length is UNKNOWN_LENGTH else int(length)
-    if (
-        want is not None
-        and expected is not None
-        and (expected < want if prefix else expected != want)
-    ):
+    if want is not None and expected is not None and expected != want:
         response.deliverBody(Protocol())  # drop the connection's body
         raise BlobStoreError(f"{what}: asked for {want} bytes, the store has {expected}")
-    protocol = _Download(consumer, expected, what, want if prefix else None)
+    protocol = _Download(consumer, expected, what)
     done = protocol.beginProducing()
     response.deliverBody(protocol)
     return done
+
+
+class Dropped(Protocol):
+    """Takes a response body nobody wants by dropping its connection."""
+
+    def makeConnection(self, transport: ITransport) -> None:
+        super().makeConnection(transport)
+        transport.stopProducing()  # type: ignore[attr-defined]
 
 
 def produceNothing(consumer: IConsumer) -> None:
