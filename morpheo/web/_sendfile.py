@@ -24,7 +24,6 @@ from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import (
     IDelayedCall,
     IPushProducer,
@@ -47,6 +46,10 @@ SENDFILE_MIN = 256 * 1024
 #: The most one trip to the pool sends (it returns sooner when the socket
 #: is full).
 STEP = 16 * 1024 * 1024
+
+#: The first and the largest C{sendfile} call of a trip.
+FIRST_CALL = 64 * 1024
+LARGEST_CALL = 4 * 1024 * 1024
 
 _sendfile = getattr(os, "sendfile", None)
 
@@ -72,23 +75,37 @@ def _flushed(transport: tcp.Connection) -> bool:
     return len(transport.dataBuffer) == transport.offset and not transport._tempDataLen
 
 
-def _sendInThread(socketFd: int, fileFd: int, offset: int, count: int) -> tuple[int, bool]:
+def _sendInThread(
+    socketFd: int, fileFd: int, offset: int, count: int, progress: list[int]
+) -> tuple[int, bool]:
     """
-    Send up to C{count} bytes of the file from C{offset}; runs in the pool.
+    Send up to C{count} bytes of the file from C{offset}; runs in the pool,
+    counting in C{progress} (its one item) what is sent, or being sent, as
+    it goes.
     Returns how many were sent, and whether the socket is full.
     """
     assert _sendfile is not None
     sent = 0
+    # Small calls first, then larger: the count is soon true (a client gone
+    # early is logged with what it was sent), and the large ones are cheap.
+    call = FIRST_CALL
     while sent < count:
+        size = min(count - sent, call)
+        # A call in progress counts, as bytes written to a transport do:
+        # the client may have them before it returns.
+        progress[0] = sent + size
         try:
-            n = _sendfile(socketFd, fileFd, offset + sent, count - sent)
+            n = _sendfile(socketFd, fileFd, offset + sent, size)
+            call = min(2 * call, LARGEST_CALL)
         except BlockingIOError:
+            progress[0] = sent
             return sent, True
         except InterruptedError:
             continue
         if n == 0:
             raise BlobStoreError("the blob's file ended before its length")
         sent += n
+        progress[0] = sent
     return sent, False
 
 
@@ -127,8 +144,14 @@ class FileSender:
         self._inFlight: Deferred[tuple[int, bool]] | None = None
         self._offset = 0
         self._remaining = 0
+        #: What the trip in flight has sent so far (written by its thread),
+        #: and how much of it the request has been told of.
+        self._progress = [0]
+        self._counted = 0
         self._done: Deferred[None] | None = None
         self._stopped: Failure | None = None
+        #: No more trips: the connection is being cut, or this is over.
+        self._halted = False
 
     def send(self, offset: int, length: int) -> Deferred[None]:
         """Send C{length} bytes from C{offset}, after what the transport
@@ -153,7 +176,13 @@ class FileSender:
 
     def _step(self) -> None:
         done = self._done
-        if done is None or done.called or self._inFlight is not None or self._paused:
+        if (
+            done is None
+            or done.called
+            or self._inFlight is not None
+            or self._paused
+            or self._halted
+        ):
             return
         if self._remaining == 0:
             self._finish()
@@ -163,12 +192,14 @@ class FileSender:
             self._watch()
             return
         assert self._fd is not None
+        self._progress, self._counted = [0], 0
         self._inFlight = self._blob.inThread(
             _sendInThread,
             self._fd,
             self._blob.fileno(),
             self._offset,
             min(self._remaining, STEP),
+            self._progress,
         )
         self._inFlight.addCallbacks(self._sent, self._failed)
 
@@ -177,9 +208,12 @@ class FileSender:
         sent, full = result
         self._offset += sent
         self._remaining -= sent
-        self._request.sentLength += sent  # type: ignore[attr-defined]
+        self._credit(sent)
         if self._stopped is not None:
             self._finish(self._stopped)
+            return
+        if self._halted:
+            # The connection is being cut: its loss stops this.
             return
         if sent:
             self._calm()
@@ -191,35 +225,50 @@ class FileSender:
         else:
             self._step()
 
+    def _credit(self, sent: int) -> None:
+        """Count what the trip has sent (C{sent} of it) as the request's."""
+        self._request.sentLength += sent - self._counted  # type: ignore[attr-defined]
+        self._counted = sent
+
     def _failed(self, reason: Failure) -> None:
+        self._credit(self._progress[0])
         self._inFlight = None
         if self._stopped is not None:
             self._finish(self._stopped)
         elif reason.check(BlobStoreError):
             self._finish(reason)
-        else:
-            # The socket failed (the client is gone): the connection goes.
-            self._stop(Failure(ConnectionLost(reason.getErrorMessage())))
-            self._transport.abortConnection()
+        elif not self._halted:
+            # The socket failed: the client is gone.
+            self._hangUp()
 
     def _cut(self) -> None:
         """The client read nothing for the idle timeout: the channel cuts
         the connection, once no duplicate holds the socket (only then does
         an abort reset it)."""
         self._stall = None
-        self._stop(Failure(ConnectionLost("the client read nothing for the idle timeout")))
+        self._halt()
         self._afterTrip().addCallback(lambda _: self._stalled())
 
-    def _stop(self, reason: Failure) -> None:
-        """Stop for good: no more trips; the duplicate is closed after the
-        one in flight."""
-        if self._stopped is None:
-            self._stopped = reason
+    def _hangUp(self) -> None:
+        """The socket failed: abort the connection, whose loss (through the
+        channel, with the request known gone) then stops this."""
+        self._halt()
+        self._afterTrip().addCallback(lambda _: self._transport.abortConnection())
+
+    def _halt(self) -> None:
+        """No more trips; the duplicate is closed after the one in flight."""
+        self._halted = True
         self._unwatch()
         self._calm()
+        self._afterTrip().addCallback(lambda _: self._closeDuplicate())
+
+    def _stop(self, reason: Failure) -> None:
+        """Stop for good, failing the range being sent with C{reason}."""
+        if self._stopped is None:
+            self._stopped = reason
+        self._halt()
         if self._inFlight is None:
             self._finish(self._stopped)
-        self._afterTrip().addCallback(lambda _: self._closeDuplicate())
 
     def _afterTrip(self) -> Deferred[None]:
         """Fires once no trip to the pool is in flight."""
@@ -282,7 +331,7 @@ class FileSender:
     def connectionLost(self, reason: Failure) -> None:
         # The reactor dropped the descriptor (a hang-up or an error on it).
         self._watching = False
-        self.stopProducing()
+        self._hangUp()
 
     def logPrefix(self) -> str:
         return "FileSender"
@@ -297,7 +346,10 @@ class FileSender:
         self._step()
 
     def stopProducing(self) -> None:
-        """The connection is going: stop for good."""
+        """The connection is going: stop for good.  What the trip in flight
+        has sent so far counts now, before the request is logged."""
+        if self._inFlight is not None:
+            self._credit(self._progress[0])
         self._stop(Failure(CancelledError("the client went away")))
 
 
