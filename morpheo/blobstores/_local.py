@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.integration.test_blobstore_contract -*-
+# -*- test-case-name: tests.unit.test_local_trips,tests.integration.test_blobstore_contract -*-
 """
 Blobs as files under a directory.
 

@@ -249,13 +249,17 @@ async def _sendFile(
     """Send C{parts} of the open C{blob} with C{sendfile}, each after its
     head (the first write sends the response's head too)."""
     channel: Any = request.channel  # type: ignore[attr-defined]
-    sender = FileSender(
-        request,
-        transport,
-        blob,
-        getattr(channel, "_idleTimeout", None),
-        getattr(channel, "_clientStalled", transport.abortConnection),
-    )
+    try:
+        sender = FileSender(
+            request,
+            transport,
+            blob,
+            getattr(channel, "_idleTimeout", None),
+            getattr(channel, "_clientStalled", transport.abortConnection),
+        )
+    except BaseException:
+        await blob.close()
+        raise
     try:
         for head, r in parts:
             request.write(head)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.integration.test_sendfile -*-
+# -*- test-case-name: tests.unit.test_sendfile,tests.integration.test_sendfile -*-
 """
 Downloads of local blobs with C{os.sendfile}: on a plain TCP (or UNIX)
 connection the kernel copies the file into the socket, and the bytes never
