@@ -7,12 +7,13 @@ The domain layer (L{morpheo.objects}) drives a metadata store
 (L{IBlobStore}: local disk, S3, Google Cloud Storage, in memory), and reads
 uploads from an L{IBlobSource} the web layer hands it; it never knows which
 implementation it talks to.  The remote stores can also hand a download to
-the client (L{IRedirectableBlobStore}).
+the client (L{IRedirectableBlobStore}); the local store can hand its
+files to the web layer, to be sent with C{sendfile} (L{IFileBlobStore}).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IConsumer
 from zope.interface import Attribute, Interface
@@ -22,7 +23,7 @@ from zope.interface import Attribute, Interface
 KEY_PAGE = 1000
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Sequence
+    from collections.abc import AsyncGenerator, Callable, Sequence
 
     from twisted.internet.defer import Deferred
 
@@ -277,6 +278,40 @@ class ISweepableBlobStore(IBlobStore):
         while the listing runs may or may not be in it.  Fails with
         L{BlobStoreError} when the store cannot be listed; close it
         (C{aclose}) when not read to its end.
+        """
+
+
+class IBlobFile(Interface):
+    """
+    A blob opened for reading as a file of this machine: what a download
+    needs to send it from the file to the socket itself (C{sendfile}),
+    without its bytes passing through the process.
+    """
+
+    size = Attribute("The file's size in bytes, as it was opened.")
+
+    def fileno() -> int:
+        """The open file's descriptor, valid until L{close}."""
+
+    def inThread(f: Callable[..., object], *args: object) -> Deferred[Any]:
+        """Run C{f(*args)} in the pool the store does its file work in."""
+
+    def close() -> Deferred[None]:
+        """Close the file (in that pool); once, when the download is over."""
+
+
+class IFileBlobStore(IBlobStore):
+    """
+    A blob store whose blobs are files of this machine (the local store):
+    a download over a plain TCP connection can go from the file straight
+    to the socket.  L{IBlobStore.produce} stays the way everywhere else.
+    """
+
+    def openBlob(key: str) -> Deferred[IBlobFile]:
+        """
+        The blob under C{key}, opened for reading; fails with
+        L{BlobNotFound} if there is none, L{BlobStoreError} if it cannot
+        be opened.
         """
 
 

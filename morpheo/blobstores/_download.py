@@ -86,6 +86,14 @@ def streamResponse(
     return done
 
 
+class Dropped(Protocol):
+    """Takes a response body nobody wants by dropping its connection."""
+
+    def makeConnection(self, transport: ITransport) -> None:
+        super().makeConnection(transport)
+        transport.stopProducing()  # type: ignore[attr-defined]
+
+
 def produceNothing(consumer: IConsumer) -> None:
     """A zero-byte read: a producer registers with C{consumer} and is done."""
     consumer.registerProducer(Unpausable(), True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
@@ -17,6 +17,10 @@ from twisted.python.threadpool import ThreadPool
 
 from .._observer import OneShotObserverList
 from ._flow import HIGH_WATER, LOW_WATER, Backlog, ProducerGate, Share
+
+#: At the end, up to this many bytes left are hashed on the reactor thread
+#: (some tens of microseconds, less than a trip to the pool).
+INLINE = 64 * 1024
 
 
 class Hasher:
@@ -88,6 +92,11 @@ class Hasher:
                 )
             return
         chunks, self._pending, self._pendingBytes = self._pending, [], 0
+        if self._digests is not None and self._running is None and sum(map(len, chunks)) <= INLINE:
+            # The last few bytes: hashed here in less time than a thread hop.
+            self._running = succeed(self._hashInThread(chunks))
+            self._running.addCallbacks(self._hashed, self._crashed)
+            return
         self._running = deferToThreadPool(self._reactor, self._pool, self._hashInThread, chunks)
         self._running.addCallbacks(self._hashed, self._crashed)
 

@@ -23,7 +23,7 @@ from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 
 from .._errors import BlobStoreError
 from ._bodies import BytesBody
-from ._download import produceNothing, streamResponse
+from ._download import Dropped, produceNothing, streamResponse
 from ._flow import MemoryBudget
 from ._http import SMALL_BODY, asStoreError, makeAgent, readSmall
 
@@ -155,10 +155,39 @@ class HTTPBlobStore:
         if length == 0:
             probed: Deferred[None] = probe().addCallback(self._drained)
             return probed.addCallback(lambda _: produceNothing(consumer))
-        headers = {}
-        if offset or length is not None:
-            end = "" if length is None else str(offset + length - 1)
-            headers["Range"] = f"bytes={offset}-{end}"
+        if offset == 0:
+            # A whole blob (the usual download) is a plain GET, which the
+            # stores serve for less than a range; only when the blob turns
+            # out longer than wanted is the range asked for.
+            d = self._call("GET", url, what, key=key)
+            return d.addCallback(self._whole, key, consumer, length, url, what)
+        return self._range(key, consumer, offset, length, url, what)
+
+    def _whole(
+        self,
+        response: IResponse,
+        key: str,
+        consumer: IConsumer,
+        length: int | None,
+        url: str,
+        what: str,
+    ) -> Deferred[None]:
+        if length is None or response.length == length:
+            return streamResponse(response, consumer, what, length)
+        response.deliverBody(Dropped())
+        return self._range(key, consumer, 0, length, url, what)
+
+    def _range(
+        self,
+        key: str,
+        consumer: IConsumer,
+        offset: int,
+        length: int | None,
+        url: str,
+        what: str,
+    ) -> Deferred[None]:
+        end = "" if length is None else str(offset + length - 1)
+        headers = {"Range": f"bytes={offset}-{end}"}
         d = self._call("GET", url, what, headers=headers, key=key)
         return d.addCallback(streamResponse, consumer, what, length)
 

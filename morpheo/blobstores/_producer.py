@@ -87,17 +87,21 @@ class ThreadedReadProducer(BlobProducer):
     consumer is paused the next block is read but not written, so memory
     stays at about two blocks besides the consumer's buffer.  With a
     C{share} of a memory budget, blocks are a quarter of it (at most
-    C{block}), and the share is left at the end.
+    C{block}), and the share is left at the end.  C{first}, if given, is
+    the first block, read already: the file is then read on from after it,
+    or not at all when it is the whole C{length} (C{file} may then be
+    L{None}, closed already).
     """
 
     def __init__(
         self,
-        file: IO[bytes],
+        file: IO[bytes] | None,
         length: int,
         consumer: IConsumer,
         inThread: Callable[..., Deferred[Any]],
         block: int = BLOCK,
         share: Share | None = None,
+        first: bytes | None = None,
     ) -> None:
         super().__init__(consumer)
         self._share = share
@@ -106,6 +110,9 @@ class ThreadedReadProducer(BlobProducer):
         self._inThread = inThread
         self._block = block
         self._pendingBlock: bytes | None = None
+        if first:
+            self._remaining -= len(first)
+            self._pendingBlock = first
         #: The read in flight, if any.
         self._reading: Deferred[bytes] | None = None
 
@@ -119,6 +126,7 @@ class ThreadedReadProducer(BlobProducer):
             self._end()
             return
         if self._remaining and self._pendingBlock is None and self._reading is None:
+            assert self._file is not None, "the file was closed before its last block"
             size = self._block if self._share is None else self._share.size(4 * self._block) // 4
             want = min(size, self._remaining)
             self._reading = self._inThread(self._file.read, want)
@@ -154,4 +162,5 @@ class ThreadedReadProducer(BlobProducer):
         super()._end(reason)
 
     def _closeFile(self) -> None:
-        self._inThread(self._file.close).addErrback(lambda f: None)
+        if self._file is not None:
+            self._inThread(self._file.close).addErrback(lambda f: None)

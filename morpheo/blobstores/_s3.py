@@ -29,9 +29,9 @@ from xml.etree import ElementTree
 from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
-from botocore.credentials import Credentials, ReadOnlyCredentials
+from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
 from botocore.session import get_session
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
@@ -62,6 +62,14 @@ MAX_PRESIGN = 7 * 24 * 3600
 # Streamed bodies cannot be hashed before they are sent: botocore's own
 # switch for S3 then signs them as UNSIGNED-PAYLOAD.
 _UNSIGNED = Config(s3={"payload_signing_enabled": False})
+
+
+def _mayRefresh(credentials: Credentials) -> bool:
+    """Whether getting C{credentials} frozen may ask for new ones (files, the
+    network): refreshable ones close to their expiry."""
+    if isinstance(credentials, RefreshableCredentials):
+        return bool(credentials.refresh_needed())
+    return False
 
 
 def partSize(size: int, preferred: int) -> int:
@@ -278,7 +286,7 @@ class S3BlobStore(HTTPBlobStore):
         frozen: ReadOnlyCredentials = self._credentials.get_frozen_credentials()
         return frozen
 
-    def _signInThread(
+    def _sign(
         self, method: str, url: str, headers: dict[str, str], data: bytes | None
     ) -> dict[str, str]:
         frozen = self._frozenCredentials()
@@ -300,9 +308,13 @@ class S3BlobStore(HTTPBlobStore):
     def _authorize(
         self, method: str, url: str, headers: dict[str, str], data: bytes | None
     ) -> Deferred[dict[str, str]]:
-        return deferToThreadPool(
-            self._reactor, self._pool, self._signInThread, method, url, headers, data
-        )
+        creds = self._credentials
+        if creds is not None and not _mayRefresh(creds):
+            # Credentials at hand: signing is a few hundred microseconds of
+            # pure Python, which holds the GIL in a thread as much as here;
+            # the hop to the pool would only add its own cost.
+            return maybeDeferred(self._sign, method, url, headers, data)
+        return deferToThreadPool(self._reactor, self._pool, self._sign, method, url, headers, data)
 
     def _request(
         self,

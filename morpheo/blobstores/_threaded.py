@@ -38,6 +38,10 @@ STEP = 1024 * 1024
 HIGH = 6 * 1024 * 1024
 LOW = 4 * 1024 * 1024
 
+#: The first write waits until this much is queued: a small blob is then
+#: written, fsynced and renamed in one trip to the pool, at its end.
+FIRST_FLUSH = 256 * 1024
+
 
 class ThreadedBlobWriter(BlobWriter):
     """
@@ -61,24 +65,30 @@ class ThreadedBlobWriter(BlobWriter):
         self._hasher = Hasher(["sha256"], reactor, pool, self._gate, HIGH, LOW, STEP, share)
         self._lock = DeferredLock()
         self._pending: deque[bytes] = deque()
+        #: What was queued and not yet taken by a write step (about: the
+        #: thread takes without counting down).
+        self._pendingBytes = 0
         #: The flush queued or running, if any.
         self._flushing: Deferred[None] | None = None
         self._opened = False
 
     def _accept(self, data: bytes) -> None:
         self._pending.append(data)
+        self._pendingBytes += len(data)
         self._hasher.update(data)
-        if self._flushing is None:
+        if self._flushing is None and (
+            self._opened or self._pendingBytes >= min(FIRST_FLUSH, self._step())
+        ):
             self._flushing = self._inThread(self._flush, self._step())
 
     def _finish(self) -> Deferred[BlobInfo]:
         async def commit() -> BlobInfo:
-            # A last flush queued behind any running one drains what is left.
-            await self._inThread(self._flush, self._step())
+            digests = await self._hasher.digests()
+            # A last flush queued behind any running one drains what is
+            # left, and commits in the same trip to the pool.
+            await self._inThread(self._flushAndCommit, self._step())
             if self._failure is not None:
                 self._failure.raiseException()
-            digests = await self._hasher.digests()
-            await self._inThread(self._commitInThread)
             return BlobInfo(size=self._received, sha256=digests["sha256"].hex())
 
         return Deferred.fromCoroutine(commit())
@@ -101,7 +111,9 @@ class ThreadedBlobWriter(BlobWriter):
         """The most one write step takes now."""
         return min(STEP, max(1, self._buffer.high // 4))
 
-    def _flush(self, step: int) -> None:
+    def _flush(self, step: int) -> bool:
+        """Write what is queued, step by step; whether all went well (a
+        failure is reported to the reactor thread)."""
         # Runs in the pool, step by step while bytes are queued; the reactor
         # appends to the deque meanwhile (append and popleft are atomic).
         try:
@@ -116,16 +128,26 @@ class ThreadedBlobWriter(BlobWriter):
                     self._writeInThread(chunks)
                 except Exception as e:
                     self._reactor.callFromThread(self._flushFailed, e, n)
-                    return
+                    return False
                 self._reactor.callFromThread(self._buffer.shrank, n)
             # Open even when nothing was written: an empty blob is a file too.
             self._ensureOpen()
         except Exception as e:
             self._reactor.callFromThread(self._flushFailed, e, 0)
-            return
+            return False
         self._reactor.callFromThread(self._flushed)
+        return True
+
+    def _flushAndCommit(self, step: int) -> None:
+        # The failure reaches the reactor thread before this call's end.
+        if self._flush(step) and self._aborted is None:
+            try:
+                self._commitInThread()
+            except Exception as e:
+                self._reactor.callFromThread(self._flushFailed, e, 0)
 
     def _flushed(self) -> None:
+        self._pendingBytes = sum(map(len, self._pending))
         if self._pending and self._aborted is None:
             self._flushing = self._inThread(self._flush, self._step())
         else:

@@ -557,6 +557,12 @@ class PostgresMetadataStore:
             " ON CONFLICT DO NOTHING RETURNING 1"
         )
 
+        if kind.parent is None:
+            # One statement, one round trip: no transaction to open.
+            if not await self.db.query(insert, values):
+                raise Taken(claim.kind, claim.uuid)
+            return
+
         async def run(cursor: Any) -> None:
             if kind.parent is not None:
                 # Held (FOR SHARE) until the claim is in: the parent cannot

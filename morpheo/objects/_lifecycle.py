@@ -41,9 +41,11 @@ from .._errors import (
     Vanished,
 )
 from .._interfaces import (
+    IBlobFile,
     IBlobSource,
     IBlobStore,
     IBlobWriter,
+    IFileBlobStore,
     IMetadataStore,
     IRedirectableBlobStore,
 )
@@ -205,6 +207,26 @@ class Objects:
             raise BlobStoreError(
                 f"the blob of {stored.kind} {stored.uuid} has {size} bytes, not {stored.size}"
             )
+
+    async def openFile(self, stored: StoredObject) -> IBlobFile | None:
+        """
+        C{stored}'s blob opened as a file of this machine, for a download
+        to send it from there (L{None} if the store keeps no files): fails
+        as L{readable} would.
+        """
+        if not IFileBlobStore.providedBy(self.blobs):
+            return None
+        try:
+            opened: IBlobFile = await self.blobs.openBlob(stored.blob_key)
+        except BlobNotFound:
+            raise BlobMissing(stored.kind, stored.uuid, stored.blob_key) from None
+        if opened.size != stored.size:
+            await opened.close()
+            raise BlobStoreError(
+                f"the blob of {stored.kind} {stored.uuid} has {opened.size} bytes,"
+                f" not {stored.size}"
+            )
+        return opened
 
     def _missing(self, failure: Failure, stored: StoredObject) -> NoReturn:
         """A blob the store says is not there is a L{BlobMissing}, named by its object."""

@@ -19,6 +19,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 
 from .._errors import APIError, BlobStoreError
+from .._interfaces import IBlobFile
 from .._types import StoredObject
 from ..objects import Objects
 from ._http import (
@@ -34,6 +35,7 @@ from ._http import (
     parseRange,
     reprDigest,
 )
+from ._sendfile import SENDFILE_MIN, FileSender, sendfileTransport
 
 _log = Logger()
 
@@ -200,6 +202,16 @@ async def serveBlob(
         request.setHeader(b"Content-Length", b"%d" % only.length)
         parts = [(b"", only)]
     try:
+        transport = sendfileTransport(request)
+        if (
+            transport is not None
+            and request.method == b"GET"
+            and sum(r.length for _, r in parts) >= SENDFILE_MIN
+        ):
+            blob = await objects.openFile(resource)
+            if blob is not None:
+                await _sendFile(request, transport, blob, parts, closing)
+                return b""
         if request.method == b"HEAD" or closing:
             # The headers promise a blob: a HEAD finds out it is there, or
             # answers as the GET would; so does a GET of several ranges,
@@ -225,6 +237,38 @@ async def serveBlob(
             request.responseHeaders.removeHeader(name)
         raise
     return b""
+
+
+async def _sendFile(
+    request: IRequest,
+    transport: Any,
+    blob: IBlobFile,
+    parts: list[tuple[bytes, ByteRange]],
+    closing: bytes,
+) -> None:
+    """Send C{parts} of the open C{blob} with C{sendfile}, each after its
+    head (the first write sends the response's head too)."""
+    channel: Any = request.channel  # type: ignore[attr-defined]
+    try:
+        sender = FileSender(
+            request,
+            transport,
+            blob,
+            getattr(channel, "_idleTimeout", None),
+            getattr(channel, "_clientStalled", transport.abortConnection),
+        )
+    except BaseException:
+        await blob.close()
+        raise
+    try:
+        for head, r in parts:
+            request.write(head)
+            if r.length:
+                await sender.send(r.start, r.length)
+        if closing:
+            request.write(closing)
+    finally:
+        await sender.close()
 
 
 #: What L{serveBlob} says of the blob before sending it.
