@@ -135,7 +135,9 @@ class UnitAppender(Generic[R]):
     C{unit} bytes sent one after the other (C{_sendUnit}), and at the close
     the rest: the last unit when the blob's end is reached and the store
     takes it now (C{_tailUnit}), staged otherwise (C{_stage}).  The first
-    C{skip} bytes are dropped: the store has them already.
+    bytes C{prelude} fires with, if given, are dropped: the store has them
+    already.  With C{strict}, a unit goes out only once a byte beyond it is
+    in: the store must not be sent the blob's last byte before the end.
 
     Subclasses say how a unit and a piece are sent and what the new state
     is (C{_state}).
@@ -152,7 +154,7 @@ class UnitAppender(Generic[R]):
         share: Share,
         highWater: int | None,
         read: Callable[[str, IConsumer], Deferred[None]],
-        skip: int = 0,
+        prelude: Deferred[int] | None = None,
     ) -> None:
         high, low = (HIGH_WATER, LOW_WATER) if highWater is None else (highWater, highWater // 4)
         self.key = key
@@ -173,8 +175,8 @@ class UnitAppender(Generic[R]):
         self._pieces = deque(pieces)
         self._read = read
         self._sink = _PieceSink(self)
-        self._loading: Deferred[None] | None = None
-        self._skip = skip
+        self._loading: Deferred[Any] | None = None
+        self._skip = 0
         #: The bytes of the pieces (those skipped too), then of the request.
         self._stagedBytes = sum(length for _, length in pieces)
         self._received = 0
@@ -186,7 +188,17 @@ class UnitAppender(Generic[R]):
         self._closed = False
         self._moving = False
         self._waiters: list[Deferred[None]] = []
-        if self._pieces:
+        if prelude is not None:
+            # Asked first: how many bytes of what follows the store has already.
+            self._gate.hold(self._sink)
+            self._loading = prelude
+
+            def skip(count: int) -> None:
+                self._skip = count
+                self._loadNext()
+
+            prelude.addCallbacks(skip, self._fail)
+        elif self._pieces:
             self._gate.hold(self._sink)
             self._loadNext()
 
@@ -229,7 +241,6 @@ class UnitAppender(Generic[R]):
 
     def _leave(self, result: Any) -> Any:
         self._share.leave()
-        self._gate.release()
         return result
 
     # The flow
@@ -259,7 +270,7 @@ class UnitAppender(Generic[R]):
                 return
         self._pending.append(data)
         self._buffer.grew(len(data))
-        if self._buffer.level > self._high:
+        if self._level > self._high:
             self._sink.pause()
         self._advance()
 
@@ -295,16 +306,22 @@ class UnitAppender(Generic[R]):
             else:
                 self._pending.popleft()
             self._buffer.shrank(len(chunk))
-            if self._buffer.level <= self._low:
+            if self._level <= self._low:
                 self._sink.resume()
             body.write(chunk)
             return True
         if self._inflight is not None:
             return False
-        if self._level >= self.unit:
+        if self._unitReady():
             self._send(self.unit, self._sendUnit)
             return True
         return False
+
+    #: Whether a unit waits for a byte beyond it (see the class docstring).
+    strict = False
+
+    def _unitReady(self) -> bool:
+        return self._level > self.unit or (self._level == self.unit and not self.strict)
 
     def _send(self, length: int, sender: Callable[[int, StreamBody], Deferred[R]]) -> None:
         self._body = body = StreamBody(length, self._advance)
@@ -344,7 +361,7 @@ class UnitAppender(Generic[R]):
         """Fires once nothing moves any more: the pieces are in, no unit is
         on its way and less than a unit waits (or it failed)."""
         busy = self._loading is not None or self._inflight is not None
-        if self._failure is None and (busy or self._level >= self.unit):
+        if self._failure is None and (busy or self._unitReady()):
             d: Deferred[None] = Deferred()
             self._waiters.append(d)
             return d.addCallback(lambda _: self._idle())

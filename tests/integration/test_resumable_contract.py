@@ -411,3 +411,134 @@ async def test_another_node_goes_on_from_the_state(backend: Backend) -> None:
     )
     assert second.offset == len(data)
     await concludeAndCheck(backend, nodes[2], key, second.state, data)
+
+
+def residentBytes() -> int:
+    """This process's resident memory now."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@implementer(IPushProducer)
+class Pattern:
+    """
+    Plays a large request's body without holding it: C{length} bytes from
+    C{start} of a blob whose every MiB is a rotation of one random MiB,
+    written a MiB at a time while not paused; stops after C{cutAt} bytes.
+    """
+
+    base = os.urandom(MiB)
+
+    def __init__(self, appender: IConsumer, start: int, length: int, cutAt: int | None = None):
+        assert start % MiB == 0
+        self.appender = appender
+        self.position = start
+        self.stop = start + (length if cutAt is None else cutAt)
+        self.paused = False
+        self.done: Deferred[None] = Deferred()
+        self._scheduled = False
+
+    @classmethod
+    def block(cls, index: int) -> bytes:
+        shift = index % MiB
+        return cls.base[shift:] + cls.base[:shift]
+
+    def start(self) -> Deferred[None]:
+        self.appender.registerProducer(self, True)
+        self._schedule()
+        return self.done
+
+    def _schedule(self) -> None:
+        if not self._scheduled and not self.paused and not self.done.called:
+            self._scheduled = True
+            reactor.callLater(0, self._step)
+
+    def _step(self) -> None:
+        self._scheduled = False
+        while not self.paused and not self.done.called:
+            if self.position >= self.stop:
+                self.appender.unregisterProducer()
+                self.done.callback(None)
+                return
+            index, inside = divmod(self.position, MiB)
+            data = self.block(index)[inside : inside + self.stop - self.position]
+            self.position += len(data)
+            self.appender.write(data)
+            break
+        self._schedule()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._schedule()
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+
+@implementer(IConsumer)
+class Digest:
+    """Hashes what a download gives, keeping none of it."""
+
+    def __init__(self) -> None:
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        self.hash.update(data)
+        self.size += len(data)
+
+
+@pytest.mark.parametrize("backend", ["s3"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_a_large_upload_in_large_requests_holds_little_memory(backend: Backend) -> None:
+    """
+    1 GiB as 100 MiB requests, three of them cut mid-part, at the store's
+    own settings: this process's resident memory grows by a part and its
+    buffers at most, never with the requests.
+    """
+    from twisted.internet.task import LoopingCall
+
+    store = backend.make()
+    key, size, request = newKey(), 1024 * MiB, 100 * MiB
+    expected = hashlib.sha256()
+    for index in range(size // MiB):
+        expected.update(Pattern.block(index))
+    state = await within(store.begin(key, size))
+    baseline = peak = residentBytes()
+
+    def sample() -> None:
+        nonlocal peak
+        peak = max(peak, residentBytes())
+
+    sampler = LoopingCall(sample)
+    sampler.start(0.01)
+    offset, cuts = 0, [3 * MiB + 12345, 57 * MiB + 1, 99 * MiB + 7]
+    try:
+        while offset < size:
+            start = offset - offset % MiB
+            appender = store.append(key, state, offset, end=size)
+            cut = cuts.pop(0) if cuts and offset > 0 else None
+            feed = Pattern(appender, start, min(request, size - start), cutAt=cut)
+            feed.position = offset  # the client goes on from the offset it was told
+            await within(feed.start(), 300)
+            appended = await within(appender.close(), 300)
+            assert appended.offset == feed.position
+            state, offset = appended.state, appended.offset
+    finally:
+        sampler.stop()
+    assert not cuts
+    await within(store.conclude(key, state, size), 300)
+    digest = Digest()
+    await within(store.produce(key, digest), 300)
+    assert (digest.size, digest.hash.hexdigest()) == (size, expected.hexdigest())
+    await within(store.delete(key))
+    assert peak - baseline < 80 * MiB, f"grew by {(peak - baseline) / MiB:.0f} MiB"
