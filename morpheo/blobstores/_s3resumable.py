@@ -41,6 +41,11 @@ if TYPE_CHECKING:
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
+#: The part length of a resumable write of known size, unless 10,000 of
+#: them would not hold it: each request being received holds one part,
+#: and shorter parts keep a node with many uploads small.
+RESUMABLE_PART = 8 * 1024 * 1024
+
 
 def _parts(state: dict[str, Any]) -> list[tuple[str, int]]:
     parts = state.get("parts")
@@ -173,7 +178,13 @@ class S3Resumable:
         from ._s3 import partSize
 
         store = self.store
-        length = partSize(size, store.partSize) if size is not None else store.partSize
+        # An appender holds a whole part: of a known size, parts as short as
+        # 10,000 of them allow (down to RESUMABLE_PART); of a size not known
+        # yet, the store's own, so that as large a blob fits.
+        if size is None:
+            length = store.partSize
+        else:
+            length = partSize(size, min(store.partSize, RESUMABLE_PART))
         what = f"S3 CreateMultipartUpload of {key}"
 
         def started(body: bytes) -> str:
