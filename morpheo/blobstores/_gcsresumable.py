@@ -40,6 +40,7 @@ from ._bodies import StreamBody
 from ._resumable import (
     ForeignState,
     UnitAppender,
+    concludedBefore,
     deleteQuietly,
     dumpState,
     loadState,
@@ -337,6 +338,15 @@ class GCSResumable:
         store = self.store
         if write.offset != size:
             raise SizeMismatch(size, write.offset)
+        try:
+            await self._finishSession(write, size)
+        except BlobStoreError:
+            if not await concludedBefore(store.stat, write.key, size):
+                raise
+        await self._removeStaged(write)
+
+    async def _finishSession(self, write: GCSWrite, size: int) -> None:
+        store = self.store
         if write.staged:
             appender = GCSAppender(store, write, write.offset, size, concluding=True)
             await appender.close()
@@ -351,7 +361,6 @@ class GCSResumable:
                 ok=(200, 201),
             )
             await store._drained(response)
-        await self._removeStaged(write)
 
     def cancel(self, key: str, state: str) -> Deferred[None]:
         write = GCSWrite(self.store, key, state)

@@ -437,3 +437,15 @@ def deleteQuietly(delete: Callable[[str], Deferred[None]], names: list[str], key
 
     for name in names:
         delete(name).addErrback(kept, name)
+
+
+async def concludedBefore(stat: Callable[[str], Deferred[int]], key: str, size: int) -> bool:
+    """
+    Whether C{key} holds a blob of C{size} bytes already: a conclusion
+    asked again (its caller did not hear the first one's answer) finds its
+    upload gone and its blob there, and is done.
+    """
+    try:
+        return bool(await stat(key) == size)
+    except BlobStoreError:
+        return False

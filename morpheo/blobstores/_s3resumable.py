@@ -29,6 +29,7 @@ from ._bodies import StreamBody
 from ._resumable import (
     ForeignState,
     UnitAppender,
+    concludedBefore,
     deleteQuietly,
     dumpState,
     loadState,
@@ -225,7 +226,15 @@ class S3Resumable:
         store, key = self.store, write.key
         if write.offset != size:
             raise SizeMismatch(size, write.offset)
-        parts = write.parts
+        try:
+            await self._complete(write)
+        except BlobStoreError:
+            if not await concludedBefore(store.stat, key, size):
+                raise
+        await self._removeStaged(write)
+
+    async def _complete(self, write: S3Write) -> None:
+        store, key, parts = self.store, write.key, write.parts
         if write.staged is not None:
             # The tail goes in as the last part, streamed back from its piece.
             tail = S3Appender(store, write, write.offset, write.offset)
@@ -237,7 +246,6 @@ class S3Resumable:
             await store._abortUpload(key, write.upload)
         else:
             await store._complete(key, write.upload, [etag for etag, _ in parts])
-        await self._removeStaged(write)
 
     def cancel(self, key: str, state: str) -> Deferred[None]:
         write = S3Write(self.store, key, state)

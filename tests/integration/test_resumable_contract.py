@@ -306,6 +306,18 @@ async def test_one_append_then_conclude(backend: Backend, size: int) -> None:
     await concludeAndCheck(backend, store, key, appended.state, data)
 
 
+@pytest_twisted.ensureDeferred
+async def test_conclude_asked_again_is_done(backend: Backend) -> None:
+    """Its caller did not hear the first answer: the second finds the blob there."""
+    store = backend.make(**backend.tuned)
+    key, data = newKey(), os.urandom(backend.unit + 1000)
+    state = await within(store.begin(key, None))
+    appended, _ = await append(store, key, state, 0, data)
+    await within(store.conclude(key, appended.state, len(data)))
+    await within(store.conclude(key, appended.state, len(data)))
+    await concludeAndCheck(backend, store, key, appended.state, data)
+
+
 @pytest.mark.parametrize("sized", [True, False], ids=["sized", "unsized"])
 @pytest_twisted.ensureDeferred
 async def test_many_small_appends(backend: Backend, sized: bool) -> None:
