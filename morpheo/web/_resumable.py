@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 from collections.abc import Mapping
 from enum import Enum
@@ -138,7 +139,10 @@ def parseChecksum(value: str) -> tuple[str, bytes]:
         digest = base64.b64decode(encoded.strip(), validate=True)
     except (binascii.Error, ValueError):
         raise APIError(400, "the Upload-Checksum digest is not valid base64") from None
-    return CHECKSUMS[algorithm], digest
+    name = CHECKSUMS[algorithm]
+    if len(digest) != hashlib.new(name).digest_size:
+        raise APIError(400, f"the Upload-Checksum digest is not a {algorithm} digest")
+    return name, digest
 
 
 def uploadIdOf(reference: str) -> str:
