@@ -129,9 +129,12 @@ class _GCSWriter(StreamingWriter[None]):
     handle is the session's URL.
     """
 
-    def __init__(self, store: GCSBlobStore, key: str, size: int | None) -> None:
+    def __init__(
+        self, store: GCSBlobStore, key: str, size: int | None, chunkSize: int | None = None
+    ) -> None:
         self._store = store
         self._session: str | None = None
+        self._chunkSize = store.chunkSize if chunkSize is None else chunkSize
         if size is None:
             self.maximum = MAX_OBJECT
         super().__init__(
@@ -140,7 +143,7 @@ class _GCSWriter(StreamingWriter[None]):
             store._reactor,
             store._pool,
             store.highWater,
-            step=store.chunkSize,
+            step=self._chunkSize,
             share=store.budget.join(),
         )
 
@@ -148,7 +151,7 @@ class _GCSWriter(StreamingWriter[None]):
         assert self.size is not None
         if self.size == 0:
             return [(0, 0)]
-        step = self._store.chunkSize
+        step = self._chunkSize
         return [(o, min(step, self.size - o)) for o in range(0, self.size, step)]
 
     def _begin(self) -> Deferred[None]:

@@ -52,6 +52,9 @@ if TYPE_CHECKING:
     from ._gcs import GCSBlobStore
 
 CHUNK_UNIT = 256 * 1024
+#: The chunk length of a resumable write, at most: each request being
+#: received holds one chunk (its staged piece, if revocable, as well).
+RESUMABLE_CHUNK = 8 * 1024 * 1024
 
 
 class GCSWrite:
@@ -138,7 +141,7 @@ class GCSAppender(UnitAppender[None]):
             write.key,
             offset,
             end,
-            store.chunkSize,
+            min(store.chunkSize, RESUMABLE_CHUNK),
             list(write.staged),
             MAX_OBJECT,
             store.budget.join(),
@@ -228,7 +231,11 @@ class GCSStagingAppender:
         self.end = end
         self.maximum = MAX_OBJECT
         self._name = stagedName(write.key, write.session, offset)
-        self._writer = store.writer(self._name, None)
+        from ._gcs import _GCSWriter
+
+        self._writer = _GCSWriter(
+            store, self._name, None, chunkSize=min(store.chunkSize, RESUMABLE_CHUNK)
+        )
         self._received = 0
         self._closed = False
 
