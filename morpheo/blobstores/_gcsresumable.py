@@ -146,7 +146,7 @@ class GCSAppender(UnitAppender[None]):
             MAX_OBJECT,
             store.budget.join(),
             store.highWater,
-            lambda name, consumer: store.produce(name, consumer),
+            lambda name, consumer, length: store.produce(name, consumer, 0, length),
             prelude,
         )
 

@@ -139,7 +139,7 @@ class S3Appender(UnitAppender[str]):
             MAX_PARTS * write.partSize,
             store.budget.join(),
             store.highWater,
-            lambda name, consumer: store.produce(name, consumer),
+            lambda name, consumer, length: store.produce(name, consumer, 0, length),
         )
 
     def _sendUnit(self, length: int, body: StreamBody) -> Deferred[str]:
