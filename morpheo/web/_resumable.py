@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from enum import Enum
@@ -460,8 +461,6 @@ class UploadsAPI:
         return b""
 
     def _stored(self, request: IRequest, stored: StoredObject, code: int) -> bytes:
-        import json
-
         request.setHeader(b"Repr-Digest", reprDigest(stored.sha256).encode())
         body = json.dumps(stored.asJSON()).encode() + b"\n"
         request.setResponseCode(code)
