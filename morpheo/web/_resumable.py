@@ -323,12 +323,8 @@ class UploadsAPI:
 
     def _common(self, request: IRequest, upload: Upload | None = None) -> None:
         request.setHeader(b"Cache-Control", b"no-store")
-        request.setHeader(
-            b"Upload-Limit",
-            uploadLimit(
-                self.maxBlobSize, int(self.uploads.expiry) if upload is None else None
-            ).encode(),
-        )
+        maxAge = int(self.uploads.expiry) if upload is None else self.uploads.remaining(upload)
+        request.setHeader(b"Upload-Limit", uploadLimit(self.maxBlobSize, maxAge).encode())
         if upload is not None:
             request.setHeader(b"Upload-Expires", datetimeToString(int(upload.expires)))
             path = resourcePath(upload.kind, upload.uuid)

@@ -412,6 +412,9 @@ def test_theDraftsCreationOffsetAndAppending(service: Service) -> None:
     head = service.request("HEAD", where, headers=IETF)
     assert head.code == 204 and head.header("upload-offset") == "3"
     assert head.header("upload-complete") == "?0"
+    service.advance(100)
+    limit = service.request("HEAD", where, headers=IETF).header("upload-limit")
+    assert limit == f"max-age={24 * 3600 - 100}"
     wrong = service.request(
         "PATCH",
         where,
