@@ -29,7 +29,9 @@ service account's key signs locally; impersonated credentials ask IAM).
 An emulator spoken to anonymously checks no signature: its clients get the
 object's plain media URL, which never expires.
 The sweep lists the service's objects a page (C{objects.list}) at a time,
-kind by kind.
+kind by kind.  A blob written over many requests (L{GCSBlobStore.begin},
+L{GCSBlobStore.append}) is one resumable session too: see
+L{morpheo.blobstores._gcsresumable}.
 """
 
 from __future__ import annotations
