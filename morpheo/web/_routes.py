@@ -8,7 +8,9 @@ one place.
 Uploads need a L{StreamingSite}: their handlers run once the headers are
 in, decide everything that can be decided from them (auth, kind, the
 model's algo, length limits) before reading a byte of the body, then hand
-the body to the domain layer as a stream.
+the body to the domain layer as a stream.  The resumable uploads
+(C{/uploads}) are decoded by L{morpheo.web._resumable}, behind the same
+authentication and the same mapping of typed outcomes to statuses.
 """
 
 from __future__ import annotations
