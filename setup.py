@@ -64,6 +64,7 @@ setup(
             "hypothesis>=6.100",
             "openapi-core>=0.19",
             "PyYAML>=6",
+            "tuspy>=1.0",
         ],
         "dev": ["mypy>=1.10", "mypy-zope>=1.0", "ruff>=0.5"],
     },

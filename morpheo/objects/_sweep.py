@@ -48,6 +48,7 @@ from .._metrics import Metrics
 
 if TYPE_CHECKING:
     from ._lifecycle import Objects
+    from ._resumable import Resumable
 
 #: A claim not refreshed for this long (seconds) belongs to a dead process.
 CLAIM_LEASE = 60.0
@@ -157,7 +158,8 @@ def leftoverInterval(grace: float) -> float:
 class Sweeper(Service):
     """
     Every third of the claim lease: refresh the claims of this process's
-    uploads, and sweep the claims dead processes left.  On a timer of its
+    uploads (and the busy leases of its resumable uploads' requests), sweep
+    the expired resumable uploads, and the claims dead processes left.  On a timer of its
     own, every half grace period (L{leftoverInterval}): sweep the leftovers
     older than the grace period, unless C{leftovers} is false (the workers
     of one service share its store: one of them sweeps for all).  What each
@@ -171,10 +173,12 @@ class Sweeper(Service):
         clock: IReactorTime,
         metrics: Metrics | None = None,
         *,
+        uploads: Resumable | None = None,
         leftovers: bool = True,
     ) -> None:
         self.metrics = Metrics() if metrics is None else metrics
         self._objects = objects
+        self._uploads = uploads
         self._sweepsLeftovers = leftovers
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
@@ -202,6 +206,11 @@ class Sweeper(Service):
 
     async def _run(self) -> None:
         await self._objects.keepAlive()
+        if self._uploads is not None:
+            # The busy leases of this process's appends, then the uploads
+            # that expired (what they wrote, their claims).
+            await self._uploads.keepAlive()
+            await self._uploads.sweep()
         self.record(await self._objects.sweep(leftovers=False))
 
     def _failed(self, f: Failure) -> None:

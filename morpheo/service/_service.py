@@ -46,7 +46,7 @@ from ..metadata._migrations import (
     rollback,
 )
 from ..metadata._postgres import Database, PostgresMetadataStore
-from ..objects import Objects, Sweeper
+from ..objects import Objects, Resumable, Sweeper
 from ..web._accesslog import AccessLogSite
 from ..web._auth import BasicAuth
 from ..web._cors import CORSResource
@@ -306,11 +306,24 @@ class StorageService(service.Service):
             if config.generatedPassword:
                 self._announceGeneratedPassword()
             return
+        uploads = Resumable(
+            objects,
+            reactor=self._reactor,
+            pool=pool,
+            expiry=config.uploadExpiry,
+            limit=config.maxOpenUploads,
+            lease=config.claimLease,
+        )
+        if isinstance(running.store, LocalBlobStore):
+            # A resumable write's file no upload knows of (a crash between
+            # its creation and its record) is swept once surely expired.
+            running.store.uploadLifetime = config.uploadExpiry + 2 * config.claimLease
         # The workers share one store: the first sweeps its leftovers.
         running.sweeper = Sweeper(
             objects,
             self._reactor,
             self.metrics,
+            uploads=uploads,
             leftovers=handoff is None or handoff.index == 0,
         )
         running.sweeper.record(swept)
@@ -323,6 +336,7 @@ class StorageService(service.Service):
             clock=self._reactor,
             metricsHere=config.metricsListen is None,
             pool=pool,
+            uploads=uploads,
         )
         routes = trackedResource(self.api.routedApp(), self._tracker)
         self._root.setInner(self.api.meter.resource(CORSResource(routes, config.corsOrigins)))

@@ -8,7 +8,9 @@ one place.
 Uploads need a L{StreamingSite}: their handlers run once the headers are
 in, decide everything that can be decided from them (auth, kind, the
 model's algo, length limits) before reading a byte of the body, then hand
-the body to the domain layer as a stream.
+the body to the domain layer as a stream.  The resumable uploads
+(C{/uploads}) are decoded by L{morpheo.web._resumable}, behind the same
+authentication and the same mapping of typed outcomes to statuses.
 """
 
 from __future__ import annotations
@@ -37,21 +39,27 @@ from .._errors import (
     APIError,
     BlobMissing,
     BlobStoreError,
+    ChecksumMismatch,
     ClaimLost,
     DatabaseError,
     DigestMismatch,
     InUse,
     NoSuchObject,
     NoSuchParent,
+    NoSuchUpload,
+    OffsetMismatch,
     SizeMismatch,
     Taken,
     TooLarge,
+    TooManyUploads,
+    UploadBusy,
+    UploadConflict,
     Vanished,
 )
 from .._kinds import KINDS, PARENTS, TABLE, Kind, plural
 from .._metrics import Metrics
 from .._types import Label, Listing, StoredObject
-from ..objects import IncomingBlob, NewObject, Objects, Replacement
+from ..objects import IncomingBlob, NewObject, Objects, Replacement, Resumable
 from ._auth import BasicAuth, Unauthorized
 from ._download import (
     RangeNotSatisfiable,
@@ -71,6 +79,7 @@ from ._forms import (
 )
 from ._http import parseContentMD5, parseReprDigest, parseSHA256Field, reprDigest
 from ._metered import RequestMeter, scrape
+from ._resumable import UploadsAPI
 from ._streaming import BodyRefused, IStreamingRequest, RequestBody
 from ._upload import FormUpload, RawSource
 
@@ -107,7 +116,15 @@ _REFUSALS: dict[type[Exception], int] = {
     DigestMismatch: 400,
     SizeMismatch: 400,
     TooLarge: 413,
+    NoSuchUpload: 404,
+    OffsetMismatch: 409,
+    UploadConflict: 409,
+    UploadBusy: 423,
+    TooManyUploads: 429,
+    ChecksumMismatch: 460,
 }
+#: The reasons of the statuses twisted.web does not name.
+_REASONS = {423: b"Locked", 460: b"Checksum Mismatch"}
 
 
 @cache
@@ -324,6 +341,7 @@ class StorageAPI:
         clock: IReactorTime | None = None,
         metricsHere: bool = True,
         pool: ThreadPool | None = None,
+        uploads: Resumable | None = None,
     ) -> None:
         if redirectLifetime is not None and not objects.redirectable:
             raise ValueError(
@@ -339,6 +357,8 @@ class StorageAPI:
         self._pool = pool
         self.meter = RequestMeter(self.metrics, self._clock, self.app)
         self._document = openAPIDocument()
+        #: The resumable uploads (C{/uploads}), if both stores keep them.
+        self.uploads = UploadsAPI(uploads, objects.maxBlobSize) if uploads is not None else None
 
     def resource(self) -> IResource:
         """The routes, their requests counted in L{metrics}."""
@@ -585,6 +605,40 @@ class StorageAPI:
         )(patch)
     del _kind
 
+    # Resumable uploads (tus 1.0 and the IETF draft): see _resumable.
+
+    def _uploadsAPI(self) -> UploadsAPI:
+        if self.uploads is None or not self.uploads.uploads.available:
+            raise APIError(
+                501, f"resumable uploads are not available on the {self.objects.blobs.name} store"
+            )
+        return self.uploads
+
+    @_authorized(app, "/uploads", ["OPTIONS"])
+    async def uploadOptions(self, request: IRequest) -> bytes:
+        """What the resumable uploads support (tus discovery, the draft's limits)."""
+        return self._uploadsAPI().options(request)
+
+    @_authorized(app, "/uploads", ["POST"])
+    async def createUpload(self, request: IRequest) -> Any:
+        """A new resumable upload, maybe with its first bytes (or a tus final upload)."""
+        return await self._uploadsAPI().create(request, request.morpheoUser)  # type: ignore[attr-defined]
+
+    @_authorized(app, "/uploads/<uploadId>", ["HEAD"])
+    async def uploadOffset(self, request: IRequest, uploadId: str) -> bytes:
+        """Where an upload is: its offset, to resume from."""
+        return await self._uploadsAPI().head(request, request.morpheoUser, uploadId)  # type: ignore[attr-defined]
+
+    @_authorized(app, "/uploads/<uploadId>", ["PATCH"])
+    async def appendUpload(self, request: IRequest, uploadId: str) -> bytes:
+        """More bytes of an upload, from its offset."""
+        return await self._uploadsAPI().patch(request, request.morpheoUser, uploadId)  # type: ignore[attr-defined]
+
+    @_authorized(app, "/uploads/<uploadId>", ["DELETE"])
+    async def cancelUpload(self, request: IRequest, uploadId: str) -> bytes:
+        """Cancel an upload: what it wrote is removed, its uuid freed."""
+        return await self._uploadsAPI().delete(request, request.morpheoUser, uploadId)  # type: ignore[attr-defined]
+
     # Errors: the domain's typed outcomes, and what Klein decides.
 
     @app.handle_errors(APIError)
@@ -603,7 +657,10 @@ class StorageAPI:
         """What the request caused, said as the domain layer says it."""
         error = failure.value
         status = next(code for kind, code in _REFUSALS.items() if isinstance(error, kind))
-        return _json(request, {"error": str(error)}, status)
+        body = _json(request, {"error": str(error)}, status)
+        if status in _REASONS:
+            request.setResponseCode(status, _REASONS[status])
+        return body
 
     @app.handle_errors(BodyRefused)
     def _bodyRefused(self, request: IRequest, failure: Failure) -> bytes:

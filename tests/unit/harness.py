@@ -49,7 +49,15 @@ from morpheo._types import StoredObject
 from morpheo.blobstores import MemoryBlobStore, MemoryBudget
 from morpheo.blobstores._bodies import BytesBody
 from morpheo.metadata import MemoryMetadataStore
-from morpheo.objects import CLAIM_LEASE, IncomingBlob, NewObject, Objects
+from morpheo.objects import (
+    CLAIM_LEASE,
+    MAX_OPEN_UPLOADS,
+    UPLOAD_EXPIRY,
+    IncomingBlob,
+    NewObject,
+    Objects,
+    Resumable,
+)
 from morpheo.service._graceful import HandlerTracker, trackedResource
 from morpheo.web import AccessLogSite, BasicAuth, CORSResource, StorageAPI, StreamingSite
 from morpheo.web._root import StorageRoot
@@ -431,9 +439,13 @@ class Service:
     metrics: Metrics = field(factory=Metrics)
     #: Serve /metrics on the main site (else only through L{metricsSite}).
     metricsHere: bool = True
+    #: The resumable uploads' expiry and per-user limit.
+    uploadExpiry: float = UPLOAD_EXPIRY
+    maxOpenUploads: int = MAX_OPEN_UPLOADS
     metadata: MemoryMetadataStore = field(init=False)
     blobs: MemoryBlobStore = field(init=False)
     objects: Objects = field(init=False)
+    uploads: Resumable = field(init=False)
     auth: BasicAuth = field(init=False)
     site: AccessLogSite = field(init=False)
     client: HTTPClient = field(init=False)
@@ -464,6 +476,14 @@ class Service:
             throttle=throttle,
             metrics=self.metrics,
         )
+        self.uploads = Resumable(
+            self.objects,
+            reactor=self.reactor,
+            pool=ImmediatePool(),  # type: ignore[arg-type]
+            expiry=self.uploadExpiry,
+            limit=self.maxOpenUploads,
+            lease=self.claimLease,
+        )
         api = StorageAPI(
             self.objects,
             self.auth,
@@ -472,6 +492,7 @@ class Service:
             clock=self.reactor,
             metricsHere=self.metricsHere,
             pool=ImmediatePool(),  # type: ignore[arg-type]
+            uploads=self.uploads,
         )
         root = StorageRoot(self.corsOrigins)
         routes = trackedResource(api.routedApp(), HandlerTracker())
