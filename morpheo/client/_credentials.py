@@ -62,8 +62,14 @@ def findCredentials(
             password = unquote(parts.password)
     if user is None or password is None:
         found = _fromNetrc(parts.hostname, netrcPath or environ.get("NETRC"))
-        if found is not None and (user is None or user == found[0]):
-            user, password = found
+        if found is not None:
+            login, secret = found
+            # What was given stays: the file fills in only what is missing.
+            if user is None:
+                user = login
+                password = secret if password is None else password
+            elif user == login and password is None:
+                password = secret
     netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
     if parts.port is not None:
         netloc += f":{parts.port}"

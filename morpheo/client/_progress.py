@@ -7,6 +7,7 @@ the rate and the time left on a terminal (L{TerminalProgress}, on tqdm).
 
 from __future__ import annotations
 
+import os
 from typing import NoReturn, Protocol, TextIO
 
 from tqdm import tqdm
@@ -47,6 +48,7 @@ class TerminalProgress:
 
     def start(self, label: str, total: int | None, done: int = 0) -> None:
         self.finish()
+        columns, lines = _size(self._stream)
         self._bar = tqdm(
             desc=label,
             total=total,
@@ -55,7 +57,8 @@ class TerminalProgress:
             unit_scale=True,
             unit_divisor=1024,
             file=self._stream,
-            dynamic_ncols=True,
+            ncols=columns,
+            nrows=lines,
             leave=True,
         )
 
@@ -72,3 +75,15 @@ class TerminalProgress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def _size(stream: TextIO) -> tuple[int, int]:
+    """
+    The terminal's columns and lines; 80 by 24 if it does not say (a new
+    pseudo-terminal says 0 by 0, where tqdm would draw nothing).
+    """
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return (80, 24)
+    return (size.columns or 80, size.lines or 24)
