@@ -245,9 +245,9 @@ class StorageClient:
         spec = TABLE[_checkKind(kind)]
         texts = _texts(kind, name=name, description=description, patching=False)
         if spec.parent is None and algo is not None:
-            raise UsageError(f"a {kind} has no --algo")
+            raise UsageError(f"{_a(kind)} has no --algo")
         if spec.parent is not None and algo is None:
-            raise UsageError(f"a {kind} needs --{spec.parent}")
+            raise UsageError(f"{_a(kind)} needs --{spec.parent}")
         progress = progress or NoProgress()
         with _openForReading(path) as file:
             reading = _Reading(file, progress)
@@ -286,7 +286,7 @@ class StorageClient:
         """
         spec = TABLE[_checkKind(kind)]
         if not spec.patchable:
-            raise UsageError(f"a {kind} cannot be changed (only {_patchable()})")
+            raise UsageError(f"{_a(kind)} cannot be changed (only {_patchable()})")
         form = {**({"uuid": newUuid} if newUuid else {}), **_texts(kind, name, description, True)}
         target = _objectPath(kind, uuid)
         if path is None:
@@ -553,6 +553,11 @@ def _checkKind(kind: str) -> str:
     return kind
 
 
+def _a(kind: str) -> str:
+    """C{"an algo"}, C{"a model"}."""
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+
+
 def _patchable() -> str:
     return ", ".join(f"{k.name}s" for k in TABLE.values() if k.patchable)
 
@@ -567,11 +572,11 @@ def _texts(kind: str, name: str | None, description: str | None, patching: bool)
     wanted = TABLE[kind].text
     for field, value in given.items():
         if value is not None and field not in wanted:
-            raise UsageError(f"a {kind} has no --{field}")
+            raise UsageError(f"{_a(kind)} has no --{field}")
     if not patching:
         for field in wanted:
             if given.get(field) is None:
-                raise UsageError(f"a {kind} needs --{field}")
+                raise UsageError(f"{_a(kind)} needs --{field}")
     return {field: value for field in wanted if (value := given.get(field)) is not None}
 
 
