@@ -374,6 +374,9 @@ class StorageClient:
                     error = errorFor(status, response.content)
                     if status not in _TRANSIENT:
                         raise error
+            except httpx.ConnectError as e:
+                # The transport has tried connecting again already.
+                raise _unreachable(self.url, e) from None
             except httpx.TransportError as e:
                 error = _unreachable(self.url, e)
             if attempt >= self.retries:
@@ -520,6 +523,9 @@ class StorageClient:
         while True:
             try:
                 response = self._http.request(method, self._resolve(path), **kwargs)
+            except httpx.ConnectError as e:
+                # The transport has tried connecting again already.
+                raise _unreachable(self.url, e) from None
             except httpx.TransportError as e:
                 failure: ClientError = _unreachable(self.url, e)
             else:
