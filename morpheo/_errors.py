@@ -180,3 +180,88 @@ class TooLarge(Refused):
 
     def __str__(self) -> str:
         return f"the blob is larger than the maximum of {self.limit} bytes"
+
+
+class NoSuchUpload(Refused):
+    """
+    No upload of that id: never made, finished, cancelled, expired, or
+    another user's (who is told nothing more).
+    """
+
+    def __init__(self, uploadId: str) -> None:
+        super().__init__(uploadId)
+        self.uploadId = uploadId
+
+    def __str__(self) -> str:
+        return "there is no such upload (it may have expired, been finished or cancelled)"
+
+
+class UploadBusy(Refused):
+    """Another request is appending to that upload right now."""
+
+    def __str__(self) -> str:
+        return "another request is appending to this upload; try again once it ends"
+
+
+class TooManyUploads(Refused):
+    """The user has as many unfinished uploads open as the service allows."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return (
+            f"you have {self.limit} unfinished uploads open, the most allowed:"
+            " finish or cancel one first"
+        )
+
+
+class OffsetMismatch(Refused):
+    """A request's Upload-Offset is not where the upload is."""
+
+    def __init__(self, expected: int, provided: int) -> None:
+        super().__init__(expected, provided)
+        self.expected = expected
+        self.provided = provided
+
+    def __str__(self) -> str:
+        return f"the upload is at offset {self.expected}, not {self.provided}: resume from there"
+
+
+class ChecksumMismatch(Refused):
+    """A chunk did not match its Upload-Checksum: it was dropped."""
+
+    def __init__(self, algorithm: str) -> None:
+        super().__init__(algorithm)
+        self.algorithm = algorithm
+
+    def __str__(self) -> str:
+        return f"the chunk does not match its {self.algorithm} Upload-Checksum: it was not kept"
+
+
+class UploadConflict(Refused):
+    """A request that does not fit the upload as it is (a length given
+    twice and differently, data past its end, a final upload of parts not
+    finished...): C{reason} says which."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class UploadLost(DatabaseError):
+    """
+    An upload's busy lease was taken over while its request ran (this node
+    stalled past the lease): what it appended is not recorded; its client
+    resumes from the offset a HEAD gives.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this request took longer than its upload's lease to reach the database:"
+            " ask the upload's offset (HEAD) and resume from there"
+        )

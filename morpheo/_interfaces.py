@@ -26,7 +26,17 @@ if TYPE_CHECKING:
 
     from twisted.internet.defer import Deferred
 
-    from ._types import Appended, BlobInfo, Change, Changed, Claim, DeadClaim, Listing, StoredObject
+    from ._types import (
+        Appended,
+        BlobInfo,
+        Change,
+        Changed,
+        Claim,
+        DeadClaim,
+        Listing,
+        StoredObject,
+        Upload,
+    )
 
 
 class IBlobWriter(IConsumer):
@@ -402,3 +412,72 @@ class IMetadataStore(Interface):
 
     async def referencedKeys(keys: Sequence[str]) -> set[str]:
         """Which of C{keys} a row (ready or claimed) points to."""
+
+
+class IUploadMetadataStore(IMetadataStore):
+    """
+    A metadata store that keeps resumable uploads (L{Upload}) between
+    their requests.  An upload's claim (its resource's uuid) lives as long
+    as its upload: L{IMetadataStore.takeDeadClaims} never takes it, and
+    L{IMetadataStore.referencedKeys} counts an upload's key as pointed to.
+    A request that appends holds the upload's I{busy lease} (a token of
+    its own, for C{lease} seconds unless refreshed): no two hold it at once.
+    Unexpired uploads only are found; times are the database's.
+    """
+
+    async def openUpload(
+        upload: Upload, claim: Claim | None, limit: int | None, lifetime: float
+    ) -> Upload:
+        """
+        Record a new upload (and make C{claim}, in the same transaction),
+        expiring in C{lifetime} seconds; fires with it as recorded.  Fails
+        with L{Taken} or L{NoSuchParent} as a claim does, with
+        L{TooManyUploads} if its owner has C{limit} open already.
+        """
+
+    async def getUpload(uploadId: str) -> Upload | None:
+        """The upload, unless it expired."""
+
+    async def takeUpload(uploadId: str, owner: str, busy: str, lease: float) -> Upload:
+        """
+        Take the upload's busy lease with the token C{busy}; L{NoSuchUpload}
+        if there is none of C{owner}'s of that id, L{UploadBusy} if another
+        request holds its lease.
+        """
+
+    async def recordUpload(
+        uploadId: str,
+        busy: str,
+        state: str,
+        offset: int,
+        length: int | None,
+        concluded: bool,
+        lifetime: float,
+    ) -> Upload:
+        """
+        Record where the upload is after a request (and its length, once
+        known), push its expiry to C{lifetime} seconds from now, and give
+        the lease back.  L{UploadLost} if C{busy} no longer holds it.
+        """
+
+    async def leaveUpload(uploadId: str, busy: str) -> None:
+        """Give the lease back, changing nothing; not an error if lost."""
+
+    async def refreshUploads(busy: Sequence[str], lease: float) -> set[str]:
+        """Extend the leases C{busy} hold; fires with those still held."""
+
+    async def finishUpload(uploadId: str, busy: str, blob: BlobInfo) -> StoredObject:
+        """
+        In one transaction: complete the upload's claim with C{blob} (its
+        resource appears) and remove the upload.  L{UploadLost} if C{busy}
+        no longer holds its lease, L{ClaimLost} if its claim is gone.
+        """
+
+    async def dropUpload(uploadId: str, busy: str) -> None:
+        """Remove the upload and release its claim, if C{busy} holds its lease."""
+
+    async def takeExpiredUploads(busy: str, lease: float) -> Sequence[Upload]:
+        """
+        Take the busy lease, with C{busy}, of every expired upload no live
+        request holds, for the sweep to remove what it wrote and drop it.
+        """

@@ -7,6 +7,7 @@ object is once stored, and what the domain layer asks of a metadata store
 from __future__ import annotations
 
 from collections.abc import Mapping
+from enum import Enum
 from typing import Any
 
 from attrs import field, frozen
@@ -186,3 +187,44 @@ class DeadClaim:
     blobKey: str | None
     token: str
     handle: str | None = None
+
+
+class Concat(Enum):
+    """What an upload is to tus concatenation: a whole upload, a part of
+    one sent on its own (no resource of its own), or the join of parts."""
+
+    NONE = "none"
+    PARTIAL = "partial"
+    FINAL = "final"
+
+
+@frozen
+class Upload:
+    """
+    A resumable upload in progress (C{/uploads/{id}}), as the database
+    keeps it between requests.  C{kind} and C{uuid} name the resource it
+    will be (a partial upload has neither), C{token} is the token of the
+    uuid's claim, C{blobKey} the key its blob is committed under.
+    C{length} is L{None} while deferred; C{state} is the blob store's own
+    (L{morpheo._interfaces.IResumableBlobStore}).  C{metadata} is the
+    client's C{Upload-Metadata}, decoded, given back on C{HEAD}; C{sha256}
+    the digest it stated, checked at the end.  C{expires} and C{created}
+    are POSIX times.  A partial upload is C{concluded} once its bytes are
+    all in (committed under C{blobKey}, waiting for its final upload).
+    """
+
+    id: str
+    owner: str
+    blobKey: str
+    state: str
+    expires: float
+    kind: str | None = None
+    uuid: str | None = None
+    token: str | None = None
+    length: int | None = None
+    offset: int = 0
+    concat: Concat = Concat.NONE
+    metadata: Mapping[str, str] = field(factory=dict)
+    sha256: str | None = None
+    created: float = 0.0
+    concluded: bool = False

@@ -17,7 +17,7 @@ from twisted.cred import strcred
 from twisted.cred.credentials import IUsernamePassword
 from twisted.python import usage
 
-from .objects import LEFTOVER_AGE
+from .objects import LEFTOVER_AGE, MAX_OPEN_UPLOADS, UPLOAD_EXPIRY
 from .service._config import (
     BLOBSTORES,
     DEFAULT_BODY_RATE_WINDOW,
@@ -298,6 +298,21 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             " before the sweep removes it; the sweep runs every half of it (1 s to 30 min).",
             _seconds("orphan-grace"),
         ],
+        [
+            "upload-expiry",
+            None,
+            UPLOAD_EXPIRY,
+            "How long (seconds) an unfinished resumable upload (/uploads) lives after its last"
+            " request; the sweep then removes what it wrote and frees its uuid.",
+            _seconds("upload-expiry"),
+        ],
+        [
+            "max-open-uploads",
+            None,
+            MAX_OPEN_UPLOADS,
+            "How many unfinished resumable uploads one user may have open at once.",
+            _count("max-open-uploads"),
+        ],
     ]
     optFlags = [
         ["db-rollback", None, "Roll back the last schema migration and exit."],
@@ -438,6 +453,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             redirectDownloads=bool(self["redirect-downloads"]),
             redirectLifetime=self["redirect-lifetime"],
             orphanGrace=self["orphan-grace"],
+            uploadExpiry=self["upload-expiry"],
+            maxOpenUploads=self["max-open-uploads"],
             loginThrottle=self["login-throttle"],
             headerTimeout=self["header-timeout"],
             minBodyRate=self["min-body-rate"],

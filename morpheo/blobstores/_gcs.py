@@ -54,12 +54,15 @@ from .._errors import BlobNotFound, BlobStoreError
 from .._interfaces import (
     KEY_PAGE,
     IAbandonableBlobStore,
+    IAppender,
     IRedirectableBlobStore,
+    IResumableBlobStore,
     ISweepableBlobStore,
 )
 from .._kinds import KINDS, isBlobKey
 from ._bodies import StreamBody
 from ._flow import MemoryBudget
+from ._gcsresumable import GCSResumable
 from ._http import asStoreError
 from ._httpstore import HTTPBlobStore, parseTime
 from ._segmented import StreamingWriter
@@ -150,19 +153,11 @@ class _GCSWriter(StreamingWriter[None]):
 
     def _begin(self) -> Deferred[None]:
         what = f"GCS starting the upload of {self.key}"
-        url = f"{self._store._base}/upload/storage/v1/b/{self._store._bucketPath}/o"
-        query = "uploadType=resumable&name=" + quote(self.key, safe="")
-        headers = {} if self.size is None else {"X-Upload-Content-Length": str(self.size)}
 
-        def started(response: IResponse) -> Deferred[None]:
-            location = response.headers.getRawHeaders("location", [""])[0]
-            if not location:
-                raise BlobStoreError(f"{what} failed: no session in the response")
-            self._session = location
-            return self._store._drained(response)
+        def started(session: str) -> None:
+            self._session = session
 
-        d = self._store._call("POST", f"{url}?{query}", what, headers=headers, data=b"")
-        return d.addCallback(started)
+        return self._store._startSession(self.key, self.size, what).addCallback(started)
 
     def _handle(self) -> str | None:
         return self._session
@@ -226,7 +221,9 @@ def parseListing(body: bytes, limit: float) -> tuple[list[str], str | None]:
     return keys, token if isinstance(token, str) and token else None
 
 
-@implementer(IAbandonableBlobStore, IRedirectableBlobStore, ISweepableBlobStore)
+@implementer(
+    IAbandonableBlobStore, IRedirectableBlobStore, IResumableBlobStore, ISweepableBlobStore
+)
 class GCSBlobStore(HTTPBlobStore):
     """
     Blobs in Google Cloud Storage bucket C{bucket}; C{endpoint} (for example
@@ -252,6 +249,7 @@ class GCSBlobStore(HTTPBlobStore):
         chunkSize: int = 32 * MiB,
         highWater: int | None = None,
         budget: MemoryBudget | None = None,
+        askSessions: bool | None = None,
     ) -> None:
         if chunkSize <= 0 or chunkSize % CHUNK_UNIT:
             raise ValueError(f"GCS chunks are multiples of {CHUNK_UNIT} bytes")
@@ -269,10 +267,55 @@ class GCSBlobStore(HTTPBlobStore):
             credentials = AnonymousCredentials()
         self._credentials = credentials
         self._warned = False
+        #: Whether a resumable write asks its session how much it holds
+        #: before it goes on (see L{morpheo.blobstores._gcsresumable}): not
+        #: an emulator, unless told to.
+        self.askSessions = not self.anonymous if askSessions is None else askSessions
+        #: What a resumable write's state names as its store: endpoint and bucket.
+        self.identity = f"{self._base}/b/{self._bucketPath}"
+        self._resumable = GCSResumable(self)
 
     def _objectURL(self, key: str) -> str:
         name = quote(key, safe="")
         return f"{self._base}/storage/v1/b/{self._bucketPath}/o/{name}"
+
+    def _startSession(self, key: str, size: int | None, what: str) -> Deferred[str]:
+        """A new resumable upload session for C{key}: fires with its URL."""
+        url = f"{self._base}/upload/storage/v1/b/{self._bucketPath}/o"
+        query = "uploadType=resumable&name=" + quote(key, safe="")
+        headers = {} if size is None else {"X-Upload-Content-Length": str(size)}
+
+        def started(response: IResponse) -> Deferred[str]:
+            location = response.headers.getRawHeaders("location", [""])[0]
+            if not location:
+                raise BlobStoreError(f"{what} failed: no session in the response")
+            return self._drained(response, location)
+
+        d = self._call("POST", f"{url}?{query}", what, headers=headers, data=b"")
+        return d.addCallback(started)
+
+    async def _listNames(self, prefix: str) -> list[str]:
+        """The names of every object under C{prefix}, page by page."""
+        url = f"{self._base}/storage/v1/b/{self._bucketPath}/o"
+        names: list[str] = []
+        token: str | None = None
+        while True:
+            query = f"prefix={quote(prefix, safe='')}&fields=" + quote(
+                "nextPageToken,items(name)", safe=""
+            )
+            if token is not None:
+                query += f"&pageToken={quote(token, safe='')}"
+            what = f"GCS listing {self.bucket}/{prefix}"
+            body = await self._read(await self._call("GET", f"{url}?{query}", what), 16 * MiB)
+            try:
+                document = json.loads(body)
+                items = document.get("items") or []
+                names += [i["name"] for i in items if str(i.get("name", "")).startswith(prefix)]
+                token = document.get("nextPageToken") or None
+            except (ValueError, AttributeError, TypeError, KeyError) as e:
+                raise BlobStoreError(f"{what} gave no listing: {e}") from None
+            if token is None:
+                return names
 
     def _cancelSession(self, key: str, session: str) -> Deferred[None]:
         # Cancelling a session answers 499; a session already gone, 404/410.
@@ -475,6 +518,25 @@ class GCSBlobStore(HTTPBlobStore):
         what = f"GCS reading bucket {self.bucket}"
         url = f"{self._base}/storage/v1/b/{self._bucketPath}"
         return self._call("GET", url, what).addCallback(self._drained)
+
+    # IResumableBlobStore (in L{morpheo.blobstores._gcsresumable})
+
+    def begin(self, key: str, size: int | None) -> Deferred[str]:
+        """A resumable upload session, told the size if it is known."""
+        return self._resumable.begin(key, size)
+
+    def append(
+        self, key: str, state: str, offset: int, end: int | None = None, revocable: bool = False
+    ) -> IAppender:
+        """Chunks pushed into the session after the staged pieces, a tail
+        under 256 KiB staged; a C{revocable} request's bytes all staged."""
+        return self._resumable.append(key, state, offset, end, revocable)
+
+    def conclude(self, key: str, state: str, size: int) -> Deferred[None]:
+        return self._resumable.conclude(key, state, size)
+
+    def cancel(self, key: str, state: str) -> Deferred[None]:
+        return self._resumable.cancel(key, state)
 
     # ISweepableBlobStore
 

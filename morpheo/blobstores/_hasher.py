@@ -7,7 +7,8 @@ large blob on the reactor thread would stall every other request.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
@@ -45,8 +46,13 @@ class Hasher:
         low: int = LOW_WATER,
         batch: int = 1024 * 1024,
         share: Share | None = None,
+        start: Mapping[str, Any] | None = None,
     ) -> None:
+        #: With C{start}, the hashes go on from those objects (hashlib's),
+        #: which are updated in place.
         self._hashes = {name: hashlib.new(name) for name in algorithms}
+        if start is not None:
+            self._hashes.update(start)
         self._reactor = reactor
         self._pool = pool
         self._backlog = Backlog(gate, high, low, share)

@@ -10,6 +10,14 @@ ones its writers have open, which are never swept, however long their
 upload stalls (one process per directory, unless it is shared: then the
 other nodes' are swept by age alone).
 
+A resumable write (L{IResumableBlobStore}) appends to a file of its own
+beside its blob's place, named C{.upload-} and random: the sweep of
+temporary files leaves it alone, however long its upload waits between
+requests (the uploads' own sweep cancels the expired ones), until it is
+concluded (fsynced and renamed in) or cancelled.  Its state names that
+file, never a path: a state read back is checked to name a file of that
+shape in the directory of its key.
+
 The directory knows which store it is: an id file at its top (see
 L{LocalBlobStore.identify}), which moves with the blobs when the directory
 is moved or mounted elsewhere.
@@ -18,30 +26,39 @@ is moved or mounted elsewhere.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
+import secrets
 import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncGenerator, Iterator
 from typing import IO, Any
 
 from attrs import frozen
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.interfaces import IConsumer, IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from .._errors import BlobNotFound, BlobStoreError
-from .._interfaces import KEY_PAGE, ISweepableBlobStore
+from .._errors import BlobNotFound, BlobStoreError, SizeMismatch
+from .._interfaces import KEY_PAGE, IResumableBlobStore, ISweepableBlobStore
 from .._kinds import KINDS, isBlobKey
+from .._types import Appended
+from ._appending import Appender
 from ._flow import MemoryBudget
 from ._producer import ThreadedReadProducer
-from ._threaded import ThreadedBlobWriter
+from ._threaded import HIGH, LOW, STEP, ThreadedBlobWriter
 
 TEMP_PREFIX = ".tmp-"
+#: The files of resumable writes: left alone by L{LocalBlobStore.sweepTemporary}.
+UPLOAD_PREFIX = ".upload-"
+_UPLOAD_NAME = re.compile(r"\.upload-[A-Za-z0-9_-]{22}")
 #: The store's identity (a uuid), at the top of its directory.
 ID_FILE = ".morpheo-store-id"
 
@@ -82,19 +99,11 @@ class _LocalWriter(ThreadedBlobWriter):
         self._file = os.fdopen(fd, "wb", buffering=0)
 
     def _writeInThread(self, chunks: list[bytes]) -> None:
-        # One writev per batch (at most IOV_MAX buffers): few large writes
-        # are much cheaper than many 64 KiB ones.
+        # One writev per batch: few large writes are much cheaper than many
+        # 64 KiB ones.
         assert self._file is not None
         fd = self._file.fileno()
-        for start in range(0, len(chunks), _IOV_MAX):
-            batch = [memoryview(c) for c in chunks[start : start + _IOV_MAX]]
-            while batch:
-                written = os.writev(fd, batch)
-                while batch and written >= len(batch[0]):
-                    written -= len(batch[0])
-                    batch.pop(0)
-                if batch and written:
-                    batch[0] = batch[0][written:]
+        _writeAll(fd, chunks)
         self._written += sum(map(len, chunks))
         if _fadvise is not None and self._written - self._writtenBack >= WRITEBACK_STEP:
             # Starts the writeback of these pages without waiting for it
@@ -122,6 +131,142 @@ class _LocalWriter(ThreadedBlobWriter):
                 pass
             self._store._writing.discard(self._tmp)
             self._tmp = None
+
+
+class _LocalAppender(Appender):
+    """
+    Appends to a resumable write's file, in the pool, behind a bounded
+    queue (as L{ThreadedBlobWriter} writes a new one).  The file is cut
+    back to C{offset} when first opened: bytes past it are a request's that
+    never reached the database (its process was killed), which its client
+    was never told of and sends again.
+    """
+
+    def __init__(
+        self,
+        store: LocalBlobStore,
+        path: str,
+        state: str,
+        offset: int,
+        end: int | None,
+    ) -> None:
+        super().__init__(state, offset, end, HIGH, LOW, store.budget.join())
+        self._store = store
+        self._path = path
+        self._fd: int | None = None
+        self._lock = DeferredLock()
+        self._pending: deque[bytes] = deque()
+        self._flushing: Deferred[None] | None = None
+        #: The bytes the thread has written to the file.
+        self._written = 0
+
+    def _inThread(self, f: Any, *args: object) -> Deferred[Any]:
+        return self._lock.run(deferToThreadPool, self._store._reactor, self._store._pool, f, *args)
+
+    def _step(self) -> int:
+        return min(STEP, max(1, self._buffer.high // 4))
+
+    def _accept(self, data: bytes) -> None:
+        self._pending.append(data)
+        if self._flushing is None:
+            self._flushing = self._inThread(self._flush, self._step())
+
+    # The thread side
+
+    def _open(self) -> int:
+        if self._fd is None:
+            try:
+                fd = os.open(self._path, os.O_WRONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise BlobStoreError(f"the file of the write to {self._path} is gone") from None
+            self._fd = fd
+            size = os.fstat(fd).st_size
+            if size < self.offset:
+                raise BlobStoreError(
+                    f"{self._path} holds {size} bytes, fewer than the {self.offset} recorded"
+                )
+            if size > self.offset:
+                os.ftruncate(fd, self.offset)
+            os.lseek(fd, self.offset, os.SEEK_SET)
+        return self._fd
+
+    def _flush(self, step: int) -> None:
+        try:
+            while self._pending and self._failure is None:
+                chunks, n = [], 0
+                while self._pending and n < step:
+                    chunk = self._pending.popleft()
+                    chunks.append(chunk)
+                    n += len(chunk)
+                try:
+                    _writeAll(self._open(), chunks)
+                except Exception as e:
+                    self._store._reactor.callFromThread(self._flushFailed, e, n)
+                    return
+                self._written += n
+                self._store._reactor.callFromThread(self._buffer.shrank, n)
+        except Exception as e:
+            self._store._reactor.callFromThread(self._flushFailed, e, 0)
+            return
+        self._store._reactor.callFromThread(self._flushed)
+
+    def _flushed(self) -> None:
+        if self._pending and self._failure is None:
+            self._flushing = self._inThread(self._flush, self._step())
+        else:
+            self._flushing = None
+
+    def _flushFailed(self, e: Exception, n: int) -> None:
+        self._buffer.shrank(n)
+        self._flushing = None
+        if not isinstance(e, BlobStoreError):
+            e = BlobStoreError(f"appending to {self._path} failed: {e}")
+        self._buffer.shrank(sum(map(len, self._pending)))
+        self._pending.clear()
+        self._fail(Failure(e))
+
+    def _end(self, keep: bool) -> int:
+        """Make the bytes written durable, or cut them off; the new offset."""
+        try:
+            fd = self._open()
+            if not keep:
+                os.ftruncate(fd, self.offset)
+            os.fsync(fd)
+        except OSError as e:
+            raise BlobStoreError(f"ending the append to {self._path} failed: {e}") from e
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+        return self.offset + self._written if keep else self.offset
+
+    def _close(self, keep: bool) -> Deferred[Appended]:
+        async def close() -> Appended:
+            if not keep:
+                self._buffer.shrank(sum(map(len, self._pending)))
+                self._pending.clear()
+            # Queued behind any running flush, it writes what is left.
+            await self._inThread(self._flush, self._step())
+            if keep and self._failure is not None:
+                await self._inThread(self._end, False)
+                self._failure.raiseException()
+            offset = await self._inThread(self._end, keep and self._failure is None)
+            return Appended(self.state, offset)
+
+        return Deferred.fromCoroutine(close())
+
+
+def _writeAll(fd: int, chunks: list[bytes]) -> None:
+    """One writev per batch of at most IOV_MAX buffers, to their end."""
+    for start in range(0, len(chunks), _IOV_MAX):
+        batch = [memoryview(c) for c in chunks[start : start + _IOV_MAX]]
+        while batch:
+            written = os.writev(fd, batch)
+            while batch and written >= len(batch[0]):
+                written -= len(batch[0])
+                batch.pop(0)
+            if batch and written:
+                batch[0] = batch[0][written:]
 
 
 def _fsyncDirectory(path: str) -> None:
@@ -176,7 +321,7 @@ class LocalIdentity:
     new: bool
 
 
-@implementer(ISweepableBlobStore)
+@implementer(ISweepableBlobStore, IResumableBlobStore)
 class LocalBlobStore:
     """
     Blobs as files under C{root}, all file work in C{pool}.  Its uploads
@@ -242,6 +387,93 @@ class LocalBlobStore:
             return producer.beginProducing()
 
         return self._inThread(openFile).addCallback(start)
+
+    # Resumable writes
+
+    def _uploadPath(self, key: str, state: str) -> str:
+        """The file C{state} names, in the directory of C{key}'s blob: a
+        state that names anything else is not this store's."""
+        try:
+            name = json.loads(state)["file"]
+        except (ValueError, TypeError, KeyError):
+            name = None
+        if not isinstance(name, str) or not _UPLOAD_NAME.fullmatch(name):
+            raise BlobStoreError("not the state of a local store's resumable write")
+        return os.path.join(os.path.dirname(keyPath(self.root, key)), name)
+
+    def begin(self, key: str, size: int | None) -> Deferred[str]:
+        directory = os.path.dirname(keyPath(self.root, key))
+
+        def create() -> str:
+            name = UPLOAD_PREFIX + secrets.token_urlsafe(16)
+            try:
+                os.makedirs(directory, exist_ok=True)
+                fd = os.open(
+                    os.path.join(directory, name),
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                    0o600,
+                )
+                os.close(fd)
+                _fsyncDirectory(directory)
+            except OSError as e:
+                raise BlobStoreError(f"cannot start a write in {directory}: {e.strerror}") from e
+            return json.dumps({"file": name})
+
+        return self._inThread(create)
+
+    def append(
+        self, key: str, state: str, offset: int, end: int | None = None, revocable: bool = False
+    ) -> _LocalAppender:
+        """Every append is revocable here: a file is cut back as easily."""
+        return _LocalAppender(self, self._uploadPath(key, state), state, offset, end)
+
+    def conclude(self, key: str, state: str, size: int) -> Deferred[None]:
+        path = keyPath(self.root, key)
+        tmp = self._uploadPath(key, state)
+
+        def rename() -> None:
+            try:
+                fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                # Concluded already (its caller did not hear it)?
+                try:
+                    if os.stat(path).st_size == size:
+                        return
+                except OSError:
+                    pass
+                raise BlobStoreError(f"the file of the write to {key} is gone") from None
+            except OSError as e:
+                raise BlobStoreError(f"cannot open {tmp}: {e.strerror}") from e
+            try:
+                held = os.fstat(fd).st_size
+                if held != size:
+                    raise SizeMismatch(size, held)
+                os.fsync(fd)
+            except OSError as e:
+                raise BlobStoreError(f"cannot commit {tmp}: {e.strerror}") from e
+            finally:
+                os.close(fd)
+            try:
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, path)
+                _fsyncDirectory(os.path.dirname(path))
+            except OSError as e:
+                raise BlobStoreError(f"cannot commit {tmp} as {key}: {e.strerror}") from e
+
+        return self._inThread(rename)
+
+    def cancel(self, key: str, state: str) -> Deferred[None]:
+        tmp = self._uploadPath(key, state)
+
+        def remove() -> None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise BlobStoreError(f"cannot remove {tmp}: {e.strerror}") from e
+
+        return self._inThread(remove)
 
     def stat(self, key: str) -> Deferred[int]:
         """

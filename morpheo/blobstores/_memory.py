@@ -11,13 +11,16 @@ L{MemoryBlobStore.down} makes every operation fail as an unreachable backend
 would.  With C{sessions}, each write opens a session as a Google Cloud
 Storage upload does, known by its handle only and kept until its writer
 ends it or L{MemoryBlobStore.abandon} is given that handle: what a killed
-process leaves, for the tests of the sweep.
+process leaves, for the tests of the sweep.  Resumable writes
+(L{IResumableBlobStore}) are held apart, each by a handle its state names,
+until concluded or cancelled (L{MemoryBlobStore.openWrites}).
 """
 
 from __future__ import annotations
 
 import hashlib
 import heapq
+import json
 from collections.abc import AsyncGenerator
 from itertools import count
 from typing import Any
@@ -31,11 +34,17 @@ from twisted.internet.interfaces import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .._errors import BlobNotFound, BlobStoreError
-from .._interfaces import KEY_PAGE, IAbandonableBlobStore, ISweepableBlobStore
+from .._errors import BlobNotFound, BlobStoreError, SizeMismatch
+from .._interfaces import (
+    KEY_PAGE,
+    IAbandonableBlobStore,
+    IResumableBlobStore,
+    ISweepableBlobStore,
+)
 from .._kinds import isBlobKey
 from .._observer import OneShotObserverList
-from .._types import BlobInfo
+from .._types import Appended, BlobInfo
+from ._appending import Appender
 from ._flow import MemoryBudget
 from ._producer import BlobProducer
 from ._writer import BlobWriter
@@ -119,6 +128,59 @@ class _MockWriter(BlobWriter):
         return succeed(None)
 
 
+class _MockAppender(Appender):
+    """
+    Holds a request's bytes apart, drained one reactor turn later (so that
+    a fast producer is paused and resumed), and adds them to the write at
+    L{close}, or drops them.
+    """
+
+    def __init__(
+        self, store: MemoryBlobStore, handle: str, state: str, offset: int, end: int | None
+    ) -> None:
+        high = store.highWater
+        super().__init__(state, offset, end, high, high // 4, store.budget.join())
+        self._store = store
+        self._handle = handle
+        self._pending: list[bytes] = []
+        self._chunks: list[bytes] = []
+        self._drain: IDelayedCall | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._store.down:
+            self._fail(Failure(BlobStoreError("the mock blob store is down")))
+        super().write(data)
+
+    def _accept(self, data: bytes) -> None:
+        self._pending.append(data)
+        if self._drain is None:
+            self._drain = self._store._clock.callLater(0, self._drained)
+
+    def _drained(self) -> None:
+        self._drain = None
+        pending, self._pending = self._pending, []
+        self._chunks.extend(pending)
+        self._buffer.shrank(sum(map(len, pending)))
+
+    def _close(self, keep: bool) -> Deferred[Appended]:
+        if self._drain is not None:
+            self._drain.cancel()
+        self._drained()
+        chunks, self._chunks = self._chunks, []
+        if self._store.down or self._failure is not None:
+            return self._store._unavailable()
+        held = self._store._writes.get(self._handle)
+        if held is None:
+            return fail(BlobStoreError(f"no write {self._handle}"))
+        if len(held) < self.offset:
+            return fail(BlobStoreError(f"{self._handle} holds fewer than {self.offset} bytes"))
+        del held[self.offset :]
+        if keep:
+            for chunk in chunks:
+                held.extend(chunk)
+        return succeed(Appended(self.state, len(held)))
+
+
 class _MockReader(BlobProducer):
     """Writes C{data} in blocks, one per reactor turn, while not paused."""
 
@@ -147,7 +209,7 @@ class _MockReader(BlobProducer):
         self._go()
 
 
-@implementer(IAbandonableBlobStore, ISweepableBlobStore)
+@implementer(IAbandonableBlobStore, ISweepableBlobStore, IResumableBlobStore)
 class MemoryBlobStore:
     """
     Blobs in a dict, keyed like the real stores.  Time goes through
@@ -177,6 +239,8 @@ class MemoryBlobStore:
         #: The key of each session still open, by handle.
         self._sessionKeys: dict[str, str] = {}
         self._numbers = count(1)
+        #: The bytes of each resumable write in progress, by handle.
+        self._writes: dict[str, bytearray] = {}
         self.budget = MemoryBudget() if budget is None else budget
         self.down = False
 
@@ -184,6 +248,54 @@ class MemoryBlobStore:
         handle = f"mock-session:{next(self._numbers)}"
         self._sessionKeys[handle] = key
         return handle
+
+    def openWrites(self) -> dict[str, int]:
+        """The resumable writes neither concluded nor cancelled, by handle,
+        with the bytes each holds: for tests."""
+        return {handle: len(held) for handle, held in self._writes.items()}
+
+    def _handle(self, state: str) -> str:
+        try:
+            handle = json.loads(state)["write"]
+        except (ValueError, TypeError, KeyError):
+            handle = None
+        if not isinstance(handle, str) or not handle.startswith("mock-write:"):
+            raise BlobStoreError("not the state of a mock store's resumable write")
+        return handle
+
+    def begin(self, key: str, size: int | None) -> Deferred[str]:
+        if self.down:
+            return self._unavailable()
+        handle = f"mock-write:{next(self._numbers)}"
+        self._writes[handle] = bytearray()
+        return succeed(json.dumps({"write": handle}))
+
+    def append(
+        self, key: str, state: str, offset: int, end: int | None = None, revocable: bool = False
+    ) -> _MockAppender:
+        return _MockAppender(self, self._handle(state), state, offset, end)
+
+    def conclude(self, key: str, state: str, size: int) -> Deferred[None]:
+        if self.down:
+            return self._unavailable()
+        handle = self._handle(state)
+        held = self._writes.get(handle)
+        if held is None:
+            if len(self._blobs.get(key, b"")) == size and key in self._blobs:
+                return succeed(None)
+            return fail(BlobStoreError(f"no write {handle}"))
+        if len(held) != size:
+            return fail(SizeMismatch(size, len(held)))
+        del self._writes[handle]
+        self._blobs[key] = bytes(held)
+        self._committed[key] = self._clock.seconds()
+        return succeed(None)
+
+    def cancel(self, key: str, state: str) -> Deferred[None]:
+        if self.down:
+            return self._unavailable()
+        self._writes.pop(self._handle(state), None)
+        return succeed(None)
 
     def openSessions(self) -> dict[str, str]:
         """The sessions no writer ended and nothing abandoned, by handle: for tests."""

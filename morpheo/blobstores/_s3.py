@@ -43,6 +43,7 @@ from .._interfaces import (
     KEY_PAGE,
     IAbandonableBlobStore,
     IRedirectableBlobStore,
+    IResumableBlobStore,
     ISweepableBlobStore,
 )
 from .._kinds import KINDS, isBlobKey
@@ -50,6 +51,7 @@ from ._bodies import StreamBody
 from ._flow import MemoryBudget
 from ._http import asStoreError
 from ._httpstore import HTTPBlobStore, parseTime
+from ._s3resumable import S3Appender, S3Resumable
 from ._segmented import StreamingWriter
 
 MiB = 1024 * 1024
@@ -149,42 +151,14 @@ class _S3Writer(StreamingWriter[str]):
             what = f"S3 PutObject of {self.key}"
             d = self._store._request("PUT", self.key, what, body=body)
             return d.addCallback(self._store._drained, "")
-        query = f"partNumber={index + 1}&uploadId={quote(self._uploadId or '', safe='')}"
-        what = f"S3 UploadPart {index + 1} of {self.key}"
-
-        def etag(response: IResponse) -> Deferred[str]:
-            value = response.headers.getRawHeaders("etag", [""])[0]
-            if not value:
-                raise BlobStoreError(f"{what} gave no ETag")
-            return self._store._drained(response, value)
-
-        d = self._store._request("PUT", self.key, what, query=query, body=body)
-        return d.addCallback(etag)
+        assert self._uploadId is not None
+        return self._store._uploadPart(self.key, self._uploadId, index + 1, body)
 
     def _commit(self, etags: list[str]) -> Deferred[None]:
         if not self._multipart:
             return succeed(None)
-        parts = "".join(
-            f"<Part><PartNumber>{n}</PartNumber><ETag>{_xmlEscape(e)}</ETag></Part>"
-            for n, e in enumerate(etags, 1)
-        )
-        xml = f'<CompleteMultipartUpload xmlns="{_NS[1:-1]}">{parts}</CompleteMultipartUpload>'
-        what = f"S3 CompleteMultipartUpload of {self.key}"
-
-        def check(body: bytes) -> None:
-            # S3 may answer 200 and still fail, with an <Error> in the body.
-            root = ElementTree.fromstring(body)
-            if root.tag in ("Error", _NS + "Error"):
-                raise BlobStoreError(
-                    f"{what} failed: {_findText(root, 'Code')}: {_findText(root, 'Message')}"
-                )
-
-        query = self._uploadQuery()
-        d = self._store._request("POST", self.key, what, query=query, data=xml.encode())
-        return d.addCallback(self._store._read).addCallback(check)
-
-    def _uploadQuery(self) -> str:
-        return f"uploadId={quote(self._uploadId or '', safe='')}"
+        assert self._uploadId is not None
+        return self._store._complete(self.key, self._uploadId, etags)
 
     def _cleanup(self, committed: bool) -> Deferred[None]:
         if committed:
@@ -216,7 +190,9 @@ def parseListing(body: bytes, limit: float) -> tuple[list[str], str | None]:
     return keys, token or None
 
 
-@implementer(IAbandonableBlobStore, IRedirectableBlobStore, ISweepableBlobStore)
+@implementer(
+    IAbandonableBlobStore, IRedirectableBlobStore, IResumableBlobStore, ISweepableBlobStore
+)
 class S3BlobStore(HTTPBlobStore):
     """
     Blobs in S3 bucket C{bucket} of C{region}; C{endpoint} (for example
@@ -258,6 +234,7 @@ class S3BlobStore(HTTPBlobStore):
             self._base = f"https://{bucket}.s3.{region}.amazonaws.com"
         self.endpoint = self._base
         self._credentials = credentials
+        self._resumable = S3Resumable(self)
 
     # Requests
 
@@ -418,6 +395,40 @@ class S3BlobStore(HTTPBlobStore):
 
         return Deferred.fromCoroutine(run())
 
+    def _uploadPart(self, key: str, uploadId: str, number: int, body: StreamBody) -> Deferred[str]:
+        """UploadPart C{number} of C{key}'s upload, streamed from C{body}; fires with its ETag."""
+        query = f"partNumber={number}&uploadId={quote(uploadId, safe='')}"
+        what = f"S3 UploadPart {number} of {key}"
+
+        def etag(response: IResponse) -> Deferred[str]:
+            value = response.headers.getRawHeaders("etag", [""])[0]
+            if not value:
+                raise BlobStoreError(f"{what} gave no ETag")
+            return self._drained(response, value)
+
+        return self._request("PUT", key, what, query=query, body=body).addCallback(etag)
+
+    def _complete(self, key: str, uploadId: str, etags: list[str]) -> Deferred[None]:
+        """CompleteMultipartUpload of parts 1 to len(C{etags})."""
+        parts = "".join(
+            f"<Part><PartNumber>{n}</PartNumber><ETag>{_xmlEscape(e)}</ETag></Part>"
+            for n, e in enumerate(etags, 1)
+        )
+        xml = f'<CompleteMultipartUpload xmlns="{_NS[1:-1]}">{parts}</CompleteMultipartUpload>'
+        what = f"S3 CompleteMultipartUpload of {key}"
+
+        def check(body: bytes) -> None:
+            # S3 may answer 200 and still fail, with an <Error> in the body.
+            root = ElementTree.fromstring(body)
+            if root.tag in ("Error", _NS + "Error"):
+                raise BlobStoreError(
+                    f"{what} failed: {_findText(root, 'Code')}: {_findText(root, 'Message')}"
+                )
+
+        query = f"uploadId={quote(uploadId, safe='')}"
+        d = self._request("POST", key, what, query=query, data=xml.encode())
+        return d.addCallback(self._read).addCallback(check)
+
     def _abortUpload(self, key: str, uploadId: str) -> Deferred[None]:
         what = f"S3 AbortMultipartUpload of {key}"
         query = f"uploadId={quote(uploadId, safe='')}"
@@ -442,6 +453,25 @@ class S3BlobStore(HTTPBlobStore):
 
         d = self._request("GET", None, f"S3 ListMultipartUploads of {self.bucket}", query=query)
         return d.addCallback(self._read, 16 * MiB).addCallback(parse)
+
+    # IResumableBlobStore (in L{morpheo.blobstores._s3resumable})
+
+    def begin(self, key: str, size: int | None) -> Deferred[str]:
+        """A multipart upload, its part length fixed for the blob's size."""
+        return self._resumable.begin(key, size)
+
+    def append(
+        self, key: str, state: str, offset: int, end: int | None = None, revocable: bool = False
+    ) -> S3Appender:
+        """Parts streamed as their bytes come, a shorter tail staged at the
+        close; every append can be dropped (C{revocable} changes nothing)."""
+        return self._resumable.append(key, state, offset, end, revocable)
+
+    def conclude(self, key: str, state: str, size: int) -> Deferred[None]:
+        return self._resumable.conclude(key, state, size)
+
+    def cancel(self, key: str, state: str) -> Deferred[None]:
+        return self._resumable.cancel(key, state)
 
     # ISweepableBlobStore
 

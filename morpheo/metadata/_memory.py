@@ -21,7 +21,7 @@ from enum import Enum
 from itertools import count
 from uuid import UUID
 
-from attrs import define, field
+from attrs import define, evolve, field
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
@@ -32,11 +32,15 @@ from .._errors import (
     InUse,
     NoSuchObject,
     NoSuchParent,
+    NoSuchUpload,
     Taken,
+    TooManyUploads,
+    UploadBusy,
+    UploadLost,
 )
-from .._interfaces import IMetadataStore
+from .._interfaces import IMetadataStore, IUploadMetadataStore
 from .._kinds import TABLE, TEXT_FIELDS, childrenOf
-from .._types import BlobInfo, Change, Changed, Claim, DeadClaim, Listing, StoredObject
+from .._types import BlobInfo, Change, Changed, Claim, DeadClaim, Listing, StoredObject, Upload
 
 #: What PostgreSQL checks of a row (schema/), checked here alike.
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -129,6 +133,8 @@ class _Tables:
         self.clock = clock
         self.rows: dict[tuple[str, str], _Row] = {}
         self.sequence = count(1)
+        #: The resumable uploads, by id, each with its busy lease (token, until).
+        self.uploads: dict[str, tuple[Upload, str | None, float]] = {}
         #: Why the database cannot be reached, while it cannot.
         self.outage: str | None = None
         #: What a driver would have said about it (for the log only).
@@ -146,7 +152,10 @@ class _Tables:
         return row if row is not None and row.state is state else None
 
 
-@implementer(IMetadataStore)
+_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+
+@implementer(IMetadataStore, IUploadMetadataStore)
 class MemoryMetadataStore:
     """
     L{IMetadataStore} in memory.  C{clock} gives the time of completions
@@ -337,7 +346,10 @@ class MemoryMetadataStore:
         tables = self._open()
         now = tables.now()
         taken = []
+        uploading = {u.token for u, _, _ in tables.uploads.values() if u.token is not None}
         for row in tables.rows.values():
+            if row.token in uploading:
+                continue  # an upload's claim lives as long as its upload
             if row.state is _State.PENDING and (
                 row.heartbeat < now - lease or (mine and row.claimedBy == self.owner)
             ):
@@ -350,4 +362,133 @@ class MemoryMetadataStore:
         if not keys:
             return set()
         wanted = set(keys)
-        return {row.blobKey for row in self._open().rows.values() if row.blobKey in wanted}
+        tables = self._open()
+        keys = [row.blobKey for row in tables.rows.values() if row.blobKey is not None]
+        keys += [upload.blobKey for upload, _, _ in tables.uploads.values()]
+        return {key for key in keys if key in wanted}
+
+    # Resumable uploads
+
+    def uploadIds(self) -> builtins.list[str]:
+        """Every upload recorded, expired or not: for tests."""
+        return sorted(self._tables.uploads)
+
+    def _live(self, tables: _Tables, uploadId: str) -> tuple[Upload, str | None, float] | None:
+        found = tables.uploads.get(uploadId)
+        if found is None or found[0].expires <= tables.now():
+            return None
+        return found
+
+    async def openUpload(
+        self, upload: Upload, claim: Claim | None, limit: int | None, lifetime: float
+    ) -> Upload:
+        tables = self._open()
+        if not _ID.fullmatch(upload.id) or upload.id in tables.uploads:
+            raise DatabaseError("the metadata database failed: a bad or duplicate upload id")
+        if limit is not None:
+            mine = [
+                u
+                for u in tables.uploads
+                if self._live(tables, u) is not None and tables.uploads[u][0].owner == upload.owner
+            ]
+            if len(mine) >= limit:
+                raise TooManyUploads(limit)
+        if claim is not None:
+            await self.claim(claim)
+        now = tables.now()
+        recorded = evolve(upload, expires=now + lifetime, created=now)
+        tables.uploads[upload.id] = (recorded, None, 0.0)
+        return recorded
+
+    async def getUpload(self, uploadId: str) -> Upload | None:
+        found = self._live(self._open(), uploadId)
+        return found[0] if found is not None else None
+
+    async def takeUpload(self, uploadId: str, owner: str, busy: str, lease: float) -> Upload:
+        tables = self._open()
+        found = self._live(tables, uploadId)
+        if found is None or found[0].owner != owner:
+            raise NoSuchUpload(uploadId)
+        upload, holder, until = found
+        now = tables.now()
+        if holder is not None and until >= now:
+            raise UploadBusy()
+        tables.uploads[uploadId] = (upload, busy, now + lease)
+        return upload
+
+    def _holding(self, uploadId: str, busy: str) -> tuple[_Tables, Upload | None]:
+        tables = self._open()
+        found = tables.uploads.get(uploadId)
+        if found is None or found[1] != busy:
+            return tables, None
+        return tables, found[0]
+
+    async def recordUpload(
+        self,
+        uploadId: str,
+        busy: str,
+        state: str,
+        offset: int,
+        length: int | None,
+        concluded: bool,
+        lifetime: float,
+    ) -> Upload:
+        tables, upload = self._holding(uploadId, busy)
+        if upload is None:
+            raise UploadLost()
+        length = upload.length if length is None else length
+        if offset < 0 or (length is not None and offset > length):
+            raise DatabaseError("the metadata database failed: an offset past the length")
+        recorded = evolve(
+            upload,
+            state=state,
+            offset=offset,
+            length=length,
+            concluded=concluded,
+            expires=tables.now() + lifetime,
+        )
+        tables.uploads[uploadId] = (recorded, None, 0.0)
+        return recorded
+
+    async def leaveUpload(self, uploadId: str, busy: str) -> None:
+        tables, upload = self._holding(uploadId, busy)
+        if upload is not None:
+            tables.uploads[uploadId] = (upload, None, 0.0)
+
+    async def refreshUploads(self, busy: Sequence[str], lease: float) -> set[str]:
+        tables = self._open()
+        wanted, held = set(busy), set()
+        for uploadId, (upload, holder, _) in list(tables.uploads.items()):
+            if holder is not None and holder in wanted:
+                tables.uploads[uploadId] = (upload, holder, tables.now() + lease)
+                held.add(holder)
+        return held
+
+    async def finishUpload(self, uploadId: str, busy: str, blob: BlobInfo) -> StoredObject:
+        tables, upload = self._holding(uploadId, busy)
+        if upload is None:
+            raise UploadLost()
+        assert upload.kind is not None and upload.uuid is not None and upload.token is not None
+        _, row = self._held(upload.kind, upload.uuid, upload.token)
+        if row is None:
+            raise ClaimLost(upload.kind, upload.uuid)
+        _blobChecked(blob, row.blobKey)
+        del tables.uploads[uploadId]
+        return await self.complete(upload.kind, upload.uuid, upload.token, blob)
+
+    async def dropUpload(self, uploadId: str, busy: str) -> None:
+        tables, upload = self._holding(uploadId, busy)
+        if upload is None:
+            return
+        del tables.uploads[uploadId]
+        if upload.kind is not None and upload.uuid is not None and upload.token is not None:
+            await self.release(upload.kind, upload.uuid, upload.token)
+
+    async def takeExpiredUploads(self, busy: str, lease: float) -> builtins.list[Upload]:
+        tables = self._open()
+        now, taken = tables.now(), []
+        for uploadId, (upload, holder, until) in list(tables.uploads.items()):
+            if upload.expires <= now and (holder is None or until < now):
+                tables.uploads[uploadId] = (upload, busy, now + lease)
+                taken.append(upload)
+        return taken

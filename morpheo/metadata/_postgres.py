@@ -9,6 +9,7 @@ connections replaced, every call bounded in time).
 from __future__ import annotations
 
 import builtins
+import json
 import secrets
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
@@ -29,10 +30,31 @@ from twisted.python.failure import Failure
 from txpostgres import reconnection, retrying, txpostgres
 from zope.interface import implementer
 
-from .._errors import ClaimLost, DatabaseError, InUse, NoSuchObject, NoSuchParent, Taken
-from .._interfaces import IMetadataStore
+from .._errors import (
+    ClaimLost,
+    DatabaseError,
+    InUse,
+    NoSuchObject,
+    NoSuchParent,
+    NoSuchUpload,
+    Taken,
+    TooManyUploads,
+    UploadBusy,
+    UploadLost,
+)
+from .._interfaces import IMetadataStore, IUploadMetadataStore
 from .._kinds import PARENTS, TABLE, TEXT_FIELDS, childrenOf
-from .._types import BlobInfo, Change, Changed, Claim, DeadClaim, Listing, StoredObject
+from .._types import (
+    BlobInfo,
+    Change,
+    Changed,
+    Claim,
+    Concat,
+    DeadClaim,
+    Listing,
+    StoredObject,
+    Upload,
+)
 
 T = TypeVar("T")
 
@@ -66,6 +88,50 @@ def _stored(row: Sequence[Any]) -> StoredObject:
         content_type=ctype,
         filename=filename,
         seq=seq,
+    )
+
+
+_UPLOAD_COLUMNS = (
+    "id, owner, blob_key, store_state, EXTRACT(EPOCH FROM expires)::float8, kind, uuid::text,"
+    ' claim_token, length, "offset", concat, metadata::text, sha256,'
+    " EXTRACT(EPOCH FROM created)::float8, concluded"
+)
+
+
+def _upload(row: Sequence[Any]) -> Upload:
+    (
+        uid,
+        owner,
+        key,
+        state,
+        expires,
+        kind,
+        uuid,
+        token,
+        length,
+        offset,
+        concat,
+        meta,
+        sha,
+        created,
+        concluded,
+    ) = row
+    return Upload(
+        id=uid,
+        owner=owner,
+        blobKey=key,
+        state=state,
+        expires=expires,
+        kind=kind,
+        uuid=uuid,
+        token=token,
+        length=length,
+        offset=offset,
+        concat=Concat(concat),
+        metadata=json.loads(meta),
+        sha256=sha,
+        created=created,
+        concluded=concluded,
     )
 
 
@@ -488,7 +554,7 @@ def _shielded(call: Coroutine[Any, Any, T]) -> Deferred[T]:
     return outcome
 
 
-@implementer(IMetadataStore)
+@implementer(IMetadataStore, IUploadMetadataStore)
 class PostgresMetadataStore:
     """
     L{IMetadataStore} on a L{Database}.
@@ -508,6 +574,10 @@ class PostgresMetadataStore:
         await self.db.query("SELECT 1")
 
     async def claim(self, claim: Claim) -> None:
+        await self.db.interaction(lambda c: Deferred.fromCoroutine(self._claim(c, claim)))
+
+    async def _claim(self, cursor: Any, claim: Claim) -> None:
+        """Make C{claim} in the transaction of C{cursor}."""
         kind = TABLE[claim.kind]
         columns = [
             "kind",
@@ -538,23 +608,19 @@ class PostgresMetadataStore:
             f" VALUES ({', '.join(['%s'] * len(values))}, 'pending')"
             " ON CONFLICT DO NOTHING RETURNING 1"
         )
-
-        async def run(cursor: Any) -> None:
-            if kind.parent is not None:
-                # Held (FOR SHARE) until the claim is in: the parent cannot
-                # be deleted meanwhile.
-                await cursor.execute(
-                    "SELECT 1 FROM resource WHERE kind = %s AND uuid = %s AND state = 'ready'"
-                    " FOR SHARE",
-                    (kind.parent, claim.parent),
-                )
-                if cursor.fetchone() is None:
-                    raise NoSuchParent(kind.parent, claim.parent or "")
-            await cursor.execute(insert, values)
+        if kind.parent is not None:
+            # Held (FOR SHARE) until the claim is in: the parent cannot
+            # be deleted meanwhile.
+            await cursor.execute(
+                "SELECT 1 FROM resource WHERE kind = %s AND uuid = %s AND state = 'ready'"
+                " FOR SHARE",
+                (kind.parent, claim.parent),
+            )
             if cursor.fetchone() is None:
-                raise Taken(claim.kind, claim.uuid)
-
-        await self.db.interaction(lambda c: Deferred.fromCoroutine(run(c)))
+                raise NoSuchParent(kind.parent, claim.parent or "")
+        await cursor.execute(insert, values)
+        if cursor.fetchone() is None:
+            raise Taken(claim.kind, claim.uuid)
 
     async def release(self, kind: str, uuid: str, token: str) -> None:
         await self.db.operation(
@@ -694,6 +760,9 @@ class PostgresMetadataStore:
             "UPDATE resource SET claim_token = %s || seq::text, claimed_by = %s,"
             " heartbeat = now() WHERE state = 'pending'"
             " AND (heartbeat < now() - make_interval(secs => %s) OR (%s AND claimed_by = %s))"
+            # An upload's claim lives as long as its upload, however long
+            # between its requests.
+            " AND NOT EXISTS (SELECT 1 FROM upload WHERE upload.claim_token = resource.claim_token)"
             " RETURNING kind, uuid::text, blob_key, claim_token, upload_handle",
             (f"swept.{secrets.token_hex(8)}.", self.owner, lease, mine, self.owner),
         )
@@ -703,9 +772,178 @@ class PostgresMetadataStore:
         if not keys:
             return set()
         rows = await self.db.query(
-            "SELECT blob_key FROM resource WHERE blob_key = ANY(%s)", (builtins.list(keys),)
+            "SELECT blob_key FROM resource WHERE blob_key = ANY(%s)"
+            " UNION SELECT blob_key FROM upload WHERE blob_key = ANY(%s)",
+            (builtins.list(keys), builtins.list(keys)),
         )
         return {r[0] for r in rows}
+
+    # Resumable uploads
+
+    async def openUpload(
+        self, upload: Upload, claim: Claim | None, limit: int | None, lifetime: float
+    ) -> Upload:
+        async def run(cursor: Any) -> Upload:
+            if limit is not None:
+                # One creation at a time per owner, so that the count holds.
+                await cursor.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('morpheo-upload:' || %s))",
+                    (upload.owner,),
+                )
+                await cursor.execute(
+                    "SELECT count(*) FROM upload WHERE owner = %s AND expires > now()",
+                    (upload.owner,),
+                )
+                if cursor.fetchone()[0] >= limit:
+                    raise TooManyUploads(limit)
+            if claim is not None:
+                await self._claim(cursor, claim)
+            await cursor.execute(
+                "INSERT INTO upload (id, owner, kind, uuid, claim_token, blob_key, length,"
+                ' "offset", store_state, concat, metadata, sha256, expires)'
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                " now() + make_interval(secs => %s))"
+                f" RETURNING {_UPLOAD_COLUMNS}",
+                (
+                    upload.id,
+                    upload.owner,
+                    upload.kind,
+                    upload.uuid,
+                    upload.token,
+                    upload.blobKey,
+                    upload.length,
+                    upload.offset,
+                    upload.state,
+                    upload.concat.value,
+                    json.dumps(dict(upload.metadata)),
+                    upload.sha256,
+                    lifetime,
+                ),
+            )
+            return _upload(cursor.fetchone())
+
+        return await self.db.interaction(lambda c: Deferred.fromCoroutine(run(c)))
+
+    async def getUpload(self, uploadId: str) -> Upload | None:
+        rows = await self.db.query(
+            f"SELECT {_UPLOAD_COLUMNS} FROM upload WHERE id = %s AND expires > now()",
+            (uploadId,),
+        )
+        return _upload(rows[0]) if rows else None
+
+    async def takeUpload(self, uploadId: str, owner: str, busy: str, lease: float) -> Upload:
+        async def run(cursor: Any) -> Upload:
+            await cursor.execute(
+                "UPDATE upload SET busy_token = %s,"
+                " busy_until = now() + make_interval(secs => %s)"
+                " WHERE id = %s AND owner = %s AND expires > now()"
+                " AND (busy_token IS NULL OR busy_until < now())"
+                f" RETURNING {_UPLOAD_COLUMNS}",
+                (busy, lease, uploadId, owner),
+            )
+            row = cursor.fetchone()
+            if row is not None:
+                return _upload(row)
+            await cursor.execute(
+                "SELECT 1 FROM upload WHERE id = %s AND owner = %s AND expires > now()",
+                (uploadId, owner),
+            )
+            if cursor.fetchone() is None:
+                raise NoSuchUpload(uploadId)
+            raise UploadBusy()
+
+        return await self.db.interaction(lambda c: Deferred.fromCoroutine(run(c)))
+
+    async def recordUpload(
+        self,
+        uploadId: str,
+        busy: str,
+        state: str,
+        offset: int,
+        length: int | None,
+        concluded: bool,
+        lifetime: float,
+    ) -> Upload:
+        rows = await self.db.query(
+            'UPDATE upload SET store_state = %s, "offset" = %s, length = COALESCE(%s, length),'
+            " concluded = %s, expires = now() + make_interval(secs => %s), updated = now(),"
+            " busy_token = NULL, busy_until = NULL"
+            f" WHERE id = %s AND busy_token = %s RETURNING {_UPLOAD_COLUMNS}",
+            (state, offset, length, concluded, lifetime, uploadId, busy),
+        )
+        if not rows:
+            raise UploadLost()
+        return _upload(rows[0])
+
+    async def leaveUpload(self, uploadId: str, busy: str) -> None:
+        await self.db.operation(
+            "UPDATE upload SET busy_token = NULL, busy_until = NULL"
+            " WHERE id = %s AND busy_token = %s",
+            (uploadId, busy),
+        )
+
+    async def refreshUploads(self, busy: Sequence[str], lease: float) -> set[str]:
+        if not busy:
+            return set()
+        rows = await self.db.query(
+            "UPDATE upload SET busy_until = now() + make_interval(secs => %s)"
+            " WHERE busy_token = ANY(%s) RETURNING busy_token",
+            (lease, builtins.list(busy)),
+        )
+        return {r[0] for r in rows}
+
+    async def finishUpload(self, uploadId: str, busy: str, blob: BlobInfo) -> StoredObject:
+        async def run(cursor: Any) -> StoredObject:
+            await cursor.execute(
+                "DELETE FROM upload WHERE id = %s AND busy_token = %s"
+                " RETURNING kind, uuid::text, claim_token",
+                (uploadId, busy),
+            )
+            row = cursor.fetchone()
+            if row is None:
+                raise UploadLost()
+            kind, uuid, token = row
+            await cursor.execute(
+                "UPDATE resource SET state = 'ready', size = %s, sha256 = %s,"
+                " claim_token = NULL, upload_handle = NULL,"
+                " seq = nextval(pg_get_serial_sequence('resource', 'seq')),"
+                " timestamp_upload = floor(EXTRACT(EPOCH FROM clock_timestamp()))::bigint"
+                " WHERE kind = %s AND uuid = %s AND state = 'pending' AND claim_token = %s"
+                f" RETURNING {_COLUMNS}",
+                (blob.size, blob.sha256, kind, uuid, token),
+            )
+            done = cursor.fetchone()
+            if done is None:
+                raise ClaimLost(kind, uuid)
+            return _stored(done)
+
+        return await self.db.interaction(lambda c: Deferred.fromCoroutine(run(c)))
+
+    async def dropUpload(self, uploadId: str, busy: str) -> None:
+        async def run(cursor: Any) -> None:
+            await cursor.execute(
+                "DELETE FROM upload WHERE id = %s AND busy_token = %s"
+                " RETURNING kind, uuid::text, claim_token",
+                (uploadId, busy),
+            )
+            row = cursor.fetchone()
+            if row is not None and row[2] is not None:
+                await cursor.execute(
+                    "DELETE FROM resource WHERE kind = %s AND uuid = %s AND state = 'pending'"
+                    " AND claim_token = %s",
+                    row,
+                )
+
+        await self.db.interaction(lambda c: Deferred.fromCoroutine(run(c)))
+
+    async def takeExpiredUploads(self, busy: str, lease: float) -> builtins.list[Upload]:
+        rows = await self.db.query(
+            "UPDATE upload SET busy_token = %s, busy_until = now() + make_interval(secs => %s)"
+            " WHERE expires <= now() AND (busy_token IS NULL OR busy_until < now())"
+            f" RETURNING {_UPLOAD_COLUMNS}",
+            (busy, lease),
+        )
+        return [_upload(r) for r in rows]
 
 
 #: The name this store had before L{IMetadataStore}; kept for embedders.

@@ -12,6 +12,14 @@ from ._lifecycle import (
     Replacement,
     blobKey,
 )
+from ._resumable import (
+    MAX_OPEN_UPLOADS,
+    UPLOAD_EXPIRY,
+    Chunk,
+    NewUpload,
+    Progress,
+    Resumable,
+)
 from ._sweep import (
     CLAIM_LEASE,
     LEFTOVER_AGE,
@@ -25,6 +33,12 @@ from ._sweep import (
 __all__ = [
     "CLAIM_LEASE",
     "LEFTOVER_AGE",
+    "MAX_OPEN_UPLOADS",
+    "UPLOAD_EXPIRY",
+    "Chunk",
+    "NewUpload",
+    "Progress",
+    "Resumable",
     "IncomingBlob",
     "NewObject",
     "Objects",

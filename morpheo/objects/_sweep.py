@@ -47,6 +47,7 @@ from .._kinds import isBlobKey
 
 if TYPE_CHECKING:
     from ._lifecycle import Objects
+    from ._resumable import Resumable
 
 #: A claim not refreshed for this long (seconds) belongs to a dead process.
 CLAIM_LEASE = 60.0
@@ -156,13 +157,17 @@ def leftoverInterval(grace: float) -> float:
 class Sweeper(Service):
     """
     Every third of the claim lease: refresh the claims of this process's
-    uploads, and sweep the claims dead processes left.  On a timer of its
+    uploads (and the busy leases of its resumable uploads' requests), sweep
+    the expired resumable uploads, and the claims dead processes left.  On a timer of its
     own, every half grace period (L{leftoverInterval}): sweep the leftovers
     older than the grace period.
     """
 
-    def __init__(self, objects: Objects, clock: IReactorTime) -> None:
+    def __init__(
+        self, objects: Objects, clock: IReactorTime, uploads: Resumable | None = None
+    ) -> None:
         self._objects = objects
+        self._uploads = uploads
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
         self.interval = objects.claimLease / 3
@@ -185,6 +190,11 @@ class Sweeper(Service):
 
     async def _run(self) -> None:
         await self._objects.keepAlive()
+        if self._uploads is not None:
+            # The busy leases of this process's appends, then the uploads
+            # that expired (what they wrote, their claims).
+            await self._uploads.keepAlive()
+            await self._uploads.sweep()
         await self._objects.sweep(leftovers=False)
 
     def _tick(self) -> Deferred[None]:

@@ -21,7 +21,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.python.threadpool import ThreadPool
 
 from .._interfaces import IBlobStore
-from ..objects import LEFTOVER_AGE
+from ..objects import LEFTOVER_AGE, MAX_OPEN_UPLOADS, UPLOAD_EXPIRY
 
 BLOBSTORES = ("local", "s3", "gc", "mock")
 #: The stores that can serve a download themselves (--redirect-downloads).
@@ -122,6 +122,10 @@ class StorageConfig:
     redirectDownloads: bool = False
     redirectLifetime: int | None = None
     orphanGrace: float = LEFTOVER_AGE
+    #: How long an unfinished resumable upload lives after its last request.
+    uploadExpiry: float = UPLOAD_EXPIRY
+    #: How many unfinished resumable uploads one user may have open.
+    maxOpenUploads: int = MAX_OPEN_UPLOADS
     #: Failed logins allowed per minute from one client address (0: no limit).
     loginThrottle: int = 10
     threads: int = 8
@@ -186,6 +190,12 @@ class StorageConfig:
             raise ConfigError(
                 f"--orphan-grace must be a number of seconds, not {self.orphanGrace!r}"
             )
+        if not (isinstance(self.uploadExpiry, int | float) and 0 < self.uploadExpiry < math.inf):
+            raise ConfigError(
+                f"--upload-expiry must be a positive number of seconds, not {self.uploadExpiry!r}"
+            )
+        if self.maxOpenUploads < 1:
+            raise ConfigError(f"--max-open-uploads must be at least 1, not {self.maxOpenUploads}")
         if self.loginThrottle < 0:
             raise ConfigError(
                 f"--login-throttle must be a number of failed logins per minute (0: no limit),"

@@ -45,7 +45,7 @@ from ..metadata._migrations import (
     rollback,
 )
 from ..metadata._postgres import Database, PostgresMetadataStore
-from ..objects import Objects, Sweeper
+from ..objects import Objects, Resumable, Sweeper
 from ..web._accesslog import AccessLogSite
 from ..web._auth import BasicAuth
 from ..web._cors import CORSResource
@@ -267,9 +267,19 @@ class StorageService(service.Service):
             orphanGrace=config.orphanGrace,
         )
         await objects.sweep(atStart=lock is not None)
-        running.sweeper = Sweeper(objects, self._reactor)
+        uploads = Resumable(
+            objects,
+            reactor=self._reactor,
+            pool=pool,
+            expiry=config.uploadExpiry,
+            limit=config.maxOpenUploads,
+            lease=config.claimLease,
+        )
+        running.sweeper = Sweeper(objects, self._reactor, uploads)
         running.sweeper.startService()
-        self.api = StorageAPI(objects, self._auth(pool), redirectLifetime=redirectLifetime)
+        self.api = StorageAPI(
+            objects, self._auth(pool), redirectLifetime=redirectLifetime, uploads=uploads
+        )
         routes = trackedResource(self.api.app, self._tracker)
         self._root.setInner(CORSResource(routes, config.corsOrigins))
         if listeners:

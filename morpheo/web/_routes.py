@@ -32,20 +32,26 @@ from .._errors import (
     APIError,
     BlobMissing,
     BlobStoreError,
+    ChecksumMismatch,
     ClaimLost,
     DatabaseError,
     DigestMismatch,
     InUse,
     NoSuchObject,
     NoSuchParent,
+    NoSuchUpload,
+    OffsetMismatch,
     SizeMismatch,
     Taken,
     TooLarge,
+    TooManyUploads,
+    UploadBusy,
+    UploadConflict,
     Vanished,
 )
 from .._kinds import KINDS, PARENTS, TABLE, Kind, plural
 from .._types import Label, Listing, StoredObject
-from ..objects import IncomingBlob, NewObject, Objects, Replacement
+from ..objects import IncomingBlob, NewObject, Objects, Replacement, Resumable
 from ._auth import BasicAuth, Unauthorized
 from ._download import (
     RangeNotSatisfiable,
@@ -64,6 +70,7 @@ from ._forms import (
     parseUUID,
 )
 from ._http import parseContentMD5, parseReprDigest, parseSHA256Field, reprDigest
+from ._resumable import UploadsAPI
 from ._streaming import BodyRefused, IStreamingRequest, RequestBody
 from ._upload import FormUpload, RawSource
 
@@ -98,7 +105,15 @@ _REFUSALS: dict[type[Exception], int] = {
     DigestMismatch: 400,
     SizeMismatch: 400,
     TooLarge: 413,
+    NoSuchUpload: 404,
+    OffsetMismatch: 409,
+    UploadConflict: 409,
+    UploadBusy: 423,
+    TooManyUploads: 429,
+    ChecksumMismatch: 460,
 }
+#: The reasons of the statuses twisted.web does not name.
+_REASONS = {423: b"Locked", 460: b"Checksum Mismatch"}
 
 
 def _json(request: IRequest, value: Any, code: int = 200) -> bytes:
@@ -289,7 +304,11 @@ class StorageAPI:
     _log = Logger()
 
     def __init__(
-        self, objects: Objects, auth: BasicAuth, redirectLifetime: int | None = None
+        self,
+        objects: Objects,
+        auth: BasicAuth,
+        redirectLifetime: int | None = None,
+        uploads: Resumable | None = None,
     ) -> None:
         if redirectLifetime is not None and not objects.redirectable:
             raise ValueError(
@@ -299,6 +318,8 @@ class StorageAPI:
         self.objects = objects
         self.auth = auth
         self.redirectLifetime = redirectLifetime
+        #: The resumable uploads (C{/uploads}), if both stores keep them.
+        self.uploads = UploadsAPI(uploads, objects.maxBlobSize) if uploads is not None else None
 
     def resource(self) -> IResource:
         return self.app.resource()
@@ -522,6 +543,40 @@ class StorageAPI:
         )(patch)
     del _kind
 
+    # Resumable uploads (tus 1.0 and the IETF draft): see _resumable.
+
+    def _uploadsAPI(self) -> UploadsAPI:
+        if self.uploads is None or not self.uploads.uploads.available:
+            raise APIError(
+                501, f"resumable uploads are not available on the {self.objects.blobs.name} store"
+            )
+        return self.uploads
+
+    @_authorized(app, "/uploads", ["OPTIONS"])
+    async def uploadOptions(self, request: IRequest) -> bytes:
+        """What the resumable uploads support (tus discovery, the draft's limits)."""
+        return self._uploadsAPI().options(request)
+
+    @_authorized(app, "/uploads", ["POST"])
+    async def createUpload(self, request: IRequest) -> Any:
+        """A new resumable upload, maybe with its first bytes (or a tus final upload)."""
+        return await self._uploadsAPI().create(request, request.morpheoUser)  # type: ignore[attr-defined]
+
+    @_authorized(app, "/uploads/<uploadId>", ["HEAD"])
+    async def uploadOffset(self, request: IRequest, uploadId: str) -> bytes:
+        """Where an upload is: its offset, to resume from."""
+        return await self._uploadsAPI().head(request, request.morpheoUser, uploadId)  # type: ignore[attr-defined]
+
+    @_authorized(app, "/uploads/<uploadId>", ["PATCH"])
+    async def appendUpload(self, request: IRequest, uploadId: str) -> bytes:
+        """More bytes of an upload, from its offset."""
+        return await self._uploadsAPI().patch(request, request.morpheoUser, uploadId)  # type: ignore[attr-defined]
+
+    @_authorized(app, "/uploads/<uploadId>", ["DELETE"])
+    async def cancelUpload(self, request: IRequest, uploadId: str) -> bytes:
+        """Cancel an upload: what it wrote is removed, its uuid freed."""
+        return await self._uploadsAPI().delete(request, request.morpheoUser, uploadId)  # type: ignore[attr-defined]
+
     # Errors: the domain's typed outcomes, and what Klein decides.
 
     @app.handle_errors(APIError)
@@ -540,7 +595,10 @@ class StorageAPI:
         """What the request caused, said as the domain layer says it."""
         error = failure.value
         status = next(code for kind, code in _REFUSALS.items() if isinstance(error, kind))
-        return _json(request, {"error": str(error)}, status)
+        body = _json(request, {"error": str(error)}, status)
+        if status in _REASONS:
+            request.setResponseCode(status, _REASONS[status])
+        return body
 
     @app.handle_errors(BodyRefused)
     def _bodyRefused(self, request: IRequest, failure: Failure) -> bytes:

@@ -20,17 +20,30 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock, deferLater
 from zope.interface.verify import verifyObject
 
-from morpheo._errors import ClaimLost, DatabaseError, InUse, NoSuchObject, NoSuchParent, Taken
-from morpheo._interfaces import IMetadataStore
+from morpheo._errors import (
+    ClaimLost,
+    DatabaseError,
+    InUse,
+    NoSuchObject,
+    NoSuchParent,
+    NoSuchUpload,
+    Taken,
+    TooManyUploads,
+    UploadBusy,
+    UploadLost,
+)
+from morpheo._interfaces import IMetadataStore, IUploadMetadataStore
 from morpheo._types import (
     BlobInfo,
     Change,
     Changed,
     Claim,
+    Concat,
     Label,
     Listing,
     NewBlob,
     StoredObject,
+    Upload,
 )
 from morpheo.metadata import Database, MemoryMetadataStore, PostgresMetadataStore
 from morpheo.metadata._migrations import defaultMigrationsDir, loadMigrations, migrate
@@ -841,3 +854,143 @@ async def test_down(backend: Backend) -> None:
     await backend.comeBack()
     await store.ping()
     assert await store.get("problem", uid) == stored
+
+
+# Resumable uploads (IUploadMetadataStore)
+
+
+def uploads(backend: Backend) -> IUploadMetadataStore:
+    store = backend.store
+    assert IUploadMetadataStore.providedBy(store)
+    return store
+
+
+def uploadOf(uuid: str | None, owner: str = "alice", length: int | None = 10) -> Upload:
+    from secrets import token_urlsafe
+
+    return Upload(
+        id=token_urlsafe(16),
+        owner=owner,
+        blobKey=f"data/{uuid or newUUID()}",
+        state='{"file": "x"}',
+        expires=0.0,
+        kind=None if uuid is None else "data",
+        uuid=uuid,
+        token=None if uuid is None else tok(uuid),
+        length=length,
+        concat=Concat.PARTIAL if uuid is None else Concat.NONE,
+        metadata={"filename": "a.bin"},
+    )
+
+
+def test_providesUploads(store: IMetadataStore) -> None:
+    assert verifyObject(IUploadMetadataStore, store)
+
+
+@pytest_twisted.ensureDeferred
+async def test_anUploadClaimsItsUUIDAndCompletesAtOnce(backend: Backend) -> None:
+    store = uploads(backend)
+    uuid = newUUID()
+    upload = uploadOf(uuid)
+    made = await store.openUpload(upload, claimOf("data", uuid), None, 3600)
+    assert made.expires == pytest.approx(backend.now() + 3600, abs=5)
+    assert made.metadata == {"filename": "a.bin"} and made.offset == 0
+    with pytest.raises(Taken):
+        await store.openUpload(uploadOf(uuid), claimOf("data", uuid), None, 3600)
+    assert await store.get("data", uuid) is None
+    await store.takeUpload(upload.id, "alice", "busy-1", 60)
+    recorded = await store.recordUpload(upload.id, "busy-1", "s2", 10, None, False, 3600)
+    assert (recorded.offset, recorded.state, recorded.length) == (10, "s2", 10)
+    await store.takeUpload(upload.id, "alice", "busy-2", 60)
+    done = await store.finishUpload(upload.id, "busy-2", BlobInfo(10, SHA))
+    assert done.uuid == uuid and done.size == 10
+    assert await store.get("data", uuid) == done
+    assert await store.getUpload(upload.id) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_anUploadIsItsOwnersAndHasOneRequestAtATime(backend: Backend) -> None:
+    store = uploads(backend)
+    upload = await store.openUpload(uploadOf(None), None, None, 3600)
+    with pytest.raises(NoSuchUpload):
+        await store.takeUpload(upload.id, "mallory", "busy-m", 60)
+    with pytest.raises(NoSuchUpload):
+        await store.takeUpload("no-such-upload-id-at-all", "alice", "busy-m", 60)
+    await store.takeUpload(upload.id, "alice", "busy-1", STALE)
+    sibling = backend.sibling("elsewhere")
+    assert IUploadMetadataStore.providedBy(sibling)
+    with pytest.raises(UploadBusy):
+        await sibling.takeUpload(upload.id, "alice", "busy-2", 60)
+    assert await store.refreshUploads(["busy-1", "busy-x"], STALE) == {"busy-1"}
+    # A dead node's lease runs out.
+    await backend.elapse(STALE + 0.5)
+    await sibling.takeUpload(upload.id, "alice", "busy-2", 60)
+    with pytest.raises(UploadLost):
+        await store.recordUpload(upload.id, "busy-1", "s", 5, None, False, 3600)
+    await store.leaveUpload(upload.id, "busy-1")  # not its own: nothing
+    with pytest.raises(UploadBusy):
+        await store.takeUpload(upload.id, "alice", "busy-3", 60)
+    await store.leaveUpload(upload.id, "busy-2")
+    await store.takeUpload(upload.id, "alice", "busy-3", 60)
+
+
+@pytest_twisted.ensureDeferred
+async def test_aDeferredLengthIsRecordedOnce(backend: Backend) -> None:
+    store = uploads(backend)
+    upload = await store.openUpload(uploadOf(None, length=None), None, None, 3600)
+    assert upload.length is None
+    await store.takeUpload(upload.id, "alice", "b1", 60)
+    recorded = await store.recordUpload(upload.id, "b1", "s", 4, 8, False, 3600)
+    assert recorded.length == 8
+    await store.takeUpload(upload.id, "alice", "b2", 60)
+    recorded = await store.recordUpload(upload.id, "b2", "s", 8, None, True, 3600)
+    assert (recorded.length, recorded.offset, recorded.concluded) == (8, 8, True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_openUploadsPerOwnerAreLimited(backend: Backend) -> None:
+    store = uploads(backend)
+    owner = f"user-{newUUID()}"
+    for _ in range(2):
+        await store.openUpload(uploadOf(None, owner), None, 2, 3600)
+    uuid = newUUID()
+    with pytest.raises(TooManyUploads):
+        await store.openUpload(uploadOf(uuid, owner), claimOf("data", uuid), 2, 3600)
+    # Nothing was claimed by the refused one.
+    await store.claim(claimOf("data", uuid))
+    await store.openUpload(uploadOf(None, f"other-{owner}"), None, 2, 3600)
+
+
+@pytest_twisted.ensureDeferred
+async def test_anUploadsClaimIsNeverTakenForDeadButItsKeyIsReferenced(backend: Backend) -> None:
+    store = uploads(backend)
+    uuid = newUUID()
+    upload = await store.openUpload(uploadOf(uuid), claimOf("data", uuid), None, 3600)
+    partial = await store.openUpload(uploadOf(None), None, None, 3600)
+    await backend.elapse(STALE + 0.5)
+    dead = await backend.sibling("sweeper").takeDeadClaims(STALE)
+    assert uuid not in [d.uuid for d in dead]
+    assert uuid not in [d.uuid for d in await store.takeDeadClaims(STALE, mine=True)]
+    keys = [upload.blobKey, partial.blobKey, "data/unknown"]
+    assert await store.referencedKeys(keys) == {upload.blobKey, partial.blobKey}
+
+
+@pytest_twisted.ensureDeferred
+async def test_expiredUploadsAreTakenOnceThenDroppedWithTheirClaims(backend: Backend) -> None:
+    store = uploads(backend)
+    uuid = newUUID()
+    upload = await store.openUpload(uploadOf(uuid), claimOf("data", uuid), None, STALE)
+    busy = await store.openUpload(uploadOf(None), None, None, STALE)
+    await store.takeUpload(busy.id, "alice", "live", 600)
+    await backend.elapse(STALE + 0.5)
+    assert await store.getUpload(upload.id) is None
+    with pytest.raises(NoSuchUpload):
+        await store.takeUpload(upload.id, "alice", "late", 60)
+    taken = await store.takeExpiredUploads("sweep-1", 60)
+    ids = [u.id for u in taken]
+    assert upload.id in ids and busy.id not in ids
+    assert upload.id not in [u.id for u in await store.takeExpiredUploads("sweep-2", 60)]
+    await store.dropUpload(upload.id, "sweep-2")  # not its lease: nothing
+    await store.dropUpload(upload.id, "sweep-1")
+    # The uuid is free again.
+    await store.claim(claimOf("data", uuid))

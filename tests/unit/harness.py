@@ -46,7 +46,15 @@ from morpheo._types import StoredObject
 from morpheo.blobstores import MemoryBlobStore, MemoryBudget
 from morpheo.blobstores._bodies import BytesBody
 from morpheo.metadata import MemoryMetadataStore
-from morpheo.objects import CLAIM_LEASE, IncomingBlob, NewObject, Objects
+from morpheo.objects import (
+    CLAIM_LEASE,
+    MAX_OPEN_UPLOADS,
+    UPLOAD_EXPIRY,
+    IncomingBlob,
+    NewObject,
+    Objects,
+    Resumable,
+)
 from morpheo.service._graceful import HandlerTracker, trackedResource
 from morpheo.web import AccessLogSite, BasicAuth, CORSResource, StorageAPI, StreamingSite
 from morpheo.web._root import StorageRoot
@@ -423,9 +431,13 @@ class Service:
     rateWindow: float = RATE_WINDOW
     #: What the blob store's transfers share of memory.
     budget: MemoryBudget = field(factory=MemoryBudget)
+    #: The resumable uploads' expiry and per-user limit.
+    uploadExpiry: float = UPLOAD_EXPIRY
+    maxOpenUploads: int = MAX_OPEN_UPLOADS
     metadata: MemoryMetadataStore = field(init=False)
     blobs: MemoryBlobStore = field(init=False)
     objects: Objects = field(init=False)
+    uploads: Resumable = field(init=False)
     auth: BasicAuth = field(init=False)
     site: AccessLogSite = field(init=False)
     client: HTTPClient = field(init=False)
@@ -448,7 +460,15 @@ class Service:
         self.auth = BasicAuth(
             {USER: PASSWORD}, checkers=self.checkers, clock=self.reactor, throttle=throttle
         )
-        api = StorageAPI(self.objects, self.auth, self.redirectLifetime)
+        self.uploads = Resumable(
+            self.objects,
+            reactor=self.reactor,
+            pool=ImmediatePool(),  # type: ignore[arg-type]
+            expiry=self.uploadExpiry,
+            limit=self.maxOpenUploads,
+            lease=self.claimLease,
+        )
+        api = StorageAPI(self.objects, self.auth, self.redirectLifetime, uploads=self.uploads)
         root = StorageRoot(self.corsOrigins)
         root.setInner(CORSResource(trackedResource(api.app, HandlerTracker()), self.corsOrigins))
         self.site = AccessLogSite(

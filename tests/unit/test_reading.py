@@ -35,6 +35,9 @@ def test_theRootListsTheRoutes(service: Service) -> None:
         "DELETE /{kind}/{uuid}",
         "GET /{kind}/{uuid}/blob",
         "PATCH /problem/{uuid}",
+        "POST /uploads",
+        "PATCH /uploads/{uploadId}",
+        "DELETE /uploads/{uploadId}",
     ]
 
 
