@@ -124,9 +124,9 @@ def makeParser() -> argparse.ArgumentParser:
     upload.add_argument(
         "--resumable",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=None,
         help="send through the service's resumable /uploads (tus), in chunks retried "
-        "where they stopped, when it has them (default: off, one request)",
+        "where they stopped, if it has them (default: for files of 64 MiB or more)",
     )
     upload.add_argument(
         "--chunk-size",

@@ -32,6 +32,8 @@ from ._progress import IProgress, NoProgress
 BLOCK = 64 * 1024
 #: The bytes a resumable upload sends per PATCH, unless told otherwise.
 DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
+#: Files this large or larger go through /uploads unless told otherwise.
+DEFAULT_RESUMABLE_THRESHOLD = 64 * 1024 * 1024
 #: Answers worth asking again for: the service or a proxy before it is busy.
 _TRANSIENT = frozenset({502, 503, 504})
 TUS_VERSION = "1.0.0"
@@ -132,6 +134,8 @@ class StorageClient:
         retried as often for every request.
     @param retryDelay: the first wait before trying again, doubled each time.
     @param chunkSize: the bytes a resumable upload sends per request.
+    @param resumableThreshold: the size from which an upload is resumable
+        unless told otherwise.
     @param transport: httpx's transport (tests, proxies); a plain
         connection pool by default.
     """
@@ -145,12 +149,14 @@ class StorageClient:
         retries: int = 3,
         retryDelay: float = 1.0,
         chunkSize: int = DEFAULT_CHUNK_SIZE,
+        resumableThreshold: int = DEFAULT_RESUMABLE_THRESHOLD,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.retries = retries
         self.retryDelay = retryDelay
         self.chunkSize = chunkSize
+        self.resumableThreshold = resumableThreshold
         self._sleep: Callable[[float], None] = time.sleep
         self._http = httpx.Client(
             auth=auth,
@@ -228,7 +234,7 @@ class StorageClient:
         description: str | None = None,
         algo: str | None = None,
         sha256: str | None = None,
-        resumable: bool = False,
+        resumable: bool | None = None,
         progress: IProgress | None = None,
     ) -> JSON:
         """
@@ -237,7 +243,8 @@ class StorageClient:
         The fields are the kind's (C{name} for an algo, C{name} and
         C{description} for a problem, C{algo} for a model); C{sha256}, if
         given, is checked by the service before it keeps anything.  With
-        C{resumable}, the file goes through C{/uploads} (tus 1.0) in
+        C{resumable} (by default, for files of C{resumableThreshold} bytes
+        or more), the file goes through C{/uploads} (tus 1.0) in
         C{chunkSize} pieces, each retried from where the service has it,
         if the service offers that; otherwise in one request.  The answer's
         sha256 is checked against the bytes sent (L{ChecksumMismatch}).
@@ -254,6 +261,8 @@ class StorageClient:
             progress.start(os.path.basename(path), reading.size)
             try:
                 answer = None
+                if resumable is None:
+                    resumable = reading.size >= self.resumableThreshold
                 if resumable:
                     fields = {"uuid": uuid, **texts, "algo": algo}
                     answer = self._uploadResumable(kind, reading, path, fields, sha256)

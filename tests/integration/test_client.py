@@ -73,12 +73,14 @@ class CuttingProxy:
     """
     A TCP proxy on a free port of 127.0.0.1 to C{target}'s port, in
     threads, that keeps what clients send and closes its first C{cuts}
-    connections once C{cutAfter} bytes of the answers have gone through
-    them: a download cut short, for real, mid-body.
+    connections once C{cutAfter} bytes of the answers (or of the requests,
+    with C{requests}) have gone through them: a download (or an upload)
+    cut short, for real, mid-body.
     """
 
-    def __init__(self, target: int, cutAfter: int, cuts: int = 1) -> None:
+    def __init__(self, target: int, cutAfter: int, cuts: int = 1, requests: bool = False) -> None:
         self.target = target
+        self.requests = requests
         self.cutAfter = cutAfter
         self.cuts = cuts
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -102,20 +104,23 @@ class CuttingProxy:
                 self._sockets += [downstream, upstream]
                 limit = self.cutAfter if self.cuts > 0 else None
                 self.cuts -= 1
+            up, down = (limit, None) if self.requests else (None, limit)
             threading.Thread(
-                target=self._pump, args=(downstream, upstream, None), daemon=True
+                target=self._pump, args=(downstream, upstream, up, True), daemon=True
             ).start()
             threading.Thread(
-                target=self._pump, args=(upstream, downstream, limit), daemon=True
+                target=self._pump, args=(upstream, downstream, down, False), daemon=True
             ).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, limit: int | None) -> None:
+    def _pump(
+        self, source: socket.socket, sink: socket.socket, limit: int | None, record: bool
+    ) -> None:
         passed = 0
         try:
             while data := source.recv(65536):
                 if limit is not None:
                     data = data[: limit - passed]
-                if limit is None:
+                if record:
                     with self._lock:
                         self._sent.append(data)
                 sink.sendall(data)
@@ -409,19 +414,42 @@ def test_credentials_from_netrc_flags_or_nowhere(server, tmp_path):
     fail(client(bare, "--url", url, "--retries", "0", "show", "data", uuid), 5, "cannot reach")
 
 
-def test_resumable_falls_back_to_one_request_without_uploads(env, server, tmp_path):
-    """A service without /uploads (tus) takes the file in one request all the same."""
-    sha = blobFile(tmp_path / "blob", 100_000)
-    answer = json.loads(
-        ok(
-            env,
-            "upload",
-            "data",
-            str(tmp_path / "blob"),
-            "--resumable",
-            "--chunk-size",
-            "16K",
-            "--json",
-        )
-    )
-    assert answer["sha256"] == sha
+def test_resumable_upload_resumed_after_a_cut(server, tmp_path):
+    """
+    Through /uploads in chunks, the first connection cut mid-chunk: the
+    client asks the service's offset (HEAD) and goes on from there.
+    """
+    size = 1024 * 1024
+    sha = blobFile(tmp_path / "blob", size)
+    uuid = str(uuids.uuid4())
+    with CuttingProxy(server.port, cutAfter=400_000, requests=True) as proxy:
+        env = clientEnv(server, url=proxy.url)
+        answer = json.loads(ok(env, "upload", "data", str(tmp_path / "blob"), "--uuid", uuid,
+                               "--resumable", "--chunk-size", "256K", "--json"))  # fmt: skip
+        sent = proxy.sent().decode("latin-1").lower()
+    assert (answer["uuid"], answer["size"], answer["sha256"]) == (uuid, size, sha)
+    shown = json.loads(ok(clientEnv(server), "show", "data", uuid, "--json"))
+    assert shown == answer
+    assert "head /uploads/" in sent and sent.count("patch /uploads/") >= 5
+    offsets = [int(line.split(": ")[1]) for line in sent.split("\r\n")
+               if line.startswith("upload-offset: ")]  # fmt: skip
+    # The cut chunk's rest sent from where the service had it, not from its start.
+    chunk = 256 * 1024
+    assert offsets[:2] == [0, chunk] and chunk < offsets[2] < 400_000, offsets
+    assert offsets == sorted(set(offsets)) and offsets[-1] + chunk >= size, offsets
+    copy = tmp_path / "copy"
+    ok(clientEnv(server), "download", "data", uuid, "-o", str(copy))
+    assert copy.read_bytes() == (tmp_path / "blob").read_bytes()
+
+
+def test_large_files_go_through_uploads_unless_told(server, tmp_path):
+    """64 MiB or more: resumable by default; --no-resumable sends one request."""
+    path = tmp_path / "blob"
+    with open(path, "wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    for flags, through in (([], True), (["--no-resumable"], False)):
+        before = len(server.log())
+        ok(clientEnv(server), "upload", "data", str(path), *flags)
+        logged = server.log()[before:]
+        assert ('"PATCH /uploads/' in logged) is through, logged
+        assert ('"POST /data"' in logged) is not through, logged

@@ -66,7 +66,7 @@ def test_upload_and_patch_options() -> None:
     )
     assert (args.algo, args.resumable, args.chunk_size) == ("a", True, 1024 * 1024)
     assert parseArguments(["upload", "data", "f", "--no-resumable"]).resumable is False
-    assert parseArguments(["upload", "data", "f"]).resumable is False
+    assert parseArguments(["upload", "data", "f"]).resumable is None
     args = parseArguments(["patch", "problem", "old", "--uuid", "new", "--file", "f"])
     assert (args.uuid, args.newUuid, args.file) == ("old", "new", "f")
 
@@ -260,7 +260,8 @@ class TusEndpoint:
         path = request.url.path
         if request.method == "OPTIONS":
             return httpx.Response(204, headers={"Tus-Version": "1.0.0"})
-        assert request.method == "GET" or request.headers.get("tus-resumable") == "1.0.0"
+        if path.startswith("/uploads"):
+            assert request.headers.get("tus-resumable") == "1.0.0"
         if request.method == "POST" and path == "/uploads":
             self.length = int(request.headers["upload-length"])
             pairs = (p.split(" ") for p in request.headers["upload-metadata"].split(","))
@@ -356,3 +357,18 @@ def test_an_answer_whose_sha256_is_not_the_files(tmp_path: Path) -> None:
     client = StorageClient("http://store", transport=httpx.MockTransport(corrupting))
     with pytest.raises(ChecksumMismatch, match="did the file change"):
         client.upload("data", str(tmp_path / "blob.bin"))
+
+
+def test_resumable_from_the_threshold_unless_told(tmp_path: Path) -> None:
+    (tmp_path / "blob.bin").write_bytes(os.urandom(4500))
+    endpoint = TusEndpoint()
+    client = resumableClient(endpoint, resumableThreshold=4500)
+    assert client.upload("data", str(tmp_path / "blob.bin"), uuid="u1")["size"] == 4500
+    assert endpoint.patches == 5
+    # Told not to: one POST /data, which this endpoint does not have.
+    with pytest.raises(NotFound, match="no such route"):
+        client.upload("data", str(tmp_path / "blob.bin"), resumable=False)
+    assert endpoint.patches == 5
+    small = resumableClient(TusEndpoint(), resumableThreshold=4501)
+    with pytest.raises(NotFound, match="no such route"):
+        small.upload("data", str(tmp_path / "blob.bin"))
