@@ -366,7 +366,11 @@ class StorageClient:
             if part.offset > 0:
                 headers = {"Range": f"bytes={part.offset}-", "If-Range": f'"{part.expected}"'}
             try:
-                with self._http.stream("GET", self._resolve(target), headers=headers) as response:
+                # A service with --redirect-downloads sends the bytes from its
+                # store: httpx drops the credentials when it follows there.
+                with self._http.stream(
+                    "GET", self._resolve(target), headers=headers, follow_redirects=True
+                ) as response:
                     status = response.status_code
                     if status == 416 and part.offset == part.size:
                         return

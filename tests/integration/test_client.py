@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.servers import Server
+from tests.integration.servers import RecordingProxy, SeaweedFS, Server, startServer
 
 CLIENT = os.path.join(os.path.dirname(sys.executable), "morpheo-storage-client")
 
@@ -453,3 +453,26 @@ def test_large_files_go_through_uploads_unless_told(server, tmp_path):
         logged = server.log()[before:]
         assert ('"PATCH /uploads/' in logged) is through, logged
         assert ('"POST /data"' in logged) is not through, logged
+
+
+def test_download_redirected_to_the_store(seaweedfs: SeaweedFS, tmp_path):
+    """
+    A service with --redirect-downloads on S3: the bytes come from the
+    store's presigned URL, which gets no credentials of the service's.
+    """
+    with RecordingProxy(seaweedfs.port) as store:
+        server = startServer(str(tmp_path / "server"), "--blobstore", "s3",
+                             "--s3-bucket", seaweedfs.bucket, "--s3-region", seaweedfs.region,
+                             "--s3-endpoint", store.endpoint, "--redirect-downloads",
+                             env=seaweedfs.serverEnv())  # fmt: skip
+        try:
+            env = clientEnv(server)
+            sha = blobFile(tmp_path / "blob", 500_000)
+            uuid = ok(env, "upload", "data", str(tmp_path / "blob")).strip()
+            ok(env, "download", "data", uuid, "-o", str(tmp_path / "copy"))
+        finally:
+            server.stop()
+        fromStore = store.sent().decode("latin-1").lower()
+    assert hashlib.sha256((tmp_path / "copy").read_bytes()).hexdigest() == sha
+    assert f"get /{seaweedfs.bucket}/data/{uuid}-" in fromStore
+    assert "authorization: basic" not in fromStore
