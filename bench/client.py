@@ -4,10 +4,13 @@ local blob store: a file of C{--size-mib} MiB (1024 by default) uploaded
 and downloaded by each, in turn, C{--runs} times (3), every download's
 sha256 checked.
 
-    python bench/client.py [--size-mib 1024] [--runs 3]
+    python bench/client.py [--size-mib 1024] [--runs 3] [--upload-args="--no-resumable"]
+
+C{--upload-args} go to the client's upload (C{--chunk-size 64M}, C{--no-resumable}: files
+of 64 MiB or more go through the resumable /uploads by default).
 
 Prints, for each run, the MB/s of each transfer and the client's peak
-resident memory (VmHWM), then the medians: the
+resident memory (VmHWM) and CPU seconds (curl's too), then the medians: the
 client's memory stays flat whatever the size.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -48,20 +52,24 @@ def peakOf(pid: int, until: threading.Event, peak: list[int]) -> None:
         until.wait(0.02)
 
 
-def timed(argv: list[str], env: dict[str, str]) -> tuple[float, int, bytes]:
-    """Run C{argv}: its seconds, its peak RSS in bytes, its stdout."""
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, int, float, bytes]:
+    """Run C{argv}: its seconds, its peak RSS in bytes, its CPU seconds, its stdout."""
     started = time.monotonic()
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     done, peak = threading.Event(), [0]
     sampler = threading.Thread(target=peakOf, args=(process.pid, done, peak), daemon=True)
     sampler.start()
-    out, err = process.communicate()
+    assert process.stdout is not None and process.stderr is not None
+    out = process.stdout.read()  # a line: stderr cannot fill its pipe meanwhile
+    err = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
     elapsed = time.monotonic() - started
     done.set()
     sampler.join()
     if process.returncode != 0:
         raise RuntimeError(f"{argv[:3]} exited with {process.returncode}: {err.decode()}")
-    return elapsed, peak[0], out
+    return elapsed, peak[0], usage.ru_utime + usage.ru_stime, out
 
 
 def sha256(path: str) -> str:
@@ -72,7 +80,9 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def oneRun(server: Server, work: str, blob: str, size: int, sha: str) -> dict[str, float]:
+def oneRun(
+    server: Server, work: str, blob: str, size: int, sha: str, uploadArgs: list[str]
+) -> dict[str, float]:
     env = {
         **os.environ,
         "MORPHEO_STORAGE_URL": server.url,
@@ -82,21 +92,23 @@ def oneRun(server: Server, work: str, blob: str, size: int, sha: str) -> dict[st
     mb = size / 1e6
     auth = f"{server.user}:{server.password}"
     result: dict[str, float] = {}
-    seconds, rss, out = timed([CLIENT, "upload", "data", blob], env)
+    seconds, rss, cpu, out = timed([CLIENT, "upload", "data", blob, *uploadArgs], env)
     uuid = out.decode().strip()
     result["client up MB/s"], result["client up RSS MB"] = mb / seconds, rss / 1e6
+    result["client up CPU s"] = cpu
     copy = os.path.join(work, "copy")
-    seconds, rss, _ = timed([CLIENT, "download", "data", uuid, "-o", copy], env)
+    seconds, rss, cpu, _ = timed([CLIENT, "download", "data", uuid, "-o", copy], env)
     result["client down MB/s"], result["client down RSS MB"] = mb / seconds, rss / 1e6
+    result["client down CPU s"] = cpu
     assert sha256(copy) == sha
     os.unlink(copy)
     form = ["-F", f"size={size}", "-F", f"blob=@{blob}"]
-    seconds, _, _ = timed(["curl", "-sS", "-o", "/dev/null", "-u", auth, *form,
+    seconds, _, cpu, _ = timed(["curl", "-sS", "-o", "/dev/null", "-u", auth, *form,
                            f"{server.url}/data"], env)  # fmt: skip
-    result["curl up MB/s"] = mb / seconds
-    seconds, _, _ = timed(["curl", "-sS", "-u", auth, "-o", copy,
+    result["curl up MB/s"], result["curl up CPU s"] = mb / seconds, cpu
+    seconds, _, cpu, _ = timed(["curl", "-sS", "-u", auth, "-o", copy,
                            f"{server.url}/data/{uuid}/blob"], env)  # fmt: skip
-    result["curl down MB/s"] = mb / seconds
+    result["curl down MB/s"], result["curl down CPU s"] = mb / seconds, cpu
     assert sha256(copy) == sha
     os.unlink(copy)
     return result
@@ -106,6 +118,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--upload-args", default="", help="more arguments of the upload")
     args = parser.parse_args()
     size = args.size_mib * 1024 * 1024
     work = tempfile.mkdtemp(prefix="bench-client-")
@@ -118,11 +131,11 @@ def main() -> None:
         sha = sha256(blob)
         runs = []
         for i in range(args.runs):
-            run = oneRun(server, work, blob, size, sha)
+            run = oneRun(server, work, blob, size, sha, shlex.split(args.upload_args))
             runs.append(run)
-            print(f"run {i + 1}: " + ", ".join(f"{k} {v:.0f}" for k, v in run.items()), flush=True)
+            print(f"run {i + 1}: " + ", ".join(f"{k} {v:.1f}" for k, v in run.items()), flush=True)
         print("median: " + ", ".join(
-            f"{k} {statistics.median(r[k] for r in runs):.0f}" for k in runs[0]
+            f"{k} {statistics.median(r[k] for r in runs):.1f}" for k in runs[0]
         ))  # fmt: skip
     finally:
         server.stop()

@@ -379,7 +379,7 @@ class StorageClient:
                             # The whole blob, anew: it changed, or this is its start.
                             part.restart(_etag(response), response.headers.get("content-length"))
                             progress.start(label, part.size)
-                        for data in response.iter_bytes(BLOCK):
+                        for data in response.iter_bytes():
                             part.write(data)
                             progress.update(part.offset)
                         return
