@@ -231,6 +231,9 @@ class _LocalAppender(Appender):
             fd = self._open()
             if not keep:
                 os.ftruncate(fd, self.offset)
+            # Its time says when its upload was last at work (see
+            # LocalBlobStore.uploadLifetime), even for a request of no bytes.
+            os.utime(fd)
             os.fsync(fd)
         except OSError as e:
             raise BlobStoreError(f"ending the append to {self._path} failed: {e}") from e
@@ -356,6 +359,11 @@ class LocalBlobStore:
         #: exclude each other.
         self._writing: set[str] = set()
         self._writingLock = threading.Lock()
+        #: How long, in seconds, a resumable write's file outlives its last
+        #: request at most (its upload's expiry, and some): older ones are a
+        #: crash's, whose upload was never recorded, and are swept.  L{None}:
+        #: never swept here (the uploads' own sweep cancels them).
+        self.uploadLifetime: float | None = None
 
     def _inThread(self, f: Any, *args: Any) -> Deferred[Any]:
         return deferToThreadPool(self._reactor, self._pool, f, *args)
@@ -572,9 +580,20 @@ class LocalBlobStore:
         def sweep() -> list[str]:
             removed = []
             limit = time.time() - olderThan
+            uploads = None
+            if self.uploadLifetime is not None:
+                uploads = time.time() - max(olderThan, self.uploadLifetime)
             for dirpath, _, files in os.walk(self.root):
                 for name in files:
-                    if name.startswith(TEMP_PREFIX):
+                    if uploads is not None and _UPLOAD_NAME.fullmatch(name):
+                        p = os.path.join(dirpath, name)
+                        try:
+                            if os.stat(p).st_mtime <= uploads:
+                                os.unlink(p)
+                                removed.append(p)
+                        except FileNotFoundError:
+                            pass
+                    elif name.startswith(TEMP_PREFIX):
                         p = os.path.join(dirpath, name)
                         try:
                             with self._writingLock:

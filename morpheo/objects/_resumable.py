@@ -287,6 +287,11 @@ class Resumable:
         self._hashes[made.id] = (0, hashlib.sha256())
         return made
 
+    def remaining(self, upload: Upload) -> int:
+        """The whole seconds C{upload} has left before it expires."""
+        now: float = self._reactor.seconds()  # type: ignore[attr-defined]
+        return max(0, int(upload.expires - now))
+
     async def get(self, owner: str, uploadId: str) -> Upload:
         """C{owner}'s upload, or L{NoSuchUpload} (another's too)."""
         found = await self._metadata.getUpload(uploadId)

@@ -275,6 +275,10 @@ class StorageService(service.Service):
             limit=config.maxOpenUploads,
             lease=config.claimLease,
         )
+        if isinstance(running.store, LocalBlobStore):
+            # A resumable write's file no upload knows of (a crash between
+            # its creation and its record) is swept once surely expired.
+            running.store.uploadLifetime = config.uploadExpiry + 2 * config.claimLease
         running.sweeper = Sweeper(objects, self._reactor, uploads)
         running.sweeper.startService()
         self.api = StorageAPI(

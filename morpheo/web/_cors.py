@@ -22,11 +22,20 @@ ALLOWED_HEADERS = (
     b"Authorization", b"Content-Type", b"Accept", b"Origin", b"X-Requested-With",
     b"Range", b"If-Match", b"If-None-Match", b"If-Range", b"If-Modified-Since",
     b"Repr-Digest", b"Content-MD5",
+    # Resumable uploads (tus, the IETF draft).
+    b"Tus-Resumable", b"Upload-Length", b"Upload-Defer-Length", b"Upload-Metadata",
+    b"Upload-Offset", b"Upload-Checksum", b"Upload-Concat", b"Upload-Complete",
+    b"Upload-Draft-Interop-Version",
 )  # fmt: skip
 #: The response headers a script may read besides the safelisted ones.
 EXPOSED_HEADERS = (
     b"ETag", b"Content-Length", b"Content-Range", b"Accept-Ranges", b"Content-Disposition",
     b"Repr-Digest", b"WWW-Authenticate", b"Allow", b"Retry-After",
+    # Resumable uploads (tus, the IETF draft).
+    b"Location", b"Tus-Resumable", b"Tus-Version", b"Tus-Extension", b"Tus-Max-Size",
+    b"Tus-Checksum-Algorithm", b"Upload-Offset", b"Upload-Length", b"Upload-Defer-Length",
+    b"Upload-Metadata", b"Upload-Expires", b"Upload-Concat", b"Upload-Complete", b"Upload-Limit",
+    b"Morpheo-Resource",
 )  # fmt: skip
 MAX_AGE = 600
 

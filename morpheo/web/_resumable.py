@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from enum import Enum
@@ -322,12 +323,8 @@ class UploadsAPI:
 
     def _common(self, request: IRequest, upload: Upload | None = None) -> None:
         request.setHeader(b"Cache-Control", b"no-store")
-        request.setHeader(
-            b"Upload-Limit",
-            uploadLimit(
-                self.maxBlobSize, int(self.uploads.expiry) if upload is None else None
-            ).encode(),
-        )
+        maxAge = int(self.uploads.expiry) if upload is None else self.uploads.remaining(upload)
+        request.setHeader(b"Upload-Limit", uploadLimit(self.maxBlobSize, maxAge).encode())
         if upload is not None:
             request.setHeader(b"Upload-Expires", datetimeToString(int(upload.expires)))
             path = resourcePath(upload.kind, upload.uuid)
@@ -460,8 +457,6 @@ class UploadsAPI:
         return b""
 
     def _stored(self, request: IRequest, stored: StoredObject, code: int) -> bytes:
-        import json
-
         request.setHeader(b"Repr-Digest", reprDigest(stored.sha256).encode())
         body = json.dumps(stored.asJSON()).encode() + b"\n"
         request.setResponseCode(code)

@@ -371,6 +371,36 @@ def test_unfinishedUploadsExpireAndAreSwept(tmp_path: Path) -> None:
         server.stop()
 
 
+@pytest.mark.parametrize("store", ["seaweedfs", "fakeGCS"])
+def test_expiredUploadsLeaveNothingInARemoteStore(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    """What an expired upload wrote in a bucket (parts, a staged tail, a
+    session) goes with it."""
+    emulator = request.getfixturevalue(store)
+    server = startServer(
+        str(tmp_path / "data"), *emulator.serverArgs(),
+        "--upload-expiry", "6", "--claim-lease", "3",
+        env=emulator.serverEnv(),
+    )  # fmt: skip
+    try:
+        url = created(server, 20 * MiB)
+        assert patch(server, url, 0, os.urandom(6 * MiB + 1000)).status_code == 204
+        [(key,)] = server.sql("SELECT blob_key FROM upload")
+        assert emulator.objects(key) or (store == "seaweedfs" and emulator.uploads(key))
+
+        def gone() -> bool:
+            left = emulator.objects(key)
+            if store == "seaweedfs":
+                left += emulator.uploads(key)
+            return not left and server.sql("SELECT count(*) FROM upload") == [(0,)]
+
+        waitUntil(gone, 60, "the expired upload swept")
+        assert requests.head(url, headers=TUS, auth=server.auth).status_code == 404
+    finally:
+        server.stop()
+
+
 # Two nodes, one database, one bucket
 
 

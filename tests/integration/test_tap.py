@@ -552,3 +552,15 @@ def test_endpointHelpSaysWhereCredentialsComeFrom() -> None:
     help = " ".join(str(Options()).split())  # however it is wrapped
     assert "AWS_ACCESS_KEY_ID" in help and "instance" in help
     assert "without" in help and "credentials" in help and "Application Default" in help
+
+
+def test_theResumableUploadOptions() -> None:
+    """--upload-expiry and --max-open-uploads: a day and 100 unless told."""
+    config = parse(*AUTH).config()
+    assert (config.uploadExpiry, config.maxOpenUploads) == (86400.0, 100)
+    config = parse(*AUTH, "--upload-expiry", "90", "--max-open-uploads", "3").config()
+    assert (config.uploadExpiry, config.maxOpenUploads) == (90.0, 3)
+    assert "--upload-expiry must be a number of seconds" in refused(*AUTH, "--upload-expiry", "x")
+    assert "--max-open-uploads must be a whole number" in refused(
+        *AUTH, "--max-open-uploads", "many"
+    )

@@ -412,6 +412,9 @@ def test_theDraftsCreationOffsetAndAppending(service: Service) -> None:
     head = service.request("HEAD", where, headers=IETF)
     assert head.code == 204 and head.header("upload-offset") == "3"
     assert head.header("upload-complete") == "?0"
+    service.advance(100)
+    limit = service.request("HEAD", where, headers=IETF).header("upload-limit")
+    assert limit == f"max-age={24 * 3600 - 100}"
     wrong = service.request(
         "PATCH",
         where,
@@ -470,3 +473,52 @@ def test_theDraftsCreationAnnouncesItselfIn104(service: Service) -> None:
     assert statuses(raw) == [104, 201]
     interim = raw.split(b"\r\n\r\n")[0]
     assert b"Location: /uploads/" in interim and b"Upload-Limit:" in interim
+
+
+def test_browsersMayUseTheProtocolsHeaders(service: Service) -> None:
+    reply = service.request(
+        "OPTIONS",
+        "/uploads/" + "A" * 22,
+        headers={
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "PATCH",
+            "Access-Control-Request-Headers": "tus-resumable, upload-offset, upload-checksum",
+        },
+        auth=None,
+    )
+    allowed = (reply.header("access-control-allow-headers") or "").lower()
+    for name in ("tus-resumable", "upload-offset", "upload-checksum", "upload-metadata"):
+        assert name in allowed
+    where = location(create(service, 5))
+    exposed = service.request("HEAD", where, headers={**TUS, "Origin": "https://app.example"})
+    names = (exposed.header("access-control-expose-headers") or "").lower()
+    for name in ("location", "upload-offset", "morpheo-resource", "upload-expires"):
+        assert name in names
+
+
+def test_twoRequestsNeverAppendToOneUploadAtOnce(service: Service) -> None:
+    where = location(create(service, 10))
+    first = service.connect()
+    head = {**CHUNK, "Upload-Offset": "0"}
+    first.send(request("PATCH", where, head, b"12345", length=10))
+    second = patch(service, where, 0, b"abc")
+    assert second.code == 423 and "another request" in second.error
+    assert statuses(first.send(b"67890")) == [204]
+    assert service.request("HEAD", where, headers=TUS).code == 404  # finished
+    assert len(service.blobs.keys()) == 1
+
+
+def test_aLongPatchKeepsItsLeaseAliveAndADeadOnesRunsOut() -> None:
+    service = Service(claimLease=30)
+    where = location(create(service, 10))
+    first = service.connect()
+    first.send(request("PATCH", where, {**CHUNK, "Upload-Offset": "0"}, b"123", length=10))
+    for _ in range(4):
+        service.advance(10)
+        service.run(service.uploads.keepAlive())
+    assert patch(service, where, 0, b"abc").code == 423
+    # Its node stops refreshing it (it died): the lease runs out.
+    service.uploads._busy.clear()
+    service.advance(31)
+    taken = patch(service, where, 0, b"abc")
+    assert taken.code == 204 and taken.header("upload-offset") == "3"

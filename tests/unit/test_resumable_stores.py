@@ -168,3 +168,24 @@ def test_aDownStoreFailsTheAppend() -> None:
         stores.now(appender.close(True))
     store.down = False
     assert store.openWrites() == {json.loads(state)["write"]: 0}
+
+
+def test_aLocalFileNoUploadKnowsIsSweptOnceSurelyExpired(tmp_path: Path) -> None:
+    stores = Stores("local", tmp_path)
+    store = stores.store
+    assert isinstance(store, LocalBlobStore)
+    state = stores.now(store.begin(KEY, None))
+    stores.append(state, 0, b"x" * 10)
+    (name,) = os.listdir(tmp_path / "data")
+    path = tmp_path / "data" / name
+    old = path.stat().st_mtime - 1000
+    os.utime(path, (old, old))
+    assert stores.now(store.sweepTemporary(0)) == []
+    store.uploadLifetime = 2000
+    assert stores.now(store.sweepTemporary(0)) == []
+    # A request of no bytes says the upload is at work too.
+    stores.append(state, 10, b"")
+    store.uploadLifetime = 500
+    assert stores.now(store.sweepTemporary(0)) == []
+    os.utime(path, (old, old))
+    assert stores.now(store.sweepTemporary(0)) == [str(path)]
