@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import uuid as uuids
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -389,7 +390,19 @@ def test_progress_on_a_terminal_and_none_in_a_pipe(env, server, tmp_path):
     assert (done.returncode, done.stderr) == (0, b"")
 
 
-def test_credentials_from_netrc_flags_or_nowhere(server, tmp_path):
+@pytest.fixture
+def ownServer(tmp_path: Path) -> Iterator[Server]:
+    """
+    A server of the test's own, that does not throttle failed logins: the
+    shared one's throttle (per address) is every test's.
+    """
+    server = startServer(str(tmp_path / "own-server"), "--login-throttle", "0")
+    yield server
+    server.stop()
+
+
+def test_credentials_from_netrc_flags_or_nowhere(ownServer, tmp_path):
+    server = ownServer
     blobFile(tmp_path / "blob", 10)
     bare = {k: v for k, v in os.environ.items() if not k.startswith("MORPHEO_STORAGE_")}
     bare.update(HOME=str(tmp_path), MORPHEO_STORAGE_URL=server.url)
