@@ -29,7 +29,9 @@ service account's key signs locally; impersonated credentials ask IAM).
 An emulator spoken to anonymously checks no signature: its clients get the
 object's plain media URL, which never expires.
 The sweep lists the service's objects a page (C{objects.list}) at a time,
-kind by kind.
+kind by kind.  A blob written over many requests (L{GCSBlobStore.begin},
+L{GCSBlobStore.append}) is one resumable session too: see
+L{morpheo.blobstores._gcsresumable}.
 """
 
 from __future__ import annotations
@@ -129,9 +131,12 @@ class _GCSWriter(StreamingWriter[None]):
     handle is the session's URL.
     """
 
-    def __init__(self, store: GCSBlobStore, key: str, size: int | None) -> None:
+    def __init__(
+        self, store: GCSBlobStore, key: str, size: int | None, chunkSize: int | None = None
+    ) -> None:
         self._store = store
         self._session: str | None = None
+        self._chunkSize = store.chunkSize if chunkSize is None else chunkSize
         if size is None:
             self.maximum = MAX_OBJECT
         super().__init__(
@@ -140,7 +145,7 @@ class _GCSWriter(StreamingWriter[None]):
             store._reactor,
             store._pool,
             store.highWater,
-            step=store.chunkSize,
+            step=self._chunkSize,
             share=store.budget.join(),
         )
 
@@ -148,7 +153,7 @@ class _GCSWriter(StreamingWriter[None]):
         assert self.size is not None
         if self.size == 0:
             return [(0, 0)]
-        step = self._store.chunkSize
+        step = self._chunkSize
         return [(o, min(step, self.size - o)) for o in range(0, self.size, step)]
 
     def _begin(self) -> Deferred[None]:

@@ -40,6 +40,7 @@ from ._bodies import StreamBody
 from ._resumable import (
     ForeignState,
     UnitAppender,
+    concludedBefore,
     deleteQuietly,
     dumpState,
     loadState,
@@ -51,6 +52,9 @@ if TYPE_CHECKING:
     from ._gcs import GCSBlobStore
 
 CHUNK_UNIT = 256 * 1024
+#: The chunk length of a resumable write, at most: each request being
+#: received holds one chunk (its staged piece, if revocable, as well).
+RESUMABLE_CHUNK = 8 * 1024 * 1024
 
 
 class GCSWrite:
@@ -137,12 +141,12 @@ class GCSAppender(UnitAppender[None]):
             write.key,
             offset,
             end,
-            store.chunkSize,
+            min(store.chunkSize, RESUMABLE_CHUNK),
             list(write.staged),
             MAX_OBJECT,
             store.budget.join(),
             store.highWater,
-            lambda name, consumer: store.produce(name, consumer),
+            lambda name, consumer, length: store.produce(name, consumer, 0, length),
             prelude,
         )
 
@@ -227,7 +231,11 @@ class GCSStagingAppender:
         self.end = end
         self.maximum = MAX_OBJECT
         self._name = stagedName(write.key, write.session, offset)
-        self._writer = store.writer(self._name, None)
+        from ._gcs import _GCSWriter
+
+        self._writer = _GCSWriter(
+            store, self._name, None, chunkSize=min(store.chunkSize, RESUMABLE_CHUNK)
+        )
         self._received = 0
         self._closed = False
 
@@ -337,6 +345,15 @@ class GCSResumable:
         store = self.store
         if write.offset != size:
             raise SizeMismatch(size, write.offset)
+        try:
+            await self._finishSession(write, size)
+        except BlobStoreError:
+            if not await concludedBefore(store.stat, write.key, size):
+                raise
+        await self._removeStaged(write)
+
+    async def _finishSession(self, write: GCSWrite, size: int) -> None:
+        store = self.store
         if write.staged:
             appender = GCSAppender(store, write, write.offset, size, concluding=True)
             await appender.close()
@@ -351,7 +368,6 @@ class GCSResumable:
                 ok=(200, 201),
             )
             await store._drained(response)
-        await self._removeStaged(write)
 
     def cancel(self, key: str, state: str) -> Deferred[None]:
         write = GCSWrite(self.store, key, state)

@@ -402,11 +402,12 @@ class LocalBlobStore:
         """The file C{state} names, in the directory of C{key}'s blob: a
         state that names anything else is not this store's."""
         try:
-            name = json.loads(state)["file"]
+            parsed = json.loads(state)
+            name, stateKey = parsed["file"], parsed["key"]
         except (ValueError, TypeError, KeyError):
-            name = None
-        if not isinstance(name, str) or not _UPLOAD_NAME.fullmatch(name):
-            raise BlobStoreError("not the state of a local store's resumable write")
+            name = stateKey = None
+        if not isinstance(name, str) or not _UPLOAD_NAME.fullmatch(name) or stateKey != key:
+            raise BlobStoreError("not the state of a local store's resumable write to that key")
         return os.path.join(os.path.dirname(keyPath(self.root, key)), name)
 
     def begin(self, key: str, size: int | None) -> Deferred[str]:
@@ -425,7 +426,7 @@ class LocalBlobStore:
                 _fsyncDirectory(directory)
             except OSError as e:
                 raise BlobStoreError(f"cannot start a write in {directory}: {e.strerror}") from e
-            return json.dumps({"file": name})
+            return json.dumps({"file": name, "key": key})
 
         return self._inThread(create)
 

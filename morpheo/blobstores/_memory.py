@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+import uuid
 from collections.abc import AsyncGenerator
 from itertools import count
 from typing import Any
@@ -239,6 +240,8 @@ class MemoryBlobStore:
         #: The key of each session still open, by handle.
         self._sessionKeys: dict[str, str] = {}
         self._numbers = count(1)
+        #: What makes its writes' states its own, and no other mock store's.
+        self._identity = uuid.uuid4().hex[:12]
         #: The bytes of each resumable write in progress, by handle.
         self._writes: dict[str, bytearray] = {}
         self.budget = MemoryBudget() if budget is None else budget
@@ -254,31 +257,37 @@ class MemoryBlobStore:
         with the bytes each holds: for tests."""
         return {handle: len(held) for handle, held in self._writes.items()}
 
-    def _handle(self, state: str) -> str:
+    def _handle(self, state: str, key: str) -> str:
+        """The write C{state} names, if it is one of this store's to C{key}."""
         try:
-            handle = json.loads(state)["write"]
+            parsed = json.loads(state)
+            handle, stateKey = parsed["write"], parsed["key"]
         except (ValueError, TypeError, KeyError):
-            handle = None
-        if not isinstance(handle, str) or not handle.startswith("mock-write:"):
-            raise BlobStoreError("not the state of a mock store's resumable write")
+            handle = stateKey = None
+        if (
+            not isinstance(handle, str)
+            or not handle.startswith(f"mock-write:{self._identity}:")
+            or stateKey != key
+        ):
+            raise BlobStoreError("not the state of this mock store's resumable write to that key")
         return handle
 
     def begin(self, key: str, size: int | None) -> Deferred[str]:
         if self.down:
             return self._unavailable()
-        handle = f"mock-write:{next(self._numbers)}"
+        handle = f"mock-write:{self._identity}:{next(self._numbers)}"
         self._writes[handle] = bytearray()
-        return succeed(json.dumps({"write": handle}))
+        return succeed(json.dumps({"write": handle, "key": key}))
 
     def append(
         self, key: str, state: str, offset: int, end: int | None = None, revocable: bool = False
     ) -> _MockAppender:
-        return _MockAppender(self, self._handle(state), state, offset, end)
+        return _MockAppender(self, self._handle(state, key), state, offset, end)
 
     def conclude(self, key: str, state: str, size: int) -> Deferred[None]:
         if self.down:
             return self._unavailable()
-        handle = self._handle(state)
+        handle = self._handle(state, key)
         held = self._writes.get(handle)
         if held is None:
             if len(self._blobs.get(key, b"")) == size and key in self._blobs:
@@ -294,7 +303,7 @@ class MemoryBlobStore:
     def cancel(self, key: str, state: str) -> Deferred[None]:
         if self.down:
             return self._unavailable()
-        self._writes.pop(self._handle(state), None)
+        self._writes.pop(self._handle(state, key), None)
         return succeed(None)
 
     def openSessions(self) -> dict[str, str]:

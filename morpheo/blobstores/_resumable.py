@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.integration.test_resumable_contract -*-
+# -*- test-case-name: tests.unit.test_unit_appender,tests.integration.test_resumable_contract -*-
 """
 What the remote stores' resumable writes (L{IResumableBlobStore}) share:
 the appender that cuts one request's bytes into the fixed units a store
@@ -131,7 +131,8 @@ class UnitAppender(Generic[R]):
     """
     One request's bytes appended to a write that holds C{offset} bytes, of
     a blob C{end} bytes long if that is known: the bytes of the staged
-    C{pieces} first (name, length), then the request's, cut into units of
+    C{pieces} first (name, length; C{read} streams C{length} bytes of one
+    into a consumer, or fails), then the request's, cut into units of
     C{unit} bytes sent one after the other (C{_sendUnit}), and at the close
     the rest: the last unit when the blob's end is reached and the store
     takes it now (C{_tailUnit}), staged otherwise (C{_stage}).  The first
@@ -153,7 +154,7 @@ class UnitAppender(Generic[R]):
         maximum: int,
         share: Share,
         highWater: int | None,
-        read: Callable[[str, IConsumer], Deferred[None]],
+        read: Callable[[str, IConsumer, int], Deferred[None]],
         prelude: Deferred[int] | None = None,
     ) -> None:
         high, low = (HIGH_WATER, LOW_WATER) if highWater is None else (highWater, highWater // 4)
@@ -177,8 +178,6 @@ class UnitAppender(Generic[R]):
         self._sink = _PieceSink(self)
         self._loading: Deferred[Any] | None = None
         self._skip = 0
-        #: The bytes of the pieces (those skipped too), then of the request.
-        self._stagedBytes = sum(length for _, length in pieces)
         self._received = 0
         #: What this appender sent, in order: (length, result).
         self.units: list[tuple[int, R]] = []
@@ -256,8 +255,8 @@ class UnitAppender(Generic[R]):
                 self._take(data)
             self._advance()
             return
-        name, _ = self._pieces.popleft()
-        self._loading = d = self._read(name, self._sink)
+        name, length = self._pieces.popleft()
+        self._loading = d = self._read(name, self._sink, length)
         d.addCallbacks(lambda _: self._loadNext(), self._fail)
 
     def _take(self, data: bytes) -> None:
@@ -437,3 +436,15 @@ def deleteQuietly(delete: Callable[[str], Deferred[None]], names: list[str], key
 
     for name in names:
         delete(name).addErrback(kept, name)
+
+
+async def concludedBefore(stat: Callable[[str], Deferred[int]], key: str, size: int) -> bool:
+    """
+    Whether C{key} holds a blob of C{size} bytes already: a conclusion
+    asked again (its caller did not hear the first one's answer) finds its
+    upload gone and its blob there, and is done.
+    """
+    try:
+        return bool(await stat(key) == size)
+    except BlobStoreError:
+        return False

@@ -16,6 +16,8 @@ Downloads can also be handed to the client as presigned URLs (botocore's
 query-string signer, in the thread pool too).
 as soon as the previous one's body is written.  The sweep lists the
 service's keys a page (ListObjectsV2) at a time, kind by kind.
+A blob written over many requests (L{begin}, L{append}) is one multipart
+upload too: see L{morpheo.blobstores._s3resumable}.
 """
 
 from __future__ import annotations

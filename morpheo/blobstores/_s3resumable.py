@@ -29,6 +29,7 @@ from ._bodies import StreamBody
 from ._resumable import (
     ForeignState,
     UnitAppender,
+    concludedBefore,
     deleteQuietly,
     dumpState,
     loadState,
@@ -40,6 +41,11 @@ if TYPE_CHECKING:
     from ._s3 import S3BlobStore
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+
+#: The part length of a resumable write of known size, unless 10,000 of
+#: them would not hold it: each request being received holds one part,
+#: and shorter parts keep a node with many uploads small.
+RESUMABLE_PART = 8 * 1024 * 1024
 
 
 def _parts(state: dict[str, Any]) -> list[tuple[str, int]]:
@@ -133,7 +139,7 @@ class S3Appender(UnitAppender[str]):
             MAX_PARTS * write.partSize,
             store.budget.join(),
             store.highWater,
-            lambda name, consumer: store.produce(name, consumer),
+            lambda name, consumer, length: store.produce(name, consumer, 0, length),
         )
 
     def _sendUnit(self, length: int, body: StreamBody) -> Deferred[str]:
@@ -173,7 +179,13 @@ class S3Resumable:
         from ._s3 import partSize
 
         store = self.store
-        length = partSize(size, store.partSize) if size is not None else store.partSize
+        # An appender holds a whole part: of a known size, parts as short as
+        # 10,000 of them allow (down to RESUMABLE_PART); of a size not known
+        # yet, the store's own, so that as large a blob fits.
+        if size is None:
+            length = store.partSize
+        else:
+            length = partSize(size, min(store.partSize, RESUMABLE_PART))
         what = f"S3 CreateMultipartUpload of {key}"
 
         def started(body: bytes) -> str:
@@ -214,7 +226,15 @@ class S3Resumable:
         store, key = self.store, write.key
         if write.offset != size:
             raise SizeMismatch(size, write.offset)
-        parts = write.parts
+        try:
+            await self._complete(write)
+        except BlobStoreError:
+            if not await concludedBefore(store.stat, key, size):
+                raise
+        await self._removeStaged(write)
+
+    async def _complete(self, write: S3Write) -> None:
+        store, key, parts = self.store, write.key, write.parts
         if write.staged is not None:
             # The tail goes in as the last part, streamed back from its piece.
             tail = S3Appender(store, write, write.offset, write.offset)
@@ -226,7 +246,6 @@ class S3Resumable:
             await store._abortUpload(key, write.upload)
         else:
             await store._complete(key, write.upload, [etag for etag, _ in parts])
-        await self._removeStaged(write)
 
     def cancel(self, key: str, state: str) -> Deferred[None]:
         write = S3Write(self.store, key, state)

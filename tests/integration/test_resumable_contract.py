@@ -1,7 +1,8 @@
 """
 One contract for every resumable blob store (L{IResumableBlobStore}), run
-against each backend for real: S3 (a SeaweedFS started for the session)
-and Google Cloud Storage (a fake-gcs-server started for the session).
+against each backend for real: the local disk, the in-memory mock, S3 (a
+SeaweedFS started for the session) and Google Cloud Storage (a
+fake-gcs-server started for the session).
 
 Each request's bytes come from a producer that honours pauses and may stop
 mid-way, as a cut connection does; what the store holds is read back
@@ -15,28 +16,45 @@ import hashlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import pytest_twisted
+import treq
 from attrs import define, field
-from twisted.internet import reactor
+from twisted.internet import endpoints, reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
+from twisted.internet.interfaces import (
+    IConsumer,
+    IProducer,
+    IPushProducer,
+    IReactorFromThreads,
+)
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+from twisted.web.client import Agent
+from twisted.web.http_headers import Headers
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from morpheo._errors import BlobNotFound, BlobStoreError, SizeMismatch
 from morpheo._interfaces import IAppender, IResumableBlobStore
 from morpheo._types import Appended
+from morpheo.blobstores._bodies import BytesBody
 from morpheo.blobstores._gcs import GCSBlobStore
+from morpheo.blobstores._local import UPLOAD_PREFIX, LocalBlobStore
+from morpheo.blobstores._memory import MemoryBlobStore
 from morpheo.blobstores._s3 import S3BlobStore
 from tests.integration.helpers import within
 from tests.integration.servers import FakeGCS, SeaweedFS, freePort
 
 KiB = 1024
 MiB = 1024 * KiB
+#: The reactor as the local store sees it: what runs its threads' results.
+threadedReactor = cast(IReactorFromThreads, reactor)
 
 
 def newKey() -> str:
@@ -148,8 +166,33 @@ def pool() -> Iterator[ThreadPool]:
     threads.stop()
 
 
-@pytest.fixture(params=["s3", "gcs"])
-def backend(request: pytest.FixtureRequest, pool: ThreadPool) -> Backend:
+def _localLeftovers(store: LocalBlobStore, key: str) -> list[str]:
+    """The blob and every resumable write's file beside it."""
+    found = []
+    directory = os.path.dirname(os.path.join(store.root, *key.split("/")))
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        if name.startswith(UPLOAD_PREFIX):
+            found.append(name)
+        elif f"{os.path.basename(directory)}/{name}" == key:
+            found.append(key)
+    return found
+
+
+@pytest.fixture(params=["local", "mock", "s3", "gcs"])
+def backend(request: pytest.FixtureRequest, pool: ThreadPool, tmp_path: Any) -> Backend:
+    if request.param == "local":
+        # Its own directory for each test: every write's file is listed.
+        local = LocalBlobStore(str(tmp_path / "blobs"), threadedReactor, pool)
+        return Backend("local", lambda **kw: local, lambda key: _localLeftovers(local, key))
+    if request.param == "mock":
+        mock = MemoryBlobStore(reactor)
+
+        def mockLeftovers(key: str) -> list[str]:
+            return [k for k in mock.keys() if k == key] + list(mock.openWrites())
+
+        return Backend(
+            "mock", lambda **kw: mock, mockLeftovers, elsewhere=[lambda: MemoryBlobStore(reactor)]
+        )
     if request.param == "s3":
         server: SeaweedFS = request.getfixturevalue("seaweedfs")
 
@@ -260,6 +303,18 @@ async def test_one_append_then_conclude(backend: Backend, size: int) -> None:
     assert appended.offset == size
     with pytest.raises(BlobNotFound):
         await read(store, key)  # nothing visible before conclude
+    await concludeAndCheck(backend, store, key, appended.state, data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_conclude_asked_again_is_done(backend: Backend) -> None:
+    """Its caller did not hear the first answer: the second finds the blob there."""
+    store = backend.make(**backend.tuned)
+    key, data = newKey(), os.urandom(backend.unit + 1000)
+    state = await within(store.begin(key, None))
+    appended, _ = await append(store, key, state, 0, data)
+    await within(store.conclude(key, appended.state, len(data)))
+    await within(store.conclude(key, appended.state, len(data)))
     await concludeAndCheck(backend, store, key, appended.state, data)
 
 
@@ -388,12 +443,16 @@ async def test_a_state_not_its_own_is_refused(backend: Backend) -> None:
     refusals += [(make(), key, appended.state) for make in backend.elsewhere]
     for where, name, text in refusals:
         with pytest.raises(BlobStoreError):
-            where.append(name, text, 1000)
+            # Refused at once, or at the close at the latest.
+            appender = where.append(name, text, 1000)
+            appender.write(b"y")
+            await within(appender.close())
         with pytest.raises(BlobStoreError):
             await within(where.conclude(name, text, 1000))
         with pytest.raises(BlobStoreError):
             await within(where.cancel(name, text))
-    assert backend.leftovers(other) == []
+    with pytest.raises(BlobNotFound):
+        await read(store, other)
     # Still whole: nothing was done to it.
     await concludeAndCheck(backend, store, key, appended.state, b"x" * 1000)
 
@@ -542,3 +601,107 @@ async def test_a_large_upload_in_large_requests_holds_little_memory(backend: Bac
     assert (digest.size, digest.hash.hexdigest()) == (size, expected.hexdigest())
     await within(store.delete(key))
     assert peak - baseline < 80 * MiB, f"grew by {(peak - baseline) / MiB:.0f} MiB"
+
+
+class SessionStatus(Resource):
+    """
+    A fake-gcs-server seen through a proxy that answers what the emulator
+    does not: an upload session's status query (a PUT of nothing with
+    C{Content-Range: bytes */...}, answered 308 with the C{Range} held, as
+    Google does; the emulator would finish the upload instead).  It counts
+    what each session took, which the emulator appends whatever its range.
+    Everything else is passed on, session URLs made its own.
+    """
+
+    isLeaf = True
+
+    def __init__(self, target: str) -> None:
+        super().__init__()
+        self.target = target
+        self.base = ""
+        self.held: dict[str, int] = {}
+        self.queries = 0
+        self._agent = Agent(reactor)
+
+    def render(self, request: Request) -> Any:
+        uri = request.uri.decode()
+        session = parse_qs(urlsplit(uri).query).get("upload_id", [""])[0]
+        body = request.content.read() if request.content is not None else b""
+        contentRange = request.getHeader("content-range") or ""
+        if request.method == b"PUT" and not body and contentRange.startswith("bytes */"):
+            self.queries += 1
+            held = self.held.get(session, 0)
+            if held:
+                request.setHeader("range", f"bytes=0-{held - 1}")
+            request.setResponseCode(308)
+            return b""
+
+        def failed(reason: Failure) -> None:
+            request.setResponseCode(502)
+            request.write(reason.getErrorMessage().encode())
+            request.finish()
+
+        Deferred.fromCoroutine(self._forward(request, uri, body, session)).addErrback(failed)
+        return NOT_DONE_YET
+
+    async def _forward(self, request: Request, uri: str, body: bytes, session: str) -> None:
+        headers = Headers(
+            {k: v for k, v in request.requestHeaders.getAllRawHeaders() if k.lower() != b"host"}
+        )
+        response = await self._agent.request(
+            request.method, (self.target + uri).encode(), headers, BytesBody(body)
+        )
+        content = await treq.content(response)
+        if response.code in (200, 201, 308) and session and request.method == b"PUT":
+            self.held[session] = self.held.get(session, 0) + len(body)
+        request.setResponseCode(response.code)
+        for name, values in response.headers.getAllRawHeaders():
+            if name.lower() in (b"content-length", b"connection", b"transfer-encoding"):
+                continue
+            request.responseHeaders.setRawHeaders(
+                name, [v.replace(self.target.encode(), self.base.encode()) for v in values]
+            )
+        request.write(content)
+        request.finish()
+
+
+@pytest.mark.parametrize("backend", ["gcs"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_a_session_that_took_more_than_its_state_says_goes_on_from_the_truth(
+    backend: Backend, fakeGCS: FakeGCS, pool: ThreadPool
+) -> None:
+    """
+    A request whose chunks reached Google but whose new state was never
+    kept (its node died first): the client sends those bytes again from
+    the offset it was told, and the write asks the session what it holds
+    and skips what it has, so that no byte is in the blob twice.
+    """
+    proxy = SessionStatus(fakeGCS.endpoint)
+    port = await endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
+        Site(proxy)
+    )
+    try:
+        proxy.base = f"http://127.0.0.1:{port.getHost().port}"
+        store = GCSBlobStore(
+            fakeGCS.bucket,
+            reactor,
+            pool,
+            endpoint=proxy.base,
+            chunkSize=256 * KiB,
+            askSessions=True,
+        )
+        key, data = newKey(), os.urandom(2 * MiB + 5)
+        state = await within(store.begin(key, None))
+        first, _ = await append(store, key, state, 0, data[: 600 * KiB])
+        assert first.offset == 600 * KiB
+        lost, _ = await append(store, key, first.state, first.offset, data[600 * KiB : 1300 * KiB])
+        assert lost.offset == 1300 * KiB  # never kept: the next request has the first state
+        again, _ = await append(store, key, first.state, first.offset, data[600 * KiB :])
+        assert again.offset == len(data)
+        await within(store.conclude(key, again.state, len(data)))
+        assert await read(store, key) == data
+        assert proxy.queries == 4  # each request, and the conclusion pushing the tail
+        assert backend.leftovers(key) == [key]
+        await within(store.delete(key))
+    finally:
+        await port.stopListening()
