@@ -27,6 +27,7 @@ setup(
     packages=[
         "morpheo",
         "morpheo.blobstores",
+        "morpheo.client",
         "morpheo.metadata",
         "morpheo.objects",
         "morpheo.service",
@@ -52,6 +53,10 @@ setup(
         "botocore>=1.34",
         "google-auth>=2.20",
         "prometheus-client>=0.20",
+        # The client (morpheo.client, morpheo-storage-client); the service never
+        # imports them.
+        "httpx>=0.27,<1",
+        "tqdm>=4.66",
     ],
     extras_require={
         "test": [
@@ -66,7 +71,10 @@ setup(
             "PyYAML>=6",
             "tuspy>=1.0",
         ],
-        "dev": ["mypy>=1.10", "mypy-zope>=1.0", "ruff>=0.5"],
+        "dev": ["mypy>=1.10", "mypy-zope>=1.0", "ruff>=0.5", "types-tqdm>=4.66"],
+    },
+    entry_points={
+        "console_scripts": ["morpheo-storage-client = morpheo.client._cli:main"],
     },
     cmdclass={"editable_wheel": CompatEditableWheel},
     classifiers=[

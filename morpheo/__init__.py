@@ -9,29 +9,16 @@ with a L{StreamingSite} (see the README, "Embedding").  The parts
 (L{StorageAPI}, the stores, L{BasicAuth}) are public too.
 """
 
-from ._errors import APIError, BlobNotFound, BlobStoreError, DatabaseError
-from ._interfaces import IBlobStore, IBlobWriter, IMetadataStore, IRedirectableBlobStore
-from ._kinds import KINDS
-from ._metrics import Metrics
-from ._types import BlobInfo, Resource, StoredObject
-from .blobstores import LocalBlobStore, MemoryBlobStore
-from .metadata._postgres import Database, MetadataStore, PostgresMetadataStore
-from .objects import Objects
-from .service._config import ConfigError, StorageConfig
-from .service._service import StorageService
-from .service._tls import loadCertificateOptions
-from .web._accesslog import AccessLogSite
-from .web._auth import BasicAuth
-from .web._cors import CORSResource
-from .web._passwords import PasswordFileChecker, hashPassword
-from .web._routes import StorageAPI
-from .web._streaming import (
-    BodyAborted,
-    BodyRefused,
-    IStreamingRequest,
-    RequestBody,
-    StreamingSite,
-)
+# The names come from ._public, for mypy by the star import, at run time by
+# __getattr__.
+# ruff: noqa: F403, F405
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._public import *
 
 __version__ = "0.1.0"
 
@@ -72,3 +59,15 @@ __all__ = [
     "hashPassword",
     "loadCertificateOptions",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """
+    The public names, imported when first asked for, so that C{import
+    morpheo.client} (a program outside the reactor) loads no Twisted.
+    """
+    if name in __all__:
+        from . import _public
+
+        return getattr(_public, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

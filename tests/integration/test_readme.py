@@ -310,3 +310,66 @@ def test_readme_resumable_upload_examples_work_as_written(tmp_path):
         assert server.sql("SELECT count(*) FROM upload") == [(0,)]
     finally:
         server.stop()
+
+
+def test_readme_client_examples_work_as_written(readmeServer, tmp_path):
+    """
+    "Client", as written: the shell examples in order, then the Python one,
+    with the installed command and no credentials but the examples' own.
+    """
+    text = open(README, encoding="utf-8").read()
+    section = text[text.index("\n## Client\n") : text.index("\n## Serving HTTPS\n")]
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MORPHEO_STORAGE_")}
+    env.update(HOME=str(tmp_path), PATH=f"{os.path.dirname(sys.executable)}:{env['PATH']}")
+    env.pop("NETRC", None)
+    script = "set -euo pipefail\n" + "\n".join(shellBlocks("Client"))
+    done = subprocess.run(
+        ["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert (done.returncode, done.stderr) == (0, ""), done
+    original = (work / "problem.tar.gz").read_bytes()
+    sha = hashlib.sha256(original).hexdigest()
+    lines = done.stdout.splitlines()
+    uuid = lines[0].removeprefix("uuid: ")
+    assert f"name: funky_problem\ndescription: great\nsize: 666\nsha256: {sha}\n" in done.stdout
+    [listed] = [line for line in lines if line.startswith(uuid + "\t")]
+    assert listed.endswith("\t666\tfunky_problem")
+    assert (
+        "problem-copy.tar.gz" in lines and (work / "problem-copy.tar.gz").read_bytes() == original
+    )
+    model, listedModel = (json.loads(line) for line in lines if line.startswith("{"))
+    assert model == listedModel and model["sha256"] == sha
+    assert lines.count(uuid) == 2  # patched, deleted
+    assert readmeServer.sql("SELECT kind, count(*) FROM resource GROUP BY 1 ORDER BY 1") == [
+        ("algo", 1),
+        ("model", 1),
+    ]
+    [code] = re.findall(r"```python\n(.*?)```", section, re.S)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stderr) == (0, ""), done
+    printed = done.stdout.splitlines()
+    assert printed[0].endswith(" funky 666") and printed[-1].startswith("there is no problem ")
+
+
+def test_readme_client_section_has_every_option() -> None:
+    """Every option of the client's commands is in its section."""
+    from morpheo.client._cli import makeParser
+
+    text = open(README, encoding="utf-8").read()
+    section = text[text.index("\n## Client\n") : text.index("\n## Serving HTTPS\n")]
+    parser = makeParser()
+    [commands] = [a for a in parser._actions if isinstance(a.choices, dict)]
+    assert isinstance(commands.choices, dict)
+    parsers = [parser, *commands.choices.values()]
+    names = {o for p in parsers for a in p._actions for o in a.option_strings}
+    quoted = " ".join(re.findall(r"`[^`\n]*`", section))
+    missing = [
+        n
+        for n in names - {"-h", "--help", "--version", "--no-resumable"}
+        if not re.search(rf"[` ]{re.escape(n)}[` =]", quoted)
+    ]
+    assert not missing, missing
