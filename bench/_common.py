@@ -120,15 +120,22 @@ def table(figures: Iterable[Figure]) -> str:
 
 
 def runs(figures: Iterable[Figure]) -> str:
-    """Every sample behind the medians, a line per figure."""
-    lines = []
+    """Every sample behind the medians: a line per measure, then one per reference of it."""
+    lines: list[str] = []
+    seen: set[tuple[str, int, tuple[float, ...]]] = set()
     for f in figures:
-        if f.samples:
-            line = f"{f.name} (workers {f.workers}): " + ", ".join(number(x) for x in f.samples)
-            if f.referenceSamples:
-                line += f"; {f.reference}: " + ", ".join(number(x) for x in f.referenceSamples)
-            lines.append(line)
+        if not f.samples:
+            continue
+        if (f.name, f.workers, f.samples) not in seen:
+            seen.add((f.name, f.workers, f.samples))
+            lines.append(f"{f.name}, workers {f.workers}: {_samples(f.samples, f.unit)}")
+        if f.referenceSamples:
+            lines.append(f"    {f.reference}: {_samples(f.referenceSamples, f.unit)}")
     return "\n".join(lines)
+
+
+def _samples(samples: Sequence[float], unit: str) -> str:
+    return ", ".join(number(x) for x in samples) + f" {unit}"
 
 
 def mbps(size: int, seconds: float) -> float:
