@@ -36,12 +36,14 @@ class Section:
     #: The programs it runs, beside the server.
     tools: frozenset[str]
     what: str
+    #: Whether it runs without C{--only}.
+    byDefault: bool = True
 
 
 SECTIONS = {
     "local": Section(local, frozenset({"curl", "nginx", "openssl", "dd"}), "big blob, local store"),
     "s3": Section(s3, frozenset({"curl"}), "big blob, S3 store"),
-    "gcs": Section(gcs, frozenset({"curl"}), "big blob, GCS store"),
+    "gcs": Section(gcs, frozenset({"curl"}), "big blob, GCS store", byDefault=False),
     "small": Section(requests, frozenset({"curl", "wrk", "nginx"}), "small requests"),
     "memory": Section(load, frozenset(), "memory under load"),
 }
@@ -67,7 +69,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--load-count", type=int, help="memory: uploads at once (default 64)")
     p.add_argument("--load-mib", type=int, help="memory: each upload's size (default 64)")
     p.add_argument(
-        "--only", action="append", choices=sorted(SECTIONS), help="only this section (repeatable)"
+        "--only",
+        action="append",
+        choices=sorted(SECTIONS),
+        help="only this section (repeatable; gcs runs only so)",
     )
     p.add_argument(
         "--workers",
@@ -114,7 +119,7 @@ def heading(bench: Bench, names: Sequence[str], workers: Sequence[int]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    names = args.only or list(SECTIONS)
+    names = args.only or [name for name, section in SECTIONS.items() if section.byDefault]
     lacking = missing(set().union(*(SECTIONS[name].tools for name in names)))
     if lacking:
         print(

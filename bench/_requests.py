@@ -159,12 +159,12 @@ def requests(bench: Bench, workers: int) -> list[Figure]:
 #: The service's lines: its measure, what it is, the reference, the goal.
 LINES = (
     ("local get", "4 KB GET, local store", "weed get", 0.5),
+    ("local get", "4 KB GET, local store", "nginx get", None),
     ("S3 get", "4 KB GET, S3 store", "weed get", 0.5),
     ("local up", "4 KB upload, local store", "weed put", 0.5),
     ("S3 up", "4 KB upload, S3 store", "weed put", 0.5),
     ("local meta", "metadata GET", "weed get", None),
     ("local health", "GET /health", "nginx get", None),
-    ("local get", "4 KB GET, local store", "nginx get", None),
 )
 REFERENCES = {
     "weed get": "SeaweedFS S3 GET",
