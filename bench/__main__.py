@@ -113,7 +113,7 @@ def heading(bench: Bench, names: Sequence[str], workers: Sequence[int]) -> str:
         f"sections {', '.join(names)}; workers {', '.join(map(str, workers))}; "
         f"medians of {s.runs} runs; big blob {s.sizeMiB} MiB; wrk {s.connections} connections "
         f"x {s.duration:g} s; memory {s.loadCount} x {s.loadMiB} MiB; "
-        f"ratio = service / reference"
+        f"ratio = the median of the runs' service / reference"
     )
 
 

@@ -66,7 +66,15 @@ class Figure:
 
     @property
     def ratio(self) -> float:
-        return ratio(self.value, self.referenceValue)
+        """
+        The median of each run's ratio when the two sides were measured run
+        for run (moments apart, under the same load), else the medians' ratio.
+        """
+        if len(self.samples) != len(self.referenceSamples):
+            return ratio(self.value, self.referenceValue)
+        return median(
+            [ratio(a, b) for a, b in zip(self.samples, self.referenceSamples, strict=True)]
+        )
 
     @property
     def met(self) -> str:

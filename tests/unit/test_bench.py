@@ -34,6 +34,15 @@ def test_figure_against_its_goal() -> None:
     assert Figure("no reference", "MB/s", 1, [70], "nginx", [], 0.9).met == ""
 
 
+def test_ratio_run_for_run() -> None:
+    """Each run's two sides met the same load: the ratio is the median of theirs."""
+    noisy = Figure("up", "MB/s", 1, [300, 100, 330], "limit", [390, 85, 270])
+    assert noisy.ratio == pytest.approx(100 / 85)
+    assert noisy.value / noisy.referenceValue == pytest.approx(300 / 270)
+    # A measure with one sample beside a reference with three: the medians' ratio.
+    assert Figure("x", "ms", 1, [2.0], "y", [1.0, 4.0, 5.0]).ratio == 0.5
+
+
 def test_table() -> None:
     lines = table(
         [
