@@ -13,10 +13,13 @@ import re
 import resource
 import statistics
 import subprocess
+import uuid
 from collections.abc import Iterable, Sequence
 
 import psutil  # type: ignore[import-untyped]
 from attrs import field, frozen
+
+from tests.integration.servers import Server
 
 #: How a ratio is shown beside its goal.
 NA = "n/a"
@@ -161,6 +164,18 @@ def curl(*args: str) -> float:
     if out[0] not in ("200", "201", "204"):
         raise RuntimeError(f"curl {args}: HTTP {out[0]}")
     return float(out[1])
+
+
+def credentials(server: Server) -> str:
+    """A server's Basic credentials, as curl's C{-u} takes them."""
+    return f"{server.user}:{server.password}"
+
+
+def upload(server: Server, path: str, size: int) -> tuple[str, float]:
+    """The file up as a data object (C{curl -F}); its uuid and the seconds it took."""
+    u = str(uuid.uuid4())
+    form = ["-F", f"uuid={u}", "-F", f"size={size}", "-F", f"blob=@{path}"]
+    return u, curl("-u", credentials(server), *form, f"{server.url}/data")
 
 
 def makeBlob(path: str, size: int) -> None:

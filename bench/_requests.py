@@ -11,14 +11,12 @@ server spent a request, and the service's peak memory.
 from __future__ import annotations
 
 import base64
-import json
 import os
-import subprocess
 from collections.abc import Callable
 
 from attrs import define, field, frozen
 
-from bench._common import Figure, cpuSeconds, median, peakRSS, postmaster
+from bench._common import Figure, cpuSeconds, credentials, median, peakRSS, postmaster, upload
 from bench._context import Bench
 from bench._refs import Nginx, presigned
 from bench._wrk import wrk
@@ -72,8 +70,8 @@ def measure(bench: Bench, target: Target, into: Measured) -> None:
 
 def _serviceTargets(server: Server, blob: str, formPath: str) -> dict[str, Target]:
     """A server's kinds of request, with the 4 KB blob uploaded to it for its GETs."""
-    blobUUID = _uploadOne(server, blob)
-    token = base64.b64encode(f"{server.user}:{server.password}".encode()).decode()
+    blobUUID = upload(server, blob, SMALL)[0]
+    token = base64.b64encode(credentials(server).encode()).decode()
     auth = {"Authorization": f"Basic {token}"}
 
     def pids() -> list[int]:
@@ -82,35 +80,13 @@ def _serviceTargets(server: Server, blob: str, formPath: str) -> dict[str, Targe
     def db() -> list[int]:
         return postmaster(server.dataDir)
 
-    upload = {**auth, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    uploads = {**auth, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
     return {
         "get": Target(f"{server.url}/data/{blobUUID}/blob", headers=auth, pids=pids, dbPids=db),
         "meta": Target(f"{server.url}/data/{blobUUID}", headers=auth, pids=pids, dbPids=db),
         "health": Target(f"{server.url}/health", pids=pids, dbPids=db),
-        "up": Target(f"{server.url}/data", "POST", upload, formPath, pids, db),
+        "up": Target(f"{server.url}/data", "POST", uploads, formPath, pids, db),
     }
-
-
-def _uploadOne(server: Server, path: str) -> str:
-    """The 4 KB blob up through the service (curl -F); its uuid."""
-    out = subprocess.run(
-        [
-            "curl",
-            "-sSf",
-            "-u",
-            f"{server.user}:{server.password}",
-            "-F",
-            f"size={SMALL}",
-            "-F",
-            f"blob=@{path}",
-            f"{server.url}/data",
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    uuid: str = json.loads(out)["uuid"]
-    return uuid
 
 
 def requests(bench: Bench, workers: int) -> list[Figure]:

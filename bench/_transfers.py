@@ -14,26 +14,14 @@ written back under it (C{sync}).
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable
 
-from bench._common import Figure, cpuSeconds, curl, mbps, peakRSS
+from bench._common import Figure, cpuSeconds, credentials, curl, mbps, peakRSS, upload
 from bench._context import Bench
 from bench._refs import Nginx, fsyncedCopySeconds, presigned, sha256Seconds
 from tests.integration.servers import FakeGCS, SeaweedFS, Server
 
 Samples = dict[str, list[float]]
-
-
-def _upload(server: Server, blob: str, size: int) -> tuple[str, float]:
-    """The blob up as a data object; its uuid and the seconds it took."""
-    u = str(uuid.uuid4())
-    form = ["-F", f"uuid={u}", "-F", f"size={size}", "-F", f"blob=@{blob}"]
-    return u, curl("-u", _auth(server), *form, f"{server.url}/data")
-
-
-def _auth(server: Server) -> str:
-    return f"{server.user}:{server.password}"
 
 
 def _serviceRound(bench: Bench, server: Server, samples: Samples, sync: bool) -> None:
@@ -42,16 +30,16 @@ def _serviceRound(bench: Bench, server: Server, samples: Samples, sync: bool) ->
     if sync:
         os.sync()
     cpu = cpuSeconds([server.process.pid])
-    u, seconds = _upload(server, blob, size)
+    u, seconds = upload(server, blob, size)
     samples["cpu up"].append(cpuSeconds([server.process.pid]) - cpu)
     samples["up"].append(mbps(size, seconds))
     if sync:
         os.sync()
     cpu = cpuSeconds([server.process.pid])
-    seconds = curl("-u", _auth(server), f"{server.url}/data/{u}/blob")
+    seconds = curl("-u", credentials(server), f"{server.url}/data/{u}/blob")
     samples["cpu down"].append(cpuSeconds([server.process.pid]) - cpu)
     samples["down"].append(mbps(size, seconds))
-    curl("-u", _auth(server), "-X", "DELETE", f"{server.url}/data/{u}")
+    curl("-u", credentials(server), "-X", "DELETE", f"{server.url}/data/{u}")
 
 
 def _figures(
