@@ -53,7 +53,7 @@ QUICK: dict[str, float] = {
     "runs": 1, "size_mib": 256, "duration": 2.0, "load_count": 16, "load_mib": 16,
 }  # fmt: skip
 DEFAULTS: dict[str, float] = {
-    "runs": 3, "size_mib": 1024, "duration": 5.0, "load_count": 64, "load_mib": 64,
+    "runs": 3, "size_mib": 1024, "duration": 5.0, "load_count": 64, "load_mib": 32,
 }  # fmt: skip
 
 
@@ -67,7 +67,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, help="seconds of each wrk run (default 5)")
     p.add_argument("--connections", type=int, default=16, help="wrk's connections (default 16)")
     p.add_argument("--load-count", type=int, help="memory: uploads at once (default 64)")
-    p.add_argument("--load-mib", type=int, help="memory: each upload's size (default 64)")
+    p.add_argument("--load-mib", type=int, help="memory: each upload's size in MiB (default 32)")
     p.add_argument(
         "--only",
         action="append",
