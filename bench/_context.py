@@ -127,6 +127,10 @@ class Bench:
         server = startServer(dataDir, *options, *args, env=env)
         try:
             yield server
+        except Exception:
+            # Its directory goes with it: what it said goes to stderr first.
+            self.say(f"the server's log ended so:\n{server.log()[-4000:]}")
+            raise
         finally:
             server.stop()
             shutil.rmtree(dataDir, ignore_errors=True)
