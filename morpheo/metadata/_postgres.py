@@ -270,6 +270,15 @@ class _Link(txpostgres.Connection):
             # backend): what the reactor would do, without a traceback.
             self.connectionLost(Failure())
 
+    def doWrite(self) -> None:
+        try:
+            super().doWrite()
+        except Exception:
+            # The same for a link being opened that nobody waits for any
+            # more ("the database system is shutting down" once its connect
+            # was given up).
+            self.connectionLost(Failure())
+
     def runInteraction(self, interaction: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """
         Run C{interaction(cursor, *args)} in a transaction, as txpostgres
