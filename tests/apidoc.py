@@ -116,6 +116,19 @@ def documentedMethods(templates: Iterable[str]) -> set[str]:
     return {m.upper() for t in templates for m in paths[t] if m in METHODS}
 
 
+def routedMethods(templates: Iterable[str]) -> set[str]:
+    """
+    The methods of these paths that routes serve, as a 405's C{Allow} names
+    them: an OPTIONS only where it is more than the CORS preflight (tus
+    discovery, which takes credentials).
+    """
+    paths = document()["paths"]
+    methods = documentedMethods(templates)
+    if not any({"basic": []} in paths[t].get("options", {}).get("security", []) for t in templates):
+        methods.discard("OPTIONS")
+    return methods
+
+
 def _kindShaped(path: str, method: str) -> bool:
     """
     Whether C{path} also fits C{/{kind}...} with a method that has: then
@@ -169,7 +182,7 @@ def checkAnswer(method: str, url: str, code: int, headers: Mapping[str, str], bo
     if method.upper() not in methods:
         if code == 405 and error:
             allowed = {m.strip() for m in headers.get("allow", "").split(",") if m.strip()}
-            if allowed != methods - {"OPTIONS"}:
+            if allowed != routedMethods(matched):
                 raise Undocumented(
                     f"{said} with Allow: {', '.join(sorted(allowed))}, but the OpenAPI document"
                     f" gives {' and '.join(matched)} the methods {', '.join(sorted(methods))}"
@@ -291,4 +304,11 @@ class CheckingAgent:
         return _CheckedResponse(response, check)  # type: ignore[return-value]
 
 
-__all__ = ["CheckingAgent", "Undocumented", "checkAnswer", "document", "documentedMethods"]
+__all__ = [
+    "CheckingAgent",
+    "Undocumented",
+    "checkAnswer",
+    "document",
+    "documentedMethods",
+    "routedMethods",
+]

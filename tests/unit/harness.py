@@ -442,6 +442,8 @@ class Service:
     #: The resumable uploads' expiry and per-user limit.
     uploadExpiry: float = UPLOAD_EXPIRY
     maxOpenUploads: int = MAX_OPEN_UPLOADS
+    #: Whether the routes serve the resumable uploads (else they are a 501).
+    resumable: bool = True
     metadata: MemoryMetadataStore = field(init=False)
     blobs: MemoryBlobStore = field(init=False)
     objects: Objects = field(init=False)
@@ -492,7 +494,7 @@ class Service:
             clock=self.reactor,
             metricsHere=self.metricsHere,
             pool=ImmediatePool(),  # type: ignore[arg-type]
-            uploads=self.uploads,
+            uploads=self.uploads if self.resumable else None,
         )
         root = StorageRoot(self.corsOrigins)
         routes = trackedResource(api.routedApp(), HandlerTracker())

@@ -8,6 +8,7 @@ document does not describe, naming the method, the path and the status.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from importlib.metadata import version
@@ -17,7 +18,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from morpheo.web import StorageAPI
-from tests.apidoc import Undocumented, checkAnswer, document, documentedMethods
+from tests.apidoc import Undocumented, checkAnswer, document, routedMethods
 
 from .harness import FORM_TYPE, Service, fieldsFor, form, newUUID
 
@@ -61,12 +62,8 @@ def _appRoutes() -> set[str]:
 
 
 def _documentedRoutes() -> set[str]:
-    return {
-        f"{method} {path}"
-        for path in document()["paths"]
-        for method in documentedMethods([path])
-        if method != "OPTIONS"
-    }
+    """C{METHOD /path} of every operation a route serves (see L{routedMethods})."""
+    return {f"{method} {path}" for path in document()["paths"] for method in routedMethods([path])}
 
 
 def test_everyRouteIsDocumentedAndNothingElse() -> None:
@@ -81,9 +78,14 @@ def test_everyRouteIsDocumentedAndNothingElse() -> None:
 
 
 def test_everyPathHasItsPreflight() -> None:
-    """CORS preflights are answered on every path, without credentials."""
+    """
+    CORS preflights are answered on every path, without credentials: an
+    OPTIONS that is also a route's (tus discovery) names no credentials as
+    one of its alternatives.
+    """
     for path, item in document()["paths"].items():
-        assert item["options"]["security"] == [], path
+        security = item["options"]["security"]
+        assert security == [] or {} in security, path
 
 
 def test_everyDataRouteNeedsCredentialsAndSaysSo() -> None:
@@ -130,8 +132,8 @@ def test_aChangeAndItsConditionsAreDescribed(service: Service) -> None:
 
 
 def test_anUndocumentedPathFailsNamingIt() -> None:
-    with pytest.raises(Undocumented, match=r"POST /uploads answered 201, .* no such path"):
-        checkAnswer("POST", "/uploads", 201, {}, b"")
+    with pytest.raises(Undocumented, match=r"POST /batches answered 201, .* no such path"):
+        checkAnswer("POST", "/batches", 201, {}, b"")
 
 
 def test_anUnknownPathMayOnlyGetTheJSON404() -> None:
@@ -169,3 +171,51 @@ def test_anUndocumentedMethodMayOnlyGetA405NamingTheDocumentsMethods() -> None:
         checkAnswer("PUT", path, 200, JSON, b"{}")
     with pytest.raises(Undocumented, match="Allow: DELETE, GET, HEAD"):
         checkAnswer("PUT", path, 405, {**JSON, "allow": "HEAD, DELETE, GET"}, ERROR)
+
+
+def test_theUploadsRefusalsAreDescribed(service: Service) -> None:
+    """
+    The resumable uploads' answers the protocols' own tests do not meet,
+    each checked against the document: a preflight, discovery without
+    credentials, no protocol (412), bytes of another media type (415),
+    no such upload, and methods the paths do not take (405, or the
+    unknown kind's 404 where the path fits C{/{kind}/{uuid}}).
+    """
+    tus = {"Tus-Resumable": "1.0.0"}
+    missing = "/uploads/" + "A" * 22
+    preflight = {"Origin": "https://app.example.org", "Access-Control-Request-Method": "POST"}
+    assert service.request("OPTIONS", "/uploads", headers=preflight, auth=None).code == 204
+    assert service.request("OPTIONS", "/uploads", auth=None).code == 401
+    refused = service.request("POST", "/uploads", headers={"Upload-Length": "3"})
+    assert (refused.code, refused.header("tus-version")) == (412, "1.0.0")
+    assert service.request("HEAD", missing).code == 412
+    data = "kind " + base64.b64encode(b"data").decode()
+    wrongType = {**tus, "Upload-Length": "3", "Upload-Metadata": data, "Content-Type": "text/plain"}
+    assert service.request("POST", "/uploads", b"abc", wrongType).code == 415
+    wrongType = {**tus, "Upload-Offset": "0", "Content-Type": "text/plain"}
+    assert service.request("PATCH", missing, b"abc", wrongType).code == 415
+    assert service.request("HEAD", missing, headers=tus).code == 404
+    assert service.request("DELETE", missing, headers=tus).code == 404
+    assert service.request("PUT", "/uploads", headers=tus).code == 405
+    assert service.request("PUT", missing, headers=tus).code == 405
+    # /uploads/{uploadId} also fits /{kind}/{uuid}: its GET asks for a kind.
+    assert service.request("GET", missing, headers=tus).code == 404
+    assert service.request("OPTIONS", missing, headers=tus).code == 405
+
+
+def test_uploadsWhereTheStoresKeepNoneAre501() -> None:
+    service = Service(resumable=False)
+    tus = {"Tus-Resumable": "1.0.0"}
+    assert service.request("OPTIONS", "/uploads").code == 501
+    assert service.request("POST", "/uploads", headers={**tus, "Upload-Length": "3"}).code == 501
+    assert service.request("HEAD", "/uploads/" + "A" * 22, headers=tus).code == 501
+
+
+def test_a405OnUploadsNamesItsDiscovery() -> None:
+    """OPTIONS /uploads is a route (tus discovery): a 405 there names it."""
+    checkAnswer("PUT", "/uploads", 405, {**JSON, "allow": "OPTIONS, POST"}, ERROR)
+    with pytest.raises(Undocumented, match="Allow: POST"):
+        checkAnswer("PUT", "/uploads", 405, {**JSON, "allow": "POST"}, ERROR)
+    with pytest.raises(Undocumented, match="Allow: DELETE, HEAD, OPTIONS, PATCH"):
+        allowed = {**JSON, "allow": "DELETE, HEAD, OPTIONS, PATCH"}
+        checkAnswer("PUT", "/uploads/" + "A" * 22, 405, allowed, ERROR)
