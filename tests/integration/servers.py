@@ -143,6 +143,16 @@ class Server:
                     return int(line.split()[1]) * 1024
         raise RuntimeError("no VmHWM")
 
+    def resetPeakRSS(self) -> int:
+        """
+        Start the server's peak resident set (VmHWM) again from what it
+        holds now, and return that: a peak measured after this is a test's
+        own, whatever earlier tests on a shared server did.
+        """
+        with open(f"/proc/{self.process.pid}/clear_refs", "w") as f:
+            f.write("5")
+        return self.peakRSS()
+
     def cpuSeconds(self) -> float:
         """The CPU time the server process has used so far (all its threads)."""
         with open(f"/proc/{self.process.pid}/stat") as f:
