@@ -799,16 +799,34 @@ class RecordingProxy:
                 continue
             with self._lock:
                 self._sockets += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+                up, down = self._limits()
+            threading.Thread(
+                target=self._pump, args=(client, upstream, up, True), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._pump, args=(upstream, client, down, False), daemon=True
+            ).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, record: bool) -> None:
+    def _limits(self) -> tuple[int | None, int | None]:
+        """How many bytes a new connection passes each way (requests,
+        answers) before it is closed: L{None}, all of them."""
+        return None, None
+
+    def _pump(
+        self, source: socket.socket, sink: socket.socket, limit: int | None, record: bool
+    ) -> None:
+        passed = 0
         try:
             while data := source.recv(65536):
+                if limit is not None:
+                    data = data[: limit - passed]
                 if record:
                     with self._lock:
                         self._sent.append(data)
                 sink.sendall(data)
+                passed += len(data)
+                if limit is not None and passed >= limit:
+                    break
         except OSError:
             pass
         finally:

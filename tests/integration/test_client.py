@@ -16,7 +16,6 @@ import select
 import socket
 import subprocess
 import sys
-import threading
 import uuid as uuids
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,82 +69,29 @@ def fail(done: subprocess.CompletedProcess[str], code: int, words: str) -> None:
     assert "Traceback" not in done.stderr
 
 
-class CuttingProxy:
+class CuttingProxy(RecordingProxy):
     """
-    A TCP proxy on a free port of 127.0.0.1 to C{target}'s port, in
-    threads, that keeps what clients send and closes its first C{cuts}
-    connections once C{cutAfter} bytes of the answers (or of the requests,
-    with C{requests}) have gone through them: a download (or an upload)
-    cut short, for real, mid-body.
+    A L{RecordingProxy} that closes its first C{cuts} connections once
+    C{cutAfter} bytes of the answers (or of the requests, with
+    C{requests}) have gone through them: a download (or an upload) cut
+    short, for real, mid-body.
     """
 
     def __init__(self, target: int, cutAfter: int, cuts: int = 1, requests: bool = False) -> None:
-        self.target = target
+        super().__init__(target)
+        self.url = self.endpoint
         self.requests = requests
         self.cutAfter = cutAfter
         self.cuts = cuts
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        self._sent: list[bytes] = []
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
 
-    def sent(self) -> bytes:
-        with self._lock:
-            return b"".join(self._sent)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                downstream, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            with self._lock:
-                self._sockets += [downstream, upstream]
-                limit = self.cutAfter if self.cuts > 0 else None
-                self.cuts -= 1
-            up, down = (limit, None) if self.requests else (None, limit)
-            threading.Thread(
-                target=self._pump, args=(downstream, upstream, up, True), daemon=True
-            ).start()
-            threading.Thread(
-                target=self._pump, args=(upstream, downstream, down, False), daemon=True
-            ).start()
-
-    def _pump(
-        self, source: socket.socket, sink: socket.socket, limit: int | None, record: bool
-    ) -> None:
-        passed = 0
-        try:
-            while data := source.recv(65536):
-                if limit is not None:
-                    data = data[: limit - passed]
-                if record:
-                    with self._lock:
-                        self._sent.append(data)
-                sink.sendall(data)
-                passed += len(data)
-                if limit is not None and passed >= limit:
-                    break
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+    def _limits(self) -> tuple[int | None, int | None]:
+        limit = self.cutAfter if self.cuts > 0 else None
+        self.cuts -= 1
+        return (limit, None) if self.requests else (None, limit)
 
     def __enter__(self) -> CuttingProxy:
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__enter__()
         return self
-
-    def __exit__(self, *args: object) -> None:
-        self._listener.close()
-        with self._lock:
-            for s in self._sockets:
-                s.close()
 
 
 @pytest.fixture
