@@ -500,7 +500,10 @@ class Objects:
             # share of the store's memory budget for good.
             source.streamTo(writer)
             await source.done()
-            info = await writer.finish()
+            # A commit once begun is waited for: cut short, its outcome
+            # would be unknown, and a blob committed after its claim was
+            # released would be nobody's until the orphan sweep.
+            info, _ = await _toTheEnd(writer.finish())
         except SizeMismatch:
             await self._quietly(writer.abort())
             await _toTheEnd(noted)

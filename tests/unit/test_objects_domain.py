@@ -6,14 +6,16 @@ stores, with its typed outcomes, and the sweep of what dead uploads left.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import pytest
+from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
 
 from morpheo import IBlobWriter, StoredObject
 from morpheo import _errors as errors
 from morpheo._interfaces import IBlobSource, IBlobStore, IMetadataStore
-from morpheo._types import Claim, Listing
+from morpheo._types import BlobInfo, Claim, Listing
 from morpheo.objects import CLAIM_LEASE, IncomingBlob, NewObject, Replacement, sweep
 
 from .harness import Bytes, Service, newUUID, put
@@ -217,3 +219,50 @@ def test_readyReportsWhyEachStoreCannotBeUsed(service: Service) -> None:
     assert isinstance(report["database"], errors.DatabaseError)
     assert str(report["database"]) == "gone"
     assert isinstance(report["blobstore"], errors.BlobStoreError)
+
+
+def test_aPutCancelledWhileItsBlobIsCommittedWaitsForTheCommit(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    The client goes while its blob is being committed (a remote store's
+    last request in flight).  The commit's outcome is waited for, not
+    abandoned: the blob committed is the object's, stored and served, and
+    no blob is left that no row points to.
+    """
+    commits: list[Callable[[], None]] = []
+    writer = service.blobs.writer
+
+    def slowly(key: str, size: int | None) -> IBlobWriter:
+        made = writer(key, size)
+        finish = made.finish
+
+        def held() -> Deferred[BlobInfo]:
+            # Committed at once, answered when the test says.
+            committed, answer = finish(), Deferred[BlobInfo]()
+
+            def answered() -> None:
+                committed.chainDeferred(answer)
+
+            commits.append(answered)
+            return answer
+
+        monkeypatch.setattr(made, "finish", held)
+        return made
+
+    monkeypatch.setattr(service.blobs, "writer", slowly)
+    uuid = newUUID()
+    new = NewObject(kind="data", blob=IncomingBlob(3), uuid=uuid)
+    outcome: list[object] = []
+    putting = Deferred.fromCoroutine(service.objects.put(new, Bytes(b"abc")))
+    putting.addBoth(outcome.append)
+    service.flush()
+    assert len(commits) == 1 and not outcome
+    putting.cancel()
+    commits[0]()
+    service.flush()
+    [stored] = outcome
+    assert isinstance(stored, StoredObject)
+    assert service.rows() == [("data", uuid, "ready")]
+    assert service.blobKeys() == [stored.blob_key]
+    assert service.run(service.objects.get("data", uuid)) == stored
