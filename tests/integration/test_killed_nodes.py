@@ -188,9 +188,9 @@ def test_a_record_held_up_when_its_client_goes_is_waited_for(
     """
     The record of an upload's session is held up in the database (a lock
     on its row) while the whole blob arrives and is committed, and then the
-    client goes away.  The request is cancelled, but not the record: once
-    the lock is gone it ends, and the upload with it, stored and served or
-    undone (no object left in the bucket without its row).
+    client goes away.  The request is cancelled, but neither the commit nor
+    the record: once the lock is gone they end, and the upload with them,
+    stored and served (no object left in the bucket without its row).
     """
     server = startServer(str(tmp_path / "node"), *dbArgs(dsn), *gcs.serverArgs())
     locker = psycopg2.connect(dsn)
@@ -221,18 +221,15 @@ def test_a_record_held_up_when_its_client_goes_is_waited_for(
         time.sleep(0.5)
         assert sql(dsn, row, (uuid,)) == [("pending", None)]
         locker.commit()
-        # The client went while the blob was being committed: the upload
-        # either ends (its commit had been answered) or is undone (not yet),
-        # the record waited for either way, and nothing is left half done.
+        # The client went once the blob was in the bucket, its commit
+        # answered or still in flight: the commit is waited for, and then
+        # the record, and the upload ends, stored and served.
         ended = [("ready", None)]
-        waitUntil(lambda: sql(dsn, row, (uuid,)) in (ended, []), 10, "the upload settled")
-        if sql(dsn, row, (uuid,)) == ended:
-            [(key,)] = sql(dsn, "SELECT blob_key FROM resource WHERE uuid = %s", (uuid,))
-            assert gcs.objects(f"data/{uuid}") == [key]
-            stored = json.loads(curlOK(server, f"{server.url}/data/{uuid}"))
-            assert stored["sha256"] == hashlib.sha256(data).hexdigest()
-        else:
-            waitUntil(lambda: gcs.objects(f"data/{uuid}") == [], 10, "the blob removed")
+        waitUntil(lambda: sql(dsn, row, (uuid,)) == ended, 10, "the upload ended")
+        [(key,)] = sql(dsn, "SELECT blob_key FROM resource WHERE uuid = %s", (uuid,))
+        assert gcs.objects(f"data/{uuid}") == [key]
+        stored = json.loads(curlOK(server, f"{server.url}/data/{uuid}"))
+        assert stored["sha256"] == hashlib.sha256(data).hexdigest()
         log = server.log()
         assert "recording the upload" not in log and "Traceback" not in log, log
     finally:
