@@ -25,8 +25,7 @@ README = str(ROOT / "README.md")
 #: Debian lacks, whether this machine has it or not (uuidgen comes with
 #: uuid-runtime, which is not installed by default).
 PRELUDE = (
-    "set -euo pipefail\n"
-    'uuidgen() { echo "uuidgen: not on a stock Debian" >&2; return 127; }\n'
+    'set -euo pipefail\nuuidgen() { echo "uuidgen: not on a stock Debian" >&2; return 127; }\n'
 )
 
 
