@@ -35,6 +35,7 @@ from .._types import Concat, Label, StoredObject, Upload
 from ..objects import Chunk, NewUpload, Progress, Resumable
 from ._forms import checkText, parseUUID
 from ._http import parseSHA256Field, reprDigest
+from ._mount import mounted
 from ._streaming import IStreamingRequest, RequestBody
 from ._upload import RawSource
 
@@ -57,6 +58,9 @@ IETF_CONTENT_TYPE = "application/partial-upload"
 METADATA_KEYS = frozenset(
     {"kind", "uuid", "name", "description", "algo", "filename", "content-type", "sha256"}
 )
+#: What tus clients commonly call one of those fields: tus-js-client's
+#: documentation and Uppy send the file's media type as C{filetype}.
+METADATA_ALIASES = {"filetype": "content-type"}
 _METADATA_KEY = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
 _INTEGER = re.compile(r"[0-9]{1,15}")
 _UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
@@ -187,19 +191,21 @@ def newUploadOf(
     upload of its kind: its kind (required, but for a partial upload),
     its text fields (all those of its kind), a model's algo, a valid uuid.
     """
+    given = metadata
+    metadata = _unaliased(metadata)
     unknown = sorted(set(metadata) - METADATA_KEYS)
     if unknown:
         raise APIError(
             400,
             f"unknown Upload-Metadata key {unknown[0]!r}: keys are"
-            f" {', '.join(sorted(METADATA_KEYS))}",
+            f" {', '.join(sorted(METADATA_KEYS | set(METADATA_ALIASES)))}",
         )
     label = Label(metadata.get("content-type") or None, metadata.get("filename") or None)
     sha256 = metadata.get("sha256")
     if sha256 is not None:
         sha256 = parseSHA256Field(sha256).hex()
     if concat is Concat.PARTIAL:
-        return NewUpload(None, length, metadata=metadata, concat=concat)
+        return NewUpload(None, length, metadata=given, concat=concat)
     kindName = metadata.get("kind")
     if kindName is None:
         raise APIError(400, "Upload-Metadata must give the kind of the resource (kind)")
@@ -229,9 +235,22 @@ def newUploadOf(
         parent=parent,
         label=label,
         sha256=sha256,
-        metadata=metadata,
+        metadata=given,
         concat=concat,
     )
+
+
+def _unaliased(metadata: Mapping[str, str]) -> dict[str, str]:
+    """C{metadata} with L{METADATA_ALIASES} under their fields' names; an
+    alias and its field both given must agree."""
+    out = dict(metadata)
+    for alias, name in METADATA_ALIASES.items():
+        if alias not in out:
+            continue
+        value = out.pop(alias)
+        if out.setdefault(name, value) != value:
+            raise APIError(400, f"Upload-Metadata gives {alias!r} and {name!r} differently")
+    return out
 
 
 def uploadLimit(maxSize: int | None, maxAge: int | None) -> str:
@@ -329,7 +348,7 @@ class UploadsAPI:
             request.setHeader(b"Upload-Expires", datetimeToString(int(upload.expires)))
             path = resourcePath(upload.kind, upload.uuid)
             if path is not None:
-                request.setHeader(RESOURCE_HEADER, path.encode())
+                request.setHeader(RESOURCE_HEADER, mounted(request, path).encode())
 
     def options(self, request: IRequest) -> bytes:
         request.setHeader(b"Tus-Resumable", TUS_VERSION.encode())
@@ -379,7 +398,7 @@ class UploadsAPI:
         new = newUploadOf(metadata, length, concat)
         if concat is Concat.FINAL:
             stored = await self.uploads.concatenate(owner, new, parts)
-            path = f"/{stored.kind}/{stored.uuid}"
+            path = mounted(request, f"/{stored.kind}/{stored.uuid}")
             request.setHeader(b"Location", path.encode())
             request.setHeader(RESOURCE_HEADER, path.encode())
             request.setHeader(b"Upload-Offset", b"%d" % stored.size)
@@ -391,7 +410,7 @@ class UploadsAPI:
                 )
         checksum = _checksum(request)
         upload = await self.uploads.create(owner, new)
-        location = f"/uploads/{upload.id}"
+        location = mounted(request, f"/uploads/{upload.id}")
         request.setHeader(b"Location", location.encode())
         self._common(request, upload)
         if protocol is Protocol.IETF:
@@ -437,7 +456,8 @@ class UploadsAPI:
         request.setHeader(b"Upload-Offset", b"%d" % upload.offset)
         if progress.stored is not None:
             stored = progress.stored
-            request.setHeader(RESOURCE_HEADER, f"/{stored.kind}/{stored.uuid}".encode())
+            resource = mounted(request, f"/{stored.kind}/{stored.uuid}")
+            request.setHeader(RESOURCE_HEADER, resource.encode())
             if protocol is Protocol.IETF:
                 request.setHeader(b"Upload-Complete", b"?1")
                 return self._stored(request, stored, 201 if code == 201 else 200)

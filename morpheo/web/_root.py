@@ -22,6 +22,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource, getChildForRequest
 
 from ._cors import CORSResource
+from ._mount import noteMount
 from ._streaming import IStreamingRequest, errorBody
 
 
@@ -104,6 +105,7 @@ class StorageRoot(Resource):
                 f"{what} must be UTF-8 once percent-decoded: percent-encode the UTF-8 of"
                 " each character",
             )
+        noteMount(request)
         inner = self._unavailable if self._inner is None else self._inner
         return getChildForRequest(inner, request).render(request)  # type: ignore[no-any-return]
 

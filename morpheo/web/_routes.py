@@ -79,6 +79,7 @@ from ._forms import (
 )
 from ._http import parseContentMD5, parseReprDigest, parseSHA256Field, reprDigest
 from ._metered import RequestMeter, scrape
+from ._mount import mounted
 from ._resumable import UploadsAPI
 from ._streaming import BodyRefused, IStreamingRequest, RequestBody
 from ._upload import FormUpload, RawSource
@@ -464,7 +465,7 @@ class StorageAPI:
         nextPage = None
         if found.more:
             query = {"limit": str(limit), **filters, "cursor": f"{page + 1}.{found.items[-1].seq}"}
-            nextPage = f"/{kind}?{urlencode(query)}"
+            nextPage = mounted(request, f"/{kind}?{urlencode(query)}")
         return _json(
             request,
             {

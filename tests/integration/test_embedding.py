@@ -9,6 +9,7 @@ until the service has started, and again once it has stopped.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 from collections.abc import AsyncIterator
@@ -162,6 +163,57 @@ async def test_uploadAndDownloadThroughTheHost(http, embedded) -> None:
         assert await treq.content(r) == data[1000:2000]
     r = await get(http, f"{base}/model?algo={algo}")
     assert [m["uuid"] for m in (await jsonOf(r))["items"]] == [model]
+
+
+@pytest_twisted.ensureDeferred
+async def test_thePathsTheStorageGivesAreUnderTheMount(http, embedded) -> None:
+    """
+    A resumable upload's Location and Morpheo-Resource, and a list's next,
+    lead a client of the host to /storage/..., where it follows them.
+    """
+    _, host, _ = embedded
+    base = f"{host.url}/storage"
+    data, uuid = os.urandom(100_000), newUUID()
+    metadata = ",".join(
+        f"{k} {base64.b64encode(v.encode()).decode()}"
+        for k, v in (("kind", "data"), ("uuid", uuid))
+    )
+    tus = {b"Tus-Resumable": [b"1.0.0"]}
+    r = await http.post(
+        f"{base}/uploads",
+        headers={
+            **tus,
+            b"Upload-Length": [str(len(data)).encode()],
+            b"Upload-Metadata": [metadata.encode()],
+        },
+        auth=AUTH,
+        timeout=TIMEOUT,
+    )
+    assert r.code == 201, await treq.text_content(r)
+    [location] = r.headers.getRawHeaders(b"location")
+    assert location.startswith(b"/storage/uploads/")
+    assert r.headers.getRawHeaders(b"morpheo-resource") == [f"/storage/data/{uuid}".encode()]
+    r = await http.patch(
+        host.url + location.decode(),
+        data=data,
+        headers={
+            **tus,
+            b"Upload-Offset": [b"0"],
+            b"Content-Type": [b"application/offset+octet-stream"],
+        },
+        auth=AUTH,
+        timeout=TIMEOUT,
+    )
+    assert r.code == 204, await treq.text_content(r)
+    r = await get(http, f"{base}/data/{uuid}/blob")
+    assert await treq.content(r) == data
+    for _ in range(2):
+        assert (await postUpload(http, base, "data", b"x", newUUID())).code == 201
+    r = await get(http, f"{base}/data?limit=1")
+    following = (await jsonOf(r))["next"]
+    assert following.startswith("/storage/data?"), following
+    r = await get(http, host.url + following)
+    assert r.code == 200 and len((await jsonOf(r))["items"]) == 1
 
 
 @pytest_twisted.ensureDeferred

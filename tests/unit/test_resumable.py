@@ -141,10 +141,41 @@ def test_metadataHoldsTheResourceToTheRulesOfAPlainUpload() -> None:
         {"kind": "data", "colour": "red"},
         {"kind": "data", "uuid": "not-a-uuid"},
         {"kind": "data", "sha256": "abc"},
+        {"kind": "data", "filetype": "text/csv", "content-type": "text/plain"},
     ):
         with pytest.raises(APIError) as e:
             newUploadOf(bad, 1)
         assert e.value.code == 400, bad
+
+
+def test_filetypeIsTheContentTypeAsTusClientsSendIt() -> None:
+    """
+    tus-js-client's documentation and Uppy send the file's media type as
+    C{filetype}: it is the content type, and what the client gave is what
+    HEAD gives back.
+    """
+    given = {"kind": "data", "filename": "d.csv", "filetype": "text/csv"}
+    new = newUploadOf(given, 3)
+    assert (new.label.contentType, new.label.filename) == ("text/csv", "d.csv")
+    assert new.metadata == given
+    same = newUploadOf({"kind": "data", "filetype": "text/csv", "content-type": "text/csv"}, 3)
+    assert same.label.contentType == "text/csv"
+    assert newUploadOf({"filetype": "text/csv"}, 3, Concat.PARTIAL).metadata == {
+        "filetype": "text/csv"
+    }
+
+
+def test_aTusJsClientsUploadIsServedWithItsFiletype(service: Service) -> None:
+    blob = b"a,b\n1,2\n"
+    reply = create(service, len(blob), body=blob, filename="d.csv", filetype="text/csv")
+    assert reply.code == 201, reply.body
+    resource = reply.header("morpheo-resource")
+    assert resource is not None
+    got = service.request("GET", f"{resource}/blob")
+    assert got.code == 200 and got.body == blob
+    assert got.header("content-type") == "text/csv"
+    head = service.request("HEAD", location(reply), headers=TUS)
+    assert head.code == 404  # done: the upload is its resource now
 
 
 # tus through the routes
