@@ -218,7 +218,8 @@ class StorageClient:
                         return
                     left -= 1
                 yield item
-            path = page.get("next")
+            following = page.get("next")
+            path = self._given(following) if following else None
 
     def delete(self, kind: str, uuid: str) -> JSON:
         """Remove an object and its blob; its metadata as it was."""
@@ -464,7 +465,7 @@ class StorageClient:
         resource = created.headers.get("morpheo-resource")
         if not location or not resource:
             raise Unavailable("the service's /uploads gave no Location or Morpheo-Resource")
-        upload = self._resolve(location)
+        upload = self._given(location)
         offset, attempt = 0, 0
         while offset < reading.size:
             try:
@@ -504,15 +505,14 @@ class StorageClient:
                 offset = int(head.headers["upload-offset"])
             except (KeyError, ValueError):
                 raise Unavailable("the service's /uploads gave no Upload-Offset") from None
-        return self._json(self._call("GET", resource, retry=True))
+        return self._json(self._call("GET", self._given(resource), retry=True))
 
     # Plumbing.
 
     def _resolve(self, path: str) -> str:
         """
-        The URL of a path the service gave or a route's: under the base
-        URL (the service may be mounted under a prefix that its paths do
-        not repeat), never on another host (the credentials go with it).
+        The URL of a route's path, under the base URL, or of a URL the
+        service gave, never on another host (the credentials go with it).
         """
         parts = urlsplit(path)
         base = urlsplit(self.url)
@@ -520,8 +520,26 @@ class StorageClient:
             if (parts.scheme, parts.netloc) != (base.scheme, base.netloc):
                 raise Unavailable("the service named an address on another host; not followed")
             return path
-        if base.path and (path == base.path or path.startswith(base.path + "/")):
-            return f"{base.scheme}://{base.netloc}{path}"
+        return self.url + path
+
+    def _given(self, path: str) -> str:
+        """
+        The URL of a path the service gave (an upload's C{Location} or
+        C{Morpheo-Resource}, a list's C{next}).  A service mounted under a
+        prefix gives its paths under it, which the base URL ends with; a
+        proxy in front may add a prefix of its own: the segments the base
+        URL ends with and the path begins with are said once.
+        """
+        parts = urlsplit(path)
+        if parts.scheme or parts.netloc:
+            return self._resolve(path)
+        base = urlsplit(self.url)
+        ours = [s for s in base.path.split("/") if s]
+        given = parts.path.split("/")[1:]
+        for overlap in range(min(len(ours), len(given)), 0, -1):
+            if ours[-overlap:] == given[:overlap]:
+                prefix = "".join("/" + s for s in ours[:-overlap])
+                return f"{base.scheme}://{base.netloc}{prefix}{path}"
         return self.url + path
 
     def _call(

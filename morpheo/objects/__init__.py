@@ -5,6 +5,7 @@ sweep) over a metadata store and a blob store, knowing nothing of HTTP.
 
 from .._errors import TooLarge, Vanished
 from ._lifecycle import (
+    COMMIT_GRACE,
     IncomingBlob,
     NewObject,
     Objects,
@@ -32,6 +33,7 @@ from ._sweep import (
 
 __all__ = [
     "CLAIM_LEASE",
+    "COMMIT_GRACE",
     "LEFTOVER_AGE",
     "MAX_OPEN_UPLOADS",
     "UPLOAD_EXPIRY",

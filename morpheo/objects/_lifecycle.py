@@ -19,11 +19,11 @@ from __future__ import annotations
 import secrets
 import uuid as _uuid
 from collections.abc import Coroutine, Mapping
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 from attrs import evolve, field, frozen
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
-from twisted.internet.interfaces import IConsumer, IReactorFromThreads
+from twisted.internet.interfaces import IConsumer, IReactorFromThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -55,6 +55,12 @@ from ..blobstores._writer import CappedWriter
 from ._sweep import CLAIM_LEASE, LEFTOVER_AGE, Swept, sweep
 
 T = TypeVar("T")
+
+#: How long a blob's commit in flight is waited for once its client has
+#: gone (its last segment and the store's answer); then it is aborted, so
+#: that a stalled store does not hold the request, its claim and its share
+#: of memory for good.
+COMMIT_GRACE = 60.0
 
 
 @frozen
@@ -500,10 +506,12 @@ class Objects:
             # share of the store's memory budget for good.
             source.streamTo(writer)
             await source.done()
-            # A commit once begun is waited for: cut short, its outcome
-            # would be unknown, and a blob committed after its claim was
-            # released would be nobody's until the orphan sweep.
-            info, _ = await _toTheEnd(writer.finish())
+            # A commit once begun is waited for (up to COMMIT_GRACE once the
+            # client has gone): cut short, its outcome would be unknown, and
+            # a blob committed after its claim was released would be
+            # nobody's until the orphan sweep.
+            clock = cast(IReactorTime, self._reactor)
+            info, _ = await _toTheEnd(writer.finish(), (clock, COMMIT_GRACE))
         except SizeMismatch:
             await self._quietly(writer.abort())
             await _toTheEnd(noted)
@@ -568,14 +576,18 @@ class Objects:
             self._log.failure("clean-up after a failed request failed")
 
 
-async def _toTheEnd(d: Deferred[T]) -> tuple[T, bool]:
+async def _toTheEnd(
+    d: Deferred[T], grace: tuple[IReactorTime, float] | None = None
+) -> tuple[T, bool]:
     """
     C{d}'s result, and whether the handler awaiting it was cancelled
     meanwhile.  Klein cancels the handler of a client that went away (the
     graceful stop cuts connections too), and a cancellation that reached a
     database write or a clean-up would abandon it with its outcome unknown:
     a claim made anyway would keep its uuid, a clean-up would be half done.
-    So C{d} is waited for to its end; a failure of C{d} is raised.
+    So C{d} is waited for to its end; a failure of C{d} is raised.  With
+    C{grace} (a clock and seconds), C{d} is cancelled that long after the
+    handler was, if it has not ended by then.
     """
     outcome: list[T | Failure] = []
     waiting: list[Deferred[None]] = []
@@ -594,6 +606,9 @@ async def _toTheEnd(d: Deferred[T]) -> tuple[T, bool]:
         try:
             await waiter
         except CancelledError:
+            if not cancelled and grace is not None:
+                clock, seconds = grace
+                d.addTimeout(seconds, clock)
             cancelled = True
     result = outcome[0]
     if isinstance(result, Failure):

@@ -33,7 +33,13 @@ from typing import Any, cast
 
 from attrs import evolve, field, frozen
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer, IReactorFromThreads
+from twisted.internet.interfaces import (
+    IConsumer,
+    IProducer,
+    IPushProducer,
+    IReactorFromThreads,
+    IReactorTime,
+)
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
@@ -58,7 +64,7 @@ from .._interfaces import (
 from .._types import Appended, BlobInfo, Claim, Concat, Label, StoredObject, Upload
 from ..blobstores._flow import ProducerGate
 from ..blobstores._hasher import Hasher
-from ._lifecycle import Objects, _token, _toTheEnd, blobKey
+from ._lifecycle import COMMIT_GRACE, Objects, _token, _toTheEnd, blobKey
 from ._sweep import CLAIM_LEASE
 
 #: How long an unfinished upload lives after its last request, in seconds
@@ -545,7 +551,8 @@ class Resumable:
             try:
                 for part in parts:
                     await _toTheEnd(self._blobs.produce(part.blobKey, writer))
-                info, _ = await _toTheEnd(writer.finish())
+                clock = cast(IReactorTime, self._reactor)
+                info, _ = await _toTheEnd(writer.finish(), (clock, COMMIT_GRACE))
             except BaseException:
                 await self.objects._quietly(writer.abort())
                 raise

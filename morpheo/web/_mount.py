@@ -8,19 +8,25 @@ storage under C{/storage/} follows them there.
 
 from __future__ import annotations
 
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from twisted.web.iweb import IRequest
+
+#: What a path segment may hold as it is (RFC 3986 pchar, and the
+#: percent sign of what is already encoded).
+_PATH_CHARACTERS = "!$&'()*+,;=:@-._~%"
 
 
 def noteMount(request: IRequest) -> None:
     """Keep on C{request} the path its storage resource was reached by (its
-    C{prepath} as that resource renders it)."""
-    segments = list(request.prepath or [])
-    while segments and not segments[-1]:
-        segments.pop()
+    C{prepath} as that resource renders it), spelled as the client spelled
+    it in the request's target."""
+    count = len(request.prepath or [])
+    while count and not request.prepath[count - 1]:
+        count -= 1
+    segments = urlsplit(request.uri).path.split(b"/")[1 : 1 + count]
     request.morpheoMount = "".join(  # type: ignore[attr-defined]
-        "/" + quote(s.decode("utf-8", "replace"), safe="") for s in segments
+        "/" + quote(s, safe=_PATH_CHARACTERS) for s in segments
     )
 
 

@@ -59,7 +59,7 @@ METADATA_KEYS = frozenset(
     {"kind", "uuid", "name", "description", "algo", "filename", "content-type", "sha256"}
 )
 #: What tus clients commonly call one of those fields: tus-js-client's
-#: documentation and Uppy send the file's media type as C{filetype}.
+#: documentation sends the file's media type as C{filetype}.
 METADATA_ALIASES = {"filetype": "content-type"}
 _METADATA_KEY = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
 _INTEGER = re.compile(r"[0-9]{1,15}")

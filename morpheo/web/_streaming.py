@@ -65,9 +65,6 @@ DISCARD_LIMIT = 1024 * 1024
 #: How much one read of the socket may take.
 READ_SIZE = 256 * 1024
 
-#: How much one send to the socket may take.
-SEND_SIZE = 4 * 1024 * 1024
-
 #: When a connection closes with a body still arriving (an early answer to a
 #: large upload), how long the rest is read and dropped after the answer, so
 #: that the client reads the answer rather than a reset.
@@ -634,12 +631,6 @@ class StreamingChannel(http.HTTPChannel):
         # through the parser and the writer per megabyte.
         if hasattr(self.transport, "bufferSize"):
             self.transport.bufferSize = READ_SIZE  # type: ignore[union-attr]
-        # And send in larger ones than 128 KiB a turn of the reactor: a
-        # download relayed from a remote store is written on in blocks of a
-        # megabyte, each of which took eight turns (0.69 of curl straight to
-        # SeaweedFS, 0.77 with this: medians of three rounds of five).
-        if hasattr(self.transport, "SEND_LIMIT"):
-            self.transport.SEND_LIMIT = SEND_SIZE  # type: ignore[union-attr]
         site = getattr(self, "site", None)
         for name in ("headerTimeout", "minBodyRate", "rateWindow"):
             if hasattr(site, name):

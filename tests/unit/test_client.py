@@ -232,12 +232,21 @@ def test_public_names_and_no_twisted() -> None:
 
 def test_paths_the_service_gives_stay_under_its_url() -> None:
     mounted = StorageClient("https://host/storage/")
+    # The client's own routes: under the base URL, whatever they begin with.
     assert mounted._resolve("/problem?cursor=1.2") == "https://host/storage/problem?cursor=1.2"
-    assert mounted._resolve("/storage/uploads/7") == "https://host/storage/uploads/7"
-    assert mounted._resolve("https://host/storage/uploads/7") == "https://host/storage/uploads/7"
-    with pytest.raises(Unavailable, match="another host"):
-        mounted._resolve("https://elsewhere/uploads/7")
+    assert StorageClient("https://host/data")._resolve("/data/1") == "https://host/data/data/1"
     assert StorageClient("http://h:1")._resolve("/data") == "http://h:1/data"
+    # What the service gives: under its mount (the base URL's end), or not
+    # (a service at a proxy's prefix), or behind a proxy's prefix of its own.
+    assert mounted._given("/storage/uploads/7") == "https://host/storage/uploads/7"
+    assert mounted._given("/uploads/7") == "https://host/storage/uploads/7"
+    behind = StorageClient("https://host/api/storage")
+    assert behind._given("/storage/data?cursor=1.2") == "https://host/api/storage/data?cursor=1.2"
+    assert behind._given("/data/1") == "https://host/api/storage/data/1"
+    assert mounted._given("https://host/storage/uploads/7") == "https://host/storage/uploads/7"
+    for follow in (mounted._resolve, mounted._given):
+        with pytest.raises(Unavailable, match="another host"):
+            follow("https://elsewhere/uploads/7")
 
 
 class TusEndpoint:

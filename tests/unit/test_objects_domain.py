@@ -9,14 +9,15 @@ import hashlib
 from collections.abc import Callable
 
 import pytest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from morpheo import IBlobWriter, StoredObject
 from morpheo import _errors as errors
 from morpheo._interfaces import IBlobSource, IBlobStore, IMetadataStore
 from morpheo._types import BlobInfo, Claim, Listing
-from morpheo.objects import CLAIM_LEASE, IncomingBlob, NewObject, Replacement, sweep
+from morpheo.objects import CLAIM_LEASE, COMMIT_GRACE, IncomingBlob, NewObject, Replacement, sweep
 
 from .harness import Bytes, Service, newUUID, put
 
@@ -266,3 +267,35 @@ def test_aPutCancelledWhileItsBlobIsCommittedWaitsForTheCommit(
     assert service.rows() == [("data", uuid, "ready")]
     assert service.blobKeys() == [stored.blob_key]
     assert service.run(service.objects.get("data", uuid)) == stored
+
+
+def test_aCommitStillUnansweredAGraceAfterItsClientWentIsAborted(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A stalled store never answers the commit of a client that went away:
+    the commit is waited for a grace period, then aborted, and nothing is
+    left (neither the claim nor the blob).
+    """
+    writer = service.blobs.writer
+
+    def stalled(key: str, size: int | None) -> IBlobWriter:
+        made = writer(key, size)
+        monkeypatch.setattr(made, "finish", Deferred)
+        return made
+
+    monkeypatch.setattr(service.blobs, "writer", stalled)
+    new = NewObject(kind="data", blob=IncomingBlob(3), uuid=newUUID())
+    outcome: list[object] = []
+    putting = Deferred.fromCoroutine(service.objects.put(new, Bytes(b"abc")))
+    putting.addBoth(outcome.append)
+    service.flush()
+    putting.cancel()
+    service.reactor.advance(COMMIT_GRACE - 1)
+    service.flush()
+    assert not outcome and service.rows() != []
+    service.reactor.advance(1)
+    service.flush()
+    [failure] = outcome
+    assert isinstance(failure, Failure) and failure.check(CancelledError)
+    service.assertNothingLeft()

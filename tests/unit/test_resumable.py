@@ -150,7 +150,7 @@ def test_metadataHoldsTheResourceToTheRulesOfAPlainUpload() -> None:
 
 def test_filetypeIsTheContentTypeAsTusClientsSendIt() -> None:
     """
-    tus-js-client's documentation and Uppy send the file's media type as
+    tus-js-client's documentation sends the file's media type as
     C{filetype}: it is the content type, and what the client gave is what
     HEAD gives back.
     """
