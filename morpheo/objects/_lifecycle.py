@@ -506,12 +506,7 @@ class Objects:
             # share of the store's memory budget for good.
             source.streamTo(writer)
             await source.done()
-            # A commit once begun is waited for (up to COMMIT_GRACE once the
-            # client has gone): cut short, its outcome would be unknown, and
-            # a blob committed after its claim was released would be
-            # nobody's until the orphan sweep.
-            clock = cast(IReactorTime, self._reactor)
-            info, _ = await _toTheEnd(writer.finish(), (clock, COMMIT_GRACE))
+            info = await self._commit(writer)
         except SizeMismatch:
             await self._quietly(writer.abort())
             await _toTheEnd(noted)
@@ -527,6 +522,17 @@ class Objects:
             # The store computes sha256 as it commits; no row points here yet.
             await self._quietly(self.blobs.delete(key))
             raise DigestMismatch("sha256")
+        return info
+
+    async def _commit(self, writer: IBlobWriter) -> BlobInfo:
+        """
+        C{writer}'s commit, once begun, waited for (up to L{COMMIT_GRACE}
+        once the client has gone): cut short, its outcome would be unknown,
+        and a blob committed after its claim was released would be nobody's
+        until the orphan sweep.
+        """
+        clock = cast(IReactorTime, self._reactor)
+        info, _ = await _toTheEnd(writer.finish(), (clock, COMMIT_GRACE))
         return info
 
     def _note(self, claim: Claim | None, writer: IBlobWriter) -> Deferred[None]:

@@ -33,13 +33,7 @@ from typing import Any, cast
 
 from attrs import evolve, field, frozen
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.interfaces import (
-    IConsumer,
-    IProducer,
-    IPushProducer,
-    IReactorFromThreads,
-    IReactorTime,
-)
+from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer, IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
@@ -64,7 +58,7 @@ from .._interfaces import (
 from .._types import Appended, BlobInfo, Claim, Concat, Label, StoredObject, Upload
 from ..blobstores._flow import ProducerGate
 from ..blobstores._hasher import Hasher
-from ._lifecycle import COMMIT_GRACE, Objects, _token, _toTheEnd, blobKey
+from ._lifecycle import Objects, _token, _toTheEnd, blobKey
 from ._sweep import CLAIM_LEASE
 
 #: How long an unfinished upload lives after its last request, in seconds
@@ -551,8 +545,7 @@ class Resumable:
             try:
                 for part in parts:
                     await _toTheEnd(self._blobs.produce(part.blobKey, writer))
-                clock = cast(IReactorTime, self._reactor)
-                info, _ = await _toTheEnd(writer.finish(), (clock, COMMIT_GRACE))
+                info = await self.objects._commit(writer)
             except BaseException:
                 await self.objects._quietly(writer.abort())
                 raise

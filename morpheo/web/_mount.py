@@ -24,6 +24,10 @@ def noteMount(request: IRequest) -> None:
     count = len(request.prepath or [])
     while count and not request.prepath[count - 1]:
         count -= 1
+    if not count:
+        # At the site's root, as most requests are: nothing to read.
+        request.morpheoMount = ""  # type: ignore[attr-defined]
+        return
     segments = urlsplit(request.uri).path.split(b"/")[1 : 1 + count]
     request.morpheoMount = "".join(  # type: ignore[attr-defined]
         "/" + quote(s, safe=_PATH_CHARACTERS) for s in segments
