@@ -53,6 +53,7 @@ setup(
         "botocore>=1.34",
         "google-auth>=2.20",
         "prometheus-client>=0.20",
+        "cachetools>=5.3",
         # The client (morpheo.client, morpheo-storage-client); the service never
         # imports them.
         "httpx>=0.27,<1",
@@ -71,7 +72,13 @@ setup(
             "PyYAML>=6",
             "tuspy>=1.0",
         ],
-        "dev": ["mypy>=1.10", "mypy-zope>=1.0", "ruff>=0.5", "types-tqdm>=4.66"],
+        "dev": [
+            "mypy>=1.10",
+            "mypy-zope>=1.0",
+            "ruff>=0.5",
+            "types-tqdm>=4.66",
+            "types-cachetools>=5.3",
+        ],
     },
     entry_points={
         "console_scripts": ["morpheo-storage-client = morpheo.client._cli:main"],

@@ -451,6 +451,24 @@ class IMetadataStore(Interface):
         """Which of C{keys} a row (ready or claimed) points to."""
 
 
+class IChangeObserver(Interface):
+    """
+    Told of the changes to ready records, whichever node (or operator) made
+    them, by what hears the metadata store's notifications
+    (L{morpheo.metadata.ChangeListener}); what it is not told while deaf,
+    it never will be.
+    """
+
+    def changed(kind: str, uuid: str) -> None:
+        """The record of C{kind} C{uuid} changed or went away."""
+
+    def listening() -> None:
+        """The changes are heard from now on."""
+
+    def deaf() -> None:
+        """The changes are no longer heard (the link to the store broke)."""
+
+
 class IUploadMetadataStore(IMetadataStore):
     """
     A metadata store that keeps resumable uploads (L{Upload}) between

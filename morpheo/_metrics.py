@@ -50,6 +50,10 @@ DIRECTIONS = ("upload", "download")
 SLOWER = ("service", "client")
 #: Why a database call failed.
 DB_ERRORS = ("timeout", "connection", "query")
+#: What a node keeps in memory (L{morpheo.objects.RecordCache}, L{morpheo.objects.BlobCache}).
+CACHES = ("records", "blobs")
+#: Whether a read found what it asked for kept.
+CACHE_OUTCOMES = ("hit", "miss")
 #: Why a login failed.
 LOGIN_FAILURES = ("wrong", "throttled", "busy", "error")
 
@@ -139,6 +143,8 @@ class Metrics:
     sweepFailures: Any = field(init=False)
     loginFailures: dict[str, Any] = field(init=False)
     throttledAddresses: Any = field(init=False)
+    cacheReads: dict[tuple[str, str], Any] = field(init=False)
+    changesHeard: Any = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.multiprocessDir is not None:
@@ -251,6 +257,21 @@ class Metrics:
             gauge(
                 "morpheo_login_throttle_addresses",
                 "Client addresses whose failed logins the throttle remembers now.",
+            )
+        )
+        cacheReads = counter(
+            "morpheo_cache_reads",
+            "Reads of what the node keeps in memory (--cache), by cache (records, small blobs)"
+            " and outcome: a hit needs neither the database nor the blob store.",
+            "cache",
+            "outcome",
+        )
+        self.cacheReads = {(c, o): bound(cacheReads, c, o) for c in CACHES for o in CACHE_OUTCOMES}
+        self.changesHeard = bound(
+            gauge(
+                "morpheo_cache_changes_heard",
+                "1 while the node hears the database's notifications of changed records (and"
+                " so keeps records), else 0.",
             )
         )
 

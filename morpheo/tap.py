@@ -245,6 +245,17 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             _size,
         ],
         [
+            "cache",
+            None,
+            32 * 1024 * 1024,
+            "Memory for what is read most, per process: the records of the objects read and"
+            " their blobs of up to 64 KiB, so that a small GET needs neither the database nor"
+            " the store.  A record changed through another node is forgotten within"
+            " milliseconds (PostgreSQL's notifications) and kept 10 s at most whatever happens;"
+            " 0 turns caching off (bytes, or e.g. 64M).",
+            _size,
+        ],
+        [
             "claim-lease",
             None,
             60.0,
@@ -487,6 +498,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             gcBucket=self["gc-bucket"],
             gcEndpoint=self["gc-endpoint"],
             maxBlobSize=self["max-blob-size"],
+            cache=self["cache"],
             claimLease=self["claim-lease"],
             redirectDownloads=bool(self["redirect-downloads"]),
             redirectLifetime=self["redirect-lifetime"],

@@ -12,9 +12,10 @@ from __future__ import annotations
 from ._embedded import EmbeddedPostgres
 from ._memory import MemoryMetadataStore
 from ._migrations import MigrationError
-from ._postgres import Database, MetadataStore, PostgresMetadataStore
+from ._postgres import ChangeListener, Database, MetadataStore, PostgresMetadataStore
 
 __all__ = [
+    "ChangeListener",
     "Database",
     "EmbeddedPostgres",
     "MemoryMetadataStore",

@@ -12,7 +12,7 @@ import builtins
 import json
 import secrets
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import psycopg2
 from attrs import astuple
@@ -25,6 +25,7 @@ from twisted.internet.defer import (
     maybeDeferred,
 )
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.task import Cooperator, LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txpostgres import reconnection, retrying, txpostgres
@@ -42,7 +43,7 @@ from .._errors import (
     UploadBusy,
     UploadLost,
 )
-from .._interfaces import IMetadataStore, IUploadMetadataStore
+from .._interfaces import IChangeObserver, IMetadataStore, IUploadMetadataStore
 from .._kinds import PARENTS, TABLE, TEXT_FIELDS, childrenOf
 from .._metrics import Metrics
 from .._types import (
@@ -189,8 +190,14 @@ class _Link(txpostgres.Connection):
     would let the reactor log a traceback for it.
     """
 
-    def __init__(self, reactor: Any, detector: _Detector, timeout: float) -> None:
-        super().__init__(reactor, detector=detector)
+    def __init__(
+        self,
+        reactor: Any,
+        detector: _Detector,
+        timeout: float,
+        cooperator: Cooperator | None = None,
+    ) -> None:
+        super().__init__(reactor, cooperator=cooperator, detector=detector)
         self.timeout = timeout
         #: Why the link was dropped on purpose (a query that got no answer).
         self.droppedBecause: str | None = None
@@ -308,15 +315,25 @@ class _Link(txpostgres.Connection):
         return result
 
 
+class _LinkKeeper(Protocol):
+    """What a L{_Detector} tells of its link: a L{Database}, a L{ChangeListener}."""
+
+    def _lost(self, link: _Link, failure: Failure) -> None: ...
+
+    def _unreachable(self, failure: Failure) -> None: ...
+
+    def _recovered(self, link: _Link) -> None: ...
+
+
 class _Detector(reconnection.DeadConnectionDetector):
     """
     txpostgres's reconnection for one L{_Link}: a link is dead once closed
     (whatever closed it) or once a rollback failed on it; it is reopened at
     once, then every second at most, until L{stop}.  Its losses and returns
-    are told to the L{Database}, which logs them.
+    are told to its keeper, which logs them.
     """
 
-    def __init__(self, reactor: Any, database: Database) -> None:
+    def __init__(self, reactor: Any, database: _LinkKeeper) -> None:
         super().__init__(
             deathChecker=self._dead, reconnectionIterator=self._delays, reactor=reactor
         )
@@ -560,6 +577,114 @@ class Database:
         table, another instance's migration to wait for).
         """
         return _shielded(self._use(lambda link: link.runInteraction(f, *args), bounded))
+
+
+#: The channel every change to a ready record is announced on, as
+#: C{kind/uuid} (schema/0007_resource_changes).
+CHANGES = "morpheo_resource"
+
+
+#: How often the link changes are heard on is checked, in seconds: a link
+#: that froze (a dead route) says nothing, and its silence is no news.
+HEARING_CHECK = 1.0
+
+
+class ChangeListener:
+    """
+    The changes to ready records, heard on a link of its own (C{LISTEN}
+    L{CHANGES}) and told to an L{IChangeObserver}, whichever node or
+    operator made them.  Notifications sent while a link is away are lost
+    for good: the observer is deaf from the moment the link breaks (or
+    fails to answer a check within C{timeout}, every L{HEARING_CHECK}
+    seconds) until it listens again on the new one.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        dsn: str,
+        observer: IChangeObserver,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self._reactor = reactor
+        self._dsn = dsn
+        self.observer = observer
+        self.timeout = timeout
+        self._link: _Link | None = None
+        self._checks = LoopingCall(self._check)
+        self._checks.clock = reactor
+
+    async def start(self) -> None:
+        # The notifications are told at once, on this reactor.
+        cooperator = Cooperator(scheduler=lambda run: self._reactor.callLater(0, run))
+        link = self._link = _Link(
+            self._reactor, _Detector(self._reactor, self), self.timeout, cooperator
+        )
+        link.addNotifyObserver(self._notified)
+        try:
+            await link.connect(self._dsn)
+            await self._listen(link)
+        except _DRIVER_ERRORS as e:
+            self.close()
+            raise DatabaseError(
+                f"cannot listen to the metadata database: {_oneLine(e)}", detail=_oneLine(e)
+            ) from e
+        self._checks.start(HEARING_CHECK, now=False)
+
+    def close(self) -> None:
+        if self._checks.running:
+            self._checks.stop()
+        link, self._link = self._link, None
+        if link is not None:
+            link.detector.stop()
+            link.drop("the service is stopping")
+        self.observer.deaf()
+
+    async def _listen(self, link: _Link) -> None:
+        await link.runOperation(f"LISTEN {CHANGES}")
+        self.observer.listening()
+
+    async def _check(self) -> None:
+        link = self._link
+        if link is None or link.lostAt is not None:
+            return
+        timer = self._reactor.callLater(
+            self.timeout, link.drop, f"no answer within {self.timeout:g}s"
+        )
+        try:
+            await link.runOperation("SELECT 1")
+        except _DRIVER_ERRORS:
+            pass  # dropped, or broken: its detector takes it from there
+        finally:
+            if timer.active():
+                timer.cancel()
+
+    def _notified(self, notify: Any) -> None:
+        kind, _, uuid = str(notify.payload).partition("/")
+        self.observer.changed(kind, uuid)
+
+    # What the link's detector tells
+
+    def _lost(self, link: _Link, failure: Failure) -> None:
+        link.lostAt = self._reactor.seconds()
+        self.observer.deaf()
+
+    def _unreachable(self, failure: Failure) -> None:
+        pass  # the pool's links say so
+
+    def _recovered(self, link: _Link) -> None:
+        link.back()
+        if link is not self._link:  # closed meanwhile
+            link.drop("the service is stopping")
+            return
+
+        def failed(failure: Failure) -> None:
+            # Heard nothing: the link is dropped, and opened again.
+            link.drop(f"cannot listen: {_oneLine(failure.value)}")
+
+        Deferred.fromCoroutine(self._listen(link)).addErrback(failed)
 
 
 def _shielded(call: Coroutine[Any, Any, T]) -> Deferred[T]:

@@ -4,6 +4,7 @@ sweep) over a metadata store and a blob store, knowing nothing of HTTP.
 """
 
 from .._errors import TooLarge, Vanished
+from ._cache import BlobCache, RecordCache
 from ._lifecycle import (
     COMMIT_GRACE,
     IncomingBlob,
@@ -32,6 +33,8 @@ from ._sweep import (
 )
 
 __all__ = [
+    "BlobCache",
+    "RecordCache",
     "CLAIM_LEASE",
     "COMMIT_GRACE",
     "LEFTOVER_AGE",

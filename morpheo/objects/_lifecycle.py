@@ -27,6 +27,7 @@ from twisted.internet.interfaces import IConsumer, IReactorFromThreads, IReactor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
 
 from .._errors import (
     BlobMissing,
@@ -52,6 +53,7 @@ from .._interfaces import (
 from .._types import BlobInfo, Change, Claim, Label, Listing, NewBlob, StoredObject
 from ..blobstores._verify import verifying
 from ..blobstores._writer import CappedWriter
+from ._cache import BlobCache, RecordCache
 from ._sweep import CLAIM_LEASE, LEFTOVER_AGE, Swept, sweep
 
 T = TypeVar("T")
@@ -139,6 +141,10 @@ class Objects:
         seconds.
     @param orphanGrace: how old, in seconds, a leftover (an unreferenced
         blob, an unfinished write) must be for the sweep to remove it.
+    @param records: where the records read are kept, for the reads that
+        follow (L{get}); a change made here is forgotten there at once.
+    @param blobCache: where small blobs read are kept, for the reads that
+        follow (L{produce}).
     """
 
     _log = Logger()
@@ -153,9 +159,13 @@ class Objects:
         maxBlobSize: int | None = None,
         claimLease: float = CLAIM_LEASE,
         orphanGrace: float = LEFTOVER_AGE,
+        records: RecordCache | None = None,
+        blobCache: BlobCache | None = None,
     ) -> None:
         self.metadata = metadata
         self.blobs = blobs
+        self.records = records
+        self.blobCache = blobCache
         self.maxBlobSize = maxBlobSize
         self.claimLease = claimLease
         self.orphanGrace = orphanGrace
@@ -174,7 +184,24 @@ class Objects:
     # Reading
 
     async def get(self, kind: str, uuid: str) -> StoredObject:
-        """The ready object, or L{NoSuchObject}."""
+        """
+        The ready object, or L{NoSuchObject}, for a read: it may be the
+        record kept from an earlier read (see L{RecordCache}).  What a
+        change is checked against is L{current}.
+        """
+        records = self.records
+        if records is None:
+            return await self.current(kind, uuid)
+        kept = records.get(kind, uuid)
+        if kept is not None:
+            return kept
+        mark = records.mark()
+        found = await self.current(kind, uuid)
+        records.keep(found, mark)
+        return found
+
+    async def current(self, kind: str, uuid: str) -> StoredObject:
+        """The ready object as the metadata store has it now, or L{NoSuchObject}."""
         found = await self.metadata.get(kind, uuid)
         if found is None:
             raise NoSuchObject(kind, uuid)
@@ -196,8 +223,34 @@ class Objects:
         Stream C{length} bytes of C{stored}'s blob from C{offset} into
         C{consumer}; L{BlobMissing} if the store has no such blob.
         """
+        cache = self.blobCache
+        if cache is not None and cache.fits(stored.size):
+            kept = cache.get(stored.blob_key)
+            if kept is None:
+                return self._produceKept(cache, stored, consumer, offset, length)
+            consumer.write(kept[offset : offset + length])
+            return succeed(None)
         d = self.blobs.produce(stored.blob_key, consumer, offset, length)
         return d.addErrback(self._missing, stored)
+
+    def _produceKept(
+        self, cache: BlobCache, stored: StoredObject, consumer: IConsumer, offset: int, length: int
+    ) -> Deferred[None]:
+        """A small blob read whole and kept, then its bytes asked for written."""
+        whole = _Collected()
+
+        def read(_: None) -> None:
+            blob = b"".join(whole.parts)
+            if len(blob) != stored.size:
+                raise BlobStoreError(
+                    f"the blob of {stored.kind} {stored.uuid} has {len(blob)} bytes,"
+                    f" not {stored.size}"
+                )
+            cache.keep(stored.blob_key, blob)
+            consumer.write(blob[offset : offset + length])
+
+        d = self.blobs.produce(stored.blob_key, whole, 0, stored.size)
+        return d.addErrback(self._missing, stored).addCallback(read)
 
     async def readable(self, stored: StoredObject) -> None:
         """
@@ -205,6 +258,8 @@ class Objects:
         L{BlobMissing}, L{BlobStoreError} (a blob of another size than its
         row says cannot be served either).
         """
+        if self.blobCache is not None and self.blobCache.get(stored.blob_key) is not None:
+            return
         try:
             size = await self.blobs.stat(stored.blob_key)
         except BlobNotFound:
@@ -323,6 +378,8 @@ class Objects:
         # Any other failure leaves the outcome unknown (the row may be
         # complete): the claim, no longer refreshed, expires, and whichever
         # sweep finds it still pending removes the blob with it.
+        # What was kept of this uuid is of an object deleted elsewhere.
+        self._forget(new.kind, uuid, None)
         return stored
 
     async def replace(
@@ -392,6 +449,7 @@ class Objects:
         # Any other failure leaves the outcome unknown: the new blob stays
         # for the sweep (removed once old enough if no row points to it),
         # the new uuid's claim expires.
+        self._forget(current.kind, current.uuid, changed.oldBlobKey)
         if changed.oldBlobKey is not None:
             await self._quietly(self.blobs.delete(changed.oldBlobKey))
         return changed.object
@@ -404,8 +462,16 @@ class Objects:
         without its blob.
         """
         removed = await self.metadata.delete(kind, uuid)
+        self._forget(kind, uuid, removed.blob_key)
         await self._quietly(self.blobs.delete(removed.blob_key))
         return removed
+
+    def _forget(self, kind: str, uuid: str, blobKey: str | None) -> None:
+        """What is kept of an object changed here, and of its old blob."""
+        if self.records is not None:
+            self.records.forget(kind, uuid)
+        if self.blobCache is not None and blobKey is not None:
+            self.blobCache.forget(blobKey)
 
     async def _undo(self, claim: Claim | None, written: str | None) -> None:
         """A change known not to be made: remove what it wrote, release its claim."""
@@ -620,3 +686,20 @@ async def _toTheEnd(
     if isinstance(result, Failure):
         result.raiseException()
     return result, cancelled
+
+
+@implementer(IConsumer)
+class _Collected:
+    """A small blob's bytes, as its store writes them (never paused)."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def registerProducer(self, producer: object, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)

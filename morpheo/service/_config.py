@@ -121,6 +121,8 @@ class StorageConfig:
     gcBucket: str | None = None
     gcEndpoint: str | None = None
     maxBlobSize: int | None = None
+    #: Bytes of memory for the records and small blobs read most (0: none).
+    cache: int = 32 * 1024 * 1024
     claimLease: float = 60.0
     redirectDownloads: bool = False
     redirectLifetime: int | None = None

@@ -45,8 +45,8 @@ from ..metadata._migrations import (
     migrate,
     rollback,
 )
-from ..metadata._postgres import Database, PostgresMetadataStore
-from ..objects import Objects, Resumable, Sweeper
+from ..metadata._postgres import ChangeListener, Database, PostgresMetadataStore
+from ..objects import BlobCache, Objects, RecordCache, Resumable, Sweeper
 from ..web._accesslog import AccessLogSite
 from ..web._auth import BasicAuth
 from ..web._cors import CORSResource
@@ -84,6 +84,7 @@ class _Running:
     ports: list[IListeningPort] = field(factory=list)
     site: DrainingSite | None = None
     sweeper: Sweeper | None = None
+    changes: ChangeListener | None = None
 
 
 class _Site(AccessLogSite, DrainingSite):
@@ -284,6 +285,8 @@ class StorageService(service.Service):
             redirectLifetime = config.downloadLifetime
             await self._checkRedirects(running.store, redirectLifetime)
         metadata = PostgresMetadataStore(running.db, owner=owner)
+        # Inert until the changes are heard (below, once this process serves).
+        records = RecordCache(self._reactor, metrics=self.metrics) if config.cache else None
         objects = Objects(
             metadata,
             running.store,
@@ -292,6 +295,8 @@ class StorageService(service.Service):
             maxBlobSize=config.maxBlobSize,
             claimLease=config.claimLease,
             orphanGrace=config.orphanGrace,
+            records=records,
+            blobCache=BlobCache(config.cache, metrics=self.metrics) if config.cache else None,
         )
         if handoff is None:
             swept = await objects.sweep(atStart=lock is not None)
@@ -306,6 +311,9 @@ class StorageService(service.Service):
             if config.generatedPassword:
                 self._announceGeneratedPassword()
             return
+        if records is not None:
+            running.changes = ChangeListener(self._reactor, dsn, records, config.dbTimeout)
+            await running.changes.start()
         uploads = Resumable(
             objects,
             reactor=self._reactor,
@@ -539,6 +547,8 @@ class StorageService(service.Service):
         self._root.setInner(None)
         if running.sweeper is not None:
             running.sweeper.stopService()
+        if running.changes is not None:
+            running.changes.close()
         if running.db is not None:
             running.db.close()
         if running.embedded is not None:

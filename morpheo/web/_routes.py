@@ -555,7 +555,7 @@ class StorageAPI:
     async def delete(self, request: IRequest, kind: str, uuid: str) -> bytes:
         """Delete an object and its blob; answers with what was deleted."""
         uuid = parseUUID(uuid)
-        current = await self.objects.get(kind, uuid)
+        current = await self.objects.current(kind, uuid)
         if preconditions(request, current) is not None:
             raise APIError(412, f"{kind} {uuid} is not the version this deletion was made for")
         return _json(request, (await self.objects.remove(kind, uuid)).asJSON())
@@ -574,7 +574,7 @@ class StorageAPI:
         Change an object at once: rename it (C{uuid}), change its text
         fields, replace its blob; every field is optional.
         """
-        current = await self.objects.get(kind, parseUUID(uuid))
+        current = await self.objects.current(kind, parseUUID(uuid))
         uuid = current.uuid
         if preconditions(request, current) is not None:
             raise APIError(412, f"{kind} {uuid} is not the version this change was made for")

@@ -22,9 +22,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import psutil  # type: ignore[import-untyped]
+import psycopg2
 import pytest
 from attrs import frozen
 
+from morpheo.metadata._postgres import HEARING_CHECK
 from tests.integration.helpers import BOUNDARY, form
 from tests.integration.servers import ExternalPostgres, Server, startServer, waitUntil
 
@@ -33,6 +35,8 @@ DRIVER_WORDS = ("psycopg", "connection", "server closed", "socket", "fatal", "tr
                 "127.0.0.1", ".s.pgsql", "/")  # fmt: skip
 #: How soon every route must work again once PostgreSQL is back.
 RECOVERY = 5.0
+#: The service's sessions: its pool's four, and the one that hears the changes.
+SESSIONS = 5
 
 
 @frozen
@@ -199,9 +203,37 @@ def test_a_restart_under_load_is_503_then_recovered(postgres, tmp_path) -> None:
         assert all(o.ok for o in load.between(back + RECOVERY))
         assert load.between(back + RECOVERY), "no request after the recovery"
         assert call(server, "GET", f"/data/{known}").status == 200
-        assert len(postgres.backends()) <= 4
+        assert len(postgres.backends()) <= SESSIONS
         assertQuietLog(server)
         assert "reconnected to the metadata database" in server.log()
+    finally:
+        assert server.stop() == 0
+
+
+def test_the_changes_are_heard_again_after_a_restart(postgres, tmp_path) -> None:
+    """
+    What the service kept is forgotten when its link to PostgreSQL breaks,
+    and the changes made after PostgreSQL's return are heard: a row
+    deleted by hand is a 404 within a second, not a record kept for ten.
+    """
+    server = serverOn(postgres, tmp_path)
+    try:
+        known = uploaded(server)
+        for _ in range(3):
+            assert call(server, "GET", f"/data/{known}").status == 200
+        postgres.restart()
+        waitUntil(lambda: call(server, "GET", f"/data/{known}").ok, RECOVERY, "recovery")
+        time.sleep(HEARING_CHECK + 0.5)  # the link that hears the changes is back too
+        for _ in range(3):
+            assert call(server, "GET", f"/data/{known}").status == 200
+        with psycopg2.connect(
+            host=postgres.host, port=postgres.port, user="postgres", dbname=postgres.dbName
+        ) as db, db.cursor() as cur:  # fmt: skip
+            cur.execute("DELETE FROM resource WHERE uuid = %s", (known,))
+        waitUntil(
+            lambda: call(server, "GET", f"/data/{known}").status == 404, 1.0, "the deletion seen"
+        )
+        assertQuietLog(server)
     finally:
         assert server.stop() == 0
 
@@ -218,7 +250,7 @@ def test_terminated_sessions_are_replaced(postgres, tmp_path) -> None:
         for _ in range(8):  # every pooled connection used once
             assert call(server, "GET", f"/data/{known}").status == 200
         old = postgres.backends()
-        assert len(old) == 4, old
+        assert len(old) == SESSIONS, old
         with Load(server, known) as load:
             time.sleep(0.5)
             cut = time.monotonic()
@@ -238,7 +270,7 @@ def test_terminated_sessions_are_replaced(postgres, tmp_path) -> None:
         for _ in range(20):
             assert call(server, "GET", f"/data/{known}").status == 200
         new = postgres.backends()
-        assert len(new) == 4 and not set(new) & set(old), (old, new)
+        assert len(new) == SESSIONS and not set(new) & set(old), (old, new)
         print(f"\nterminated sessions: {len(failed)} requests in flight answered 503")
         assertQuietLog(server)
     finally:
@@ -363,7 +395,7 @@ def test_a_frozen_link_is_503_within_the_bound_then_recovered(postgres, tmp_path
             assert call(server, "GET", f"/data/{known}").ok
         assert uploadOf(server).status == 201
         # The frozen connections were dropped, not kept beside their replacements.
-        waitUntil(lambda: len(postgres.backends()) == 4, 10, "four sessions")
+        waitUntil(lambda: len(postgres.backends()) == SESSIONS, 10, "the service's sessions")
         assertQuietLog(server)
     finally:
         proxy.thaw()

@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg2
 import pytest
 from attrs import define, field
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.helpers import (
     BOUNDARY,
@@ -170,6 +171,58 @@ def test_changesThroughOneNodeAreSeenThroughTheOther(
     curlOK(a, "-X", "DELETE", f"{a.url}/problem/{renamed}")
     assert seaweedfs.objects(f"problem/{made['uuid']}") == []
     assert seaweedfs.objects(f"problem/{renamed}") == []
+
+
+def test_whatANodeKeptIsForgottenOnceChangedElsewhere(
+    nodes: tuple[Server, Server], database: dict[str, str], tmp_path: object
+) -> None:
+    """
+    A node keeps the records it read (for ten seconds at most): a change
+    made through another node, or by hand in the database, reaches it
+    within a second, told by PostgreSQL.
+    """
+    a, b = nodes
+    path = fileOf(str(tmp_path), "p.zip", os.urandom(5000))
+    made = json.loads(
+        curlOK(a, "-F", "name=p", "-F", "description=d", "-F", "size=5000",
+               "-F", f"blob=@{path}", f"{a.url}/problem")
+    )  # fmt: skip
+    uuid = made["uuid"]
+
+    def nameOn(node: Server) -> str | None:
+        out = curl("-u", f"{node.user}:{node.password}", "-f", f"{node.url}/problem/{uuid}")
+        return str(json.loads(out.stdout)["name"]) if out.returncode == 0 else None
+
+    for _ in range(3):
+        assert nameOn(a) == "p"
+        assert len(blobOf(a, f"/problem/{uuid}/blob")) == 5000
+    # Served from what a keeps: the changes below reach it by notification.
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(curlOK(a, f"{a.url}/metrics"))
+        for sample in family.samples
+    }
+    for cache in ("records", "blobs"):
+        hits = samples[("morpheo_cache_reads_total", (("cache", cache), ("outcome", "hit")))]
+        assert hits >= 2, samples
+    assert samples[("morpheo_cache_changes_heard", ())] == 1
+    curlOK(b, "-X", "PATCH", "-F", "name=q", f"{b.url}/problem/{uuid}")
+    waitUntil(lambda: nameOn(a) == "q", 1.0, "node a serving the name given through b")
+
+    db = psycopg2.connect(" ".join(f"{k}={v}" for k, v in database.items()))
+    try:
+        db.autocommit = True
+        with db.cursor() as cur:
+            cur.execute("UPDATE resource SET name = 'by hand' WHERE uuid = %s", (uuid,))
+    finally:
+        db.close()
+    waitUntil(lambda: nameOn(a) == "by hand", 1.0, "node a serving the name given by hand")
+
+    curlOK(b, "-X", "DELETE", f"{b.url}/problem/{uuid}")
+    waitUntil(
+        lambda: statusOf(a, f"{a.url}/problem/{uuid}") == "404", 1.0, "node a seeing the deletion"
+    )
+    assert statusOf(a, f"{a.url}/problem/{uuid}/blob") == "404"
 
 
 def test_oneUUIDRacedThroughTwoNodesIsStoredOnce(

@@ -53,9 +53,11 @@ from morpheo.objects import (
     CLAIM_LEASE,
     MAX_OPEN_UPLOADS,
     UPLOAD_EXPIRY,
+    BlobCache,
     IncomingBlob,
     NewObject,
     Objects,
+    RecordCache,
     Resumable,
 )
 from morpheo.service._graceful import HandlerTracker, trackedResource
@@ -444,6 +446,11 @@ class Service:
     maxOpenUploads: int = MAX_OPEN_UPLOADS
     #: Whether the routes serve the resumable uploads (else they are a 501).
     resumable: bool = True
+    #: Keep the records and small blobs read, as a node hearing the
+    #: database's changes does (L{records}, L{blobCache}).
+    cache: bool = False
+    records: RecordCache | None = field(init=False, default=None)
+    blobCache: BlobCache | None = field(init=False, default=None)
     metadata: MemoryMetadataStore = field(init=False)
     blobs: MemoryBlobStore = field(init=False)
     objects: Objects = field(init=False)
@@ -458,6 +465,10 @@ class Service:
         redirecting = self.redirectLifetime is not None
         store = RedirectingBlobStore if redirecting else MemoryBlobStore
         self.blobs = store(self.reactor, sessions=self.sessions, budget=self.budget)
+        if self.cache:
+            self.records = RecordCache(self.reactor, metrics=self.metrics)
+            self.records.listening()
+            self.blobCache = BlobCache(1024 * 1024, metrics=self.metrics)
         self.objects = Objects(
             self.metadata,
             self.blobs,
@@ -465,6 +476,8 @@ class Service:
             pool=ImmediatePool(),  # type: ignore[arg-type]
             maxBlobSize=self.maxBlobSize,
             claimLease=self.claimLease,
+            records=self.records,
+            blobCache=self.blobCache,
         )
         throttle = (
             LoginThrottle(self.reactor, self.loginThrottle, metrics=self.metrics)
@@ -667,6 +680,16 @@ class Service:
         uuid: str = self.stored("algo", b"an algo")["uuid"]
         return uuid
 
+    def otherNode(self) -> Objects:
+        """Another node's lifecycle on this one's stores, keeping nothing."""
+        return Objects(
+            self.metadata,
+            self.blobs,
+            reactor=self.reactor,
+            pool=ImmediatePool(),  # type: ignore[arg-type]
+            claimLease=self.claimLease,
+        )
+
     # Looking inside
 
     def rows(self) -> list[tuple[str, str, str]]:
@@ -706,9 +729,13 @@ class Bytes:
         self.stopped = True
 
 
-def put(service: Service, kind: str, data: bytes, **new: Any) -> StoredObject:
+def put(
+    service: Service, kind: str, data: bytes, through: Objects | None = None, **new: Any
+) -> StoredObject:
+    """Store C{data} through the service's lifecycle, or C{through} another's."""
     blob = new.pop("blob", IncomingBlob(len(data)))
-    return service.run(service.objects.put(NewObject(kind=kind, blob=blob, **new), Bytes(data)))
+    objects = service.objects if through is None else through
+    return service.run(objects.put(NewObject(kind=kind, blob=blob, **new), Bytes(data)))
 
 
 def sha256(data: bytes) -> str:

@@ -1,0 +1,2 @@
+DROP TRIGGER resource_changed ON resource;
+DROP FUNCTION morpheo_resource_changed();
