@@ -125,7 +125,7 @@ class _LocalWriter(ThreadedBlobWriter):
         os.replace(self._tmp, self._path)
         self._store._writing.discard(self._tmp)
         self._tmp = None
-        _fsyncDirectory(os.path.dirname(self._path))
+        self._store._syncs.sync(os.path.dirname(self._path))
 
     def _discardInThread(self) -> None:
         if self._file is not None:
@@ -286,6 +286,48 @@ def _fsyncDirectory(path: str) -> None:
         os.close(fd)
 
 
+class DirectorySyncs:
+    """
+    The fsyncs of directories, shared by the threads that need them: one
+    that asks is answered by an fsync begun after it asked (what it did
+    in the directory before, a rename, is then durable), and all those
+    that ask while one runs share the next.  Uploads that end together
+    in one kind's directory then cost one directory fsync, not one each.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        #: The fsyncs begun and ended, by directory; which run now.
+        self._begun: dict[str, int] = {}
+        self._ended: dict[str, int] = {}
+        self._running: set[str] = set()
+
+    def sync(self, path: str) -> None:
+        """Return once an fsync of C{path} begun after this call has ended."""
+        with self._changed:
+            wanted = self._begun.get(path, 0) + 1
+            while self._ended.get(path, 0) < wanted:
+                if path in self._running:
+                    self._changed.wait()
+                    continue
+                self._running.add(path)
+                self._begun[path] = number = self._begun.get(path, 0) + 1
+                self._changed.release()
+                try:
+                    _fsyncDirectory(path)
+                    ended = True
+                except BaseException:
+                    ended = False
+                    raise
+                finally:
+                    # A failed fsync is no one's: the next caller tries its own.
+                    self._changed.acquire()
+                    self._running.discard(path)
+                    if ended:
+                        self._ended[path] = number
+                    self._changed.notify_all()
+
+
 def _openDirectory(path: str) -> Any:
     """An iterator over the directory's entries, or None if there is none."""
     try:
@@ -399,6 +441,7 @@ class LocalBlobStore:
         #: exclude each other.
         self._writing: set[str] = set()
         self._writingLock = threading.Lock()
+        self._syncs = DirectorySyncs()
         #: How long, in seconds, a resumable write's file outlives its last
         #: request at most (its upload's expiry, and some): older ones are a
         #: crash's, whose upload was never recorded, and are swept.  L{None}:
